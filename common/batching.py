@@ -1,0 +1,136 @@
+"""Padded, length-bucketed batches for next-event training and scoring.
+
+Step ``t`` of a sequence sees the previous event (BOS at ``t = 0``) and is
+asked for event ``t``. Padding positions are masked out of every loss and
+every score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from common.encoding import EncodedSequences
+from common.vocab import BOS, PAD
+
+
+@dataclass
+class Batch:
+    """A padded batch.
+
+    index:          (B,)      positions of these sequences in the source data
+    tokens_in:      (B, L)    BOS, x0 .. x_{n-2}, PAD...
+    targets:        (B, L)    x0 .. x_{n-1}, PAD...
+    context_in:     (B, L, C) context of the input event (0 at BOS and padding)
+    numeric_in:     (B, L, F) scaled numerics of the input event (0 at BOS, padding, missing)
+    numeric_target: (B, L, F) numerics of the target event (NaN where missing or padding)
+    mask:           (B, L)    True at real events
+    """
+
+    index: np.ndarray
+    tokens_in: torch.Tensor
+    targets: torch.Tensor
+    context_in: torch.Tensor
+    numeric_in: torch.Tensor
+    numeric_target: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def max_len(self) -> int:
+        return int(self.targets.shape[1])
+
+    def to(self, device: torch.device) -> Batch:
+        if device.type == "cpu":
+            return self
+        kw = {"device": device, "non_blocking": True}
+        return Batch(
+            self.index,
+            self.tokens_in.to(**kw),
+            self.targets.to(**kw),
+            self.context_in.to(**kw),
+            self.numeric_in.to(**kw),
+            self.numeric_target.to(**kw),
+            self.mask.to(**kw),
+        )
+
+
+def make_batch(data: EncodedSequences, index: np.ndarray) -> Batch:
+    """Pad the sequences at ``index`` into one :class:`Batch` (vectorised)."""
+    starts = data.offsets[index]
+    lengths = data.offsets[index + 1] - starts
+    b, length = len(index), int(lengths.max()) if len(index) else 0
+    c, f = data.context.shape[1], data.numeric.shape[1]
+    row = np.repeat(np.arange(b), lengths)
+    pos = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    src = np.repeat(starts, lengths) + pos
+
+    targets = np.full((b, length), PAD, dtype=np.int64)
+    targets[row, pos] = data.tokens[src]
+    mask = targets != PAD
+    tokens_in = np.full((b, length), PAD, dtype=np.int64)
+    tokens_in[:, 0] = BOS
+    shifted = pos + 1 < lengths[row]
+    tokens_in[row[shifted], pos[shifted] + 1] = data.tokens[src[shifted]]
+
+    context_in = np.zeros((b, length, c), dtype=np.int64)
+    numeric_in = np.zeros((b, length, f), dtype=np.float32)
+    numeric_target = np.full((b, length, f), np.nan, dtype=np.float32)
+    if c:
+        context_in[row[shifted], pos[shifted] + 1] = data.context[src[shifted]]
+    if f:
+        numeric_target[row, pos] = data.numeric[src]
+        numeric_in[row[shifted], pos[shifted] + 1] = np.nan_to_num(data.numeric[src[shifted]])
+    return Batch(
+        index=np.asarray(index),
+        tokens_in=torch.from_numpy(tokens_in),
+        targets=torch.from_numpy(targets),
+        context_in=torch.from_numpy(context_in),
+        numeric_in=torch.from_numpy(numeric_in),
+        numeric_target=torch.from_numpy(numeric_target),
+        mask=torch.from_numpy(mask),
+    )
+
+
+def batch_indices(
+    lengths: np.ndarray,
+    batch_size: int,
+    *,
+    rng: np.random.Generator | None = None,
+    max_tokens: int | None = None,
+) -> list[np.ndarray]:
+    """Group sequences of similar length (less padding), shuffled when ``rng`` is given.
+
+    With ``max_tokens``, a batch of long sequences holds fewer of them so that
+    ``len(batch) * longest <= max_tokens`` (at least one sequence).
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    noise = rng.random(n) if rng is not None else np.zeros(n)
+    order = np.lexsort((noise, lengths))
+    batches: list[np.ndarray] = []
+    i = 0
+    while i < n:
+        size = batch_size
+        if max_tokens is not None:
+            longest = max(int(lengths[order[min(i + batch_size, n) - 1]]), 1)
+            size = max(1, min(batch_size, max_tokens // longest))
+        batches.append(order[i : i + size])
+        i += size
+    if rng is not None:
+        rng.shuffle(batches)  # type: ignore[arg-type]
+    return batches
+
+
+def iter_batches(
+    data: EncodedSequences,
+    batch_size: int,
+    *,
+    rng: np.random.Generator | None = None,
+    max_tokens: int | None = None,
+) -> Iterator[Batch]:
+    for idx in batch_indices(data.lengths, batch_size, rng=rng, max_tokens=max_tokens):
+        yield make_batch(data, idx)

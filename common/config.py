@@ -1,0 +1,339 @@
+"""Typed configuration, parsed once.
+
+Every knob of seqwatch lives in one of the frozen dataclasses below. Flat,
+dotted, kebab-case keys (``model.hidden``, ``train.epochs``) are the single
+external spelling: the same keys appear in ``[tool.flwr.app.config]`` (Flower
+run config), in ``seqwatch fit --config FILE`` (TOML or JSON) and in the
+``config.json`` of a saved model. :func:`parse_config` turns such a flat mapping
+into an :class:`AppConfig` and names any unknown, missing or mistyped key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+from common.errors import ConfigError
+
+MODEL_KINDS = ("lstm", "gru", "rnn", "cnn-lstm")
+AGGREGATES = ("mean", "max", "window", "topk-miss")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the next-event network (see :mod:`common.model`)."""
+
+    kind: str = "lstm"
+    embed_dim: int = 64
+    context_dim: int = 8
+    hidden: int = 128
+    layers: int = 2
+    dropout: float = 0.1
+    conv_channels: int = 64
+    conv_kernel: int = 3
+
+    def __post_init__(self) -> None:
+        _choice("model.kind", self.kind, MODEL_KINDS)
+        _positive("model.embed-dim", self.embed_dim)
+        _positive("model.context-dim", self.context_dim)
+        _positive("model.hidden", self.hidden)
+        _positive("model.layers", self.layers)
+        _unit("model.dropout", self.dropout, closed=False)
+        _positive("model.conv-channels", self.conv_channels)
+        _positive("model.conv-kernel", self.conv_kernel)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training loop (see :mod:`common.train`)."""
+
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0
+    chunk_len: int = 128
+    patience: int = 3
+    numeric_weight: float = 1.0
+    validation_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch-size", self.batch_size)
+        _positive("train.lr", self.lr)
+        _nonnegative("train.weight-decay", self.weight_decay)
+        _positive("train.clip-norm", self.clip_norm)
+        _positive("train.chunk-len", self.chunk_len)
+        _nonnegative("train.patience", self.patience)
+        _nonnegative("train.numeric-weight", self.numeric_weight)
+        _unit("train.validation-fraction", self.validation_fraction, closed=False)
+        _nonnegative("train.threads", self.threads)
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"train.device = {self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How event scores become a sequence score (see :mod:`common.scoring`)."""
+
+    aggregate: str = "window"
+    window: int = 10
+    top_k: int = 9
+    numeric_weight: float = 1.0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _choice("score.aggregate", self.aggregate, AGGREGATES)
+        _positive("score.window", self.window)
+        _positive("score.top-k", self.top_k)
+        _nonnegative("score.numeric-weight", self.numeric_weight)
+        _positive("score.batch-size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    """Event vocabulary (see :mod:`common.vocab`)."""
+
+    max_size: int = 5000
+    min_count: int = 1
+    hash_key: str = ""
+
+    def __post_init__(self) -> None:
+        _positive("vocab.max-size", self.max_size)
+        _positive("vocab.min-count", self.min_count)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Threshold calibration on validation normal scores."""
+
+    false_alarm_rate: float = 0.01
+    contamination: float = 0.0
+
+    def __post_init__(self) -> None:
+        _unit("calibration.false-alarm-rate", self.false_alarm_rate, closed=False)
+        _unit("calibration.contamination", self.contamination, closed=False)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Server-side knobs of a federated run (see :mod:`server.app`)."""
+
+    num_server_rounds: int = 3
+    strategy: str = "fedavg"
+    local_epochs: int = 1
+    fraction_train: float = 1.0
+    min_nodes: int = 2
+    proximal_mu: float = 0.01
+    server_lr: float = 0.05
+    trim_beta: float = 0.2
+    krum_byzantine: int = 0
+    histogram_bins: int = 200
+    run_name: str = "default"
+    run_dir: str = "runs"
+    round_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        _positive("federation.num-server-rounds", self.num_server_rounds)
+        _choice("federation.strategy", self.strategy, STRATEGIES)
+        _positive("federation.local-epochs", self.local_epochs)
+        _unit("federation.fraction-train", self.fraction_train, closed=True)
+        _positive("federation.min-nodes", self.min_nodes)
+        _nonnegative("federation.proximal-mu", self.proximal_mu)
+        _positive("federation.server-lr", self.server_lr)
+        _unit("federation.trim-beta", self.trim_beta, closed=False)
+        _nonnegative("federation.krum-byzantine", self.krum_byzantine)
+        _positive("federation.histogram-bins", self.histogram_bins)
+        _positive("federation.round-timeout", self.round_timeout)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where simulated institutions get their data (simulation only)."""
+
+    dataset: str = "synthetic"
+    partitioner: str = "natural"
+    alpha: float = 0.5
+    synthetic_users: int = 240
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("data.dataset", self.dataset, ("synthetic", "adfa-ld", "hdfs", "openstack"))
+        _choice("data.partitioner", self.partitioner, ("iid", "dirichlet", "natural"))
+        _positive("data.alpha", self.alpha)
+        _positive("data.synthetic-users", self.synthetic_users)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything a local detector needs: model, training, scoring, vocab, threshold."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The whole run config of the Flower app."""
+
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+_DETECTOR_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "score": ScoreConfig,
+    "vocab": VocabConfig,
+    "calibration": CalibrationConfig,
+}
+_APP_SECTIONS: dict[str, type] = {
+    **_DETECTOR_SECTIONS,
+    "federation": FederationConfig,
+    "data": DataConfig,
+}
+
+Scalar = bool | int | float | str
+T = TypeVar("T")
+
+
+def _key(section: str, name: str) -> str:
+    return f"{section}.{name.replace('_', '-')}"
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Check one value against its declared type; ints are accepted for floats."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and is_number and isinstance(value, int):
+        return value
+    if kind is float and is_number:
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"config key '{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _parse_sections(flat: Mapping[str, Any], sections: Mapping[str, type]) -> dict[str, Any]:
+    known: dict[str, tuple[str, str, type]] = {}
+    for section, cls in sections.items():
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            known[_key(section, f.name)] = (section, f.name, hints[f.name])
+    values: dict[str, dict[str, Any]] = {s: {} for s in sections}
+    for key, value in flat.items():
+        if key in known:
+            section, name, kind = known[key]
+            values[section][name] = _coerce(key, value, kind)
+        else:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{key}'{hint}")
+    try:
+        return {s: cls(**values[s]) for s, cls in sections.items()}
+    except TypeError as exc:  # pragma: no cover - guarded by the key check above
+        raise ConfigError(str(exc)) from exc
+
+
+def parse_detector_config(flat: Mapping[str, Any]) -> DetectorConfig:
+    """Parse flat dotted keys (only detector sections) into a :class:`DetectorConfig`."""
+    return DetectorConfig(**_parse_sections(flat, _DETECTOR_SECTIONS))
+
+
+def parse_config(flat: Mapping[str, Any]) -> AppConfig:
+    """Parse a Flower ``context.run_config`` (or any flat mapping) into an :class:`AppConfig`.
+
+    Missing keys take their defaults; unknown or mistyped keys raise
+    :class:`ConfigError` naming the key.
+    """
+    parts = _parse_sections(flat, _APP_SECTIONS)
+    detector = DetectorConfig(**{s: parts[s] for s in _DETECTOR_SECTIONS})
+    return AppConfig(detector=detector, federation=parts["federation"], data=parts["data"])
+
+
+def to_flat(config: Any) -> dict[str, Scalar]:
+    """Inverse of the parsers: a (Detector|App)Config as flat dotted keys."""
+    sections = _APP_SECTIONS if isinstance(config, AppConfig) else _DETECTOR_SECTIONS
+    out: dict[str, Scalar] = {}
+    for section in sections:
+        holder = (
+            config.detector if isinstance(config, AppConfig) and section in _DETECTOR_SECTIONS else config
+        )
+        obj = getattr(holder, section)
+        for f in fields(obj):
+            out[_key(section, f.name)] = getattr(obj, f.name)
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into flat dotted keys.
+
+    Nested tables (``[model]`` with ``hidden = 64``) and dotted keys
+    (``"model.hidden" = 64``) are both accepted.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+        raw = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot parse config file ({exc})") from exc
+    return flatten(raw)
+
+
+def flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, prefix=f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def with_overrides(config: DetectorConfig, **sections: Mapping[str, Any]) -> DetectorConfig:
+    """Return a copy of ``config`` with some fields of some sections replaced.
+
+    ``with_overrides(cfg, model={"kind": "gru"})``.
+    """
+    changes = {s: dataclasses.replace(getattr(config, s), **v) for s, v in sections.items()}
+    return dataclasses.replace(config, **changes)
+
+
+def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"config key '{key}' = {value!r}: choose one of {', '.join(options)}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")
+
+
+def _nonnegative(key: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")
+
+
+def _unit(key: str, value: float, *, closed: bool) -> None:
+    ok = 0 <= value <= 1 if closed else 0 <= value < 1
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be in [0, 1{']' if closed else ')'}, got {value!r}")

@@ -1,0 +1,450 @@
+"""Loaders for the shared benchmark data sets, as :class:`EventTable` splits.
+
+Each loader returns a dict ``split name -> EventTable`` with the data set's
+standard split. Event tokens are strings (the integers of the source files),
+``order`` is the position inside the sequence, every row carries its
+sequence's label, and ADFA-LD keeps ``attack_type``.
+
+* :func:`load_adfa_ld`: ADFA-LD system-call traces
+  (``train`` = 833 normal; ``test`` = 4,372 validation-normal + 746 attack).
+* :func:`load_hdfs`: DeepLog's HDFS log-key sessions
+  (``train`` = 4,855 normal; ``test_abnormal`` = 16,838). The normal test file
+  is not available (see the data set's PROVENANCE.md).
+* :func:`load_openstack`: Landauer et al.'s OpenStack sequences
+  (``train``; ``test`` = test_normal + test_abnormal).
+
+:func:`convert` writes the splits to files with :func:`~common.events.write_table`;
+read them back with ``read_table(path, CANONICAL)``.
+
+The data live outside the repository; :func:`shared_data_dir` finds them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from common.errors import ConfigError, DataError
+from common.events import (
+    ATTACK_TYPE,
+    EVENT,
+    LABEL,
+    ORDER,
+    SEQUENCE,
+    EventTable,
+    write_table,
+)
+
+__all__ = [
+    "CONVERTERS",
+    "convert",
+    "load_adfa_ld",
+    "load_hdfs",
+    "load_openstack",
+    "shared_data_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "SEQWATCH_SHARED_DATA"
+"""Environment variable naming the shared data folder."""
+
+ADFA_TSV = "adfa_ld_traces.tsv.gz"
+ADFA_ZIP = "ADFA-LD.zip"
+_ADFA_SPLITS = {
+    "train": "Training_Data_Master",
+    "validation": "Validation_Data_Master",
+    "attack": "Attack_Data_Master",
+}
+_INT_TOKENS = re.compile(r"\s*\d+(?:\s+\d+)*\s*")
+
+
+def shared_data_dir() -> Path | None:
+    """The shared data folder, or None when it is absent.
+
+    Uses ``$SEQWATCH_SHARED_DATA`` when set, else ``<repo>/../shared/data``.
+    """
+    env = os.environ.get(ENV_VAR)
+    candidate = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+# --------------------------------------------------------------------------- #
+# Helpers
+# --------------------------------------------------------------------------- #
+
+
+def _locate(src: str | Path, names: tuple[str, ...], subdirs: tuple[str, ...]) -> Path:
+    """Folder that holds at least one of ``names``: ``src`` itself or ``src/<subdir>``."""
+    src = Path(src)
+    if src.is_file():
+        return src.parent
+    for folder in (src, *(src / d for d in subdirs)):
+        if any((folder / n).exists() for n in names):
+            return folder
+    raise DataError(
+        f"{src}: none of {', '.join(names)} found here"
+        + (f" or in {'/'.join(subdirs)}/" if subdirs else "")
+        + "; pass the data set's folder"
+    )
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Lines of an ASCII text file, without line ends."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; check the data folder")
+    try:
+        text = path.read_bytes().decode("ascii")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line}: non-ASCII byte; the file is garbled, restore it from the source"
+        ) from exc
+    return text.splitlines()
+
+
+def _explode(
+    ids: np.ndarray,
+    tokens: pd.Series,
+    labels: np.ndarray,
+    source: str,
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> EventTable:
+    """Build a canonical table from one row per sequence.
+
+    ``ids`` must be unique; ``tokens`` holds whitespace-separated event
+    tokens (already checked). Rows are sorted by id so the exploded frame is
+    canonical without a sort over events. Splitting and repeating run in
+    Arrow (no Python loop per event).
+    """
+    order = np.argsort(ids.astype(str), kind="stable")
+    ids = ids[order]
+    raw = pa.array(tokens.to_numpy(dtype=object)[order], type=pa.string())
+    split = pc.ascii_split_whitespace(pc.ascii_trim_whitespace(raw))
+    lengths = pc.list_value_length(split).to_numpy(zero_copy_only=False).astype(np.int64)
+    n = int(lengths.sum())
+    seq_index = pa.array(np.repeat(np.arange(len(ids), dtype=np.int32), lengths))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+    def repeated(values: np.ndarray) -> pd.Series:
+        dictionary = pa.array(np.asarray(values, dtype=object), type=pa.string())
+        decoded = pa.DictionaryArray.from_arrays(seq_index, dictionary).dictionary_decode()
+        return decoded.to_pandas()
+
+    data: dict[str, Any] = {
+        SEQUENCE: repeated(ids),
+        ORDER: (np.arange(n, dtype=np.int64) - np.repeat(starts, lengths)).astype(np.float64),
+        EVENT: split.flatten().to_pandas(),
+        LABEL: np.repeat(labels[order].astype(np.int8), lengths),
+    }
+    for name, values in (extra or {}).items():
+        data[name] = repeated(np.asarray(values, dtype=object)[order])
+    return EventTable(pd.DataFrame(data), source=source)
+
+
+def _check_tokens(lines: pd.Series, path: Path, first_line: int, what: str) -> None:
+    """Every entry must be integers separated by whitespace."""
+    ok = lines.str.fullmatch(_INT_TOKENS).fillna(False).to_numpy(dtype=bool)
+    if not ok.all():
+        pos = int(np.flatnonzero(~ok)[0])
+        value = str(lines.iloc[pos])
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise DataError(
+            f"{path}: line {pos + first_line}: {what} must be integers separated by spaces, got {shown!r}; "
+            f"the file is garbled, restore it from the source"
+        )
+
+
+# --------------------------------------------------------------------------- #
+# ADFA-LD
+# --------------------------------------------------------------------------- #
+
+
+def load_adfa_ld(src_dir: str | Path) -> dict[str, EventTable]:
+    """ADFA-LD traces: ``{"train": 833 normal, "test": 4372 normal + 746 attack}``.
+
+    Reads ``adfa_ld_traces.tsv.gz`` from ``src_dir`` (or ``src_dir/adfa-ld``),
+    falling back to ``ADFA-LD.zip``. Sequence ids are the trace file names
+    without ``.txt`` (``UTD-0001``, ``UVD-0001``, ``UAD-Adduser-1-1371``);
+    ``attack_type`` is empty for normal traces.
+
+    Raises:
+        DataError: both files absent, or a file is garbled.
+    """
+    folder = _locate(src_dir, (ADFA_TSV, ADFA_ZIP), ("adfa-ld",))
+    tsv = folder / ADFA_TSV
+    if tsv.is_file():
+        traces, source, first_line = _adfa_from_tsv(tsv), str(tsv), 2
+    else:
+        zpath = folder / ADFA_ZIP
+        logger.info("%s absent; reading %s", tsv, zpath)
+        traces, source, first_line = _adfa_from_zip(zpath), str(zpath), 1
+    _check_tokens(traces["syscalls"], Path(source), first_line, "system calls")
+    ids = traces["source_file"].str.rsplit("/", n=1).str[-1].str.removesuffix(".txt").to_numpy(dtype=object)
+    if len(set(ids)) != len(ids):
+        raise DataError(
+            f"{source}: trace file names are not unique; the file is garbled, restore it from the source"
+        )
+    out: dict[str, EventTable] = {}
+    for split, parts in (("train", ("train",)), ("test", ("validation", "attack"))):
+        mask = traces["split"].isin(parts).to_numpy()
+        sub = traces.loc[mask].reset_index(drop=True)
+        out[split] = _explode(
+            ids[mask],
+            sub["syscalls"],
+            sub["label"].to_numpy(dtype=np.int8),
+            f"{source}:{split}",
+            extra={ATTACK_TYPE: sub["attack_type"].to_numpy(dtype=object)},
+        )
+    logger.info("ADFA-LD: %s", {k: (len(v), v.n_events) for k, v in out.items()})
+    return out
+
+
+def _adfa_from_tsv(path: Path) -> pd.DataFrame:
+    """The derived TSV: one row per trace (see PROVENANCE.md)."""
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, compression="gzip")
+    except (
+        OSError,
+        EOFError,
+        zlib.error,
+        UnicodeDecodeError,
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+    ) as exc:
+        raise DataError(
+            f"{path}: cannot read ({exc}); the file is garbled, restore it from the source"
+        ) from exc
+    needed = ("split", "label", "attack_type", "source_file", "syscalls")
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {missing} (columns present: {list(df.columns)}); "
+            f"restore the file from the source"
+        )
+    bad_split = ~df["split"].isin(list(_ADFA_SPLITS))
+    if bad_split.any():
+        pos = int(np.flatnonzero(bad_split.to_numpy())[0])
+        raise DataError(
+            f"{path}: line {pos + 2}, column 'split': unknown split {df['split'].iloc[pos]!r} "
+            f"(expected train, validation or attack); restore the file from the source"
+        )
+    label = df["label"].map({"0": 0, "1": 1})
+    expected = (df["split"] == "attack").astype(int)
+    bad_label = (label != expected).to_numpy()
+    if bad_label.any():
+        pos = int(np.flatnonzero(bad_label)[0])
+        raise DataError(
+            f"{path}: line {pos + 2}, column 'label': {df['label'].iloc[pos]!r} does not match split "
+            f"{df['split'].iloc[pos]!r}; restore the file from the source"
+        )
+    df["label"] = expected
+    return df
+
+
+def _adfa_from_zip(path: Path) -> pd.DataFrame:
+    """The original zip: one ``.txt`` trace per file, label from the folder."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (and no {ADFA_TSV} beside it); check the data folder")
+    rows: list[tuple[str, int, str, str, str]] = []
+    folder_of = {v: k for k, v in _ADFA_SPLITS.items()}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                parts = info.filename.split("/")
+                if info.is_dir() or not info.filename.endswith(".txt"):
+                    continue
+                top = next((p for p in parts if p in folder_of), None)
+                if top is None:
+                    continue  # e.g. the syscall list shipped in the archive
+                split = folder_of[top]
+                attack = ""
+                if split == "attack":
+                    run_dir = parts[parts.index(top) + 1] if len(parts) > parts.index(top) + 2 else ""
+                    attack = run_dir.rsplit("_", 1)[0]
+                text = zf.read(info).decode("ascii")
+                rel = "/".join(parts[parts.index(top) :])
+                rows.append((split, int(split == "attack"), attack, rel, text.strip()))
+    except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError) as exc:
+        raise DataError(
+            f"{path}: cannot read the zip ({exc}); the file is garbled, restore it from the source"
+        ) from exc
+    if not rows:
+        raise DataError(
+            f"{path}: no trace files under {', '.join(_ADFA_SPLITS.values())}; restore it from the source"
+        )
+    df = pd.DataFrame(rows, columns=["split", "label", "attack_type", "source_file", "syscalls"])
+    return df.sort_values("source_file", kind="stable").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- #
+# HDFS (DeepLog)
+# --------------------------------------------------------------------------- #
+
+_HDFS_FILES = {"train": ("hdfs_train", 0), "test_abnormal": ("hdfs_test_abnormal", 1)}
+
+
+def load_hdfs(src_dir: str | Path) -> dict[str, EventTable]:
+    """DeepLog HDFS sessions: ``{"train": 4855 normal, "test_abnormal": 16838}``.
+
+    Reads ``hdfs_train`` and ``hdfs_test_abnormal`` from ``src_dir`` (or
+    ``src_dir/hdfs-deeplog``). Ids are ``train-000001`` / ``test_abnormal-000001``
+    (the 1-based line number). Events are the 1-based log keys as strings.
+
+    Raises:
+        DataError: a file is missing or garbled.
+    """
+    folder = _locate(src_dir, tuple(f for f, _ in _HDFS_FILES.values()), ("hdfs-deeplog",))
+    out: dict[str, EventTable] = {}
+    for split, (name, label) in _HDFS_FILES.items():
+        path = folder / name
+        lines = pd.Series(_read_lines(path), dtype=object)
+        numbers = np.arange(1, len(lines) + 1)
+        blank = lines.str.strip().eq("").to_numpy(dtype=bool)
+        n_blank = int(blank.sum())
+        if n_blank:
+            logger.warning("%s: skipped %d blank line(s)", path, n_blank)
+            lines, numbers = lines[~blank].reset_index(drop=True), numbers[~blank]
+        if lines.empty:
+            raise DataError(f"{path}: no sessions in the file; restore it from the source")
+        _check_tokens(lines, path, 1, "log keys")
+        ids = np.array([f"{split}-{n:06d}" for n in numbers], dtype=object)
+        table = _explode(ids, lines, np.full(len(lines), label, dtype=np.int8), str(path))
+        if n_blank:
+            table.repairs["blank lines skipped"] = n_blank
+        out[split] = table
+    logger.info("HDFS: %s", {k: (len(v), v.n_events) for k, v in out.items()})
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# OpenStack (Landauer et al.)
+# --------------------------------------------------------------------------- #
+
+_OPENSTACK_VERSIONS = ("kalaki", "loghub")
+
+
+def load_openstack(src_dir: str | Path, version: str = "kalaki") -> dict[str, EventTable]:
+    """OpenStack VM sequences: ``{"train", "test"}`` (test = test_normal + test_abnormal).
+
+    Reads ``openstack_{train,test_normal,test_abnormal}`` from
+    ``src_dir/<version>`` (``src_dir`` may also be the version folder itself or
+    the shared data root). Ids are instance uuids; a uuid seen twice in one
+    split gets ``.2``, ``.3``, ... appended (counted in ``repairs``).
+
+    Raises:
+        ConfigError: unknown version.
+        DataError: a file is missing or garbled.
+    """
+    if version not in _OPENSTACK_VERSIONS:
+        raise ConfigError(
+            f"unknown OpenStack version {version!r}; use one of {', '.join(_OPENSTACK_VERSIONS)}"
+        )
+    names = ("openstack_train", "openstack_test_normal", "openstack_test_abnormal")
+    folder = _locate(src_dir, names, (version, f"openstack-aecid/{version}"))
+    out: dict[str, EventTable] = {}
+    for split, parts in (("train", ((names[0], 0),)), ("test", ((names[1], 0), (names[2], 1)))):
+        id_list, token_list, label_list = [], [], []
+        for name, label in parts:
+            path = folder / name
+            lines = pd.Series(_read_lines(path), dtype=object)
+            numbers = np.arange(1, len(lines) + 1)
+            keep = ~lines.str.strip().eq("").to_numpy(dtype=bool)
+            lines, numbers = lines[keep].reset_index(drop=True), numbers[keep]
+            if lines.empty:
+                raise DataError(f"{path}: no sequences in the file; restore it from the source")
+            pieces = lines.str.partition(",")
+            no_comma = (pieces[1] != ",").to_numpy()
+            no_id = pieces[0].str.strip().eq("").to_numpy(dtype=bool)
+            bad = no_comma | no_id
+            if bad.any():
+                pos = int(np.flatnonzero(bad)[0])
+                raise DataError(
+                    f"{path}: line {numbers[pos]}: expected '<instance-uuid>,<event ids>', "
+                    f"got {str(lines.iloc[pos])[:40]!r}; the file is garbled, restore it from the source"
+                )
+            tokens = pieces[2]
+            ok = tokens.str.fullmatch(_INT_TOKENS).fillna(False).to_numpy(dtype=bool)
+            if not ok.all():
+                pos = int(np.flatnonzero(~ok)[0])
+                raise DataError(
+                    f"{path}: line {numbers[pos]}: event ids must be integers separated by spaces, "
+                    f"got {str(tokens.iloc[pos])[:40]!r}; the file is garbled, restore it from the source"
+                )
+            id_list.append(pieces[0].str.strip().to_numpy(dtype=object))
+            token_list.append(tokens)
+            label_list.append(np.full(len(lines), label, dtype=np.int8))
+        ids = np.concatenate(id_list)
+        ids, renamed = _dedupe(ids)
+        source = "+".join(str(folder / n) for n, _ in parts)
+        table = _explode(ids, pd.concat(token_list, ignore_index=True), np.concatenate(label_list), source)
+        if renamed:
+            logger.warning("%s: %d duplicate instance id(s) renamed", source, renamed)
+            table.repairs["duplicate sequence id renamed"] = renamed
+        out[split] = table
+    logger.info("OpenStack %s: %s", version, {k: (len(v), v.n_events) for k, v in out.items()})
+    return out
+
+
+def _dedupe(ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Append ``.2``, ``.3``, ... to repeated ids; returns (ids, number renamed)."""
+    occurrence = pd.Series(ids).groupby(ids, sort=False).cumcount().to_numpy()
+    repeated = occurrence > 0
+    if not repeated.any():
+        return ids, 0
+    out = ids.astype(object).copy()
+    out[repeated] = [f"{i}.{k + 1}" for i, k in zip(ids[repeated], occurrence[repeated], strict=True)]
+    if len(set(out)) != len(out):
+        raise DataError(
+            "duplicate instance ids could not be renamed uniquely; restore the files from the source"
+        )
+    return out, int(repeated.sum())
+
+
+# --------------------------------------------------------------------------- #
+# Conversion
+# --------------------------------------------------------------------------- #
+
+CONVERTERS: dict[str, Callable[..., dict[str, EventTable]]] = {
+    "adfa-ld": load_adfa_ld,
+    "hdfs": load_hdfs,
+    "openstack": load_openstack,
+}
+"""Data-set name -> loader ``(src, **options) -> {split: EventTable}``."""
+
+_FORMATS = ("parquet", "csv", "csv.gz", "tsv", "tsv.gz")
+
+
+def convert(
+    name: str, src: str | Path, out_dir: str | Path, fmt: str = "parquet", **options: Any
+) -> dict[str, Path]:
+    """Load data set ``name`` from ``src`` and write one file per split.
+
+    Files are ``out_dir/<split>.<fmt>``; read them with
+    ``read_table(path, CANONICAL)``. ``options`` go to the loader (e.g.
+    ``version="loghub"`` for OpenStack).
+
+    Raises:
+        ConfigError: unknown data set or format.
+        DataError: from the loader.
+    """
+    if name not in CONVERTERS:
+        raise ConfigError(f"unknown data set {name!r}; use one of {', '.join(CONVERTERS)}")
+    if fmt not in _FORMATS:
+        raise ConfigError(f"unknown output format {fmt!r}; use one of {', '.join(_FORMATS)}")
+    splits = CONVERTERS[name](src, **options)
+    out = Path(out_dir)
+    written = {split: write_table(table, out / f"{split}.{fmt}") for split, table in splits.items()}
+    logger.info("converted %s to %s", name, {k: str(v) for k, v in written.items()})
+    return written

@@ -1,0 +1,382 @@
+"""The local detector, with the contract PyOD users know.
+
+``fit(train, validation)`` → ``decision_function(table)`` (higher = more
+anomalous) → ``threshold_`` → ``predict(table)``; ``explain`` shows per-event
+surprisal with what was expected instead. Fitted attributes end in ``_``;
+using an unfitted detector raises :class:`NotFittedError`.
+
+Everything fitted (vocabulary, scalers, early stopping, threshold) sees only
+training and validation data, never test labels or test scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from common import __version__
+from common.config import DetectorConfig, ScoreConfig, parse_detector_config, to_flat
+from common.encoding import EncodedSequences, Encoder
+from common.errors import ModelFileError, NotFittedError
+from common.events import EventTable
+from common.explanation import EventExplanation, SequenceExplanation
+from common.metrics import threshold_for_contamination, threshold_for_far
+from common.model import NetworkShape, NextEventModel, build_model, resolve_device, set_threads
+from common.scoring import EventScores, aggregate, score_events
+from common.train import FitResult, fit_model
+from common.vocab import UNK
+
+log = logging.getLogger(__name__)
+
+FORMAT = "seqwatch-detector"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "detector.json"
+ENCODER_FILE = "encoder.json"
+
+
+@dataclass
+class ScoredTable:
+    """Everything one scoring pass produces for a table."""
+
+    encoded: EncodedSequences
+    events: EventScores
+    scores: np.ndarray
+    raw_events: np.ndarray | None = None  # (N,) the raw tokens, for explanations
+
+    def top_events(self, i: int, n: int) -> np.ndarray:
+        """Positions (within sequence ``i``) of its ``n`` highest-scoring events."""
+        sl = self.events.of(i)
+        ev = self.events.score[sl]
+        k = min(n, len(ev))
+        return np.argsort(-ev, kind="stable")[:k]
+
+
+def content_groups(table: EventTable) -> np.ndarray:
+    """A group id per sequence: identical event sequences share a group."""
+    g = table.grouped()
+    keys = np.empty(len(g.ids), dtype=object)
+    for i in range(len(g.ids)):
+        chunk = "\x1f".join(map(str, g.events[g.offsets[i] : g.offsets[i + 1]]))
+        keys[i] = hashlib.blake2b(chunk.encode("utf-8"), digest_size=12).digest()
+    return pd.factorize(keys)[0]
+
+
+def holdout_split(table: EventTable, fraction: float, seed: int) -> tuple[EventTable, EventTable]:
+    """Hold out about ``fraction`` of the sequences, grouped by content.
+
+    Identical sequences go to the same side, so the validation scores that
+    calibrate the threshold are not flattered by copies of training data.
+    """
+    groups = content_groups(table)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_groups)
+    sizes = np.bincount(groups, minlength=n_groups)
+    target = max(1, round(fraction * len(groups)))
+    chosen = order[np.cumsum(sizes[order]) <= target]
+    if len(chosen) == 0 and n_groups > 1:
+        chosen = order[:1]
+    is_val = np.isin(groups, chosen)
+    ids = table.grouped().ids
+    return table.subset(ids[~is_val]), table.subset(ids[is_val])
+
+
+class SequenceDetector:
+    """Next-event model + calibrated threshold for behaviour sequences."""
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+
+    # -- fitted state -------------------------------------------------------------
+    encoder_: Encoder
+    model_: NextEventModel
+    threshold_: float
+    validation_scores_: np.ndarray
+    fit_result_: FitResult | None
+    global_threshold_: float | None
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "threshold_")
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(
+                "this SequenceDetector is not fitted yet: call fit(...) or SequenceDetector.load(dir) first"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.config.train.device)
+
+    # -- fitting ----------------------------------------------------------------------
+    def fit(
+        self,
+        train: EventTable,
+        validation: EventTable | None = None,
+        *,
+        progress: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> SequenceDetector:
+        """Fit vocabulary, scaler and model on ``train``; early-stop and calibrate on normal validation data.
+
+        Without ``validation``, ``train.validation-fraction`` of the training
+        sequences (grouped by content) is held out. Labelled anomalies in either
+        table are dropped before fitting: the model learns normal behaviour.
+        """
+        cfg = self.config
+        set_threads(cfg.train.threads)
+        train = _normal_only(train)
+        if validation is None:
+            train, validation = holdout_split(train, cfg.train.validation_fraction, cfg.train.seed)
+        else:
+            validation = _normal_only(validation)
+        if len(train) == 0:
+            from common.errors import DataError
+
+            raise DataError(f"{train.source}: no normal training sequences to fit on")
+        g = train.grouped()
+        self.encoder_ = Encoder.fit(
+            g, numeric_names=train.numeric, context_names=train.context, vocab_config=cfg.vocab
+        )
+        enc_train = self.encoder_.encode(g)
+        enc_val = self.encoder_.encode(validation.grouped())
+        self.model_ = build_model(cfg.model, self.network_shape, seed=cfg.train.seed)
+        self.fit_result_ = fit_model(
+            self.model_,
+            enc_train,
+            enc_val if len(enc_val) else None,
+            cfg.train,
+            self.device,
+            progress=progress,
+        )
+        calib = enc_val if len(enc_val) else enc_train
+        self.calibrate(self._score_encoded(calib).scores)
+        return self
+
+    @property
+    def network_shape(self) -> NetworkShape:
+        return NetworkShape(
+            vocab_size=len(self.encoder_.vocab),
+            context_sizes=self.encoder_.context.sizes(),
+            n_numeric=len(self.encoder_.numeric_names),
+        )
+
+    def calibrate(self, normal_scores: np.ndarray) -> float:
+        """Set ``threshold_`` from normal validation scores (target false-alarm or contamination rate)."""
+        cal = self.config.calibration
+        self.validation_scores_ = np.asarray(normal_scores, dtype=np.float64)
+        if cal.contamination > 0:
+            self.threshold_ = float(threshold_for_contamination(self.validation_scores_, cal.contamination))
+        else:
+            self.threshold_ = float(threshold_for_far(self.validation_scores_, cal.false_alarm_rate))
+        if not hasattr(self, "global_threshold_"):
+            self.global_threshold_ = None
+        return self.threshold_
+
+    @classmethod
+    def from_parts(
+        cls,
+        config: DetectorConfig,
+        encoder: Encoder,
+        model: NextEventModel,
+        *,
+        threshold: float,
+        validation_scores: np.ndarray | None = None,
+        global_threshold: float | None = None,
+    ) -> SequenceDetector:
+        """Assemble a fitted detector (used by the federation with global weights)."""
+        det = cls(config)
+        det.encoder_, det.model_ = encoder, model
+        det.threshold_ = float(threshold)
+        det.validation_scores_ = np.asarray(validation_scores if validation_scores is not None else [])
+        det.fit_result_ = None
+        det.global_threshold_ = global_threshold
+        return det
+
+    # -- scoring --------------------------------------------------------------------------
+    def encode(self, table: EventTable) -> EncodedSequences:
+        self._check_fitted()
+        return self.encoder_.encode(table.grouped())
+
+    def _score_encoded(
+        self,
+        data: EncodedSequences,
+        score: ScoreConfig | None = None,
+        raw_events: np.ndarray | None = None,
+        expected_k: int = 0,
+    ) -> ScoredTable:
+        sc = score or self.config.score
+        set_threads(self.config.train.threads)
+        self.model_.to(self.device)
+        events = score_events(self.model_, data, sc, self.device, expected_k=expected_k)
+        return ScoredTable(data, events, aggregate(events, sc), raw_events)
+
+    def score_table(
+        self, table: EventTable, score: ScoreConfig | None = None, *, expected_k: int = 0
+    ) -> ScoredTable:
+        """One scoring pass with per-event detail (for reports and explanations).
+
+        ``expected_k > 0`` also keeps the top-k expected events at every step.
+        """
+        self._check_fitted()
+        g = table.grouped()
+        return self._score_encoded(self.encoder_.encode(g), score, g.events, expected_k)
+
+    def decision_function(self, table: EventTable) -> np.ndarray:
+        """Anomaly score per sequence (in ``table.grouped().ids`` order); higher = more anomalous."""
+        return self.score_table(table).scores
+
+    def predict(self, table: EventTable, threshold: float | None = None) -> np.ndarray:
+        """1 for sequences scoring above the threshold (default ``threshold_``), else 0."""
+        scores = self.decision_function(table)
+        t = self.threshold_ if threshold is None else threshold
+        return (scores > t).astype(np.int8)
+
+    def explain(self, table: EventTable, sequence_id: str, top_k: int = 3) -> SequenceExplanation:
+        """Per-event surprisal of one sequence, with the top-``k`` expected events at each step."""
+        self._check_fitted()
+        ids = table.grouped().ids
+        hits = np.nonzero(ids == sequence_id)[0]
+        if len(hits) == 0:
+            from common.errors import DataError
+
+            raise DataError(f"{table.source}: no sequence with id {sequence_id!r}")
+        sub = table.subset(ids[hits[:1]])
+        scored = self.score_table(sub, expected_k=top_k)
+        return self.explanation(scored, 0)
+
+    def explanation(self, scored: ScoredTable, i: int) -> SequenceExplanation:
+        """Build the explanation of sequence ``i`` of a table scored with ``expected_k > 0``."""
+        data, ev = scored.encoded, scored.events
+        if ev.expected is None or ev.expected_p is None:
+            raise ValueError("explanation() needs a table scored with score_table(..., expected_k=k)")
+        vocab = self.encoder_.vocab
+        sl = ev.of(i)
+        exp_ids, exp_p = ev.expected[sl], ev.expected_p[sl]
+        tokens = data.tokens[sl]
+        names = self.encoder_.numeric_names
+        events = []
+        for t in range(len(tokens)):
+            resid = {
+                n: float(ev.residual[sl][t, j])
+                for j, n in enumerate(names)
+                if np.isfinite(ev.residual[sl][t, j])
+            }
+            events.append(
+                EventExplanation(
+                    position=t,
+                    event=self._raw_token(scored, i, t),
+                    surprisal=float(ev.surprisal[sl][t]),
+                    rank=int(ev.rank[sl][t]),
+                    expected=tuple(
+                        (vocab.token(int(a)), float(p)) for a, p in zip(exp_ids[t], exp_p[t], strict=True)
+                    ),
+                    unknown=bool(tokens[t] == UNK),
+                    numeric_residuals=resid,
+                    score=float(ev.score[sl][t]),
+                )
+            )
+        label = None if data.labels is None else int(data.labels[i])
+        return SequenceExplanation(
+            sequence_id=str(data.ids[i]),
+            score=float(scored.scores[i]),
+            threshold=self.threshold_,
+            flagged=bool(scored.scores[i] > self.threshold_),
+            events=tuple(events),
+            label=label,
+        )
+
+    def _raw_token(self, scored: ScoredTable, i: int, t: int) -> str:
+        row = int(scored.encoded.offsets[i]) + t
+        if scored.raw_events is not None:
+            return str(scored.raw_events[row])
+        return self.encoder_.vocab.token(int(scored.encoded.tokens[row]))
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write a model directory: safetensors weights and JSON for everything else (no pickle)."""
+        self._check_fitted()
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_FILE))
+        meta: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "seqwatch_version": __version__,
+            "config": to_flat(self.config),
+            "shape": {
+                "vocab_size": self.network_shape.vocab_size,
+                "context_sizes": list(self.network_shape.context_sizes),
+                "n_numeric": self.network_shape.n_numeric,
+            },
+            "threshold": self.threshold_,
+            "global_threshold": self.global_threshold_,
+            "validation_scores": self.validation_scores_.tolist(),
+            "history": self.fit_result_.history if self.fit_result_ else [],
+        }
+        (out / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        (out / ENCODER_FILE).write_text(json.dumps(self.encoder_.to_dict()), encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None) -> SequenceDetector:
+        """Load a model directory written by :meth:`save` (or by the federation)."""
+        p = Path(path)
+        for name in (WEIGHTS_FILE, META_FILE, ENCODER_FILE):
+            if not (p / name).is_file():
+                raise ModelFileError(f"{p}: not a seqwatch model directory ({name} is missing)")
+        try:
+            meta = json.loads((p / META_FILE).read_text(encoding="utf-8"))
+            enc_data = json.loads((p / ENCODER_FILE).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"{p}: unreadable model metadata ({exc})") from exc
+        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            raise ModelFileError(f"{p / META_FILE}: unsupported model format {meta.get('format')!r}")
+        flat = dict(meta["config"])
+        if device is not None:
+            flat["train.device"] = device
+        config = parse_detector_config(flat)
+        encoder = Encoder.from_dict(enc_data, hash_key=config.vocab.hash_key)
+        shape = NetworkShape(
+            vocab_size=int(meta["shape"]["vocab_size"]),
+            context_sizes=tuple(int(x) for x in meta["shape"]["context_sizes"]),
+            n_numeric=int(meta["shape"]["n_numeric"]),
+        )
+        model = NextEventModel(config.model, shape)
+        try:
+            model.load_state_dict(load_file(str(p / WEIGHTS_FILE)))
+        except (RuntimeError, OSError) as exc:
+            raise ModelFileError(
+                f"{p / WEIGHTS_FILE}: weights do not match the saved config ({exc})"
+            ) from exc
+        model.eval()
+        det = cls.from_parts(
+            config,
+            encoder,
+            model,
+            threshold=float(meta["threshold"]),
+            validation_scores=np.asarray(meta.get("validation_scores", []), dtype=np.float64),
+            global_threshold=meta.get("global_threshold"),
+        )
+        return det
+
+
+def _normal_only(table: EventTable) -> EventTable:
+    g = table.grouped()
+    if g.labels is None or not g.labels.any():
+        return table
+    keep = g.ids[g.labels == 0]
+    log.info("%s: dropping %d labelled anomalous sequences before fitting", table.source, int(g.labels.sum()))
+    return table.subset(keep)

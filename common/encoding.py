@@ -1,0 +1,162 @@
+"""Turn grouped event tables into integer/float arrays the model consumes.
+
+An :class:`Encoder` is fitted on training data only (vocabulary, context
+categories, numeric scaler) and then encodes any table into
+:class:`EncodedSequences`, a CSR layout: ``offsets[i]:offsets[i+1]`` are the
+rows of sequence ``i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from common.config import VocabConfig
+from common.scaling import Scaler
+from common.vocab import UNK, ContextVocabulary, Vocabulary
+
+
+class GroupedEvents(Protocol):
+    """What :meth:`common.events.EventTable.grouped` provides."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    events: np.ndarray
+    numeric: np.ndarray
+    context: np.ndarray
+    labels: np.ndarray | None
+
+
+@dataclass
+class EncodedSequences:
+    """Encoded sequences in CSR layout.
+
+    tokens:  (N,)   int64 event ids
+    context: (N, C) int64 category ids (0 = unseen)
+    numeric: (N, F) float32 scaled features (NaN = missing)
+    offsets: (S+1,) int64
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    tokens: np.ndarray
+    context: np.ndarray
+    numeric: np.ndarray
+    labels: np.ndarray | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def subset(self, index: np.ndarray) -> EncodedSequences:
+        """Sequences at positions ``index`` (in that order)."""
+        index = np.asarray(index, dtype=np.int64)
+        lengths = self.lengths[index]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        rows = (
+            np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index])
+            if len(index)
+            else np.zeros(0, dtype=np.int64)
+        )
+        return EncodedSequences(
+            ids=self.ids[index],
+            offsets=offsets,
+            tokens=self.tokens[rows],
+            context=self.context[rows],
+            numeric=self.numeric[rows],
+            labels=None if self.labels is None else self.labels[index],
+        )
+
+
+class Encoder:
+    """Vocabulary + context categories + numeric scaler, fitted on training data."""
+
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        context: ContextVocabulary,
+        scaler: Scaler,
+    ) -> None:
+        self.vocab = vocab
+        self.context = context
+        self.scaler = scaler
+
+    @property
+    def numeric_names(self) -> tuple[str, ...]:
+        return self.scaler.names
+
+    @property
+    def context_names(self) -> tuple[str, ...]:
+        return tuple(self.context.columns)
+
+    @classmethod
+    def fit(
+        cls,
+        grouped: GroupedEvents,
+        *,
+        numeric_names: tuple[str, ...],
+        context_names: tuple[str, ...],
+        vocab_config: VocabConfig,
+        vocab: Vocabulary | None = None,
+        scaler: Scaler | None = None,
+    ) -> Encoder:
+        """Fit on training data; a shared ``vocab``/``scaler`` (federation) is used as given."""
+        if vocab is None:
+            vocab = Vocabulary.fit(
+                grouped.events,
+                max_size=vocab_config.max_size,
+                min_count=vocab_config.min_count,
+                hash_key=vocab_config.hash_key,
+            )
+        elif vocab.hash_key:
+            vocab.learn_names(grouped.events)
+        ctx = ContextVocabulary.fit(context_names, grouped.context, vocab_config.max_size)
+        if scaler is None:
+            scaler = Scaler.fit(numeric_names, grouped.numeric)
+        return cls(vocab, ctx, scaler)
+
+    def encode(self, grouped: GroupedEvents) -> EncodedSequences:
+        tokens = self.vocab.encode(grouped.events)
+        context = (
+            self.context.encode(grouped.context)
+            if self.context.columns
+            else np.zeros((len(tokens), 0), dtype=np.int64)
+        )
+        numeric = self.scaler.transform(grouped.numeric)
+        stats = {
+            "events": len(tokens),
+            "unknown_events": int((tokens == UNK).sum()),
+            "unknown_context": int((context == 0).sum()),
+            "missing_numeric": int(np.isnan(numeric).sum()),
+        }
+        return EncodedSequences(
+            ids=np.asarray(grouped.ids),
+            offsets=np.asarray(grouped.offsets, dtype=np.int64),
+            tokens=tokens,
+            context=context,
+            numeric=numeric,
+            labels=None if grouped.labels is None else np.asarray(grouped.labels),
+            stats=stats,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vocab": self.vocab.to_dict(),
+            "context": self.context.to_dict(),
+            "scaler": self.scaler.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], hash_key: str = "") -> Encoder:
+        return cls(
+            Vocabulary.from_dict(data["vocab"], hash_key=hash_key),
+            ContextVocabulary(data["context"]),
+            Scaler.from_dict(data["scaler"]),
+        )

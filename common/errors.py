@@ -1,0 +1,28 @@
+"""Errors raised where input enters seqwatch (files, config, messages).
+
+Every error carries a message that names the file, row, column or key at fault
+and says what to do. The CLI turns any :class:`SeqwatchError` into one readable
+line and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class SeqwatchError(Exception):
+    """Base class of every error a user can fix."""
+
+
+class DataError(SeqwatchError):
+    """A data file is missing, empty, malformed or inconsistent."""
+
+
+class ConfigError(SeqwatchError):
+    """A configuration key is missing, unknown or of the wrong type."""
+
+
+class NotFittedError(SeqwatchError, RuntimeError):
+    """A detector was used before ``fit`` (or ``load``)."""
+
+
+class ModelFileError(SeqwatchError):
+    """A saved model directory is missing files or is inconsistent."""

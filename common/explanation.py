@@ -1,0 +1,209 @@
+"""Per-event explanations of a sequence score, shared by scoring, CLI and report.
+
+An :class:`EventExplanation` says how surprised the next-event model was by
+one event (surprisal in nats, the rank of the actual event among the model's
+guesses, what it expected instead) and how far its numeric features were from
+normal. A :class:`SequenceExplanation` bundles them with the sequence score and
+the flagging decision. Both are plain frozen dataclasses with ``to_dict`` /
+``from_dict`` for JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["EventExplanation", "SequenceExplanation"]
+
+_MAX_EVENT_WIDTH = 40
+_HIGHLIGHT_MARK = ">>"
+
+
+@dataclass(frozen=True)
+class EventExplanation:
+    """Why one event in a sequence scored as it did.
+
+    Attributes:
+        position: 0-based index of the event in its sequence.
+        event: the actual event token.
+        surprisal: ``-log p(event | history)`` in nats.
+        rank: rank of the actual event among the model's predictions (1 = top guess).
+        expected: the model's top-k tokens with their probabilities, most likely first.
+        unknown: True when the token was never seen in training.
+        numeric_residuals: z-score residuals of the numeric features (may be empty).
+        score: the event's total anomaly score (surprisal plus any numeric part).
+    """
+
+    position: int
+    event: str
+    surprisal: float
+    rank: int
+    expected: tuple[tuple[str, float], ...]
+    unknown: bool
+    numeric_residuals: dict[str, float] = field(hash=False)
+    score: float
+
+    def expected_text(self, k: int | None = None) -> str:
+        """``"a (0.61), b (0.20)"`` for the first ``k`` expected tokens (all when ``None``)."""
+        items = self.expected if k is None else self.expected[:k]
+        return ", ".join(f"{tok} ({p:.2f})" for tok, p in items)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; ``expected`` becomes a list of ``[token, probability]`` pairs."""
+        return {
+            "position": int(self.position),
+            "event": str(self.event),
+            "surprisal": float(self.surprisal),
+            "rank": int(self.rank),
+            "expected": [[str(tok), float(p)] for tok, p in self.expected],
+            "unknown": bool(self.unknown),
+            "numeric_residuals": {str(k): float(v) for k, v in self.numeric_residuals.items()},
+            "score": float(self.score),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EventExplanation:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            position=int(data["position"]),
+            event=str(data["event"]),
+            surprisal=float(data["surprisal"]),
+            rank=int(data["rank"]),
+            expected=tuple((str(tok), float(p)) for tok, p in data.get("expected", ())),
+            unknown=bool(data.get("unknown", False)),
+            numeric_residuals={str(k): float(v) for k, v in (data.get("numeric_residuals") or {}).items()},
+            score=float(data["score"]),
+        )
+
+
+def _sort_key(ev: EventExplanation) -> tuple[float, float, int]:
+    """Most anomalous first: by score, then surprisal (both descending), then position."""
+    score = ev.score if not math.isnan(ev.score) else -math.inf
+    surprisal = ev.surprisal if not math.isnan(ev.surprisal) else -math.inf
+    return (-score, -surprisal, ev.position)
+
+
+def _printable(text: str, width: int = _MAX_EVENT_WIDTH) -> str:
+    """One-line, terminal-safe rendering of a token, shortened to ``width`` characters."""
+    out = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
+    return out if len(out) <= width else out[: width - 1] + "…"
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}f}" if math.isfinite(x) else str(x)
+
+
+@dataclass(frozen=True)
+class SequenceExplanation:
+    """A sequence's score, flagging decision and per-event explanations.
+
+    Attributes:
+        sequence_id: the sequence's identifier.
+        score: the sequence's anomaly score (higher = more anomalous).
+        threshold: the threshold it was compared with (``None`` if none was set).
+        flagged: whether ``score > threshold``.
+        events: per-event explanations in sequence order.
+        label: the known label (1 = anomalous) when available.
+    """
+
+    sequence_id: str
+    score: float
+    threshold: float | None
+    flagged: bool
+    events: tuple[EventExplanation, ...]
+    label: int | None = None
+
+    def top_events(self, n: int = 5) -> tuple[EventExplanation, ...]:
+        """The ``n`` most anomalous events (by event score, then surprisal), most anomalous first."""
+        if n <= 0:
+            return ()
+        return tuple(sorted(self.events, key=_sort_key)[:n])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (events as a list of :meth:`EventExplanation.to_dict`)."""
+        return {
+            "sequence_id": str(self.sequence_id),
+            "score": float(self.score),
+            "threshold": None if self.threshold is None else float(self.threshold),
+            "flagged": bool(self.flagged),
+            "label": None if self.label is None else int(self.label),
+            "events": [ev.to_dict() for ev in self.events],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SequenceExplanation:
+        """Inverse of :meth:`to_dict`."""
+        threshold = data.get("threshold")
+        label = data.get("label")
+        return cls(
+            sequence_id=str(data["sequence_id"]),
+            score=float(data["score"]),
+            threshold=None if threshold is None else float(threshold),
+            flagged=bool(data["flagged"]),
+            events=tuple(EventExplanation.from_dict(ev) for ev in data.get("events", ())),
+            label=None if label is None else int(label),
+        )
+
+    def to_text(self, max_events: int = 40, *, highlight: int = 3, expected_k: int = 3) -> str:
+        """Readable terminal rendering, one line per event.
+
+        Each line shows the position, the actual event, its surprisal (nats),
+        its rank, ``UNSEEN`` for tokens unseen in training, what the model
+        expected instead (``expected: a (0.61), b (0.20)``) and any numeric
+        residuals. The ``highlight`` most anomalous events are marked ``>>``.
+        When there are more than ``max_events`` events, only the most
+        anomalous ``max_events`` are shown (still in sequence order) and the
+        gaps are summarised.
+        """
+        status = "FLAGGED" if self.flagged else "not flagged"
+        header = [f"sequence {_printable(self.sequence_id, 80)}", f"score {_fmt(self.score)}"]
+        if self.threshold is not None:
+            header.append(f"threshold {_fmt(self.threshold)}")
+        header.append(status)
+        if self.label is not None:
+            header.append(f"label {self.label}")
+        lines = ["  ".join(header)]
+        if not self.events:
+            lines.append("  (no events)")
+            return "\n".join(lines)
+
+        marked = {id(ev) for ev in self.top_events(highlight)}
+        if max_events > 0 and len(self.events) > max_events:
+            keep = {id(ev) for ev in self.top_events(max_events)}
+            shown = [ev for ev in self.events if id(ev) in keep]
+            lines.append(f"  showing the {len(shown)} most anomalous of {len(self.events)} events")
+        else:
+            shown = list(self.events)
+
+        width = max(len(_printable(ev.event)) for ev in shown)
+        pos_width = max(len(str(ev.position)) for ev in shown)
+        prev_pos: int | None = None
+        for ev in shown:
+            if prev_pos is not None and ev.position > prev_pos + 1:
+                lines.append(f"   {'':>{pos_width}}  … {ev.position - prev_pos - 1} event(s) omitted")
+            prev_pos = ev.position
+            mark = _HIGHLIGHT_MARK if id(ev) in marked else " " * len(_HIGHLIGHT_MARK)
+            parts = [
+                f"{mark} {ev.position:>{pos_width}}  {_printable(ev.event):<{width}}",
+                f"{_fmt(ev.surprisal, 2):>7} nats",
+                f"rank {ev.rank:>4}",
+                "UNSEEN" if ev.unknown else "      ",
+            ]
+            if ev.expected:
+                parts.append(
+                    "expected: "
+                    + ", ".join(f"{_printable(t, 24)} ({p:.2f})" for t, p in ev.expected[:expected_k])
+                )
+            if ev.numeric_residuals:
+                parts.append(
+                    "residuals: "
+                    + ", ".join(f"{_printable(k, 24)} {v:+.1f}σ" for k, v in ev.numeric_residuals.items())
+                )
+            if not math.isclose(ev.score, ev.surprisal, rel_tol=1e-9, abs_tol=1e-9):
+                parts.append(f"score {_fmt(ev.score, 2)}")
+            lines.append("  ".join(parts).rstrip())
+        return "\n".join(lines)

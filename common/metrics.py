@@ -1,0 +1,445 @@
+"""Detection metrics: exact, tie-aware, numpy only.
+
+Conventions used throughout:
+
+* ``labels`` are 0/1 (or booleans); **1 = anomalous**, 0 = normal.
+* Higher score = more anomalous.
+* A sequence is **flagged** when ``score > threshold`` (strictly greater), so a
+  threshold equal to the largest score flags nothing and ``-inf`` flags all.
+* Ties are handled exactly: tied scores are always flagged together, ROC/PR
+  curves have one point per distinct score, and AUROC gives tied
+  (anomalous, normal) pairs half credit.
+
+Scores may be ``±inf`` but not NaN. Invalid input raises :class:`ValueError`
+with a message that says what is wrong.
+
+The ``*_histogram*`` functions are the federated counterparts: every party bins
+its scores over the same agreed edges with :func:`histogram_counts`, counts are
+summed, and the threshold / AUROC are computed from the summed counts without
+any party revealing an individual score.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "Confusion",
+    "average_precision",
+    "confusion_at",
+    "detection_rate_at_far",
+    "detection_report",
+    "histogram_counts",
+    "pr_curve",
+    "roc_auc",
+    "roc_auc_from_histograms",
+    "roc_curve",
+    "threshold_for_contamination",
+    "threshold_for_far",
+    "threshold_from_histogram",
+]
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_scores(scores: ArrayLike, name: str = "scores") -> NDArray[np.float64]:
+    """1-D float64 copy of ``scores``; rejects NaN and non-numeric input."""
+    try:
+        arr = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric: {exc}") from exc
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if np.isnan(arr).any():
+        n_nan = int(np.isnan(arr).sum())
+        raise ValueError(f"{name} contains {n_nan} NaN value(s); remove or fix them before computing metrics")
+    return arr
+
+
+def _as_labels(labels: ArrayLike) -> NDArray[np.bool_]:
+    """1-D boolean array (True = anomalous) from 0/1 or bool labels."""
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        return arr
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"labels must be 0/1 or booleans (1 = anomalous), got dtype {arr.dtype}")
+    bad = ~np.isin(arr, (0, 1))
+    if bad.any():
+        found = np.unique(arr[bad])[:5].tolist()
+        raise ValueError(f"labels must be 0/1 (1 = anomalous); found other values such as {found}")
+    return arr == 1
+
+
+def _as_pair(labels: ArrayLike, scores: ArrayLike) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+    y = _as_labels(labels)
+    s = _as_scores(scores)
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.shape[0]} labels vs {s.shape[0]} scores")
+    if y.size == 0:
+        raise ValueError("labels and scores are empty")
+    return y, s
+
+
+def _require_both_classes(y: NDArray[np.bool_], what: str) -> tuple[int, int]:
+    n_pos = int(y.sum())
+    n_neg = int(y.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        only = "normal (0)" if n_pos == 0 else "anomalous (1)"
+        raise ValueError(
+            f"{what} needs both normal (0) and anomalous (1) labels, but all {y.size} labels are {only}"
+        )
+    return n_pos, n_neg
+
+
+def _check_rate(value: float, name: str) -> float:
+    try:
+        rate = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}") from exc
+    if not (0.0 <= rate < 1.0):
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return rate
+
+
+def _max_allowed(n: int, rate: float) -> int:
+    """Largest integer ``k`` with ``k / n <= rate`` (evaluated as float division)."""
+    k = math.floor(rate * n)
+    while k + 1 <= n and (k + 1) / n <= rate:
+        k += 1
+    while k > 0 and k / n > rate:
+        k -= 1
+    return k
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def _average_ranks(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """1-based ranks of ``x`` with ties given the average of their ranks."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    n = xs.size
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], n]  # exclusive
+    avg = (starts + ends + 1) / 2.0  # mean of 1-based ranks starts+1 .. ends
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def _cumulative_counts(
+    y: NDArray[np.bool_], s: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]]:
+    """Distinct scores (descending) with true/false positives when flagging ``score >= value``."""
+    order = np.argsort(s, kind="mergesort")[::-1]
+    ss = s[order]
+    ys = y[order]
+    ends = np.flatnonzero(np.r_[ss[1:] != ss[:-1], True])  # last index of each tie group
+    tps = np.cumsum(ys, dtype=np.int64)[ends]
+    fps = (ends + 1).astype(np.int64) - tps
+    return ss[ends], tps, fps
+
+
+# --------------------------------------------------------------------------- ranking metrics
+
+
+def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the ROC curve (Mann–Whitney U / (n_anomalous · n_normal)).
+
+    Exact and tie-aware: tied (anomalous, normal) pairs count one half.
+    Raises :class:`ValueError` when only one class is present.
+    """
+    y, s = _as_pair(labels, scores)
+    n_pos, n_neg = _require_both_classes(y, "roc_auc")
+    ranks = _average_ranks(s)
+    u = float(ranks[y].sum()) - n_pos * (n_pos + 1) / 2.0
+    return u / (n_pos * n_neg)
+
+
+def roc_curve(
+    labels: ArrayLike, scores: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """ROC curve with one point per distinct score, from (0, 0) to (1, 1).
+
+    Returns ``(fpr, tpr, thresholds)``; thresholds are decreasing and point
+    ``i`` is exactly ``confusion_at(labels, scores, thresholds[i])`` (flag
+    ``score > thresholds[i]``). ``thresholds[0]`` is the largest score (nothing
+    flagged) and ``thresholds[-1]`` is ``-inf`` (everything flagged).
+    """
+    y, s = _as_pair(labels, scores)
+    n_pos, n_neg = _require_both_classes(y, "roc_curve")
+    values, tps, fps = _cumulative_counts(y, s)
+    fpr = np.r_[0.0, fps / n_neg]
+    tpr = np.r_[0.0, tps / n_pos]
+    thresholds = np.r_[values, -np.inf]
+    return fpr, tpr, thresholds
+
+
+def pr_curve(
+    labels: ArrayLike, scores: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Precision–recall curve with one point per distinct score.
+
+    Returns ``(precision, recall, thresholds)`` ordered by decreasing threshold
+    (increasing recall); point ``i`` flags ``score > thresholds[i]``. The first
+    point (threshold = largest score, nothing flagged) is ``(precision=1,
+    recall=0)`` by convention, as in scikit-learn; the last threshold is
+    ``-inf``. Needs at least one anomalous label.
+    """
+    y, s = _as_pair(labels, scores)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError(
+            f"pr_curve needs at least one anomalous (1) label, but all {y.size} labels are normal (0)"
+        )
+    values, tps, fps = _cumulative_counts(y, s)
+    precision = np.r_[1.0, tps / (tps + fps)]
+    recall = np.r_[0.0, tps / n_pos]
+    thresholds = np.r_[values, -np.inf]
+    return precision, recall, thresholds
+
+
+def average_precision(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the PR curve, step-wise: ``sum_n (R_n - R_{n-1}) · P_n``.
+
+    Same definition as scikit-learn's ``average_precision_score`` (no
+    interpolation); tied scores form a single step. Needs at least one
+    anomalous label.
+    """
+    precision, recall, _ = pr_curve(labels, scores)
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+def detection_rate_at_far(labels: ArrayLike, scores: ArrayLike, far: float) -> float:
+    """Recall at the most permissive threshold whose false-alarm rate is ``<= far``.
+
+    The threshold is ``threshold_for_far(normal scores, far)`` — the lowest
+    (hence highest-recall) threshold at which the fraction of normal scores
+    flagged does not exceed ``far`` — and the result is the fraction of
+    anomalous scores strictly above it. Equivalently, the largest TPR among ROC
+    points with FPR ``<= far`` (no interpolation).
+
+    This is an **evaluation figure**: it reads the test labels to place the
+    threshold, so it is not an operating threshold and must not be used to
+    pick one (calibrate on validation normals with :func:`threshold_for_far`).
+    """
+    y, s = _as_pair(labels, scores)
+    _require_both_classes(y, "detection_rate_at_far")
+    t = threshold_for_far(s[~y], far)
+    return float(np.mean(s[y] > t))
+
+
+# --------------------------------------------------------------------------- thresholded metrics
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Confusion counts at one threshold (flagged = ``score > threshold``; positive = anomalous)."""
+
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        """tp / (tp + fp); 0.0 when nothing is flagged."""
+        d = self.tp + self.fp
+        return self.tp / d if d else 0.0
+
+    @property
+    def recall(self) -> float:
+        """tp / (tp + fn) (detection rate); 0.0 when there are no anomalies."""
+        d = self.tp + self.fn
+        return self.tp / d if d else 0.0
+
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall; 0.0 when both are 0."""
+        d = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / d if d else 0.0
+
+    @property
+    def false_alarm_rate(self) -> float:
+        """fp / (fp + tn): fraction of normals flagged; 0.0 when there are no normals."""
+        d = self.fp + self.tn
+        return self.fp / d if d else 0.0
+
+
+def confusion_at(labels: ArrayLike, scores: ArrayLike, threshold: float) -> Confusion:
+    """Confusion counts when flagging ``score > threshold``."""
+    y, s = _as_pair(labels, scores)
+    t = float(threshold)
+    if math.isnan(t):
+        raise ValueError("threshold is NaN")
+    flagged = s > t
+    tp = int(np.sum(flagged & y))
+    fp = int(np.sum(flagged & ~y))
+    fn = int(np.sum(~flagged & y))
+    tn = int(np.sum(~flagged & ~y))
+    return Confusion(tp=tp, fp=fp, tn=tn, fn=fn)
+
+
+def threshold_for_far(normal_scores: ArrayLike, far: float) -> float:
+    """Smallest threshold with at most a fraction ``far`` of normal scores strictly above it.
+
+    Exact with ties: the result is always one of ``normal_scores`` (the
+    ``(n-k)``-th smallest, ``k = max{k : k/n <= far}``), so
+    ``mean(normal_scores > t) <= far`` holds on these scores while any smaller
+    threshold would exceed ``far``. ``far = 0`` gives the largest normal score.
+    Use it on validation normals to calibrate the operating threshold.
+    ``far`` must lie in ``[0, 1)``.
+    """
+    s = _as_scores(normal_scores, "normal_scores")
+    if s.size == 0:
+        raise ValueError("normal_scores is empty; need at least one normal score to calibrate a threshold")
+    rate = _check_rate(far, "far")
+    k = _max_allowed(s.size, rate)
+    return float(np.sort(s)[s.size - k - 1])
+
+
+def threshold_for_contamination(scores: ArrayLike, contamination: float) -> float:
+    """Threshold flagging at most a fraction ``contamination`` of ``scores`` (``score > t``).
+
+    Same rule as :func:`threshold_for_far` applied to unlabelled scores that
+    are assumed to contain that fraction of anomalies. ``contamination`` must
+    lie in ``[0, 1)``; ties are never split, so fewer may be flagged.
+    """
+    s = _as_scores(scores)
+    if s.size == 0:
+        raise ValueError("scores is empty; need at least one score to pick a threshold")
+    rate = _check_rate(contamination, "contamination")
+    k = _max_allowed(s.size, rate)
+    return float(np.sort(s)[s.size - k - 1])
+
+
+# --------------------------------------------------------------------------- federated (histograms)
+
+
+def _as_edges(edges: ArrayLike) -> NDArray[np.float64]:
+    e = _as_scores(edges, "edges")
+    if e.size < 2:
+        raise ValueError(f"edges needs at least 2 values (1 bin), got {e.size}")
+    if not np.all(np.isfinite(e)):
+        raise ValueError("edges must be finite")
+    if np.any(np.diff(e) <= 0):
+        raise ValueError("edges must be strictly increasing")
+    return e
+
+
+def _as_counts(counts: ArrayLike, name: str) -> NDArray[np.int64]:
+    arr = np.asarray(counts)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    whole = np.issubdtype(arr.dtype, np.integer) or (
+        np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.isfinite(arr) & (arr == np.round(arr))))
+    )
+    if arr.size and not whole:
+        raise ValueError(f"{name} must hold whole-number counts")
+    out = arr.astype(np.int64)
+    if np.any(out < 0):
+        raise ValueError(f"{name} must not be negative")
+    return out
+
+
+def histogram_counts(scores: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:
+    """Counts of ``scores`` per bin ``[edges[i], edges[i+1])`` (last bin closed).
+
+    Returns ``len(edges) - 1`` int64 counts. Scores below ``edges[0]`` fall in
+    the first bin and scores above ``edges[-1]`` in the last, so the counts
+    always sum to ``len(scores)``.
+    """
+    s = _as_scores(scores)
+    e = _as_edges(edges)
+    n_bins = e.size - 1
+    idx = np.clip(np.searchsorted(e, s, side="right") - 1, 0, n_bins - 1)
+    return np.bincount(idx, minlength=n_bins).astype(np.int64)
+
+
+def threshold_from_histogram(counts: ArrayLike, edges: ArrayLike, far: float) -> float:
+    """Conservative threshold from (summed) normal-score counts over agreed bins.
+
+    Scanning bins upward, returns the upper edge ``edges[j+1]`` of the first
+    bin ``j`` such that the fraction of counts in bins above ``j`` is
+    ``<= far``. Every normal score strictly above that edge lies in a bin above
+    ``j``, so the false-alarm rate on the pooled normals is ``<= far``; and the
+    result is at most one bin width above the exact :func:`threshold_for_far`.
+    (The guarantee assumes the edges cover the scores; clipped outliers above
+    ``edges[-1]`` would be flagged.) ``far`` must lie in ``[0, 1)``.
+    """
+    c = _as_counts(counts, "counts")
+    e = _as_edges(edges)
+    if c.size != e.size - 1:
+        raise ValueError(f"counts has {c.size} bins but edges define {e.size - 1}")
+    total = int(c.sum())
+    if total == 0:
+        raise ValueError("counts are all zero; need at least one normal score")
+    rate = _check_rate(far, "far")
+    above = total - np.cumsum(c)  # count in bins strictly above bin j
+    j = int(np.flatnonzero(above / total <= rate)[0])  # the last bin always qualifies (above = 0)
+    return float(e[j + 1])
+
+
+def roc_auc_from_histograms(normal_counts: ArrayLike, anomaly_counts: ArrayLike) -> float:
+    """AUROC from normal and anomalous counts over the same bins.
+
+    Exact for binned scores: equals :func:`roc_auc` on the bin indices, i.e.
+    P(anomalous bin > normal bin) + ½ · P(same bin). It differs from the
+    AUROC of the raw scores by at most the fraction of (anomalous, normal)
+    pairs sharing a bin.
+    """
+    n = _as_counts(normal_counts, "normal_counts").astype(np.float64)
+    a = _as_counts(anomaly_counts, "anomaly_counts").astype(np.float64)
+    if n.size != a.size:
+        raise ValueError(f"normal_counts has {n.size} bins but anomaly_counts has {a.size}")
+    n_tot, a_tot = float(n.sum()), float(a.sum())
+    if n_tot == 0 or a_tot == 0:
+        which = "normal_counts" if n_tot == 0 else "anomaly_counts"
+        raise ValueError(f"roc_auc_from_histograms needs both classes, but {which} are all zero")
+    normals_below = np.cumsum(n) - n
+    return float(np.sum(a * (normals_below + 0.5 * n)) / (n_tot * a_tot))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def detection_report(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, Any]:
+    """All headline metrics in one JSON-serialisable dict.
+
+    Keys: ``auroc``, ``auprc``, ``precision``, ``recall``, ``f1``,
+    ``false_alarm_rate``, ``tp``, ``fp``, ``tn``, ``fn``, ``threshold``,
+    ``detection_rate_at_1pct_far``, ``detection_rate_at_5pct_far``,
+    ``n_sequences``, ``n_anomalous``. Thresholded figures use
+    ``score > threshold``. Figures that are undefined for the labels given
+    (AUROC and the detection rates with a single class, AUPRC without
+    anomalies) are ``None``. The detection rates read the labels to place
+    their thresholds; they are evaluation figures, not operating points.
+    """
+    y, s = _as_pair(labels, scores)
+    conf = confusion_at(y, s, threshold)
+    n_pos = int(y.sum())
+    both = 0 < n_pos < y.size
+    return {
+        "auroc": roc_auc(y, s) if both else None,
+        "auprc": average_precision(y, s) if n_pos > 0 else None,
+        "precision": float(conf.precision),
+        "recall": float(conf.recall),
+        "f1": float(conf.f1),
+        "false_alarm_rate": float(conf.false_alarm_rate),
+        "tp": conf.tp,
+        "fp": conf.fp,
+        "tn": conf.tn,
+        "fn": conf.fn,
+        "threshold": float(threshold),
+        "detection_rate_at_1pct_far": detection_rate_at_far(y, s, 0.01) if both else None,
+        "detection_rate_at_5pct_far": detection_rate_at_far(y, s, 0.05) if both else None,
+        "n_sequences": int(y.size),
+        "n_anomalous": n_pos,
+    }

@@ -1,0 +1,146 @@
+"""The shared next-event network: LSTM (default), GRU, plain RNN or CNN-LSTM.
+
+Each step fuses the event embedding with categorical-context embeddings and the
+scaled numeric features of the *previous* event, runs a recurrent encoder, and
+predicts the distribution of the next event and, when numeric features exist,
+the next numeric values. Shapes: B = batch, L = time steps (a chunk),
+V = vocabulary size, C = context columns, F = numeric features, H = hidden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.config import ModelConfig
+from common.vocab import PAD
+
+# A recurrent state: (h,) for GRU/RNN, (h, c) for LSTM, plus the causal-conv
+# buffer (B, K-1, D) as the last element for CNN-LSTM.
+State = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class NetworkShape:
+    """Sizes the data decides (the config decides the rest)."""
+
+    vocab_size: int
+    context_sizes: tuple[int, ...] = ()
+    n_numeric: int = 0
+
+
+class CausalConv(nn.Module):
+    """1-D convolution over time that sees only the current and past steps."""
+
+    def __init__(self, in_dim: int, channels: int, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(in_dim, channels, kernel)
+
+    def forward(self, x: torch.Tensor, buffer: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: (B, L, D); buffer: (B, K-1, D) of the steps before this chunk
+        if buffer is None:
+            buffer = x.new_zeros(x.shape[0], self.kernel - 1, x.shape[2])
+        full = torch.cat([buffer, x], dim=1)  # (B, K-1+L, D)
+        y = self.conv(full.transpose(1, 2)).transpose(1, 2)  # (B, L, channels)
+        return F.relu(y), full[:, full.shape[1] - (self.kernel - 1) :, :]
+
+
+class NextEventModel(nn.Module):
+    """Next-event language model over fused event + context inputs."""
+
+    def __init__(self, config: ModelConfig, shape: NetworkShape) -> None:
+        super().__init__()
+        self.config = config
+        self.shape = shape
+        self.embed = nn.Embedding(shape.vocab_size, config.embed_dim, padding_idx=PAD)
+        self.context_embeds = nn.ModuleList(
+            nn.Embedding(n, config.context_dim, padding_idx=0) for n in shape.context_sizes
+        )
+        in_dim = config.embed_dim + config.context_dim * len(shape.context_sizes) + shape.n_numeric
+        self.conv: CausalConv | None = None
+        if config.kind == "cnn-lstm":
+            self.conv = CausalConv(in_dim, config.conv_channels, config.conv_kernel)
+            in_dim = config.conv_channels
+        rnn_cls = {"lstm": nn.LSTM, "cnn-lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[config.kind]
+        self.rnn = rnn_cls(
+            in_dim,
+            config.hidden,
+            num_layers=config.layers,
+            batch_first=True,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.event_head = nn.Linear(config.hidden, shape.vocab_size)
+        self.numeric_head = nn.Linear(config.hidden, shape.n_numeric) if shape.n_numeric else None
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        context: torch.Tensor,
+        numeric: torch.Tensor,
+        state: State | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+        """One chunk of steps.
+
+        tokens (B, L) int64, context (B, L, C) int64, numeric (B, L, F) float32:
+        the inputs at each step (the previous event). Returns next-event logits
+        (B, L, V), numeric predictions (B, L, F) or None, and the new state.
+        """
+        parts = [self.embed(tokens)]  # (B, L, E)
+        for j, emb in enumerate(self.context_embeds):
+            parts.append(emb(context[:, :, j]))  # (B, L, Dc)
+        if self.shape.n_numeric:
+            parts.append(numeric)  # (B, L, F)
+        x = self.drop(torch.cat(parts, dim=-1))  # (B, L, D)
+        rnn_state: State | None = None
+        new_state: list[torch.Tensor] = []
+        if state is not None:
+            rnn_state = state[:-1] if self.conv is not None else state
+        if self.conv is not None:
+            x, buffer = self.conv(x, state[-1] if state is not None else None)  # (B, L, Cc)
+        hx = None
+        if rnn_state is not None:
+            hx = (rnn_state[0], rnn_state[1]) if isinstance(self.rnn, nn.LSTM) else rnn_state[0]
+        out, h = self.rnn(x, hx)  # out (B, L, H)
+        new_state.extend(h if isinstance(h, tuple) else (h,))
+        if self.conv is not None:
+            new_state.append(buffer)
+        out = self.drop(out)
+        logits = self.event_head(out)  # (B, L, V)
+        num_pred = self.numeric_head(out) if self.numeric_head is not None else None  # (B, L, F)
+        return logits, num_pred, tuple(new_state)
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between truncated back-propagation chunks."""
+    return tuple(s.detach() for s in state)
+
+
+def build_model(config: ModelConfig, shape: NetworkShape, seed: int = 0) -> NextEventModel:
+    """A freshly initialised model; the seed makes initial weights reproducible."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = NextEventModel(config, shape)
+    torch.random.set_rng_state(gen_state)
+    return model
+
+
+def set_threads(threads: int) -> None:
+    """Honour ``train.threads`` (0 = leave torch's default) for this process."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from common.errors import ConfigError
+
+        raise ConfigError(f"train.device = {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)

@@ -1,0 +1,106 @@
+"""Numeric feature scaling with statistics that several parties can merge exactly.
+
+Each party computes (count, sum, sum of squares) per feature after a fixed,
+data-independent transform; merging is addition. Heavy-tailed features
+(amounts, durations, time gaps) go through ``sign(x)·log1p(|x|)`` first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Features whose name contains one of these are log-transformed.
+LOG_HINTS = ("gap", "amount", "duration", "size", "bytes", "count", "value", "price", "seconds")
+
+
+def transform_kind(name: str) -> str:
+    """``"log"`` for heavy-tailed features (by name), else ``"identity"``."""
+    lowered = name.lower()
+    return "log" if any(h in lowered for h in LOG_HINTS) else "identity"
+
+
+def _transform(values: np.ndarray, kinds: tuple[str, ...]) -> np.ndarray:
+    out = np.array(values, dtype=np.float64, copy=True)
+    for j, kind in enumerate(kinds):
+        if kind == "log":
+            out[:, j] = np.sign(out[:, j]) * np.log1p(np.abs(out[:, j]))
+    return out
+
+
+@dataclass
+class FeatureStats:
+    """Mergeable sufficient statistics of the transformed features (NaNs skipped)."""
+
+    names: tuple[str, ...]
+    count: np.ndarray
+    total: np.ndarray
+    total_sq: np.ndarray
+
+    @classmethod
+    def empty(cls, names: tuple[str, ...]) -> FeatureStats:
+        z = np.zeros(len(names))
+        return cls(names, z.copy(), z.copy(), z.copy())
+
+    @classmethod
+    def compute(cls, names: tuple[str, ...], values: np.ndarray) -> FeatureStats:
+        x = _transform(values, tuple(transform_kind(n) for n in names))
+        ok = ~np.isnan(x)
+        x0 = np.where(ok, x, 0.0)
+        return cls(names, ok.sum(0).astype(np.float64), x0.sum(0), (x0 * x0).sum(0))
+
+    def merge(self, other: FeatureStats) -> FeatureStats:
+        if self.names != other.names:
+            raise ValueError(f"cannot merge statistics of {self.names} and {other.names}")
+        return FeatureStats(
+            self.names, self.count + other.count, self.total + other.total, self.total_sq + other.total_sq
+        )
+
+    @classmethod
+    def merge_all(cls, parts: Iterable[FeatureStats]) -> FeatureStats:
+        items = list(parts)
+        out = items[0]
+        for p in items[1:]:
+            out = out.merge(p)
+        return out
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"count": self.count.tolist(), "sum": self.total.tolist(), "sum_sq": self.total_sq.tolist()}
+
+
+class Scaler:
+    """Standardises transformed features; missing values become 0 (the mean)."""
+
+    def __init__(self, names: tuple[str, ...], mean: np.ndarray, std: np.ndarray) -> None:
+        self.names = tuple(names)
+        self.kinds = tuple(transform_kind(n) for n in self.names)
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
+
+    @classmethod
+    def from_stats(cls, stats: FeatureStats) -> Scaler:
+        n = np.maximum(stats.count, 1.0)
+        mean = stats.total / n
+        var = np.maximum(stats.total_sq / n - mean * mean, 0.0)
+        std = np.sqrt(var)
+        return cls(stats.names, mean, np.where(std > 1e-8, std, 1.0))
+
+    @classmethod
+    def fit(cls, names: tuple[str, ...], values: np.ndarray) -> Scaler:
+        return cls.from_stats(FeatureStats.compute(names, values))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """Scaled float32 features (NaN kept, so callers can mask targets)."""
+        if not self.names:
+            return np.zeros((len(values), 0), dtype=np.float32)
+        x = _transform(values, self.kinds)
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"names": list(self.names), "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Scaler:
+        return cls(tuple(data["names"]), np.array(data["mean"]), np.array(data["std"]))  # type: ignore[arg-type]

@@ -1,0 +1,204 @@
+"""Local training: masked next-event loss, truncated BPTT, AdamW, clipping, early stopping.
+
+Framework-free (no Flower): the detector and the ClientApp both call
+:func:`train_epochs` / :func:`fit_model`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.batching import Batch, iter_batches
+from common.config import TrainConfig
+from common.encoding import EncodedSequences
+from common.model import NextEventModel, State, detach_state
+
+log = logging.getLogger(__name__)
+
+#: Upper bound on padded tokens per scoring batch (keeps memory flat on long traces).
+MAX_BATCH_TOKENS = 65536
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    event_nll: float
+    numeric_mse: float
+    events: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_events_per_second: float = 0.0
+
+
+def chunk_loss(
+    model: NextEventModel,
+    batch: Batch,
+    sl: slice,
+    state: State | None,
+    numeric_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, State]:
+    """Summed losses of one time chunk: (total, event NLL sum, numeric SE sum, events, state)."""
+    logits, num_pred, state = model(
+        batch.tokens_in[:, sl], batch.context_in[:, sl], batch.numeric_in[:, sl], state
+    )
+    mask = batch.mask[:, sl]
+    targets = batch.targets[:, sl]
+    nll = F.cross_entropy(logits[mask], targets[mask], reduction="sum")
+    se = logits.new_zeros(())
+    if num_pred is not None:
+        tgt = batch.numeric_target[:, sl]
+        ok = ~torch.isnan(tgt) & mask.unsqueeze(-1)
+        diff = torch.where(ok, num_pred - torch.nan_to_num(tgt), torch.zeros_like(num_pred))
+        se = 0.5 * (diff * diff).sum()
+    return nll + numeric_weight * se, nll, se, int(mask.sum()), state
+
+
+def train_epochs(
+    model: NextEventModel,
+    data: EncodedSequences,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    device: torch.device,
+    rng: np.random.Generator,
+    proximal_mu: float = 0.0,
+    on_epoch: Callable[[int, EpochStats], None] | None = None,
+) -> list[EpochStats]:
+    """Train for ``epochs`` passes; FedProx adds ``mu/2·||w - w_global||²`` when ``proximal_mu > 0``."""
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    stats: list[EpochStats] = []
+    for epoch in range(epochs):
+        model.train()
+        t0 = time.perf_counter()
+        tot_loss = tot_nll = tot_se = 0.0
+        n_events = 0
+        for batch in iter_batches(data, config.batch_size, rng=rng):
+            batch = batch.to(device)
+            state: State | None = None
+            for start in range(0, batch.max_len, config.chunk_len):
+                sl = slice(start, start + config.chunk_len)
+                loss, nll, se, n, state = chunk_loss(model, batch, sl, state, config.numeric_weight)
+                if n == 0:
+                    break
+                objective = loss / n
+                if anchor is not None:
+                    prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+                    objective = objective + 0.5 * proximal_mu * prox
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+                optimizer.step()
+                state = detach_state(state)
+                tot_loss += float(loss.detach())
+                tot_nll += float(nll.detach())
+                tot_se += float(se.detach())
+                n_events += n
+        es = EpochStats(
+            loss=tot_loss / max(n_events, 1),
+            event_nll=tot_nll / max(n_events, 1),
+            numeric_mse=tot_se / max(n_events, 1),
+            events=n_events,
+            seconds=time.perf_counter() - t0,
+        )
+        stats.append(es)
+        if on_epoch is not None:
+            on_epoch(epoch, es)
+    return stats
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: NextEventModel, data: EncodedSequences, config: TrainConfig, device: torch.device
+) -> EpochStats:
+    """Mean per-event loss on held-out data (model in eval mode, no dropout)."""
+    model.eval()
+    t0 = time.perf_counter()
+    tot_loss = tot_nll = tot_se = 0.0
+    n_events = 0
+    for batch in iter_batches(data, config.batch_size, max_tokens=MAX_BATCH_TOKENS):
+        batch = batch.to(device)
+        state: State | None = None
+        for start in range(0, batch.max_len, config.chunk_len * 4):
+            sl = slice(start, start + config.chunk_len * 4)
+            loss, nll, se, n, state = chunk_loss(model, batch, sl, state, config.numeric_weight)
+            tot_loss += float(loss)
+            tot_nll += float(nll)
+            tot_se += float(se)
+            n_events += n
+    d = max(n_events, 1)
+    return EpochStats(tot_loss / d, tot_nll / d, tot_se / d, n_events, time.perf_counter() - t0)
+
+
+def make_optimizer(model: NextEventModel, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def fit_model(
+    model: NextEventModel,
+    train: EncodedSequences,
+    validation: EncodedSequences | None,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train with early stopping on held-out normal validation loss; keeps the best weights."""
+    model.to(device)
+    optimizer = make_optimizer(model, config)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    best_loss, best_epoch = float("inf"), 0
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict[str, float]] = []
+    total_events, total_seconds = 0, 0.0
+    bad_epochs = 0
+    for epoch in range(1, config.epochs + 1):
+        (es,) = train_epochs(model, train, config, optimizer, epochs=1, device=device, rng=rng)
+        total_events += es.events
+        total_seconds += es.seconds
+        row = {"epoch": float(epoch), "train_loss": es.loss, "train_nll": es.event_nll}
+        if validation is not None and len(validation):
+            vs = evaluate_loss(model, validation, config, device)
+            row.update(val_loss=vs.loss, val_nll=vs.event_nll)
+            current = vs.loss
+        else:
+            current = es.loss
+        history.append(row)
+        if progress is not None:
+            progress(epoch, row)
+        log.info("epoch %d %s", epoch, {k: round(v, 4) for k, v in row.items() if k != "epoch"})
+        if current < best_loss - 1e-4:
+            best_loss, best_epoch, bad_epochs = current, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+            if bad_epochs > config.patience:
+                log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(
+        best_epoch=best_epoch,
+        best_val_loss=best_loss,
+        history=history,
+        train_events_per_second=total_events / total_seconds if total_seconds else 0.0,
+    )

@@ -1,0 +1,172 @@
+"""Event vocabulary: PAD/UNK/BOS ids, fitted on training data only.
+
+Tokens can be keyed-hashed (HMAC-SHA256, key from config) before they are
+counted, so that institutions can agree a shared vocabulary by exchanging
+hashed counts without revealing raw tokens. A hashed vocabulary maps a raw
+token by hashing it with the same key; tokens never seen in training map to UNK.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from cryptography.hazmat.primitives import hashes, hmac
+
+PAD, UNK, BOS = 0, 1, 2
+SPECIALS = ("<pad>", "<unk>", "<bos>")
+HASH_HEX_CHARS = 32  # 128 bits of the HMAC-SHA256 digest
+
+
+class TokenHasher:
+    """Keyed hash of event tokens (HMAC-SHA256, truncated to 128 bits, hex)."""
+
+    def __init__(self, key: str) -> None:
+        if not key:
+            raise ValueError("TokenHasher needs a non-empty key")
+        self._key = key.encode("utf-8")
+
+    def __call__(self, token: str) -> str:
+        mac = hmac.HMAC(self._key, hashes.SHA256())
+        mac.update(token.encode("utf-8"))
+        return mac.finalize().hex()[:HASH_HEX_CHARS]
+
+    def many(self, tokens: Iterable[str]) -> dict[str, str]:
+        """Hash each distinct token once: ``{raw: hashed}``."""
+        return {t: self(t) for t in set(tokens)}
+
+
+def count_tokens(tokens: np.ndarray, hash_key: str = "") -> Counter[str]:
+    """Count event tokens, keyed-hashing them first when ``hash_key`` is set."""
+    counts = pd.Series(tokens, copy=False).value_counts(sort=False)
+    if not hash_key:
+        return Counter({str(k): int(v) for k, v in counts.items()})
+    hasher = TokenHasher(hash_key)
+    out: Counter[str] = Counter()
+    for k, v in counts.items():
+        out[hasher(str(k))] += int(v)
+    return out
+
+
+@dataclass
+class Vocabulary:
+    """Token ↔ id mapping. Ids 0, 1, 2 are PAD, UNK and BOS.
+
+    ``tokens`` holds the (possibly hashed) keys of ids 3.. in id order.
+    ``hash_key`` non-empty means raw tokens are hashed before lookup.
+    ``names`` optionally maps hashed keys back to raw tokens, for local
+    explanations only; it is never sent to other parties.
+    """
+
+    tokens: list[str]
+    hash_key: str = ""
+    counts: list[int] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._index = pd.Index(self.tokens)
+        if not self._index.is_unique:
+            raise ValueError("vocabulary tokens must be unique")
+
+    @classmethod
+    def from_counts(
+        cls, counts: Mapping[str, int], *, max_size: int, min_count: int = 1, hash_key: str = ""
+    ) -> Vocabulary:
+        """Keep the ``max_size`` most frequent tokens seen at least ``min_count`` times.
+
+        Ties are broken by the token string, so every party derives the same
+        vocabulary from the same merged counts.
+        """
+        kept = sorted(((t, c) for t, c in counts.items() if c >= min_count), key=lambda tc: (-tc[1], tc[0]))[
+            :max_size
+        ]
+        return cls(tokens=[t for t, _ in kept], hash_key=hash_key, counts=[c for _, c in kept])
+
+    @classmethod
+    def fit(cls, tokens: np.ndarray, *, max_size: int, min_count: int = 1, hash_key: str = "") -> Vocabulary:
+        """Fit on the raw event tokens of the training data."""
+        vocab = cls.from_counts(
+            count_tokens(tokens, hash_key), max_size=max_size, min_count=min_count, hash_key=hash_key
+        )
+        if hash_key:
+            vocab.learn_names(tokens)
+        return vocab
+
+    def learn_names(self, tokens: np.ndarray) -> None:
+        """Remember raw names of hashed tokens seen locally (for explanations)."""
+        if not self.hash_key:
+            return
+        hashed = TokenHasher(self.hash_key).many(str(t) for t in pd.unique(tokens))
+        known = set(self.tokens)
+        self.names.update({h: raw for raw, h in hashed.items() if h in known})
+
+    def __len__(self) -> int:
+        """Size of the id space, specials included."""
+        return len(self.tokens) + len(SPECIALS)
+
+    def encode(self, tokens: np.ndarray) -> np.ndarray:
+        """Map raw tokens to ids (int64); unseen tokens become UNK."""
+        arr = np.asarray(tokens, dtype=object)
+        if self.hash_key:
+            uniq, inverse = np.unique(arr.astype(str), return_inverse=True)
+            hasher = TokenHasher(self.hash_key)
+            keys = np.array([hasher(t) for t in uniq], dtype=object)
+            ids = self._index.get_indexer(keys)
+            ids = np.where(ids < 0, UNK - len(SPECIALS), ids)[inverse]
+        else:
+            ids = self._index.get_indexer(arr.astype(str))
+            ids = np.where(ids < 0, UNK - len(SPECIALS), ids)
+        return (ids + len(SPECIALS)).astype(np.int64)
+
+    def token(self, idx: int) -> str:
+        """A readable name for an id (raw token where known)."""
+        if idx < len(SPECIALS):
+            return SPECIALS[idx]
+        key = self.tokens[idx - len(SPECIALS)]
+        return self.names.get(key, key)
+
+    def to_dict(self, *, with_names: bool = True) -> dict[str, object]:
+        out: dict[str, object] = {"tokens": self.tokens, "counts": self.counts, "hashed": bool(self.hash_key)}
+        if with_names and self.names:
+            out["names"] = self.names
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object], hash_key: str = "") -> Vocabulary:
+        tokens = [str(t) for t in data["tokens"]]  # type: ignore[attr-defined]
+        counts = [int(c) for c in data.get("counts", [])]  # type: ignore[attr-defined]
+        names = {str(k): str(v) for k, v in dict(data.get("names", {})).items()}  # type: ignore[call-overload]
+        return cls(tokens=tokens, hash_key=hash_key, counts=counts, names=names)
+
+
+class ContextVocabulary:
+    """Per-column category ids for categorical context (0 = unseen/missing)."""
+
+    def __init__(self, columns: Mapping[str, list[str]]) -> None:
+        self.columns = {c: list(v) for c, v in columns.items()}
+        self._index = {c: pd.Index(v) for c, v in self.columns.items()}
+
+    @classmethod
+    def fit(cls, names: tuple[str, ...], values: np.ndarray, max_size: int) -> ContextVocabulary:
+        cols: dict[str, list[str]] = {}
+        for j, name in enumerate(names):
+            vc = pd.Series(values[:, j].astype(str)).value_counts()
+            cols[name] = sorted(vc.index[:max_size].tolist())
+        return cls(cols)
+
+    def sizes(self) -> tuple[int, ...]:
+        """Number of ids per column, the reserved 0 included."""
+        return tuple(len(v) + 1 for v in self.columns.values())
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        n = values.shape[0]
+        out = np.zeros((n, len(self.columns)), dtype=np.int64)
+        for j, name in enumerate(self.columns):
+            out[:, j] = self._index[name].get_indexer(values[:, j].astype(str)) + 1
+        return out
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return self.columns

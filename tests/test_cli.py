@@ -1,0 +1,415 @@
+"""The ``seqwatch`` command line, driven in-process on a tiny synthetic data set.
+
+One tiny model is trained once per module (2 epochs, hidden 16) and reused by
+the score / explain / report tests, so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from client.cli import LAYOUT_FILE, main
+
+NORMAL_EVENTS = ("open", "read", "write", "close", "stat", "mmap")
+ATTACK_EVENTS = ("execve", "socket", "connect")
+TINY_CONFIG = """\
+[model]
+hidden = 16
+embed-dim = 8
+layers = 1
+
+[train]
+epochs = 2
+device = "cpu"
+seed = 0
+threads = 1
+"""
+SCORE_COLUMNS = [
+    "sequence_id",
+    "score",
+    "flagged",
+    "threshold",
+    "n_events",
+    "unknown_events",
+    "top_events",
+    "label",
+]
+METRIC_KEYS = {
+    "auroc",
+    "auprc",
+    "precision",
+    "recall",
+    "f1",
+    "false_alarm_rate",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "threshold",
+    "detection_rate_at_1pct_far",
+    "detection_rate_at_5pct_far",
+    "n_sequences",
+    "n_anomalous",
+    "threshold_source",
+}
+
+
+def _normal_sequence(rng: np.random.Generator) -> list[str]:
+    """open, then read/write/stat/mmap loops, then close: a small Markov chain."""
+    n = int(rng.integers(10, 31))
+    events = ["open"]
+    while len(events) < n - 1:
+        events.append(str(rng.choice(("read", "write", "stat", "mmap"), p=(0.5, 0.3, 0.1, 0.1))))
+    events.append("close")
+    return events
+
+
+def _anomalous_sequence(rng: np.random.Generator) -> list[str]:
+    """A normal sequence with a burst of unseen events in the middle."""
+    events = _normal_sequence(rng)
+    at = len(events) // 2
+    burst = [str(rng.choice(ATTACK_EVENTS)) for _ in range(4)]
+    return events[:at] + burst + events[at:]
+
+
+def make_frame(seed: int, n_normal: int, n_anomalous: int, prefix: str) -> pd.DataFrame:
+    """Canonical long table (sequence, order, event, label), as ``seqwatch convert`` writes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n_normal + n_anomalous):
+        anomalous = k >= n_normal
+        events = _anomalous_sequence(rng) if anomalous else _normal_sequence(rng)
+        sid = f"{prefix}{k:03d}"
+        rows += [(sid, pos, ev, int(anomalous)) for pos, ev in enumerate(events)]
+    return pd.DataFrame(rows, columns=["sequence", "order", "event", "label"])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Train/test CSVs, the tiny config and one model fitted through the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    train = root / "train.csv"
+    test = root / "test.csv"
+    make_frame(1, 40, 0, "tr").to_csv(train, index=False)
+    make_frame(2, 20, 4, "te").to_csv(test, index=False)
+    config = root / "tiny.toml"
+    config.write_text(TINY_CONFIG, encoding="utf-8")
+    model = root / "model"
+    code = main(["fit", "--data", str(train), "--config", str(config), "--out", str(model), "--quiet"])
+    assert code == 0
+    return {"root": root, "train": train, "test": test, "config": config, "model": model}
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("seqwatch: error: "), err
+    return lines[0]
+
+
+def test_fit_prints_progress_threshold_and_saves(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m"
+    code = main(
+        [
+            "fit",
+            "--data",
+            str(workspace["train"]),
+            "--config",
+            str(workspace["config"]),
+            "--model",
+            "gru",
+            "--epochs",
+            "2",
+            "--false-alarm-rate",
+            "0.05",
+            "--out",
+            str(out),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "training data: 40 sequences" in captured.out
+    assert "threshold:" in captured.out and "false-alarm rate 0.05" in captured.out
+    assert f"model saved to {out}" in captured.out
+    assert "epoch 1/2" in captured.err and "epoch 2/2" in captured.err
+    meta = json.loads((out / "detector.json").read_text(encoding="utf-8"))
+    assert meta["config"]["model.kind"] == "gru"
+    assert meta["config"]["model.hidden"] == 16
+    layout = json.loads((out / LAYOUT_FILE).read_text(encoding="utf-8"))
+    assert layout["columns"]["sequence"] == "sequence"
+    assert layout["columns"]["order"] == "order"
+
+
+def test_fit_reports_repairs_and_custom_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    frame = make_frame(3, 30, 0, "u").rename(columns={"sequence": "user", "event": "action", "order": "step"})
+    frame["device"] = np.where(np.arange(len(frame)) % 7 == 0, "", "laptop")
+    data = tmp_path / "custom.csv"
+    frame.to_csv(data, index=False)
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG, encoding="utf-8")
+    flags = ["--sequence-col", "user", "--event-col", "action", "--order-col", "step"]
+    flags += ["--context-cols", "device"]
+    code = main(["fit", "--data", str(data), "--config", str(config), "--out", str(tmp_path / "m"), *flags])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "repaired" in captured.out and "missing context 'device'" in captured.out
+    # score reuses the saved column map: no flags needed for the same layout
+    out = str(tmp_path / "s.csv")
+    code = main(["score", "--model", str(tmp_path / "m"), "--data", str(data), "--out", out])
+    assert code == 0, capsys.readouterr().err
+    scores = pd.read_csv(tmp_path / "s.csv")
+    assert len(scores) == 30 and "label" in scores.columns
+
+
+def test_score_writes_table_and_metrics(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scores.csv"
+    metrics_path = tmp_path / "metrics.json"
+    code = main(
+        [
+            "score",
+            "--model",
+            str(workspace["model"]),
+            "--data",
+            str(workspace["test"]),
+            "--out",
+            str(out),
+            "--metrics-json",
+            str(metrics_path),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    scores = pd.read_csv(out, keep_default_na=False)
+    assert list(scores.columns) == SCORE_COLUMNS
+    assert len(scores) == 24
+    assert scores["label"].sum() == 4
+    # the unseen attack events are counted and named among the top events
+    attacks = scores[scores["label"] == 1]
+    assert (attacks["unknown_events"] == 4).all()
+    assert (scores.loc[scores["label"] == 0, "unknown_events"] == 0).all()
+    assert attacks["top_events"].str.contains(r"pos \d+: \w+ \[unseen\] \(expected ", regex=True).all()
+    assert scores["top_events"].str.count("; ").eq(2).all()  # 3 events each (default)
+    assert (scores["flagged"] == (scores["score"] > scores["threshold"])).all()
+    assert "unknown events: 16 of" in captured.out
+    assert "AUROC" in captured.out
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    assert set(metrics) == METRIC_KEYS
+    assert metrics["threshold_source"] == "local"
+    assert metrics["n_sequences"] == 24 and metrics["n_anomalous"] == 4
+    assert metrics["auroc"] > 0.9  # unseen events are easy to spot even for a 2-epoch model
+
+
+def test_score_parquet_output_and_top_events_off(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scores.parquet"
+    base = ["score", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
+    code = main([*base, "--out", str(out), "--top-events", "0", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    scores = pd.read_parquet(out)
+    assert list(scores.columns) == SCORE_COLUMNS
+    assert (scores["top_events"] == "").all()
+    assert captured.err == ""
+
+
+def test_score_global_threshold_missing_is_an_error(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["score", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
+    code = main([*base, "--out", str(tmp_path / "s.csv"), "--threshold", "global"])
+    assert code == 2
+    assert "no global threshold" in _one_error_line(capsys.readouterr().err)
+
+
+def test_save_load_round_trip_gives_identical_scores(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from common.config import load_config_file, parse_detector_config
+    from common.detector import SequenceDetector
+    from common.events import CANONICAL, read_table
+
+    train = read_table(workspace["train"], CANONICAL)
+    test = read_table(workspace["test"], CANONICAL)
+    config = parse_detector_config(load_config_file(workspace["config"]))
+    fitted = SequenceDetector(config).fit(train)
+    fitted.save(tmp_path / "m")
+    loaded = SequenceDetector.load(tmp_path / "m")
+    before = fitted.decision_function(test)
+    assert np.array_equal(before, loaded.decision_function(test))
+    assert loaded.threshold_ == fitted.threshold_
+
+    # the CLI's scores (through a CSV file) are the loaded detector's, to the bit
+    out = tmp_path / "s.csv"
+    model = str(tmp_path / "m")
+    code = main(["score", "--model", model, "--data", str(workspace["test"]), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    scores = pd.read_csv(out)
+    assert np.array_equal(scores["score"].to_numpy(), before)
+    assert list(scores["sequence_id"]) == [str(i) for i in test.grouped().ids]
+
+
+def test_explain_text_and_json(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["explain", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
+    code = main([*base, "--sequence", "te020"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.startswith("sequence te020")
+    assert "UNSEEN" in captured.out and "expected:" in captured.out
+
+    code = main([*base, "--sequence", "te020", "--json", "--top-k", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads(captured.out)
+    assert data["sequence_id"] == "te020" and data["label"] == 1
+    assert all(len(ev["expected"]) == 2 for ev in data["events"])
+    assert sum(ev["unknown"] for ev in data["events"]) == 4
+
+    code = main([*base, "--sequence", "te0200"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "no sequence with id 'te0200'" in line
+
+
+def test_report_writes_html(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    base = ["report", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
+    code = main([*base, "--out", str(out), "--top", "3", "--title", "CLI test"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "CLI test" in html
+    assert (out / "scores.csv").is_file()
+    assert "report written to" in captured.out and "3 anomalies explained" in captured.out
+
+
+@pytest.mark.parametrize(
+    ("argv_tail", "needle"),
+    [
+        (["--event-col", "action"], "missing column 'action'"),
+        (["--data-missing"], "file not found"),
+        (["--bad-config"], "unknown config key 'model.hiden' (did you mean 'model.hidden'?)"),
+    ],
+    ids=["missing-column", "nonexistent-file", "unknown-config-key"],
+)
+def test_fit_errors_are_one_line(
+    workspace: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv_tail: list[str],
+    needle: str,
+) -> None:
+    data = str(workspace["train"])
+    config = str(workspace["config"])
+    tail = list(argv_tail)
+    if tail == ["--data-missing"]:
+        data, tail = str(tmp_path / "nope.csv"), []
+    elif tail == ["--bad-config"]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text("[model]\nhiden = 16\n", encoding="utf-8")
+        config, tail = str(bad), []
+    code = main(["fit", "--data", data, "--config", config, "--out", str(tmp_path / "m"), *tail])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert needle in _one_error_line(captured.err)
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "m").exists()
+
+
+def test_missing_model_dir_is_one_line(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in (
+        ["score", "--out", str(tmp_path / "s.csv")],
+        ["explain", "--sequence", "te000"],
+        ["report", "--out", str(tmp_path / "r")],
+    ):
+        code = main([*command, "--model", str(tmp_path / "no-model"), "--data", str(workspace["test"])])
+        assert code == 2
+        assert "model directory not found" in _one_error_line(capsys.readouterr().err)
+
+
+def test_score_missing_data_file_and_undetectable_columns(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["score", "--model", str(workspace["model"]), "--out", str(tmp_path / "s.csv")]
+    assert main([*base, "--data", str(tmp_path / "missing.csv")]) == 2
+    assert "file not found" in _one_error_line(capsys.readouterr().err)
+
+    odd = tmp_path / "odd.csv"
+    pd.DataFrame({"who": ["a", "a"], "what": ["open", "close"]}).to_csv(odd, index=False)
+    # a model without a saved column map falls back to header detection, which finds nothing here
+    (workspace["root"] / "model-copy").mkdir(exist_ok=True)
+    for name in ("model.safetensors", "detector.json", "encoder.json"):
+        (workspace["root"] / "model-copy" / name).write_bytes((workspace["model"] / name).read_bytes())
+    base[2] = str(workspace["root"] / "model-copy")
+    assert main([*base, "--data", str(odd)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "no sequence column found" in line and "--sequence-col" in line
+    assert main([*base, "--data", str(odd), "--sequence-col", "who", "--event-col", "what"]) == 0
+    capsys.readouterr()
+
+
+def test_verbose_error_shows_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["-v", "explain", "--model", str(tmp_path), "--data", "x.csv", "--sequence", "a"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "Traceback" in captured.err
+    assert captured.err.rstrip().splitlines()[-1].startswith("seqwatch: error: ")
+
+
+def test_convert_missing_source_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["convert", "adfa-ld", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    _one_error_line(capsys.readouterr().err)
+    out = str(tmp_path / "o")
+    code = main(["convert", "hdfs", "--src", str(tmp_path), "--out", out, "--version", "loghub"])
+    assert code == 2
+    assert "openstack only" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("command", [[], ["convert"], ["fit"], ["score"], ["explain"], ["report"]])
+def test_help_exits_zero(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: seqwatch")
+    assert "examples:" in out
+
+
+def test_usage_errors_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["fit"]) == 2  # --data and --out are required
+    assert main(["score", "--model", "m", "--data", "d", "--out", "o", "--threshold", "median"]) == 2
+    capsys.readouterr()
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("seqwatch ")
+
+
+def test_help_is_fast_and_module_runs() -> None:
+    """``python -m client --help`` works without importing torch or pandas."""
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['seqwatch', '--help']\n"
+        "try:\n    runpy.run_module('client', run_name='__main__')\n"
+        "except SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        "heavy = [m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: seqwatch" in result.stdout

@@ -1,0 +1,70 @@
+import pytest
+
+from common.config import (
+    AppConfig,
+    DetectorConfig,
+    load_config_file,
+    parse_config,
+    parse_detector_config,
+    to_flat,
+    with_overrides,
+)
+from common.errors import ConfigError
+
+
+def test_defaults_round_trip_through_flat_keys():
+    cfg = AppConfig()
+    assert parse_config(to_flat(cfg)) == cfg
+    det = DetectorConfig()
+    assert parse_detector_config(to_flat(det)) == det
+
+
+def test_pyproject_defaults_match_dataclass_defaults():
+    import tomllib
+    from pathlib import Path
+
+    data = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    run_config = data["tool"]["flwr"]["app"]["config"]
+    assert parse_config(run_config) == AppConfig()
+    assert set(run_config) == set(to_flat(AppConfig())), "every knob needs a default in pyproject"
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.hiden'.*model.hidden"):
+        parse_config({"model.hiden": 3})
+
+
+def test_mistyped_key_is_named():
+    with pytest.raises(ConfigError, match=r"'train.epochs' must be int, got str"):
+        parse_config({"train.epochs": "ten"})
+    with pytest.raises(ConfigError, match=r"'model.dropout' must be float"):
+        parse_config({"model.dropout": True})
+
+
+def test_int_is_accepted_for_float_and_values_are_validated():
+    assert parse_config({"train.lr": 1}).detector.train.lr == 1.0
+    with pytest.raises(ConfigError, match=r"model.kind"):
+        parse_config({"model.kind": "transformer"})
+    with pytest.raises(ConfigError, match=r"calibration.false-alarm-rate"):
+        parse_config({"calibration.false-alarm-rate": 1.5})
+
+
+def test_config_file_nested_and_dotted(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('"train.epochs" = 2\n[model]\nkind = "gru"\nhidden = 32\n')
+    cfg = parse_detector_config(load_config_file(p))
+    assert cfg.model.kind == "gru" and cfg.model.hidden == 32 and cfg.train.epochs == 2
+    j = tmp_path / "c.json"
+    j.write_text('{"score": {"aggregate": "max"}}')
+    assert parse_detector_config(load_config_file(j)).score.aggregate == "max"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("model = [")
+    with pytest.raises(ConfigError, match=r"bad.toml"):
+        load_config_file(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config_file(tmp_path / "missing.toml")
+
+
+def test_with_overrides():
+    cfg = with_overrides(DetectorConfig(), model={"kind": "cnn-lstm"}, train={"epochs": 1})
+    assert cfg.model.kind == "cnn-lstm" and cfg.train.epochs == 1

@@ -1,0 +1,228 @@
+"""Tests for common.datasets.
+
+Tests on the real shared data check the counts in each PROVENANCE.md and skip
+when the data folder is absent; the others build tiny files in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.datasets import (
+    CONVERTERS,
+    ENV_VAR,
+    convert,
+    load_adfa_ld,
+    load_hdfs,
+    load_openstack,
+    shared_data_dir,
+)
+from common.errors import ConfigError, DataError
+from common.events import CANONICAL, EventTable, read_table
+
+
+def _data() -> Path:
+    root = shared_data_dir()
+    if root is None:
+        pytest.skip(f"shared data folder not found (set {ENV_VAR})")
+    return root
+
+
+@pytest.fixture(scope="module")
+def adfa() -> dict[str, EventTable]:
+    return load_adfa_ld(_data() / "adfa-ld")
+
+
+def _counts(table: EventTable) -> tuple[int, int]:
+    """(normal, anomalous) sequences."""
+    labels = table.grouped().labels
+    assert labels is not None
+    return int((labels == 0).sum()), int((labels == 1).sum())
+
+
+# --------------------------------------------------------------------------- #
+# Real data (skipped when absent)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.realdata
+def test_adfa_counts(adfa: dict[str, EventTable]) -> None:
+    assert set(adfa) == {"train", "test"}
+    assert _counts(adfa["train"]) == (833, 0)
+    assert _counts(adfa["test"]) == (4372, 746)
+    assert adfa["train"].n_events == 308_077
+    assert adfa["test"].n_events == 2_122_085 + 317_388
+    g = adfa["test"].grouped()
+    assert g.attack_types is not None and g.labels is not None
+    types = pd.Series(g.attack_types[g.labels == 1]).value_counts().to_dict()
+    assert types == {
+        "Hydra_SSH": 176, "Hydra_FTP": 162, "Java_Meterpreter": 124,
+        "Web_Shell": 118, "Adduser": 91, "Meterpreter": 75,
+    }  # fmt: skip
+    assert set(g.attack_types[g.labels == 0]) == {""}
+    first = adfa["train"].grouped()
+    assert first.ids[0] == "UTD-0001" and list(first.events_of(0)[:3]) == ["6", "6", "63"]
+
+
+@pytest.mark.realdata
+def test_adfa_grouping_is_fast(adfa: dict[str, EventTable]) -> None:
+    table = adfa["test"]
+    table._grouped = None  # measure a fresh grouping of 2.4 M rows
+    start = time.perf_counter()
+    g = table.grouped()
+    assert time.perf_counter() - start < 3.0
+    assert g.offsets[-1] == table.n_events and len(g) == 5118
+
+
+@pytest.mark.realdata
+def test_hdfs_counts() -> None:
+    splits = load_hdfs(_data() / "hdfs-deeplog")
+    assert _counts(splits["train"]) == (4855, 0)
+    assert _counts(splits["test_abnormal"]) == (0, 16838)
+    assert splits["train"].n_events == 95_125
+    assert splits["test_abnormal"].n_events == 284_818
+    ids = splits["train"].grouped().ids
+    assert ids[0] == "train-000001" and ids[-1] == "train-004855"
+    vocab = set(splits["train"].frame["event"]) | set(splits["test_abnormal"].frame["event"])
+    assert vocab == {str(k) for k in range(1, 29)}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    ("version", "train", "normal", "abnormal"),
+    [("kalaki", 50, 4895, 651), ("loghub", 19, 1852, 198)],
+)
+def test_openstack_counts(version: str, train: int, normal: int, abnormal: int) -> None:
+    splits = load_openstack(_data() / "openstack-aecid", version=version)
+    assert _counts(splits["train"]) == (train, 0)
+    assert _counts(splits["test"]) == (normal, abnormal)
+
+
+@pytest.mark.realdata
+def test_convert_round_trip(tmp_path: Path) -> None:
+    paths = convert("openstack", _data(), tmp_path, fmt="csv")
+    assert set(paths) == {"train", "test"}
+    original = load_openstack(_data())
+    for split, path in paths.items():
+        pd.testing.assert_frame_equal(read_table(path, CANONICAL).frame, original[split].frame)
+
+
+# --------------------------------------------------------------------------- #
+# Synthetic files
+# --------------------------------------------------------------------------- #
+
+
+def test_shared_data_dir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    assert shared_data_dir() == tmp_path
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "absent"))
+    assert shared_data_dir() is None
+
+
+def test_adfa_zip_fallback(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "ADFA-LD.zip", "w") as zf:
+        zf.writestr("ADFA-LD/Training_Data_Master/UTD-0001.txt", "6 6 63 ")
+        zf.writestr("ADFA-LD/Training_Data_Master/UTD-0002.txt", "3 4\n")
+        zf.writestr("ADFA-LD/Validation_Data_Master/UVD-0001.txt", "5")
+        zf.writestr("ADFA-LD/Attack_Data_Master/Hydra_FTP_3/UAD-Hydra-FTP-3-99.txt", "1 2 3")
+        zf.writestr("ADFA-LD/ADFA-LD+Syscall+List.txt", "#define __NR_io_setup 0")
+    splits = load_adfa_ld(tmp_path)
+    train, test = splits["train"].grouped(), splits["test"].grouped()
+    assert list(train.ids) == ["UTD-0001", "UTD-0002"]
+    assert list(train.events) == ["6", "6", "63", "3", "4"]
+    assert list(test.ids) == ["UAD-Hydra-FTP-3-99", "UVD-0001"]
+    assert test.labels is not None and list(test.labels) == [1, 0]
+    assert test.attack_types is not None and list(test.attack_types) == ["Hydra_FTP", ""]
+
+
+def test_adfa_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"adfa_ld_traces\.tsv\.gz"):
+        load_adfa_ld(tmp_path)
+
+
+def test_adfa_garbled_tsv(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "split": ["train", "attack"],
+            "label": ["0", "1"],
+            "attack_type": ["", "Adduser"],
+            "attack_run": ["", "1"],
+            "source_file": [
+                "Training_Data_Master/UTD-0001.txt",
+                "Attack_Data_Master/Adduser_1/UAD-Adduser-1-1.txt",
+            ],
+            "syscalls": ["1 2 3", "4 x 6"],
+        }
+    )
+    path = tmp_path / "adfa_ld_traces.tsv.gz"
+    frame.to_csv(path, sep="\t", index=False)
+    with pytest.raises(DataError, match=r"adfa_ld_traces\.tsv\.gz: line 3: system calls"):
+        load_adfa_ld(tmp_path)
+
+
+def test_hdfs_trailing_space_no_final_newline(tmp_path: Path) -> None:
+    (tmp_path / "hdfs_train").write_text("5 5 22 \n11 9 ")
+    (tmp_path / "hdfs_test_abnormal").write_text("1 2 ")
+    splits = load_hdfs(tmp_path)
+    g = splits["train"].grouped()
+    assert list(g.ids) == ["train-000001", "train-000002"]
+    assert list(g.events) == ["5", "5", "22", "11", "9"]
+    assert list(g.offsets) == [0, 3, 5]
+    assert list(splits["train"].frame["order"]) == [0.0, 1.0, 2.0, 0.0, 1.0]
+    assert splits["test_abnormal"].grouped().labels is not None
+    assert list(splits["test_abnormal"].grouped().ids) == ["test_abnormal-000001"]
+
+
+def test_hdfs_missing_and_garbled(tmp_path: Path) -> None:
+    (tmp_path / "hdfs_train").write_text("5 5 22\n")
+    with pytest.raises(DataError, match="hdfs_test_abnormal: file not found"):
+        load_hdfs(tmp_path)
+    (tmp_path / "hdfs_test_abnormal").write_text("1 2\n3 blk_x\n")
+    with pytest.raises(DataError, match=r"hdfs_test_abnormal: line 2: log keys"):
+        load_hdfs(tmp_path)
+
+
+def test_openstack_duplicate_ids_and_garbled(tmp_path: Path) -> None:
+    folder = tmp_path / "kalaki"
+    folder.mkdir()
+    (folder / "openstack_train").write_text("a,1 2\nb,3\n")
+    (folder / "openstack_test_normal").write_text("c,1 2\n")
+    (folder / "openstack_test_abnormal").write_text("c,9 9\nd,4")
+    splits = load_openstack(tmp_path)
+    test = splits["test"].grouped()
+    assert list(test.ids) == ["c", "c.2", "d"]
+    assert test.labels is not None and list(test.labels) == [0, 1, 1]
+    assert splits["test"].repairs == {"duplicate sequence id renamed": 1}
+    (folder / "openstack_test_abnormal").write_text("c,9 9\nno comma here\n")
+    with pytest.raises(DataError, match=r"openstack_test_abnormal: line 2"):
+        load_openstack(tmp_path)
+    with pytest.raises(ConfigError, match="version"):
+        load_openstack(tmp_path, version="v3")
+
+
+def test_convert_rejects_unknown_names(tmp_path: Path) -> None:
+    assert set(CONVERTERS) == {"adfa-ld", "hdfs", "openstack"}
+    with pytest.raises(ConfigError, match="unknown data set 'bgl'"):
+        convert("bgl", tmp_path, tmp_path)
+    with pytest.raises(ConfigError, match="format"):
+        convert("hdfs", tmp_path, tmp_path, fmt="xlsx")
+
+
+def test_convert_synthetic_parquet(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hdfs_train").write_text("5 5 22 \n11 9 ")
+    (src / "hdfs_test_abnormal").write_text("1 2 ")
+    paths = convert("hdfs", src, tmp_path / "out")
+    assert paths == {
+        "train": tmp_path / "out/train.parquet",
+        "test_abnormal": tmp_path / "out/test_abnormal.parquet",
+    }
+    back = read_table(paths["train"], CANONICAL)
+    assert back.has_labels and np.array_equal(back.grouped().offsets, [0, 3, 5])

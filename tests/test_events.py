@@ -1,0 +1,330 @@
+"""Tests for common.events: the event-table model, readers, writers, sessionize."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.errors import ConfigError, DataError
+from common.events import (
+    CANONICAL,
+    GAP,
+    MISSING,
+    ColumnMap,
+    EventTable,
+    canonical_columns,
+    from_frame,
+    read_table,
+    sessionize,
+    write_table,
+)
+
+USER_MAP = ColumnMap(sequence="user", event="action", order="ts", numeric=("bytes",), context=("device",))
+
+
+def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+@pytest.fixture
+def user_csv(tmp_path: Path) -> Path:
+    """Two users, rows out of order, one anomalous row, one attack type."""
+    return _write(
+        tmp_path / "events.csv",
+        "user,ts,action,bytes,device,label,attack_type\n"
+        "u2,2024-01-01T00:00:10Z,login,5,pc,0,\n"
+        "u1,2024-01-01T00:01:00Z,close,3,phone,1,exfil\n"
+        "u1,2024-01-01T00:00:00Z,open,1,phone,0,\n"
+        "u2,2024-01-01T00:00:00Z,start,1,pc,normal,\n"
+        "u1,2024-01-01T00:00:30Z,read,2,phone,false,\n",
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Grouping, ordering, features
+# --------------------------------------------------------------------------- #
+
+
+def test_grouping_sorts_by_sequence_then_time(user_csv: Path) -> None:
+    table = read_table(user_csv, USER_MAP)
+    assert table.time_ordered and table.has_labels and table.source == str(user_csv)
+    assert table.numeric == ("bytes", GAP)
+    assert table.context == ("device",)
+    assert list(table.frame.columns) == [
+        "sequence", "order", "event", "bytes", GAP, "device", "label", "attack_type",
+    ]  # fmt: skip
+    assert table.frame["order"].dtype == np.float64
+    assert table.frame["label"].dtype == np.int8
+    g = table.grouped()
+    assert g is table.grouped()  # cached
+    assert list(g.ids) == ["u1", "u2"]
+    assert g.offsets.dtype == np.int64 and list(g.offsets) == [0, 3, 5]
+    assert list(g.events) == ["open", "read", "close", "start", "login"]
+    assert g.numeric.shape == (5, 2) and g.numeric.dtype == np.float64
+    assert g.context.shape == (5, 1) and g.context[0, 0] == "phone"
+    assert g.labels is not None and list(g.labels) == [1, 0]
+    assert g.attack_types is not None and list(g.attack_types) == ["exfil", ""]
+    assert len(table) == 2 and table.n_events == 5 and list(g.lengths) == [3, 2]
+
+
+def test_timestamps_become_epoch_seconds_and_gap_feature(user_csv: Path) -> None:
+    table = read_table(user_csv, USER_MAP)
+    u1 = table.frame[table.frame["sequence"] == "u1"]
+    assert u1["order"].iloc[0] == pd.Timestamp("2024-01-01T00:00:00Z").timestamp()
+    assert list(table.frame[GAP]) == [0.0, 30.0, 30.0, 0.0, 10.0]
+
+
+def test_file_order_and_numeric_positions(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.csv", "sequence_id,event,pos\nb,x,0\na,y,2\na,z,1\nb,w,1\n")
+    by_file = read_table(path)  # order=None: file order within each sequence
+    assert list(by_file.grouped().events) == ["y", "z", "x", "w"]
+    assert not by_file.time_ordered and not by_file.has_labels and by_file.numeric == ()
+    by_pos = read_table(path, ColumnMap(order="pos"))  # auto: numbers are positions
+    assert list(by_pos.grouped().events) == ["z", "y", "x", "w"]
+    assert GAP not in by_pos.frame.columns
+
+
+def test_from_frame_accepts_typed_columns() -> None:
+    df = pd.DataFrame(
+        {
+            "sid": [7, 7, 8],
+            "ev": [3, 1, 2],
+            "t": pd.to_datetime(["2024-01-01 00:00:05", "2024-01-01 00:00:00", "2024-01-01 00:00:00"]),
+            "ok": [True, False, True],
+        }
+    )
+    table = from_frame(df, ColumnMap(sequence="sid", event="ev", order="t", label="ok"))
+    assert list(table.grouped().ids) == ["7", "8"]
+    assert list(table.grouped().events) == ["1", "3", "2"]
+    assert list(table.frame[GAP]) == [0.0, 5.0, 0.0]
+    assert list(table.frame["label"]) == [0, 1, 1]
+
+
+def test_mixed_timestamp_formats_and_epoch_seconds(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "e.csv",
+        "sequence_id,event,ts\ns,a,2024-01-01 00:00:00\ns,b,2024-01-01T00:00:07+00:00\ns,c,2024-01-02\n",
+    )
+    table = read_table(path, ColumnMap(order="ts"))
+    assert list(table.frame[GAP]) == [0.0, 7.0, 86400.0 - 7.0]
+    epoch = _write(tmp_path / "p.csv", "sequence_id,event,t\ns,a,100.5\ns,b,100\n")
+    timed = read_table(epoch, ColumnMap(order="t", time=True))
+    assert timed.time_ordered and list(timed.frame[GAP]) == [0.0, 0.5]
+
+
+def test_repairs_are_counted_not_dropped(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "e.csv",
+        "sequence_id,event,bytes,device\ns,a,1,pc\ns,b,,\n\ns,c,NaN,\n",
+    )
+    table = read_table(path, ColumnMap(numeric=("bytes",), context=("device",)))
+    assert table.n_events == 3
+    assert list(table.frame["device"]) == ["pc", MISSING, MISSING]
+    assert np.isnan(table.frame["bytes"].iloc[1]) and np.isnan(table.frame["bytes"].iloc[2])
+    assert table.repairs == {
+        "missing numeric 'bytes'": 2,
+        "missing context 'device'": 2,
+        "blank lines skipped": 1,
+    }
+
+
+def test_subset_and_concat(user_csv: Path) -> None:
+    table = read_table(user_csv, USER_MAP)
+    u2 = table.subset(["u2"])
+    assert list(u2.grouped().ids) == ["u2"] and u2.n_events == 2
+    assert u2.numeric == table.numeric
+    both = EventTable.concat([u2, table.subset(["u1"])])
+    pd.testing.assert_frame_equal(both.frame, table.frame)
+    with pytest.raises(DataError, match="'nope'"):
+        table.subset(["nope"])
+    with pytest.raises(DataError, match="more than one table"):
+        EventTable.concat([table, u2])
+
+
+# --------------------------------------------------------------------------- #
+# Sessionize
+# --------------------------------------------------------------------------- #
+
+
+def test_sessionize_by_gap_carries_labels_and_recomputes_gap(user_csv: Path) -> None:
+    table = read_table(user_csv, USER_MAP)
+    cut = sessionize(table, gap_seconds=20)
+    g = cut.grouped()
+    # u1 events at 0, 30, 60 s: every gap > 20 s -> three sessions; u2 at 0, 10 s -> one.
+    assert list(g.ids) == ["u1#0", "u1#1", "u1#2", "u2#0"]
+    assert g.labels is not None and list(g.labels) == [0, 0, 1, 0]
+    assert g.attack_types is not None and g.attack_types[2] == "exfil"
+    assert list(cut.frame[GAP]) == [0.0, 0.0, 0.0, 0.0, 10.0]
+    assert len(sessionize(table, gap_seconds=45)) == 2
+
+
+def test_sessionize_by_block(tmp_path: Path) -> None:
+    rows = "".join(f"s,e{i},{i},{int(i == 3)}\n" for i in range(5))
+    table = read_table(
+        _write(tmp_path / "e.csv", "sequence_id,event,pos,label\n" + rows), ColumnMap(order="pos")
+    )
+    cut = sessionize(table, block_size=2)
+    g = cut.grouped()
+    assert list(g.ids) == ["s#0", "s#1", "s#2"]
+    assert list(g.lengths) == [2, 2, 1]
+    assert g.labels is not None and list(g.labels) == [0, 1, 0]
+
+
+def test_sessionize_arguments(user_csv: Path, tmp_path: Path) -> None:
+    table = read_table(user_csv, USER_MAP)
+    with pytest.raises(ConfigError, match="exactly one"):
+        sessionize(table)
+    with pytest.raises(ConfigError, match="block_size"):
+        sessionize(table, block_size=0)
+    untimed = read_table(_write(tmp_path / "p.csv", "sequence_id,event\ns,a\n"))
+    with pytest.raises(DataError, match="needs timestamps"):
+        sessionize(untimed, gap_seconds=5)
+
+
+# --------------------------------------------------------------------------- #
+# Column-map files
+# --------------------------------------------------------------------------- #
+
+
+def test_column_map_from_json_and_toml(tmp_path: Path) -> None:
+    spec = {"sequence": "user", "event": "action", "order": "ts", "numeric": ["bytes"], "context": ["device"]}
+    js = tmp_path / "map.json"
+    js.write_text(json.dumps(spec))
+    assert ColumnMap.from_file(js) == USER_MAP
+    toml = tmp_path / "map.toml"
+    toml.write_text('[columns]\nsequence = "user"\nevent = "action"\norder = "ts"\ntime = true\n')
+    assert ColumnMap.from_file(toml) == ColumnMap(sequence="user", event="action", order="ts", time=True)
+
+
+def test_column_map_unknown_and_mistyped_keys(tmp_path: Path) -> None:
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"sequence": "u", "evnet": "a"}))
+    with pytest.raises(ConfigError, match="unknown column map key 'evnet'"):
+        ColumnMap.from_file(path)
+    path.write_text(json.dumps({"numeric": "bytes"}))
+    with pytest.raises(ConfigError, match="'numeric' must be a list"):
+        ColumnMap.from_file(path)
+    path.write_text(json.dumps({"time": "yes"}))
+    with pytest.raises(ConfigError, match="'time'"):
+        ColumnMap.from_file(path)
+
+
+# --------------------------------------------------------------------------- #
+# Round trip
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("name", ["out.parquet", "out.csv", "out.csv.gz", "out.tsv"])
+def test_write_read_round_trip(user_csv: Path, tmp_path: Path, name: str) -> None:
+    table = read_table(user_csv, USER_MAP)
+    path = write_table(table, tmp_path / "sub" / name)
+    back = read_table(path, canonical_columns(table))
+    pd.testing.assert_frame_equal(back.frame, table.frame)
+    assert back.numeric == table.numeric and back.context == table.context and back.time_ordered
+
+
+def test_canonical_map_round_trip(tmp_path: Path) -> None:
+    table = read_table(_write(tmp_path / "e.csv", 'sequence_id,event,label\ns,NA,0\ns,"a,b",1\nt,x,0\n'))
+    for name in ("c.csv", "c.parquet"):
+        back = read_table(write_table(table, tmp_path / name), CANONICAL)
+        pd.testing.assert_frame_equal(back.frame, table.frame)
+    assert list(table.grouped().events) == ["NA", "a,b", "x"]
+
+
+# --------------------------------------------------------------------------- #
+# Errors: one test per class, each message names file / line / column
+# --------------------------------------------------------------------------- #
+
+
+def test_error_file_not_found(tmp_path: Path) -> None:
+    path = tmp_path / "nope.csv"
+    with pytest.raises(DataError, match=r"nope\.csv: file not found"):
+        read_table(path)
+
+
+def test_error_unsupported_suffix(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"events\.json: unsupported file type"):
+        read_table(_write(tmp_path / "events.json", "{}"))
+
+
+def test_error_empty_file_and_header_only(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"empty\.csv: file is empty"):
+        read_table(_write(tmp_path / "empty.csv", ""))
+    with pytest.raises(DataError, match=r"header\.csv: no data rows"):
+        read_table(_write(tmp_path / "header.csv", "sequence_id,event\n"))
+    df = pd.DataFrame({"sequence_id": pd.Series([], dtype=str), "event": pd.Series([], dtype=str)})
+    df.to_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match=r"empty\.parquet: no data rows"):
+        read_table(tmp_path / "empty.parquet")
+
+
+def test_error_missing_column_lists_columns(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.csv", "sequence_id,action\ns,a\n")
+    with pytest.raises(DataError) as err:
+        read_table(path)
+    msg = str(err.value)
+    assert "e.csv" in msg and "missing column 'event'" in msg and "'sequence_id', 'action'" in msg
+    assert "\n" not in msg
+
+
+def test_error_unparseable_timestamp(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.csv", "sequence_id,event,ts\ns,a,2024-01-01T00:00:00\ns,b,yesterday\n")
+    with pytest.raises(DataError) as err:
+        read_table(path, ColumnMap(order="ts"))
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and "line 3" in msg and "column 'ts'" in msg and "'yesterday'" in msg
+
+
+def test_error_text_in_numeric_column(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.csv", "sequence_id,event,bytes\ns,a,1\ns,b,2\ns,c,lots\n")
+    with pytest.raises(DataError) as err:
+        read_table(path, ColumnMap(numeric=("bytes",)))
+    msg = str(err.value)
+    assert "e.csv" in msg and "line 4" in msg and "column 'bytes'" in msg and "'lots'" in msg
+
+
+def test_error_wrong_encoding_says_pass_encoding(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.csv.gz", "", "utf-8")
+    path.write_bytes(gzip.compress("sequence_id,event\ns,a\ns,caf\u00e9\n".encode("latin-1")))
+    with pytest.raises(DataError) as err:
+        read_table(path)
+    msg = str(err.value)
+    assert "e.csv.gz" in msg and "line 3" in msg and "--encoding" in msg and "latin-1" in msg
+    table = read_table(path, encoding="latin-1")
+    assert list(table.grouped().events) == ["a", "caf\u00e9"]
+
+
+def test_error_unknown_encoding_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="klingon"):
+        read_table(_write(tmp_path / "e.csv", "sequence_id,event\ns,a\n"), encoding="klingon")
+
+
+def test_error_missing_sequence_id(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.csv", "sequence_id,event\ns,a\n,b\n")
+    with pytest.raises(DataError, match=r"e\.csv: line 3, column 'sequence_id': missing sequence id"):
+        read_table(path)
+
+
+def test_error_missing_event(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.tsv", "sequence_id\tevent\ns\ta\ns\t \n")
+    with pytest.raises(DataError, match=r"e\.tsv: line 3, column 'event': missing event"):
+        read_table(path)
+
+
+def test_error_bad_label(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.csv", "sequence_id,event,label\ns,a,anomaly\ns,b,maybe\n")
+    with pytest.raises(DataError, match=r"e\.csv: line 3, column 'label': label 'maybe'"):
+        read_table(path)
+
+
+def test_error_parquet_rows_are_numbered(tmp_path: Path) -> None:
+    path = tmp_path / "e.parquet"
+    pd.DataFrame({"sequence_id": ["s", "s"], "event": ["a", None]}).to_parquet(path)
+    with pytest.raises(DataError, match=r"e\.parquet: row 2, column 'event': missing event"):
+        read_table(path)

@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import torch
+
+import common.scoring as scoring
+from common.batching import batch_indices, make_batch
+from common.config import ModelConfig, ScoreConfig, TrainConfig
+from common.encoding import EncodedSequences
+from common.model import NetworkShape, build_model
+from common.scoring import EventScores, aggregate, score_events
+from common.train import evaluate_loss, fit_model
+from common.vocab import BOS, PAD
+
+CPU = torch.device("cpu")
+KINDS = ["lstm", "gru", "rnn", "cnn-lstm"]
+
+
+def encoded(seqs, *, c=0, f=0, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = np.array([len(s) for s in seqs])
+    n = int(lengths.sum())
+    return EncodedSequences(
+        ids=np.array([f"s{i}" for i in range(len(seqs))], dtype=object),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        tokens=np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs]),
+        context=rng.integers(1, 3, size=(n, c)).astype(np.int64),
+        numeric=rng.normal(size=(n, f)).astype(np.float32),
+    )
+
+
+def tiny(kind="lstm", vocab=8, c=0, f=0):
+    cfg = ModelConfig(
+        kind=kind, embed_dim=8, hidden=16, layers=2, context_dim=4, conv_channels=8, dropout=0.0
+    )
+    return build_model(cfg, NetworkShape(vocab, (3,) * c, f), seed=1)
+
+
+def test_make_batch_shifts_inputs_and_masks_padding():
+    data = encoded([[3, 4, 5], [6, 7]], c=1, f=1)
+    b = make_batch(data, np.array([0, 1]))
+    assert b.tokens_in.tolist() == [[BOS, 3, 4], [BOS, 6, PAD]]
+    assert b.targets.tolist() == [[3, 4, 5], [6, 7, PAD]]
+    assert b.mask.tolist() == [[True, True, True], [True, True, False]]
+    assert b.context_in[0, 0, 0] == 0 and b.context_in[0, 1, 0] == data.context[0, 0]
+    assert torch.isnan(b.numeric_target[1, 2, 0])
+    assert b.numeric_in[0, 1, 0] == pytest.approx(float(data.numeric[0, 0]))
+
+
+def test_batches_group_by_length_and_respect_token_budget():
+    lengths = np.array([5, 100, 6, 98, 7])
+    batches = batch_indices(lengths, 2, max_tokens=120)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(5))
+    for idx in batches:
+        assert len(idx) * lengths[idx].max() <= 120 or len(idx) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scores_are_causal(kind):
+    """Changing a later event must not change the scores of earlier ones."""
+    model = tiny(kind, c=1, f=1)
+    a = encoded([[3, 4, 5, 6, 7, 3]], c=1, f=1)
+    b = encoded([[3, 4, 5, 6, 7, 3]], c=1, f=1)
+    b.tokens[4] = 5
+    sa = score_events(model, a, ScoreConfig(), CPU)
+    sb = score_events(model, b, ScoreConfig(), CPU)
+    np.testing.assert_allclose(sa.surprisal[:4], sb.surprisal[:4], rtol=1e-5)
+    assert not np.allclose(sa.surprisal[4:], sb.surprisal[4:])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunked_scoring_equals_one_pass_and_padding_is_inert(kind, monkeypatch):
+    model = tiny(kind, c=1, f=2)
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(3, 8, size=n).tolist() for n in (40, 7, 23)]
+    data = encoded(seqs, c=1, f=2)
+    whole = score_events(model, data, ScoreConfig(batch_size=8), CPU)
+    monkeypatch.setattr(scoring, "SCORE_CHUNK", 5)
+    chunked = score_events(model, data, ScoreConfig(batch_size=8), CPU)
+    np.testing.assert_allclose(whole.surprisal, chunked.surprisal, rtol=1e-4, atol=1e-5)
+    alone = score_events(model, data.subset(np.array([1])), ScoreConfig(batch_size=1), CPU)
+    np.testing.assert_allclose(whole.surprisal[whole.of(1)], alone.surprisal, rtol=1e-4, atol=1e-5)
+    assert (whole.rank >= 1).all()
+
+
+def test_aggregates():
+    ev = EventScores(
+        offsets=np.array([0, 4, 6]),
+        surprisal=np.array([1, 1, 5, 1, 2, 2], dtype=np.float32),
+        rank=np.array([1, 1, 12, 1, 1, 10]),
+        residual=np.zeros((6, 0), dtype=np.float32),
+        score=np.array([1, 1, 5, 1, 2, 2], dtype=np.float32),
+    )
+    assert aggregate(ev, ScoreConfig(aggregate="mean")).tolist() == [2.0, 2.0]
+    assert aggregate(ev, ScoreConfig(aggregate="max")).tolist() == [5.0, 2.0]
+    assert aggregate(ev, ScoreConfig(aggregate="window", window=2)).tolist() == [3.0, 2.0]
+    # a sequence shorter than the window falls back to its mean
+    assert aggregate(ev, ScoreConfig(aggregate="window", window=3)).tolist() == [pytest.approx(7 / 3), 2.0]
+    assert aggregate(ev, ScoreConfig(aggregate="topk-miss", top_k=9)).tolist() == [0.25, 0.5]
+
+
+def test_numeric_residual_enters_event_score():
+    model = tiny("lstm", f=1)
+    data = encoded([[3, 4, 5, 3]], f=1)
+    plain = score_events(model, data, ScoreConfig(numeric_weight=0.0), CPU)
+    weighted = score_events(model, data, ScoreConfig(numeric_weight=1.0), CPU)
+    np.testing.assert_allclose(plain.score, plain.surprisal)
+    assert (weighted.score > plain.score).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_learns_a_cycle_and_flags_a_break(kind):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    normal = [[3 + (i + s) % 4 for i in range(int(rng.integers(12, 30)))] for s in range(40)]
+    train, val = encoded(normal[:32]), encoded(normal[32:])
+    model = tiny(kind)
+    cfg = TrainConfig(epochs=15, lr=0.02, chunk_len=8, batch_size=8, patience=15, seed=0)
+    before = evaluate_loss(model, val, cfg, CPU).event_nll
+    res = fit_model(model, train, val, cfg, CPU)
+    after = evaluate_loss(model, val, cfg, CPU).event_nll
+    assert after < 0.3 * before
+    assert res.best_epoch >= 1 and len(res.history) >= res.best_epoch
+    broken = encoded([[3, 4, 5, 6, 3, 4, 6, 5, 3, 4, 5, 6]])
+    fine = encoded([[3, 4, 5, 6, 3, 4, 5, 6, 3, 4, 5, 6]])
+    sc = ScoreConfig(aggregate="mean")
+    s_broken = aggregate(score_events(model, broken, sc, CPU), sc)[0]
+    s_fine = aggregate(score_events(model, fine, sc, CPU), sc)[0]
+    assert s_broken > s_fine + 0.5
+
+
+def test_padding_never_enters_the_loss():
+    model = tiny("lstm")
+    cfg = TrainConfig(chunk_len=4)
+    short = encoded([[3, 4, 5]])
+    padded_batch = encoded([[3, 4, 5], [6] * 30])
+    a = evaluate_loss(model, short, cfg, CPU)
+    b = evaluate_loss(model, padded_batch.subset(np.array([0])), cfg, CPU)
+    assert a.events == b.events == 3
+    assert a.loss == pytest.approx(b.loss, rel=1e-5)

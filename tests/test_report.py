@@ -1,0 +1,118 @@
+"""HTML report and explanation rendering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.errors import DataError
+from common.explanation import EventExplanation, SequenceExplanation
+from common.metrics import detection_report
+
+EVIL = "<script>alert('x')</script>"
+
+
+def _event(
+    pos: int, event: str, surprisal: float, *, unknown: bool = False, **kw: object
+) -> EventExplanation:
+    return EventExplanation(
+        position=pos,
+        event=event,
+        surprisal=surprisal,
+        rank=int(kw.get("rank", 1 + int(surprisal))),
+        expected=tuple(kw.get("expected", (("a", 0.61), ("b", 0.2)))),  # type: ignore[arg-type]
+        unknown=unknown,
+        numeric_residuals=dict(kw.get("residuals", {})),  # type: ignore[call-overload]
+        score=float(kw.get("score", surprisal)),  # type: ignore[arg-type]
+    )
+
+
+def _explanation(seq_id: str = EVIL, n: int = 8) -> SequenceExplanation:
+    events = [_event(i, f"ev{i % 3}", 0.2 + 0.1 * i) for i in range(n)]
+    events[3] = _event(3, "<b>login</b>", 9.5, unknown=True, rank=120)
+    events[5] = _event(5, "pay", 4.0, residuals={"amount": 5.2}, score=6.5)
+    return SequenceExplanation(
+        sequence_id=seq_id, score=12.3, threshold=5.0, flagged=True, events=tuple(events), label=1
+    )
+
+
+def _scores(n: int = 60, labelled: bool = True) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    label = (rng.random(n) < 0.2).astype(int)
+    label[:2] = [0, 1]
+    score = rng.gamma(2.0, 1.0, n) + 3 * label
+    df = pd.DataFrame({"sequence_id": [f"s{i}" for i in range(n)], "score": score, "flagged": score > 5.0})
+    df.loc[0, "sequence_id"] = EVIL
+    df.loc[0, "score"] = 50.0
+    if labelled:
+        df["label"] = label
+    return df
+
+
+# --------------------------------------------------------------------------- explanation
+
+
+def test_explanation_text_and_dict() -> None:
+    expl = _explanation()
+    assert [ev.position for ev in expl.top_events(2)] == [3, 5]
+    text = expl.to_text()
+    assert "UNSEEN" in text and "expected: a (0.61), b (0.20)" in text
+    assert "FLAGGED" in text and "amount +5.2σ" in text
+    marked = [line for line in text.splitlines() if line.startswith(">>")]
+    assert len(marked) == 3 and "<b>login</b>" in marked[0]
+    short = expl.to_text(max_events=3)
+    assert "omitted" in short and "showing the 3 most anomalous of 8 events" in short
+    restored = SequenceExplanation.from_dict(json.loads(json.dumps(expl.to_dict())))
+    assert restored == expl
+    assert hash(expl.events[0]) == hash(restored.events[0])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_report_labelled(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    df = _scores()
+    metrics = detection_report(df["label"], df["score"], 5.0)
+    out = tmp_path / "rep"
+    path = write(
+        out,
+        df,
+        metrics=metrics,
+        explanations=[_explanation(), _explanation("plain", 6)],
+        global_threshold=4.5,
+    )
+    assert path == out / "report.html"
+    doc = path.read_text(encoding="utf-8")
+    for png in ("score_distribution.png", "roc_curve.png", "pr_curve.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f'src="{png}"' in doc
+    assert "<script>" not in doc and "&lt;script&gt;" in doc
+    assert "<b>login</b>" not in doc and "&lt;b&gt;login&lt;/b&gt;" in doc
+    assert "detection_rate_at_1pct_far" in doc and "<h2>Metrics</h2>" in doc
+    assert "expected instead: a (0.61), b (0.20)" in doc and "UNSEEN" in doc
+    assert doc.index(">plain<") > doc.index("&lt;script&gt;alert")  # sorted by score
+
+
+def test_report_unlabelled_minimal(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    df = _scores(20, labelled=False)
+    doc = write(tmp_path, df, metrics=None, explanations=[]).read_text(encoding="utf-8")
+    assert (tmp_path / "score_distribution.png").exists()
+    assert not (tmp_path / "roc_curve.png").exists() and "roc_curve.png" not in doc
+    assert "<h2>Metrics</h2>" not in doc and "&lt;script&gt;" in doc
+
+
+def test_report_rejects_missing_columns(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="flagged"):
+        write(tmp_path, pd.DataFrame({"sequence_id": ["a"], "score": [1.0]}), metrics=None, explanations=[])
+
+
+def write(out: Path, df: pd.DataFrame, **kw: object) -> Path:
+    from common.report import write_report
+
+    return write_report(out, df, threshold=5.0, title=f"Report {EVIL}", **kw)  # type: ignore[arg-type]

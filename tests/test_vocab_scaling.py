@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+from common.scaling import FeatureStats, Scaler
+from common.vocab import BOS, PAD, UNK, ContextVocabulary, TokenHasher, Vocabulary, count_tokens
+
+
+def test_vocab_specials_unknown_and_order():
+    v = Vocabulary.fit(np.array(["a", "b", "a", "c", "a", "b"], dtype=object), max_size=2)
+    assert (PAD, UNK, BOS) == (0, 1, 2)
+    assert v.tokens == ["a", "b"]  # most frequent first; 'c' cut by max_size
+    ids = v.encode(np.array(["a", "b", "c", "zzz"], dtype=object))
+    assert ids.tolist() == [3, 4, UNK, UNK]
+    assert len(v) == 5
+    assert v.token(3) == "a" and v.token(UNK) == "<unk>"
+
+
+def test_vocab_min_count_and_deterministic_ties():
+    counts = {"x": 2, "y": 2, "z": 1}
+    v = Vocabulary.from_counts(counts, max_size=10, min_count=2)
+    assert v.tokens == ["x", "y"]
+
+
+def test_hashed_vocab_hides_raw_tokens_but_encodes_them():
+    toks = np.array(["login", "pay", "login"], dtype=object)
+    v = Vocabulary.fit(toks, max_size=10, hash_key="secret")
+    assert "login" not in v.tokens and all(len(t) == 32 for t in v.tokens)
+    assert v.encode(np.array(["login", "pay", "new"], dtype=object)).tolist() == [3, 4, UNK]
+    # raw names are known locally for explanations but not part of the shared counts
+    assert v.token(3) == "login"
+    shared = v.to_dict(with_names=False)
+    assert "login" not in str(shared)
+    # another key gives other hashes
+    assert TokenHasher("other")("login") != TokenHasher("secret")("login")
+
+
+def test_hashed_counts_merge_like_raw_counts():
+    a = count_tokens(np.array(["x", "y", "x"], dtype=object), "k")
+    b = count_tokens(np.array(["x", "z"], dtype=object), "k")
+    merged = a + b
+    h = TokenHasher("k")
+    assert merged[h("x")] == 3 and merged[h("z")] == 1
+
+
+def test_context_vocab_unseen_is_zero():
+    cv = ContextVocabulary.fit(("device",), np.array([["ios"], ["web"], ["ios"]], dtype=object), 10)
+    enc = cv.encode(np.array([["web"], ["android"]], dtype=object))
+    assert enc[1, 0] == 0 and enc[0, 0] > 0
+    assert cv.sizes() == (3,)
+
+
+def test_feature_stats_merge_exactly():
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(3, 2, size=(1000, 2))
+    x[5, 1] = np.nan
+    names = ("amount", "score")
+    whole = Scaler.from_stats(FeatureStats.compute(names, x))
+    parts = FeatureStats.merge_all(
+        [FeatureStats.compute(names, x[:300]), FeatureStats.compute(names, x[300:])]
+    )
+    merged = Scaler.from_stats(parts)
+    np.testing.assert_allclose(whole.mean, merged.mean)
+    np.testing.assert_allclose(whole.std, merged.std)
+    z = whole.transform(x)
+    assert np.isnan(z[5, 1])
+    # 'amount' is log-transformed: the scaled heavy tail stays moderate
+    assert np.nanmax(np.abs(z[:, 0])) < 6
+    assert abs(np.nanmean(z[:, 0])) < 1e-6
+
+
+def test_feature_stats_name_mismatch():
+    with pytest.raises(ValueError, match="cannot merge"):
+        FeatureStats.empty(("a",)).merge(FeatureStats.empty(("b",)))
+
+
+def test_scaler_round_trip_dict():
+    s = Scaler.fit(("gap_seconds",), np.array([[0.0], [10.0], [100.0]]))
+    s2 = Scaler.from_dict(s.to_dict())
+    np.testing.assert_allclose(s.transform(np.array([[5.0]])), s2.transform(np.array([[5.0]])))
