@@ -147,16 +147,20 @@ class Encoder:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "vocab": self.vocab.to_dict(),
             "context": self.context.to_dict(),
             "scaler": self.scaler.to_dict(),
         }
+        if self.context.hashed:
+            out["context_hashed"] = True
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], hash_key: str = "") -> Encoder:
+        hashed = bool(data.get("context_hashed", False))
         return cls(
             Vocabulary.from_dict(data["vocab"], hash_key=hash_key),
-            ContextVocabulary(data["context"]),
+            ContextVocabulary(data["context"], hash_key=hash_key if hashed else "", hashed=hashed),
             Scaler.from_dict(data["scaler"]),
         )

@@ -143,11 +143,20 @@ class Vocabulary:
 
 
 class ContextVocabulary:
-    """Per-column category ids for categorical context (0 = unseen/missing)."""
+    """Per-column category ids for categorical context (0 = unseen/missing).
 
-    def __init__(self, columns: Mapping[str, list[str]]) -> None:
+    ``hashed`` (default: whether ``hash_key`` is set) means the categories are
+    keyed hashes (HMAC, as for event tokens), as in a federation's shared
+    encoder; raw values are then hashed with ``hash_key`` before lookup.
+    """
+
+    def __init__(
+        self, columns: Mapping[str, list[str]], *, hash_key: str = "", hashed: bool | None = None
+    ) -> None:
         self.columns = {c: list(v) for c, v in columns.items()}
         self._index = {c: pd.Index(v) for c, v in self.columns.items()}
+        self.hash_key = hash_key
+        self.hashed = bool(hash_key) if hashed is None else bool(hashed)
 
     @classmethod
     def fit(cls, names: tuple[str, ...], values: np.ndarray, max_size: int) -> ContextVocabulary:
@@ -164,8 +173,17 @@ class ContextVocabulary:
     def encode(self, values: np.ndarray) -> np.ndarray:
         n = values.shape[0]
         out = np.zeros((n, len(self.columns)), dtype=np.int64)
+        if self.hashed and self.columns and not self.hash_key:
+            raise ValueError(
+                "the context categories are keyed hashes; set vocab.hash-key to the federation's key"
+            )
+        hasher = TokenHasher(self.hash_key) if self.hashed and self.columns else None
         for j, name in enumerate(self.columns):
-            out[:, j] = self._index[name].get_indexer(values[:, j].astype(str)) + 1
+            col = values[:, j].astype(str)
+            if hasher is not None:
+                uniq, inverse = np.unique(col, return_inverse=True)
+                col = np.array([hasher(str(u)) for u in uniq], dtype=object)[inverse]
+            out[:, j] = self._index[name].get_indexer(col) + 1
         return out
 
     def to_dict(self) -> dict[str, list[str]]:

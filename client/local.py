@@ -1,0 +1,375 @@
+"""An institution's work in a federated run, as plain functions (no Flower types).
+
+The ClientApp (:mod:`client.app`) unpacks a message, calls one function here
+and packs the result. Inputs are dataclasses, numpy arrays and torch state
+dicts; outputs are dataclasses of *aggregates* (counts, histograms, losses) and
+model weights. Nothing returned here holds a raw event token, a raw context
+value or a sequence id — only the local report written to disk does.
+
+Local data layout: the node's training table loses its labelled anomalies and
+is split (grouped by content, seeded by ``train.seed``) into a training part
+and a held-out normal validation part (``train.validation-fraction``), exactly
+as ``seqwatch fit`` does. Validation serves the validation loss and threshold
+calibration; the labelled test table (if any) serves detection metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.data import NodeData
+from common.config import DetectorConfig, with_overrides
+from common.detector import SequenceDetector, holdout_split
+from common.encoding import Encoder
+from common.events import EventTable
+from common.metrics import Confusion, confusion_at, detection_report, histogram_counts
+from common.model import NetworkShape, NextEventModel, resolve_device, set_threads
+from common.scaling import FeatureStats
+from common.train import evaluate_loss, make_optimizer, train_epochs
+from common.vocab import UNK, count_tokens
+from server.setup import SetupStats, count_categories, key_fingerprint
+
+log = logging.getLogger(__name__)
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+# --------------------------------------------------------------------------- local data
+
+
+@dataclass(frozen=True, eq=False)
+class LocalData:
+    """A node's data, split for federated training."""
+
+    train: EventTable
+    validation: EventTable
+    test: EventTable | None
+    source: str
+
+    @property
+    def labelled_test(self) -> bool:
+        return self.test is not None and self.test.has_labels and len(self.test) > 0
+
+
+def _normal_only(table: EventTable) -> EventTable:
+    g = table.grouped()
+    if g.labels is None or not g.labels.any():
+        return table
+    return table.subset(g.ids[g.labels == 0])
+
+
+@lru_cache(maxsize=8)
+def prepare(node: NodeData, validation_fraction: float, seed: int) -> LocalData:
+    """Normal training split + held-out validation (cached per node and settings)."""
+    train = _normal_only(node.train)
+    if len(train) == 0:
+        from common.errors import DataError
+
+        raise DataError(f"{node.source}: no normal training sequences")
+    fit, val = holdout_split(train, validation_fraction, seed)
+    if len(fit) == 0:  # one content group only: train and validate on the same sequences
+        log.warning("%s: too few distinct sequences to hold out validation data", node.source)
+        fit, val = train, train
+    return LocalData(train=fit, validation=val, test=node.test, source=node.source)
+
+
+# --------------------------------------------------------------------------- set-up statistics
+
+
+def setup_statistics(data: LocalData, hash_key: str, key_source: str) -> SetupStats:
+    """Keyed-hash token and category counts and numeric statistics of the training split."""
+    g = data.train.grouped()
+    return SetupStats(
+        token_counts=count_tokens(g.events, hash_key),
+        context_names=tuple(g.context_names),
+        context_counts=count_categories(g.context, g.context_names, hash_key),
+        numeric=FeatureStats.compute(tuple(g.numeric_names), g.numeric),
+        n_sequences=len(g),
+        n_events=g.n_events,
+        key_fingerprint=key_fingerprint(hash_key),
+        key_source=key_source,
+        has_test=data.labelled_test,
+    )
+
+
+# --------------------------------------------------------------------------- model helpers
+
+
+def network_shape(encoder: Encoder) -> NetworkShape:
+    return NetworkShape(
+        vocab_size=len(encoder.vocab),
+        context_sizes=encoder.context.sizes(),
+        n_numeric=len(encoder.numeric_names),
+    )
+
+
+def build_detector(
+    cfg: DetectorConfig, encoder: Encoder, state: StateDict, *, threshold: float = float("inf")
+) -> SequenceDetector:
+    """A detector with the given (global) weights; the threshold is set by :meth:`calibrate` later."""
+    model = NextEventModel(cfg.model, network_shape(encoder))
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    model.eval()
+    return SequenceDetector.from_parts(cfg, encoder, model, threshold=threshold)
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _scores(det: SequenceDetector, table: EventTable | None) -> np.ndarray:
+    if table is None or len(table) == 0:
+        return np.zeros(0, dtype=np.float64)
+    return np.asarray(det.decision_function(table), dtype=np.float64)
+
+
+def validation_scores(det: SequenceDetector, data: LocalData) -> np.ndarray:
+    """Scores of the held-out normal validation sequences (the training split if there are none)."""
+    scores = _scores(det, data.validation)
+    return scores if scores.size else _scores(det, data.train)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainOutcome:
+    state: dict[str, torch.Tensor]
+    loss: float
+    n_events: int
+    n_sequences: int
+    seconds: float
+
+
+def train_round(
+    cfg: DetectorConfig,
+    encoder: Encoder,
+    state: StateDict,
+    data: LocalData,
+    *,
+    epochs: int,
+    proximal_mu: float = 0.0,
+    server_round: int = 1,
+) -> TrainOutcome:
+    """``epochs`` local epochs from the global weights (FedProx term when ``proximal_mu > 0``)."""
+    t0 = time.perf_counter()
+    set_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    enc = encoder.encode(data.train.grouped())
+    model = NextEventModel(cfg.model, network_shape(encoder))
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    model.to(device)
+    optimizer = make_optimizer(model, cfg.train)
+    rng = np.random.default_rng([cfg.train.seed, int(server_round)])
+    torch.manual_seed(cfg.train.seed * 1_000_003 + int(server_round))
+    stats = train_epochs(
+        model, enc, cfg.train, optimizer, epochs=epochs, device=device, rng=rng, proximal_mu=proximal_mu
+    )
+    return TrainOutcome(
+        state=cpu_state(model),
+        loss=float(stats[-1].loss) if stats else float("nan"),
+        n_events=len(enc.tokens),
+        n_sequences=len(enc),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalOutcome:
+    """Aggregates of one evaluation (counts at the locally calibrated threshold)."""
+
+    val_loss: float
+    val_events: int
+    confusion: Confusion
+    hist_normal: list[int]
+    hist_anomalous: list[int]
+    test_sequences: int
+
+
+def _hist(scores: np.ndarray, edges: np.ndarray) -> list[int]:
+    if scores.size == 0:
+        return [0] * (len(edges) - 1)
+    return [int(x) for x in histogram_counts(scores, edges)]
+
+
+def _split_scores(scores: np.ndarray, table: EventTable) -> tuple[np.ndarray, np.ndarray]:
+    labels = table.grouped().labels
+    y = np.zeros(len(scores), dtype=bool) if labels is None else np.asarray(labels).astype(bool)
+    return scores[~y], scores[y]
+
+
+def evaluate_round(
+    cfg: DetectorConfig, encoder: Encoder, state: StateDict, data: LocalData, edges: np.ndarray
+) -> EvalOutcome:
+    """Validation loss; with labelled test data, confusion counts and score histograms."""
+    set_threads(cfg.train.threads)
+    det = build_detector(cfg, encoder, state)
+    device = resolve_device(cfg.train.device)
+    det.model_.to(device)
+    val = det.encode(data.validation)
+    vs = evaluate_loss(det.model_, val, cfg.train, device)
+    threshold = det.calibrate(validation_scores(det, data))
+    confusion = Confusion(0, 0, 0, 0)
+    hist_n = hist_a = [0] * (len(edges) - 1)
+    n_test = 0
+    if data.labelled_test:
+        assert data.test is not None
+        scores = _scores(det, data.test)
+        labels = data.test.grouped().labels
+        assert labels is not None
+        confusion = confusion_at(labels, scores, threshold)
+        normal, anomalous = _split_scores(scores, data.test)
+        hist_n, hist_a = _hist(normal, edges), _hist(anomalous, edges)
+        n_test = len(scores)
+    return EvalOutcome(
+        val_loss=float(vs.loss),
+        val_events=int(vs.events),
+        confusion=confusion,
+        hist_normal=hist_n,
+        hist_anomalous=hist_a,
+        test_sequences=n_test,
+    )
+
+
+# --------------------------------------------------------------------------- federated calibration
+
+
+def calibration_max(
+    cfg: DetectorConfig, encoder: Encoder, state: StateDict, data: LocalData
+) -> tuple[float, int]:
+    """(max validation score, number of validation sequences) with the global weights."""
+    det = build_detector(cfg, encoder, state)
+    scores = validation_scores(det, data)
+    return (float(scores.max()) if scores.size else 0.0), int(scores.size)
+
+
+def calibration_histogram(
+    cfg: DetectorConfig, encoder: Encoder, state: StateDict, data: LocalData, edges: np.ndarray
+) -> list[int]:
+    """Validation-score counts on the agreed edges."""
+    det = build_detector(cfg, encoder, state)
+    return _hist(validation_scores(det, data), edges)
+
+
+# --------------------------------------------------------------------------- final report
+
+
+@dataclass
+class ReportOutcome:
+    """What the node tells the server after its final report: counts only."""
+
+    local: Confusion
+    global_: Confusion
+    hist_normal: list[int]
+    hist_anomalous: list[int]
+    test_sequences: int
+    test_events: int
+    unknown_events: int
+    output_dir: Path
+    files: list[str] = field(default_factory=list)
+
+
+def final_report(
+    cfg: DetectorConfig,
+    encoder: Encoder,
+    state: StateDict,
+    data: LocalData,
+    *,
+    global_threshold: float,
+    edges: np.ndarray,
+    output_dir: Path,
+    extra: Mapping[str, Any] | None = None,
+) -> ReportOutcome:
+    """Score the node's test data with the global weights and write the local report.
+
+    Writes into ``output_dir``: ``model/`` (the global weights with this node's
+    encoder, local threshold and the global one; ``seqwatch score --model``
+    reads it, ``--threshold global`` picks the federation's threshold),
+    ``scores.csv`` (as ``seqwatch score`` writes it, plus ``global_threshold``
+    and ``flagged_global``) and ``metrics.json`` (detection report at both
+    thresholds when the test data is labelled).
+    """
+    import json
+
+    from client.cli import score_frame
+
+    det = build_detector(cfg, encoder, state)
+    for table in (data.train, data.validation, data.test):
+        if table is not None and len(table):
+            encoder.vocab.learn_names(table.grouped().events)  # raw names for the local report only
+    val_scores = validation_scores(det, data)
+    local_threshold = det.calibrate(val_scores)
+    det.global_threshold_ = float(global_threshold)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    det.save(output_dir / "model")
+    files = ["model"]
+    metrics: dict[str, Any] = {
+        "source": data.source,
+        "local_threshold": local_threshold,
+        "global_threshold": float(global_threshold),
+        "train_sequences": len(data.train),
+        "validation_sequences": len(data.validation),
+        **dict(extra or {}),
+    }
+    local = glob = Confusion(0, 0, 0, 0)
+    hist_n = hist_a = [0] * (len(edges) - 1)
+    n_test = n_events = n_unknown = 0
+    if data.test is not None and len(data.test):
+        scored = det.score_table(data.test, expected_k=2)
+        frame = score_frame(det, scored, local_threshold, top_events=3)
+        frame["global_threshold"] = float(global_threshold)
+        frame["flagged_global"] = frame["score"] > float(global_threshold)
+        frame.to_csv(output_dir / "scores.csv", index=False)
+        files.append("scores.csv")
+        scores = np.asarray(scored.scores, dtype=np.float64)
+        n_test, n_events = len(scores), len(scored.encoded.tokens)
+        n_unknown = int((scored.encoded.tokens == UNK).sum())
+        metrics["test_sequences"] = n_test
+        if data.labelled_test:
+            labels = np.asarray(scored.encoded.labels)
+            local = confusion_at(labels, scores, local_threshold)
+            glob = confusion_at(labels, scores, global_threshold)
+            metrics["local"] = {
+                **detection_report(labels, scores, local_threshold),
+                "threshold_source": "local",
+            }
+            metrics["global"] = {
+                **detection_report(labels, scores, global_threshold),
+                "threshold_source": "global",
+            }
+            normal, anomalous = _split_scores(scores, data.test)
+            hist_n, hist_a = _hist(normal, edges), _hist(anomalous, edges)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    files.append("metrics.json")
+    return ReportOutcome(
+        local=local,
+        global_=glob,
+        hist_normal=hist_n,
+        hist_anomalous=hist_a,
+        test_sequences=n_test,
+        test_events=n_events,
+        unknown_events=n_unknown,
+        output_dir=output_dir,
+        files=files,
+    )
+
+
+def local_config(cfg: DetectorConfig, hash_key: str, *, simulation: bool) -> DetectorConfig:
+    """The detector config a node works with: its own hash key; one torch thread per simulated node."""
+    changes: dict[str, dict[str, Any]] = {"vocab": {"hash_key": hash_key}}
+    if simulation and cfg.train.threads == 0:
+        changes["train"] = {"threads": 1}
+    return with_overrides(cfg, **changes)

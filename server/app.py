@@ -1,0 +1,479 @@
+"""seqwatch ServerApp: drives set-up, training rounds, federated calibration and the final report.
+
+The phases (message types in :mod:`client.app`):
+
+1. **set-up** (``query.setup``) — or, when ``<run-dir>/<run-name>/state.json``
+   exists, **resume**: reload ``setup.json`` and the last committed checkpoint
+   and run only the rounds still missing up to ``federation.num-server-rounds``
+   (numbered on from the last completed round);
+2. **rounds** — ``strategy.start(...)`` with the recording hooks of
+   :mod:`server.strategy` (checkpoint, metrics, state after every round);
+3. **calibration** — ``query.calib_max`` then ``query.calib_hist``: the global
+   threshold at ``calibration.false-alarm-rate`` from the summed validation
+   histograms on agreed edges;
+4. **final report** — ``query.report``: every node writes its local report; the
+   server sums the counts into ``final.json``, saves the global model to
+   ``<run>/model`` and logs a summary table.
+
+Everything that is not message plumbing lives in :mod:`server.setup`,
+:mod:`server.strategy` and :mod:`server.rundir`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import AppConfig, parse_config, to_flat, with_overrides
+from common.encoding import Encoder
+from common.errors import ConfigError
+from common.metrics import threshold_from_histogram
+from common.model import build_model
+from server.rundir import RunDir
+from server.setup import (
+    ENCODER_RECORD,
+    SIMULATION_HASH_KEY,
+    SetupStats,
+    calibration_edges,
+    encoder_to_config,
+    key_fingerprint,
+    merge_setup,
+)
+from server.strategy import (
+    CONFUSION_KEYS,
+    arrays_to_numpy,
+    as_float,
+    as_int,
+    as_ints,
+    confusion_figures,
+    histogram_auroc,
+    make_strategy,
+    numpy_to_arrays,
+    sum_lists,
+)
+
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+_OUR_LOGGERS = ("server", "client", "common", "simulations")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point: parse the run config and run the federation."""
+    route_logs_to_flower()
+    run_federation(grid, parse_config(context.run_config))
+
+
+def route_logs_to_flower() -> None:
+    """Send INFO records of seqwatch's loggers through Flower's handlers (shown by ``flwr run --stream``)."""
+    flwr_logger = logging.getLogger("flwr")
+    for name in _OUR_LOGGERS:
+        ours = logging.getLogger(name)
+        ours.setLevel(logging.INFO)
+        for handler in flwr_logger.handlers:
+            if handler not in ours.handlers:
+                ours.addHandler(handler)
+        ours.propagate = not flwr_logger.handlers
+
+
+# --------------------------------------------------------------------------- messaging
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    """Node ids once at least ``minimum`` are connected (raises after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(int(n) for n in grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} node(s) connected after {timeout:.0f} s, need {minimum}")
+        log.info("waiting for nodes: %d connected, need %d", len(nodes), minimum)
+        time.sleep(1.0)
+
+
+def ask_all(
+    grid: Grid, message_type: str, content: RecordDict, node_ids: Sequence[int], timeout: float
+) -> list[Message]:
+    """Send one message per node and return the successful replies (failures are logged).
+
+    Raises:
+        RuntimeError: no node replied successfully.
+    """
+    messages = [Message(content, dst_node_id=n, message_type=message_type) for n in node_ids]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    ok = [r for r in replies if not r.has_error()]
+    for r in replies:
+        if r.has_error():
+            log.warning("%s: node %d failed: %s", message_type, r.metadata.src_node_id, r.error.reason)
+    missing = len(node_ids) - len(replies)
+    if missing:
+        log.warning("%s: %d node(s) did not reply within %.0f s", message_type, missing, timeout)
+    if not ok:
+        reasons = "; ".join(str(r.error.reason) for r in replies if r.has_error()) or "no replies"
+        raise RuntimeError(f"{message_type}: no node replied successfully ({reasons})")
+    return ok
+
+
+def _metrics(msg: Message) -> MetricRecord:
+    return next(iter(msg.content.metric_records.values()))
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def _redacted(cfg: AppConfig) -> dict[str, Any]:
+    flat = to_flat(cfg)
+    if flat.get("vocab.hash-key"):
+        flat["vocab.hash-key"] = "<set>"
+    return flat
+
+
+def _model_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flat.items() if k.startswith("model.")}
+
+
+def setup_phase(grid: Grid, cfg: AppConfig, run: RunDir) -> tuple[Encoder, str, ArrayRecord]:
+    """Collect the nodes' hashed statistics, merge them, build the initial model, write setup.json."""
+    fed = cfg.federation
+    nodes = wait_for_nodes(grid, fed.min_nodes, fed.round_timeout)
+    replies = ask_all(grid, "query.setup", RecordDict({"config": ConfigRecord({})}), nodes, fed.round_timeout)
+    reports = [SetupStats.from_config(dict(r.content.config_records["setup"])) for r in replies]
+    shared = merge_setup(reports, cfg.detector.vocab)
+    encoder = shared.encoder
+    shape = _shape(encoder)
+    model = build_model(cfg.detector.model, shape, seed=cfg.detector.train.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    run.save_setup(
+        {
+            "format": "seqwatch-federated-setup",
+            "format_version": 1,
+            "summary": shared.summary(),
+            "key_sources": sorted({r.key_source for r in reports}),
+            "parameters": int(n_params),
+            "config": _redacted(cfg),
+            "encoder": encoder.to_dict(),
+        }
+    )
+    log.info(
+        "setup: %d node(s), %d training sequences, vocabulary %d, context %s, numeric %s, %d parameters",
+        shared.n_nodes,
+        shared.n_sequences,
+        len(encoder.vocab),
+        list(encoder.context_names),
+        list(encoder.numeric_names),
+        n_params,
+    )
+    arrays = ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return encoder, shared.key_fingerprint, arrays
+
+
+def _shape(encoder: Encoder) -> Any:
+    from common.model import NetworkShape
+
+    return NetworkShape(
+        vocab_size=len(encoder.vocab),
+        context_sizes=encoder.context.sizes(),
+        n_numeric=len(encoder.numeric_names),
+    )
+
+
+def resume_phase(
+    cfg: AppConfig, run: RunDir
+) -> tuple[Encoder, str, ArrayRecord, int, Path | None, str] | None:
+    """Reload a committed run: (encoder, key fingerprint, arrays, last round, strategy state, strategy)."""
+    state = run.read_state()
+    if state is None:
+        return None
+    if not run.setup_path.is_file() or not state.checkpoint.is_file():
+        log.warning("%s: state.json without setup.json or checkpoint; starting the run over", run.root)
+        return None
+    setup = run.load_setup()
+    before, now = _model_keys(dict(setup.get("config", {}))), _model_keys(to_flat(cfg))
+    if before and before != now:
+        changed = {k: (before.get(k), now.get(k)) for k in now if before.get(k) != now.get(k)}
+        raise ConfigError(
+            f"run '{cfg.federation.run_name}' in {run.root} was started with other model settings "
+            f"{changed} (old, new); use the same settings or another federation.run-name"
+        )
+    old_flat, new_flat = dict(setup.get("config", {})), _redacted(cfg)
+    drift = sorted(
+        k
+        for k in new_flat
+        if k.startswith(("data.", "vocab.")) and k in old_flat and old_flat[k] != new_flat[k]
+    )
+    if drift:
+        log.warning(
+            "resuming with changed %s; the shared encoder of the first attempt is kept", ", ".join(drift)
+        )
+    encoder = Encoder.from_dict(setup["encoder"])
+    arrays = numpy_to_arrays(run.load_checkpoint(state.checkpoint))
+    run.truncate_metrics(state.last_round)
+    log.info("resuming run '%s' after round %d (%s)", cfg.federation.run_name, state.last_round, run.root)
+    return (
+        encoder,
+        str(setup["summary"]["key_fingerprint"]),
+        arrays,
+        state.last_round,
+        state.strategy_state,
+        state.strategy,
+    )
+
+
+def training_phase(
+    grid: Grid,
+    cfg: AppConfig,
+    run: RunDir,
+    enc_conf: dict[str, Any],
+    arrays: ArrayRecord,
+    done: int,
+    strategy_state: Path | None,
+    strategy_before: str,
+) -> ArrayRecord:
+    """Run rounds ``done + 1 .. num-server-rounds``; returns the latest global weights."""
+    fed = cfg.federation
+    remaining = fed.num_server_rounds - done
+    if remaining <= 0:
+        log.info(
+            "run '%s' already has %d round(s) (federation.num-server-rounds = %d): no training; "
+            "raise num-server-rounds to train on, or use another federation.run-name",
+            fed.run_name,
+            done,
+            fed.num_server_rounds,
+        )
+        return arrays
+    strategy = make_strategy(fed, client_lr=cfg.detector.train.lr)
+    strategy.setup_recording(  # type: ignore[attr-defined]
+        run,
+        initial_arrays=arrays,
+        round_offset=done,
+        total_rounds=fed.num_server_rounds,
+        extra_records={ENCODER_RECORD: ConfigRecord(enc_conf)},
+    )
+    if strategy_state is not None and strategy_before == fed.strategy and strategy_state.is_file():
+        strategy.load_strategy_state(run.load_checkpoint(strategy_state))  # type: ignore[attr-defined]
+    train_config = ConfigRecord(
+        {
+            "local-epochs": fed.local_epochs,
+            "proximal-mu": fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
+        }
+    )
+    evaluate_config = ConfigRecord({"hist-bins": fed.histogram_bins})
+    strategy.start(
+        grid=grid,
+        initial_arrays=arrays,
+        num_rounds=remaining,
+        timeout=fed.round_timeout,
+        train_config=train_config,
+        evaluate_config=evaluate_config,
+    )
+    return strategy.global_arrays  # type: ignore[attr-defined,no-any-return]
+
+
+def calibration_phase(
+    grid: Grid, cfg: AppConfig, enc_conf: dict[str, Any], arrays: ArrayRecord
+) -> dict[str, Any]:
+    """Global threshold from the summed validation-score histograms on agreed edges."""
+    fed, cal = cfg.federation, cfg.detector.calibration
+    nodes = wait_for_nodes(grid, fed.min_nodes, fed.round_timeout)
+    encoder = ConfigRecord(enc_conf)
+    content = RecordDict({"arrays": arrays, ENCODER_RECORD: encoder, "config": ConfigRecord({})})
+    maxima = ask_all(grid, "query.calib_max", content, nodes, fed.round_timeout)
+    top = max(as_float(_metrics(r).get("max-score"), 0.0) for r in maxima)
+    edges = calibration_edges(top, fed.histogram_bins)
+    content = RecordDict(
+        {"arrays": arrays, ENCODER_RECORD: encoder, "config": ConfigRecord({"calib-edges": edges.tolist()})}
+    )
+    hists = ask_all(grid, "query.calib_hist", content, nodes, fed.round_timeout)
+    counts = np.asarray(sum_lists(as_ints(_metrics(r).get("hist")) for r in hists), dtype=np.int64)
+    rate = cal.contamination if cal.contamination > 0 else cal.false_alarm_rate
+    threshold = threshold_from_histogram(counts, edges, rate)
+    log.info(
+        "calibration: global threshold %.6g at %s %g (%d validation sequences from %d node(s), max %.4g)",
+        threshold,
+        "contamination" if cal.contamination > 0 else "false-alarm rate",
+        rate,
+        int(counts.sum()),
+        len(hists),
+        top,
+    )
+    return {
+        "global_threshold": float(threshold),
+        "rule": "contamination" if cal.contamination > 0 else "false-alarm-rate",
+        "rate": float(rate),
+        "bins": int(fed.histogram_bins),
+        "max_validation_score": float(top),
+        "validation_sequences": int(counts.sum()),
+        "nodes": len(hists),
+    }
+
+
+def _summed(metrics: Iterable[MetricRecord], prefix: str) -> dict[str, Any]:
+    ms = list(metrics)
+    counts = {k: sum(as_int(m.get(f"{prefix}-{k}")) for m in ms) for k in CONFUSION_KEYS}
+    return {**counts, **confusion_figures(**counts)}
+
+
+def report_phase(
+    grid: Grid,
+    cfg: AppConfig,
+    run: RunDir,
+    enc_conf: dict[str, Any],
+    arrays: ArrayRecord,
+    calibration: dict[str, Any],
+) -> dict[str, Any]:
+    """Every node writes its local report; sum the counts into the global figures."""
+    fed = cfg.federation
+    nodes = wait_for_nodes(grid, fed.min_nodes, fed.round_timeout)
+    conf: dict[str, Any] = {
+        "global-threshold": float(calibration["global_threshold"]),
+        "hist-bins": fed.histogram_bins,
+        "run-name": fed.run_name,
+        "run-path": str(run.root),
+    }
+    content = RecordDict(
+        {"arrays": arrays, ENCODER_RECORD: ConfigRecord(enc_conf), "config": ConfigRecord(conf)}
+    )
+    replies = ask_all(grid, "query.report", content, nodes, fed.round_timeout)
+    ms = [_metrics(r) for r in replies]
+    normal = sum_lists(as_ints(m.get("hist-normal")) for m in ms)
+    anomalous = sum_lists(as_ints(m.get("hist-anomalous")) for m in ms)
+    test_events = sum(as_int(m.get("test-events")) for m in ms)
+    unknown = sum(as_int(m.get("unknown-events")) for m in ms)
+    per_node = [
+        {
+            "node_id": int(r.metadata.src_node_id),
+            "test_sequences": as_int(m.get("test-sequences")),
+            "local": _summed([m], "local"),
+            "global": _summed([m], "global"),
+        }
+        for r, m in zip(replies, ms, strict=True)
+    ]
+    return {
+        "nodes": len(replies),
+        "test_sequences": sum(as_int(m.get("test-sequences")) for m in ms),
+        "test_anomalous": int(sum(anomalous)),
+        "unknown_event_rate": unknown / test_events if test_events else None,
+        "auroc_histogram": histogram_auroc(normal, anomalous),
+        "global_threshold": _summed(ms, "global"),
+        "local_thresholds": _summed(ms, "local"),
+        "per_node": per_node,
+    }
+
+
+def known_hash_key(cfg: AppConfig, key_print: str) -> str | None:
+    """The federation's hash key when the server knows it (run config or simulation key), else None."""
+    run_key = cfg.detector.vocab.hash_key
+    if run_key and key_fingerprint(run_key) == key_print:
+        return run_key
+    if key_fingerprint(SIMULATION_HASH_KEY) == key_print:
+        return SIMULATION_HASH_KEY
+    return None
+
+
+def save_global_model(
+    cfg: AppConfig, run: RunDir, encoder: Encoder, arrays: ArrayRecord, threshold: float, key: str | None
+) -> Path:
+    """The final global model as a seqwatch model directory (``seqwatch score --model``)."""
+    import torch
+
+    from common.detector import SequenceDetector
+    from common.model import NextEventModel
+
+    detector_cfg = with_overrides(cfg.detector, vocab={"hash_key": key or ""})
+    model = NextEventModel(detector_cfg.model, _shape(encoder))
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays_to_numpy(arrays).items()})
+    model.eval()
+    det = SequenceDetector.from_parts(
+        detector_cfg, encoder, model, threshold=threshold, global_threshold=threshold
+    )
+    return det.save(run.model_dir)
+
+
+def _cell(value: Any, spec: str = ".3f") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def summary_table(final: dict[str, Any]) -> list[str]:
+    """Lines of the final detection-quality table."""
+    rep = final["report"]
+    lines = [
+        f"final detection quality of run '{final['run_name']}' after {final['rounds_completed']} round(s):",
+        f"  {rep['test_sequences']} test sequences ({rep['test_anomalous']} anomalous) on {rep['nodes']} "
+        f"node(s), AUROC (histogram) {_cell(rep['auroc_histogram'])}",
+        f"{'threshold':<22}{'precision':>10}{'recall':>9}{'F1':>8}{'FAR':>8}{'tp':>7}{'fp':>7}{'tn':>8}{'fn':>7}",
+    ]
+    g_thr = final["calibration"]["global_threshold"]
+    for title, row in (
+        (f"global ({g_thr:.4g})", rep["global_threshold"]),
+        ("local (per node)", rep["local_thresholds"]),
+    ):
+        lines.append(
+            f"{title:<22}{_cell(row['precision']):>10}{_cell(row['recall']):>9}{_cell(row['f1']):>8}"
+            f"{_cell(row['false-alarm-rate']):>8}{row['tp']:>7}{row['fp']:>7}{row['tn']:>8}{row['fn']:>7}"
+        )
+    lines.append(f"global model: {final['model_dir']}; per-round metrics: {final['metrics']}")
+    return lines
+
+
+def run_federation(grid: Grid, cfg: AppConfig) -> dict[str, Any]:
+    """All phases; returns what ``final.json`` holds."""
+    fed = cfg.federation
+    t0 = time.monotonic()
+    run = RunDir(Path(fed.run_dir) / fed.run_name)
+    log.info("seqwatch run '%s' (%s strategy) in %s", fed.run_name, fed.strategy, run.root)
+    resumed = resume_phase(cfg, run)
+    if resumed is None:
+        run.reset()
+        encoder, key_print, arrays = setup_phase(grid, cfg, run)
+        done, strat_state, strat_before = 0, None, fed.strategy
+    else:
+        encoder, key_print, arrays, done, strat_state, strat_before = resumed
+    enc_conf = encoder_to_config(encoder, key_print)
+    arrays = training_phase(grid, cfg, run, enc_conf, arrays, done, strat_state, strat_before)
+    state = run.read_state()
+    rounds = state.last_round if state else done
+    calibration = calibration_phase(grid, cfg, enc_conf, arrays)
+    report = report_phase(grid, cfg, run, enc_conf, arrays, calibration)
+    key = known_hash_key(cfg, key_print)
+    if key is None:
+        log.warning(
+            "the nodes' hash key is not known to the server: set vocab.hash-key in %s/detector.json "
+            "to the institutions' key before scoring with the global model",
+            run.model_dir,
+        )
+    model_dir = save_global_model(cfg, run, encoder, arrays, calibration["global_threshold"], key)
+    history = run.read_metrics()
+    final = {
+        "format": "seqwatch-federated-final",
+        "format_version": 1,
+        "run_name": fed.run_name,
+        "run_path": str(run.root),
+        "strategy": fed.strategy,
+        "rounds_completed": rounds,
+        "resumed_after_round": done if resumed is not None else None,
+        "calibration": calibration,
+        "report": report,
+        "last_round": history[-1] if history else None,
+        "model_dir": str(model_dir),
+        "hash_key_known": key is not None,
+        "metrics": str(run.metrics_jsonl),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    run.save_final(final)
+    for line in summary_table(final):
+        log.info("%s", line)
+    return final

@@ -1,0 +1,465 @@
+"""ClientApp handlers called with built Messages and Contexts, and whole federations run in-process.
+
+:class:`FakeGrid` stands in for Flower's Grid: it hands every message straight
+to the ClientApp with the node's :class:`~flwr.app.Context` (as the SuperNode
+would) and keeps every message and reply, so tests can inspect exactly what
+leaves a node. No Ray, no SuperLink: these tests are fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from client import app as client_app
+from client import local
+from client.data import node_data
+from common.config import parse_config
+from common.detector import SequenceDetector
+from common.events import EventTable, write_table
+from common.model import build_model
+from server.app import run_federation
+from server.setup import ENCODER_RECORD, SetupStats, encoder_to_config, merge_setup
+from simulations.synthetic import SyntheticSpec, load_synthetic
+
+TINY = {
+    "model.hidden": 12,
+    "model.embed-dim": 8,
+    "model.context-dim": 2,
+    "model.layers": 1,
+    "federation.histogram-bins": 40,
+    "train.batch-size": 16,
+}
+SIM = {**TINY, "data.synthetic-users": 24}
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> None:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+class FakeGrid(Grid):
+    """In-process Grid: messages go straight to the ClientApp; everything is recorded."""
+
+    def __init__(
+        self,
+        run_config: dict[str, Any],
+        node_configs: list[dict[str, Any]],
+        *,
+        fail_on: tuple[str, int] | None = None,
+    ) -> None:
+        self.contexts = {
+            100 + i: Context(
+                run_id=1,
+                node_id=100 + i,
+                node_config=dict(nc),
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for i, nc in enumerate(node_configs)
+        }
+        self.sent: list[Message] = []
+        self.replies: list[Message] = []
+        self._ids = itertools.count(1)
+        self._calls: dict[str, int] = {}
+        self.fail_on = fail_on  # (message type, n-th call) -> simulate a server crash
+
+    def set_run(self, run: Any) -> None:  # pragma: no cover - not used
+        pass
+
+    @property
+    def run(self) -> Any:  # pragma: no cover - not used
+        return None
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # pragma: no cover
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        kind = messages[0].metadata.message_type if messages else ""
+        self._calls[kind] = self._calls.get(kind, 0) + 1
+        if self.fail_on == (kind, self._calls[kind]):
+            raise KeyboardInterrupt("simulated server crash")
+        out = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"
+            # what travels is a serialised copy: later changes to shared records must not reach it
+            m.content = copy.deepcopy(m.content)
+            self.sent.append(m)
+            try:
+                reply = client_app.app(m, self.contexts[m.metadata.dst_node_id])
+            except Exception as exc:
+                reply = Message(Error(code=0, reason=str(exc)), reply_to=m)
+            self.replies.append(reply)
+            out.append(reply)
+        return out
+
+
+def sim_nodes(n: int) -> list[dict[str, Any]]:
+    return [{"partition-id": i, "num-partitions": n} for i in range(n)]
+
+
+def context_for(run_config: dict[str, Any], node_config: dict[str, Any]) -> Context:
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run_config)
+
+
+def instruction(content: RecordDict, message_type: str) -> Message:
+    msg = Message(content, dst_node_id=7, message_type=message_type)
+    msg.metadata.__dict__["_message_id"] = "ins-1"
+    return msg
+
+
+# --------------------------------------------------------------------------- handlers one by one
+
+
+@pytest.fixture(scope="module")
+def shared() -> dict[str, Any]:
+    """Set-up replies of two simulated nodes merged into the shared encoder, plus initial weights."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    rc = dict(SIM)
+    reports = []
+    for nc in sim_nodes(2):
+        reply = client_app.setup(instruction(RecordDict({}), "query.setup"), context_for(rc, nc))
+        reports.append(SetupStats.from_config(dict(reply.content["setup"])))
+    merged = merge_setup(reports, parse_config(rc).detector.vocab)
+    cfg = parse_config(rc).detector
+    from server.app import _shape
+
+    model = build_model(cfg.model, _shape(merged.encoder), seed=0)
+    return {
+        "rc": rc,
+        "reports": reports,
+        "encoder": ConfigRecord(encoder_to_config(merged.encoder, merged.key_fingerprint)),
+        "arrays": ArrayRecord({k: v.detach() for k, v in model.state_dict().items()}),
+    }
+
+
+def test_setup_handler_reports_counts_of_the_training_split(shared: dict[str, Any]) -> None:
+    rc = shared["rc"]
+    app_cfg = parse_config(rc)
+    node = node_data(sim_nodes(2)[0], app_cfg.data)
+    data = local.prepare(node, app_cfg.detector.train.validation_fraction, app_cfg.detector.train.seed)
+    rep = shared["reports"][0]
+    assert rep.n_sequences == len(data.train) and rep.n_events == data.train.n_events
+    assert sum(rep.token_counts.values()) == data.train.n_events
+    assert rep.context_names == ("device", "channel", "country")
+    assert rep.numeric.names == ("amount", "gap_seconds")
+    assert rep.has_test and rep.key_source == "simulation-default"
+
+
+def test_train_handler_replies_weights_and_training_events(shared: dict[str, Any]) -> None:
+    content = RecordDict(
+        {
+            "arrays": shared["arrays"],
+            ENCODER_RECORD: shared["encoder"],
+            "config": ConfigRecord({"local-epochs": 1, "proximal-mu": 0.1, "server-round": 2}),
+        }
+    )
+    ctx = context_for(shared["rc"], sim_nodes(2)[1])
+    reply = client_app.train(instruction(content, "train"), ctx)
+    arrays = reply.content["arrays"]
+    assert set(arrays) == set(shared["arrays"])
+    for k in arrays:
+        assert arrays[k].shape == shared["arrays"][k].shape
+    m = reply.content["metrics"]
+    assert m["num-examples"] == shared["reports"][1].n_events
+    assert np.isfinite(m["train-loss"]) and m["train-loss"] > 0
+    # weights moved
+    w0, w1 = shared["arrays"]["event_head.weight"].numpy(), arrays["event_head.weight"].numpy()
+    assert not np.allclose(w0, w1)
+
+
+def test_evaluate_and_calibration_handlers(shared: dict[str, Any]) -> None:
+    ctx = context_for(shared["rc"], sim_nodes(2)[0])
+    base = {"arrays": shared["arrays"], ENCODER_RECORD: shared["encoder"]}
+    ev = client_app.evaluate(
+        instruction(RecordDict({**base, "config": ConfigRecord({"hist-bins": 40})}), "evaluate"), ctx
+    )
+    m = ev.content["metrics"]
+    assert len(m["hist-normal"]) == len(m["hist-anomalous"]) == 800
+    assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == m["test-sequences"] > 0
+    assert sum(m["hist-normal"]) + sum(m["hist-anomalous"]) == m["test-sequences"]
+    assert m["num-examples"] > 0 and m["val-loss"] > 0
+    top = client_app.calib_max(
+        instruction(RecordDict({**base, "config": ConfigRecord({})}), "query.calib_max"), ctx
+    )
+    mx = top.content["metrics"]["max-score"]
+    edges = np.linspace(0, mx, 11).tolist()
+    hist = client_app.calib_hist(
+        instruction(RecordDict({**base, "config": ConfigRecord({"calib-edges": edges})}), "query.calib_hist"),
+        ctx,
+    )
+    counts = hist.content["metrics"]["hist"]
+    assert len(counts) == 10 and sum(counts) == top.content["metrics"]["num-examples"] and counts[-1] >= 1
+
+
+def test_handler_errors_do_not_leak_data(tmp_path: Path) -> None:
+    bad = tmp_path / "train.csv"
+    bad.write_text("sequence,order,event,label\ns1,0,zqsecret_tok,0\ns1,1,zqsecret_tok,zqsecretlabel\n")
+    ctx = context_for(dict(TINY), {"data-path": str(tmp_path)})
+    with pytest.raises(RuntimeError) as info:
+        client_app.setup(instruction(RecordDict({}), "query.setup"), ctx)
+    assert "zqsecret" not in str(info.value) and "DataError" in str(info.value)
+
+
+def test_node_with_another_hash_key_is_refused(shared: dict[str, Any]) -> None:
+    nc = {**sim_nodes(2)[0], "hash-key": "not-the-federation-key"}
+    content = RecordDict(
+        {
+            "arrays": shared["arrays"],
+            ENCODER_RECORD: shared["encoder"],
+            "config": ConfigRecord({"local-epochs": 1}),
+        }
+    )
+    with pytest.raises(RuntimeError, match="hash key differs"):
+        client_app.train(instruction(content, "train"), context_for(shared["rc"], nc))
+    with pytest.raises(RuntimeError, match="encoder"):
+        client_app.train(
+            instruction(RecordDict({"arrays": shared["arrays"]}), "train"), context_for(shared["rc"], nc)
+        )
+
+
+# --------------------------------------------------------------------------- privacy
+
+
+def distinctive_nodes(tmp_path: Path, n: int) -> tuple[list[dict[str, Any]], set[str]]:
+    """Deployment-style node folders whose raw tokens, context values and ids all start with 'zq'."""
+    tables = load_synthetic(SyntheticSpec(institutions=n, users=8 * n, seed=5))
+    raw: set[str] = set()
+    nodes = []
+    for i in range(n):
+        folder = tmp_path / f"node{i}"
+        for split, table in tables.items():
+            f = table.frame.copy()
+            f = f[f["sequence"].str.startswith(f"inst{i}-")].reset_index(drop=True)
+            f["sequence"] = "zqseq_" + f["sequence"].astype(str)
+            f["event"] = "zqtok_" + f["event"].astype(str)
+            for c in table.context:
+                f[c] = "zqctx_" + f[c].astype(str)
+            t = EventTable(f, numeric=table.numeric, context=table.context, time_ordered=table.time_ordered)
+            write_table(t, folder / f"{split}.csv")
+            for col in ("sequence", "event", *table.context):
+                raw.update(map(str, f[col].unique()))
+        nodes.append(
+            {
+                "data-path": str(folder),
+                "hash-key": "institutions-secret",
+                "output-dir": str(tmp_path / f"out{i}"),
+            }
+        )
+    return nodes, raw
+
+
+def strings_in(content: RecordDict) -> Iterator[str]:
+    """Every string in a message's records; numbers and arrays are checked to be numeric."""
+    for name, record in content.items():
+        yield name
+        if isinstance(record, ConfigRecord):
+            for key, value in record.items():
+                yield key
+                for v in value if isinstance(value, list) else [value]:
+                    if isinstance(v, str):
+                        yield v
+                    elif isinstance(v, bytes):
+                        yield v.decode("latin-1")
+        elif isinstance(record, MetricRecord):
+            for key, value in record.items():
+                yield key
+                for v in value if isinstance(value, list) else [value]:
+                    assert isinstance(v, (int, float)), (name, key)
+        elif isinstance(record, ArrayRecord):
+            for key, arr in record.items():
+                yield key
+                assert arr.numpy().dtype.kind == "f", (name, key)
+        else:  # pragma: no cover
+            raise AssertionError(f"unexpected record {name}: {type(record)}")
+
+
+def test_no_raw_token_or_sequence_content_leaves_a_client(tmp_path: Path) -> None:
+    nodes, raw = distinctive_nodes(tmp_path, 2)
+    rc = {
+        **TINY,
+        "federation.num-server-rounds": 1,
+        "federation.run-dir": str(tmp_path / "runs"),
+        "federation.run-name": "privacy",
+    }
+    grid = FakeGrid(rc, nodes)
+    final = run_federation(grid, parse_config(rc))
+    assert final["report"]["test_sequences"] > 0
+    kinds = {r.metadata.message_type for r in grid.replies}
+    assert kinds == {
+        "query.setup",
+        "train",
+        "evaluate",
+        "query.calib_max",
+        "query.calib_hist",
+        "query.report",
+    }
+    assert not any(r.has_error() for r in grid.replies)
+    for reply in grid.replies:
+        for s in strings_in(reply.content):
+            assert "zq" not in s, (reply.metadata.message_type, s[:80])
+            assert s not in raw
+    # the data really held those tokens, and each node's own report (local files) keeps them
+    assert any(t.startswith("zqtok_") for t in raw)
+    for nc in nodes:
+        scores = (Path(nc["output-dir"]) / "scores.csv").read_text()
+        assert "zqseq_" in scores and "zqtok_" in scores
+
+
+# --------------------------------------------------------------------------- whole federations in-process
+
+
+def run_in_process(tmp_path: Path, name: str, rounds: int, **kw: Any) -> tuple[FakeGrid, dict[str, Any]]:
+    rc = {
+        **SIM,
+        "federation.num-server-rounds": rounds,
+        "federation.run-dir": str(tmp_path),
+        "federation.run-name": name,
+    }
+    grid = FakeGrid(rc, sim_nodes(2), **kw)
+    return grid, run_federation(grid, parse_config(rc))
+
+
+def train_rounds(grid: FakeGrid) -> list[int]:
+    return sorted(
+        {int(m.content["config"]["server-round"]) for m in grid.sent if m.metadata.message_type == "train"}
+    )
+
+
+def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:
+    grid, final = run_in_process(tmp_path, "full", 2)
+    run = tmp_path / "full"
+    assert train_rounds(grid) == [1, 2]
+    assert sorted(p.name for p in (run / "checkpoints").glob("round-*")) == [
+        "round-0001.safetensors",
+        "round-0002.safetensors",
+    ]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2] and all(r["eval-nodes"] == 2 for r in rows)
+    assert json.loads((run / "final.json").read_text())["rounds_completed"] == 2
+    rep = final["report"]
+    per_node = rep["per_node"]
+    assert rep["global_threshold"]["tp"] == sum(n["global"]["tp"] for n in per_node)
+    g = rep["global_threshold"]
+    assert g["tp"] + g["fp"] + g["tn"] + g["fn"] == rep["test_sequences"]
+    # the global model scores with the simulation key; the local reports agree with the replies
+    det = SequenceDetector.load(run / "model")
+    assert det.global_threshold_ == pytest.approx(final["calibration"]["global_threshold"])
+    for pid in (0, 1):
+        d = run / "clients" / f"partition-{pid}"
+        metrics = json.loads((d / "metrics.json").read_text())
+        local_det = SequenceDetector.load(d / "model")
+        assert local_det.global_threshold_ == pytest.approx(final["calibration"]["global_threshold"])
+        assert (d / "scores.csv").is_file() and "global" in metrics and "local" in metrics
+    totals = {
+        k: sum(
+            json.loads((run / f"clients/partition-{p}/metrics.json").read_text())["global"][k] for p in (0, 1)
+        )
+        for k in ("tp", "fp", "tn", "fn")
+    }
+    assert totals == {k: g[k] for k in totals}
+    test_table = load_synthetic(SyntheticSpec(institutions=2, users=24, seed=0))["test"]
+    scores = det.decision_function(test_table)
+    assert np.isfinite(scores).all()
+
+
+def test_resume_runs_only_the_missing_rounds(tmp_path: Path) -> None:
+    run_in_process(tmp_path, "res", 2)
+    first = (tmp_path / "res/checkpoints/round-0002.safetensors").read_bytes()
+    grid, final = run_in_process(tmp_path, "res", 3)
+    assert train_rounds(grid) == [3]
+    assert not any(m.metadata.message_type == "query.setup" for m in grid.sent)
+    rows = [json.loads(line)["round"] for line in (tmp_path / "res/metrics.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3]
+    assert (tmp_path / "res/checkpoints/round-0002.safetensors").read_bytes() == first
+    assert final["rounds_completed"] == 3 and final["resumed_after_round"] == 2
+    # already complete: no training, calibration and report again
+    grid, final = run_in_process(tmp_path, "res", 3)
+    assert train_rounds(grid) == [] and final["rounds_completed"] == 3
+
+
+def test_resume_after_a_crash_mid_round(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(tmp_path, "crash", 3, fail_on=("evaluate", 2))
+    state = json.loads((tmp_path / "crash/state.json").read_text())
+    assert state["last_round"] == 1
+    grid, _ = run_in_process(tmp_path, "crash", 3)
+    assert train_rounds(grid) == [2, 3]
+    rows = [json.loads(line)["round"] for line in (tmp_path / "crash/metrics.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3]
+    csv_rounds = [
+        line.split(",")[0] for line in (tmp_path / "crash/metrics.csv").read_text().splitlines()[1:]
+    ]
+    assert csv_rounds == ["1", "2", "3"]
+
+
+def test_resume_refuses_another_model_shape(tmp_path: Path) -> None:
+    run_in_process(tmp_path, "shape", 1)
+    rc = {
+        **SIM,
+        "model.hidden": 20,
+        "federation.num-server-rounds": 2,
+        "federation.run-dir": str(tmp_path),
+        "federation.run-name": "shape",
+    }
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.hidden"):
+        run_federation(FakeGrid(rc, sim_nodes(2)), parse_config(rc))
+
+
+def test_deployment_data_folder_is_read_with_inferred_columns(tmp_path: Path) -> None:
+    nodes, _ = distinctive_nodes(tmp_path, 1)
+    node = node_data(nodes[0], parse_config({}).data)
+    assert node.train.numeric == ("amount", "gap_seconds") and node.train.time_ordered
+    assert node.train.context == ("device", "channel", "country")
+    assert node.test is not None and node.test.has_labels
+
+
+@pytest.mark.parametrize("strategy", ["fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum"])
+def test_every_strategy_runs_a_round_in_process(tmp_path: Path, strategy: str) -> None:
+    rc = {
+        **SIM,
+        "federation.strategy": strategy,
+        "federation.proximal-mu": 0.05,
+        "federation.num-server-rounds": 1,
+        "federation.run-dir": str(tmp_path),
+        "federation.run-name": strategy,
+    }
+    grid = FakeGrid(rc, sim_nodes(3))
+    final = run_federation(grid, parse_config(rc))
+    assert final["strategy"] == strategy and final["rounds_completed"] == 1
+    assert not any(r.has_error() for r in grid.replies)
+    mus = {m.content["config"]["proximal-mu"] for m in grid.sent if m.metadata.message_type == "train"}
+    assert mus == ({0.05} if strategy == "fedprox" else {0.0})
+    assert SequenceDetector.load(tmp_path / strategy / "model").is_fitted
+    if strategy == "fedadam":
+        assert (tmp_path / strategy / "checkpoints/round-0001.strategy.safetensors").is_file()

@@ -1,0 +1,358 @@
+"""Units of the federation: set-up merging, encoder on the wire, strategy hooks, run directory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from common.config import FederationConfig, VocabConfig
+from common.errors import ConfigError
+from common.events import EventTable
+from common.metrics import confusion_at, roc_auc_from_histograms, threshold_from_histogram
+from common.scaling import FeatureStats, Scaler
+from common.vocab import ContextVocabulary, TokenHasher, Vocabulary
+from server.rundir import METRIC_COLUMNS, RunDir
+from server.setup import (
+    SIMULATION_HASH_KEY,
+    SetupStats,
+    calibration_edges,
+    count_categories,
+    encoder_from_config,
+    encoder_to_config,
+    key_fingerprint,
+    merge_setup,
+    resolve_hash_key,
+    round_edges,
+)
+from server.strategy import (
+    aggregate_evaluate_metrics,
+    arrays_to_numpy,
+    make_strategy,
+)
+from simulations.partition import partition
+from simulations.synthetic import SYNTHETIC_KEYS, SyntheticSpec, load_synthetic
+
+KEY = "shared-secret"
+
+
+@pytest.fixture(scope="module")
+def parts() -> list[EventTable]:
+    train = load_synthetic(SyntheticSpec(institutions=3, users=24, seed=3))["train"]
+    return partition(train, 3, "natural", key=SYNTHETIC_KEYS["institution"])
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> None:
+    """Instruction messages need a run id outside a Flower process."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+def stats_of(table: EventTable, key: str = KEY) -> SetupStats:
+    g = table.grouped()
+    from common.vocab import count_tokens
+
+    return SetupStats(
+        token_counts=count_tokens(g.events, key),
+        context_names=g.context_names,
+        context_counts=count_categories(g.context, g.context_names, key),
+        numeric=FeatureStats.compute(g.numeric_names, g.numeric),
+        n_sequences=len(g),
+        n_events=g.n_events,
+        key_fingerprint=key_fingerprint(key),
+    )
+
+
+def pooled(parts: list[EventTable]) -> EventTable:
+    return EventTable.concat(parts)
+
+
+# --------------------------------------------------------------------------- set-up merging
+
+
+def test_merged_vocab_equals_vocab_fitted_on_pooled_data(parts: list[EventTable]) -> None:
+    vocab_cfg = VocabConfig(max_size=20, min_count=2)
+    shared = merge_setup([stats_of(p) for p in parts], vocab_cfg)
+    whole = pooled(parts).grouped()
+    fitted = Vocabulary.fit(whole.events, max_size=20, min_count=2, hash_key=KEY)
+    assert shared.encoder.vocab.tokens == fitted.tokens
+    assert shared.encoder.vocab.counts == fitted.counts
+    assert shared.n_sequences == len(whole) and shared.n_events == whole.n_events
+    # hashed: no raw token in the shared vocabulary
+    raw = set(map(str, whole.events))
+    assert not raw & set(shared.encoder.vocab.tokens)
+
+
+def test_merged_context_vocab_equals_pooled_hashed_categories(parts: list[EventTable]) -> None:
+    shared = merge_setup([stats_of(p) for p in parts], VocabConfig(max_size=5000))
+    whole = pooled(parts).grouped()
+    local = ContextVocabulary.fit(whole.context_names, whole.context, 5000)
+    h = TokenHasher(KEY)
+    for name in whole.context_names:
+        assert shared.encoder.context.columns[name] == sorted(h(v) for v in local.columns[name])
+    assert shared.encoder.context.hashed
+
+
+def test_merged_scaler_equals_pooled_scaler(parts: list[EventTable]) -> None:
+    shared = merge_setup([stats_of(p) for p in parts], VocabConfig())
+    whole = pooled(parts).grouped()
+    fitted = Scaler.fit(whole.numeric_names, whole.numeric)
+    assert shared.encoder.scaler.names == fitted.names
+    np.testing.assert_allclose(shared.encoder.scaler.mean, fitted.mean, rtol=1e-10)
+    np.testing.assert_allclose(shared.encoder.scaler.std, fitted.std, rtol=1e-10)
+
+
+def test_setup_stats_survive_the_wire(parts: list[EventTable]) -> None:
+    s = stats_of(parts[0])
+    record = ConfigRecord(s.to_config())
+    back = SetupStats.from_config(dict(ConfigRecord.inflate(record.deflate())))
+    assert back.token_counts == s.token_counts
+    assert back.context_counts == s.context_counts
+    assert back.numeric.names == s.numeric.names
+    np.testing.assert_array_equal(back.numeric.total_sq, s.numeric.total_sq)
+    assert back.key_fingerprint == s.key_fingerprint
+
+
+def test_merge_refuses_different_keys_and_columns(parts: list[EventTable]) -> None:
+    with pytest.raises(ConfigError, match="different hash keys"):
+        merge_setup([stats_of(parts[0]), stats_of(parts[1], key="other")], VocabConfig())
+    odd = stats_of(parts[1])
+    odd.context_names = ("device",)
+    with pytest.raises(ConfigError, match="feature columns"):
+        merge_setup([stats_of(parts[0]), odd], VocabConfig())
+    with pytest.raises(ConfigError, match="no node"):
+        merge_setup([], VocabConfig())
+
+
+def test_hash_key_resolution() -> None:
+    assert resolve_hash_key("node-secret", "run-secret") == ("node-secret", "node-config")
+    assert resolve_hash_key("", "run-secret") == ("run-secret", "run-config")
+    assert resolve_hash_key(None, "") == (SIMULATION_HASH_KEY, "simulation-default")
+    assert key_fingerprint("a") == key_fingerprint("a") != key_fingerprint("b")
+
+
+# --------------------------------------------------------------------------- encoder on the wire
+
+
+def test_encoder_round_trip_encodes_like_each_other_and_refuses_other_key(parts: list[EventTable]) -> None:
+    shared = merge_setup([stats_of(p) for p in parts], VocabConfig())
+    wire = encoder_to_config(shared.encoder, shared.key_fingerprint)
+    record = ConfigRecord.inflate(ConfigRecord(wire).deflate())
+    assert all("login" not in str(v) for v in record.values())
+    enc_a = encoder_from_config(record, KEY)
+    enc_b = encoder_from_config(record, KEY)
+    for p in parts:
+        g = p.grouped()
+        e = enc_a.encode(g)
+        assert e.stats["unknown_events"] == 0 and e.stats["unknown_context"] == 0
+        np.testing.assert_array_equal(e.tokens, enc_b.encode(g).tokens)
+        np.testing.assert_array_equal(e.context, enc_b.encode(g).context)
+    with pytest.raises(ConfigError, match="hash key differs"):
+        encoder_from_config(record, "wrong-key")
+
+
+def test_saved_federated_encoder_reloads_with_key(parts: list[EventTable]) -> None:
+    from common.encoding import Encoder
+
+    shared = merge_setup([stats_of(p) for p in parts], VocabConfig())
+    data = json.loads(json.dumps(shared.encoder.to_dict()))
+    assert data["context_hashed"] is True
+    enc = Encoder.from_dict(data, hash_key=KEY)
+    e = enc.encode(parts[0].grouped())
+    assert e.stats["unknown_events"] == 0 and e.stats["unknown_context"] == 0
+    with pytest.raises(ValueError, match="hash-key"):
+        Encoder.from_dict(data).encode(parts[0].grouped())
+
+
+def test_edges() -> None:
+    e = round_edges(10)
+    assert e[0] == 0.0 and len(e) == 201 and np.all(np.diff(e) > 0)
+    c = calibration_edges(4.0, 8)
+    assert c[0] == 0 and c[-1] == 4.0 and len(c) == 9
+    assert calibration_edges(0.0, 4)[-1] == 1.0
+
+
+# --------------------------------------------------------------------------- strategy hooks
+
+
+def _train_reply(weights: dict[str, np.ndarray], loss: float, n: int) -> Message:
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
+            "metrics": MetricRecord({"train-loss": loss, "num-examples": n, "train-sequences": 3}),
+        }
+    )
+    return Message(content, dst_node_id=0, message_type="train")
+
+
+def _eval_reply(scores: np.ndarray, labels: np.ndarray, threshold: float, edges: np.ndarray) -> Message:
+    from common.metrics import histogram_counts
+
+    c = confusion_at(labels, scores, threshold)
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(
+                {
+                    "val-loss": 2.0,
+                    "num-examples": 10,
+                    "tp": c.tp,
+                    "fp": c.fp,
+                    "tn": c.tn,
+                    "fn": c.fn,
+                    "hist-normal": [int(x) for x in histogram_counts(scores[labels == 0], edges)],
+                    "hist-anomalous": [int(x) for x in histogram_counts(scores[labels == 1], edges)],
+                    "test-sequences": len(scores),
+                }
+            )
+        }
+    )
+    return Message(content, dst_node_id=0, message_type="evaluate")
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedmedian", "fedadam", "krum"])
+def test_recording_hooks_write_checkpoint_metrics_and_state(tmp_path, name: str) -> None:
+    run = RunDir(tmp_path / "run")
+    run.reset()
+    strategy = make_strategy(FederationConfig(strategy=name, min_nodes=2))
+    init = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
+    strategy.setup_recording(
+        run, initial_arrays=ArrayRecord({k: Array(v) for k, v in init.items()}), round_offset=2
+    )
+    if name == "fedadam":  # FedOpt needs the arrays it sent (configure_train records them)
+        strategy.current_arrays = {k: v.copy() for k, v in init.items()}
+    a = {"w": np.ones((2, 3), dtype=np.float32), "b": np.full(3, 2.0, dtype=np.float32)}
+    b = {"w": np.full((2, 3), 4.0, dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
+    arrays, metrics = strategy.aggregate_train(1, [_train_reply(a, 1.0, 100), _train_reply(b, 3.0, 300)])
+    assert arrays is not None and metrics is not None
+    if name == "fedavg":
+        np.testing.assert_allclose(arrays["w"].numpy(), 3.25)  # (1*100 + 4*300) / 400
+        assert metrics["train-loss"] == pytest.approx(2.5) and metrics["train-events"] == 400
+    if name == "fedmedian":
+        np.testing.assert_allclose(arrays["w"].numpy(), 2.5)
+
+    rng = np.random.default_rng(0)
+    edges = round_edges(20)
+    s1, y1 = rng.gamma(2.0, 1.0, 40) + 3 * np.r_[np.zeros(35), np.ones(5)], np.r_[np.zeros(35), np.ones(5)]
+    s2, y2 = rng.gamma(2.0, 1.0, 30), np.zeros(30)  # a node without anomalies
+    ev = strategy.aggregate_evaluate(1, [_eval_reply(s1, y1, 4.0, edges), _eval_reply(s2, y2, 5.0, edges)])
+    assert ev is not None
+    c1, c2 = confusion_at(y1, s1, 4.0), confusion_at(y2, s2, 5.0)
+    assert ev["tp"] == c1.tp + c2.tp and ev["fp"] == c1.fp + c2.fp
+    assert ev["tn"] == c1.tn + c2.tn and ev["fn"] == c1.fn + c2.fn
+    tp, fp, fn = ev["tp"], ev["fp"], ev["fn"]
+    assert ev["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    from common.metrics import histogram_counts
+
+    s, y = np.r_[s1, s2], np.r_[y1, y2]
+    expected_auc = roc_auc_from_histograms(
+        histogram_counts(s[y == 0], edges), histogram_counts(s[y == 1], edges)
+    )
+    assert ev["auroc"] == pytest.approx(expected_auc)
+
+    # round 1 of start() is round 3 of the run (two rounds done before a resume)
+    ckpt = run.checkpoint_path(3)
+    assert ckpt.is_file() and not list(run.checkpoints.glob(".*tmp*"))
+    saved = run.load_checkpoint(ckpt)
+    np.testing.assert_array_equal(saved["w"], arrays_to_numpy(strategy.global_arrays)["w"])
+    state = run.read_state()
+    assert state is not None and state.last_round == 3 and state.checkpoint == ckpt
+    assert (state.strategy_state is not None) == (name == "fedadam")
+    rows = run.read_metrics()
+    assert len(rows) == 1 and rows[0]["round"] == 3 and rows[0]["tp"] == ev["tp"]
+    lines = run.metrics_csv.read_text().splitlines()
+    assert lines[0].split(",") == list(METRIC_COLUMNS) and len(lines) == 2
+
+
+def test_configure_numbers_rounds_on_and_attaches_encoder(tmp_path) -> None:
+    class Grid1:
+        def get_node_ids(self) -> list[int]:
+            return [11, 12]
+
+    run = RunDir(tmp_path / "r")
+    strategy = make_strategy(FederationConfig(min_nodes=2))
+    enc = ConfigRecord({"enc.tokens": ["ab"]})
+    init = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
+    strategy.setup_recording(run, initial_arrays=init, round_offset=4, extra_records={"encoder": enc})
+    msgs = list(strategy.configure_train(1, init, ConfigRecord({"local-epochs": 1}), Grid1()))
+    assert {m.metadata.dst_node_id for m in msgs} == {11, 12}
+    assert all(m.content["config"]["server-round"] == 5 for m in msgs)
+    assert all(m.content["encoder"]["enc.tokens"] == ["ab"] for m in msgs)
+    msgs = list(strategy.configure_evaluate(1, init, ConfigRecord({"hist-bins": 5}), Grid1()))
+    assert all(m.content["config"]["server-round"] == 5 and "encoder" in m.content for m in msgs)
+
+
+def test_fedadam_state_round_trip(tmp_path) -> None:
+    strategy = make_strategy(FederationConfig(strategy="fedadam"))
+    strategy.m_t = {"w": np.ones(3)}
+    strategy.v_t = {"w": np.full(3, 2.0)}
+    state = strategy.strategy_state()
+    other = make_strategy(FederationConfig(strategy="fedadam"))
+    other.load_strategy_state(state)
+    np.testing.assert_array_equal(other.v_t["w"], 2.0)
+    assert make_strategy(FederationConfig()).strategy_state() is None
+
+
+def test_make_strategy_settings() -> None:
+    assert make_strategy(FederationConfig(strategy="fedprox", proximal_mu=0.3)).proximal_mu == 0.3
+    assert make_strategy(FederationConfig(strategy="fedtrimmedavg", trim_beta=0.1)).beta == 0.1
+    assert make_strategy(FederationConfig(strategy="krum", krum_byzantine=1)).num_malicious_nodes == 1
+    assert make_strategy(FederationConfig(strategy="fedadam", server_lr=0.2)).eta == 0.2
+    assert make_strategy(FederationConfig(min_nodes=3)).min_available_nodes == 3
+
+
+def test_evaluate_aggregation_without_labels_has_no_auroc() -> None:
+    rec = RecordDict(
+        {
+            "m": MetricRecord(
+                {
+                    "val-loss": 1.5,
+                    "num-examples": 4,
+                    "tp": 0,
+                    "fp": 0,
+                    "tn": 0,
+                    "fn": 0,
+                    "hist-normal": [0, 0],
+                }
+            )
+        }
+    )
+    out = aggregate_evaluate_metrics([rec, rec], "num-examples")
+    assert "auroc" not in out and out["val-loss"] == 1.5 and out["val-events"] == 8 and out["f1"] == 0.0
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def test_rundir_commit_truncate_and_reset(tmp_path) -> None:
+    run = RunDir(tmp_path / "x")
+    assert run.read_state() is None
+    w = {"a": np.arange(4, dtype=np.float32)}
+    for r in (1, 2):
+        run.commit_round(r, w, {"round": r, "val-loss": float(r), "auroc": float("nan")}, strategy="fedavg")
+    run.append_metrics({"round": 3, "val-loss": 3.0})  # written, but round 3 never committed
+    assert run.read_state().last_round == 2
+    run.truncate_metrics(2)
+    assert [r["round"] for r in run.read_metrics()] == [1, 2]
+    assert run.read_metrics()[0]["auroc"] is None
+    assert len(run.metrics_csv.read_text().splitlines()) == 3
+    np.testing.assert_array_equal(run.load_checkpoint(run.checkpoint_path(2))["a"], w["a"])
+    run.reset()
+    assert run.read_state() is None and not run.metrics_jsonl.exists()
+    assert not list(run.checkpoints.glob("*.safetensors"))
+
+
+def test_histogram_threshold_is_conservative_on_pooled_validation() -> None:
+    rng = np.random.default_rng(1)
+    parts = [rng.gamma(3.0, 1.0, n) for n in (300, 200, 500)]
+    top = max(p.max() for p in parts)
+    edges = calibration_edges(top, 200)
+    from common.metrics import histogram_counts
+
+    counts = sum(histogram_counts(p, edges) for p in parts)
+    t = threshold_from_histogram(counts, edges, 0.01)
+    pooled_scores = np.concatenate(parts)
+    assert np.mean(pooled_scores > t) <= 0.01
+    assert t - np.quantile(pooled_scores, 0.99) <= (edges[1] - edges[0]) * 2
