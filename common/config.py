@@ -62,6 +62,8 @@ class TrainConfig:
     chunk_len: int = 128
     patience: int = 3
     numeric_weight: float = 1.0
+    loss_weighting: str = "event"
+    unk_dropout: float = 0.0
     validation_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
@@ -76,6 +78,8 @@ class TrainConfig:
         _positive("train.chunk-len", self.chunk_len)
         _nonnegative("train.patience", self.patience)
         _nonnegative("train.numeric-weight", self.numeric_weight)
+        _choice("train.loss-weighting", self.loss_weighting, ("event", "sequence"))
+        _unit("train.unk-dropout", self.unk_dropout, closed=False)
         _unit("train.validation-fraction", self.validation_fraction, closed=False)
         _nonnegative("train.threads", self.threads)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -86,7 +90,7 @@ class TrainConfig:
 class ScoreConfig:
     """How event scores become a sequence score (see :mod:`common.scoring`)."""
 
-    aggregate: str = "window"
+    aggregate: str = "mean"
     window: int = 10
     top_k: int = 9
     numeric_weight: float = 1.0

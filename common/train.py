@@ -7,6 +7,7 @@ Framework-free (no Flower): the detector and the ClientApp both call
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from common.batching import Batch, iter_batches
 from common.config import TrainConfig
 from common.encoding import EncodedSequences
 from common.model import NextEventModel, State, detach_state
+from common.vocab import BOS, UNK
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +56,52 @@ def chunk_loss(
     sl: slice,
     state: State | None,
     numeric_weight: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, State]:
-    """Summed losses of one time chunk: (total, event NLL sum, numeric SE sum, events, state)."""
+    """Losses of one time chunk: (objective, event NLL sum, numeric SE sum, events, state).
+
+    The objective is the summed loss, each event weighted by ``weights``
+    (B, L) when given; the NLL and SE sums are unweighted, for reporting.
+    """
     logits, num_pred, state = model(
         batch.tokens_in[:, sl], batch.context_in[:, sl], batch.numeric_in[:, sl], state
     )
     mask = batch.mask[:, sl]
     targets = batch.targets[:, sl]
-    nll = F.cross_entropy(logits[mask], targets[mask], reduction="sum")
-    se = logits.new_zeros(())
+    nll_each = F.cross_entropy(logits[mask], targets[mask], reduction="none")  # (n,)
+    se_each = nll_each.new_zeros(nll_each.shape)
     if num_pred is not None:
         tgt = batch.numeric_target[:, sl]
         ok = ~torch.isnan(tgt) & mask.unsqueeze(-1)
         diff = torch.where(ok, num_pred - torch.nan_to_num(tgt), torch.zeros_like(num_pred))
-        se = 0.5 * (diff * diff).sum()
-    return nll + numeric_weight * se, nll, se, int(mask.sum()), state
+        se_each = 0.5 * (diff * diff).sum(-1)[mask]  # (n,)
+    loss_each = nll_each + numeric_weight * se_each
+    objective = loss_each.sum() if weights is None else (loss_each * weights[:, sl][mask]).sum()
+    return objective, nll_each.sum(), se_each.sum(), int(mask.sum()), state
+
+
+def with_unknown_inputs(batch: Batch, rate: float, rng: np.random.Generator) -> Batch:
+    """Replace a fraction ``rate`` of the real input events by UNK (targets unchanged).
+
+    Teaches the model to keep predicting sensibly after an event it has never
+    seen, so one unseen event does not derail the scores of those after it.
+    """
+    tokens = batch.tokens_in.clone()
+    drop = torch.from_numpy(rng.random(tokens.shape) < rate) & (tokens > BOS)
+    tokens[drop] = UNK
+    return dataclasses.replace(batch, tokens_in=tokens)
+
+
+def sequence_weights(batch: Batch) -> torch.Tensor:
+    """Per-event weights (B, L) that give every sequence the same total weight.
+
+    Scaled so that a batch's weights sum to its number of events, like the
+    plain per-event loss; short sequences (and so sequence starts) count as
+    much as long ones, matching a per-sequence anomaly score.
+    """
+    lengths = batch.mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+    w = batch.mask.float() / lengths
+    return w * (batch.mask.sum() / w.sum())
 
 
 def train_epochs(
@@ -92,11 +125,14 @@ def train_epochs(
         tot_loss = tot_nll = tot_se = 0.0
         n_events = 0
         for batch in iter_batches(data, config.batch_size, rng=rng):
+            if config.unk_dropout > 0:
+                batch = with_unknown_inputs(batch, config.unk_dropout, rng)
             batch = batch.to(device)
+            weights = sequence_weights(batch) if config.loss_weighting == "sequence" else None
             state: State | None = None
             for start in range(0, batch.max_len, config.chunk_len):
                 sl = slice(start, start + config.chunk_len)
-                loss, nll, se, n, state = chunk_loss(model, batch, sl, state, config.numeric_weight)
+                loss, nll, se, n, state = chunk_loss(model, batch, sl, state, config.numeric_weight, weights)
                 if n == 0:
                     break
                 objective = loss / n
@@ -108,7 +144,7 @@ def train_epochs(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
                 optimizer.step()
                 state = detach_state(state)
-                tot_loss += float(loss.detach())
+                tot_loss += float(nll.detach() + config.numeric_weight * se.detach())
                 tot_nll += float(nll.detach())
                 tot_se += float(se.detach())
                 n_events += n

@@ -207,7 +207,7 @@ def test_score_writes_table_and_metrics(
     assert set(metrics) == METRIC_KEYS
     assert metrics["threshold_source"] == "local"
     assert metrics["n_sequences"] == 24 and metrics["n_anomalous"] == 4
-    assert metrics["auroc"] > 0.9  # unseen events are easy to spot even for a 2-epoch model
+    assert metrics["auroc"] > 0.85  # unseen events stand out even for a 2-epoch, 16-unit model
 
 
 def test_score_parquet_output_and_top_events_off(
