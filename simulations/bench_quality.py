@@ -23,13 +23,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.config import AGGREGATES, MODEL_KINDS, DetectorConfig, ScoreConfig, with_overrides
+from common.config import (
+    AGGREGATES,
+    MODEL_KINDS,
+    DetectorConfig,
+    ScoreConfig,
+    load_config_file,
+    parse_detector_config,
+    to_flat,
+    with_overrides,
+)
 from common.datasets import load_adfa_ld, load_hdfs, shared_data_dir
 from common.detector import SequenceDetector, content_groups, holdout_split
 from common.metrics import detection_report, threshold_for_far
@@ -38,14 +48,14 @@ from common.scoring import aggregate
 log = logging.getLogger("bench_quality")
 
 
-def adfa(src: Path, kinds: list[str], epochs: int | None, seed: int) -> dict[str, Any]:
+def adfa(src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, seed: int) -> dict[str, Any]:
     splits = load_adfa_ld(src)
     rows = []
     for kind in kinds:
         overrides: dict[str, Any] = {"model": {"kind": kind}, "train": {"seed": seed}}
         if epochs:
             overrides["train"]["epochs"] = epochs
-        cfg = with_overrides(DetectorConfig(), **overrides)
+        cfg = with_overrides(base, **overrides)
         train, validation = holdout_split(splits["train"], cfg.train.validation_fraction, seed)
         det = SequenceDetector(cfg)
         t0 = time.perf_counter()
@@ -83,7 +93,7 @@ def adfa(src: Path, kinds: list[str], epochs: int | None, seed: int) -> dict[str
     return {"dataset": "ADFA-LD standard split", "rows": rows}
 
 
-def hdfs(src: Path, folds: int, epochs: int | None, seed: int) -> dict[str, Any]:
+def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: int) -> dict[str, Any]:
     splits = load_hdfs(src)
     train, abnormal = splits["train"], splits["test_abnormal"]
     groups = content_groups(train)
@@ -91,7 +101,7 @@ def hdfs(src: Path, folds: int, epochs: int | None, seed: int) -> dict[str, Any]
     fold_of_group = rng.permutation(int(groups.max()) + 1) % folds
     fold = fold_of_group[groups]
     ids = train.grouped().ids
-    cfg = DetectorConfig()
+    cfg = base
     if epochs:
         cfg = with_overrides(cfg, train={"epochs": epochs})
     rows = []
@@ -136,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", choices=["adfa", "hdfs"])
     parser.add_argument("--data", type=Path, default=None, help="data folder (default: shared data)")
     parser.add_argument("--models", default=",".join(MODEL_KINDS), help="ADFA: model kinds to compare")
+    parser.add_argument("--config", type=Path, default=None, help="detector config file (TOML/JSON)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
@@ -145,10 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     root = args.data or shared_data_dir()
     if root is None:
         parser.error("shared data not found: pass --data or set SEQWATCH_SHARED_DATA")
+    base = parse_detector_config(load_config_file(args.config)) if args.config else DetectorConfig()
     if args.dataset == "adfa":
-        result = adfa(root, args.models.split(","), args.epochs, args.seed)
+        result = adfa(root, base, args.models.split(","), args.epochs, args.seed)
     else:
-        result = hdfs(root, args.folds, args.epochs, args.seed)
+        result = hdfs(root, base, args.folds, args.epochs, args.seed)
+    result["command"] = "python -m simulations.bench_quality " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    result["config"] = to_flat(base)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
