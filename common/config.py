@@ -22,7 +22,7 @@ from typing import Any, TypeVar, get_type_hints
 from common.errors import ConfigError
 
 MODEL_KINDS = ("lstm", "gru", "rnn", "cnn-lstm")
-AGGREGATES = ("mean", "max", "window", "topk-miss")
+AGGREGATES = ("mean", "max", "window", "window-min", "topk-miss")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
 

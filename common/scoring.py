@@ -116,6 +116,8 @@ def aggregate(events: EventScores, config: ScoreConfig) -> np.ndarray:
     max:       max event score
     window:    max over sliding windows of ``window`` events of the mean score
                (sequences shorter than the window: their mean)
+    window-min: min over those windows: high only when the whole sequence is
+               surprising (a sustained anomaly; robust to benign bursts)
     topk-miss: fraction of events outside the model's top-``top_k`` (DeepLog)
     """
     offsets = events.offsets
@@ -140,10 +142,12 @@ def aggregate(events: EventScores, config: ScoreConfig) -> np.ndarray:
     cs = np.concatenate([[0.0], np.cumsum(values)])
     pos = np.arange(len(values)) - np.repeat(offsets[:-1], lengths)  # position in its sequence
     full = pos >= w - 1
-    win = np.full(len(values), -np.inf)
+    lowest = config.aggregate == "window-min"
+    win = np.full(len(values), np.inf if lowest else -np.inf)
     ends = np.nonzero(full)[0]
     win[ends] = (cs[ends + 1] - cs[ends + 1 - w]) / w
-    out[nonempty] = np.maximum.reduceat(win, starts)
+    reduce = np.minimum if lowest else np.maximum
+    out[nonempty] = reduce.reduceat(win, starts)
     short = lengths < w
     out[short] = means[short]
     return out

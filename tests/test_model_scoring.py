@@ -95,6 +95,11 @@ def test_aggregates():
     assert aggregate(ev, ScoreConfig(aggregate="window", window=2)).tolist() == [3.0, 2.0]
     # a sequence shorter than the window falls back to its mean
     assert aggregate(ev, ScoreConfig(aggregate="window", window=3)).tolist() == [pytest.approx(7 / 3), 2.0]
+    assert aggregate(ev, ScoreConfig(aggregate="window-min", window=2)).tolist() == [1.0, 2.0]
+    assert aggregate(ev, ScoreConfig(aggregate="window-min", window=3)).tolist() == [
+        pytest.approx(7 / 3),
+        2.0,
+    ]
     assert aggregate(ev, ScoreConfig(aggregate="topk-miss", top_k=9)).tolist() == [0.25, 0.5]
 
 
