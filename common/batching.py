@@ -100,11 +100,15 @@ def batch_indices(
     *,
     rng: np.random.Generator | None = None,
     max_tokens: int | None = None,
+    fill_tokens: int | None = None,
 ) -> list[np.ndarray]:
     """Group sequences of similar length (less padding), shuffled when ``rng`` is given.
 
     With ``max_tokens``, a batch of long sequences holds fewer of them so that
-    ``len(batch) * longest <= max_tokens`` (at least one sequence).
+    ``len(batch) * longest <= max_tokens`` (at least one sequence). With
+    ``fill_tokens``, a batch of short sequences holds more of them, up to
+    ``fill_tokens // longest``, so that short-session data (log sessions of
+    ~20 events) is not trained a few hundred events at a time.
     """
     n = len(lengths)
     if n == 0:
@@ -115,6 +119,9 @@ def batch_indices(
     i = 0
     while i < n:
         size = batch_size
+        if fill_tokens is not None:
+            longest = max(int(lengths[order[min(i + size, n) - 1]]), 1)
+            size = max(size, fill_tokens // longest)
         if max_tokens is not None:
             longest = max(int(lengths[order[min(i + batch_size, n) - 1]]), 1)
             size = max(1, min(batch_size, max_tokens // longest))
@@ -131,6 +138,9 @@ def iter_batches(
     *,
     rng: np.random.Generator | None = None,
     max_tokens: int | None = None,
+    fill_tokens: int | None = None,
 ) -> Iterator[Batch]:
-    for idx in batch_indices(data.lengths, batch_size, rng=rng, max_tokens=max_tokens):
+    for idx in batch_indices(
+        data.lengths, batch_size, rng=rng, max_tokens=max_tokens, fill_tokens=fill_tokens
+    ):
         yield make_batch(data, idx)

@@ -124,7 +124,8 @@ def train_epochs(
         t0 = time.perf_counter()
         tot_loss = tot_nll = tot_se = 0.0
         n_events = 0
-        for batch in iter_batches(data, config.batch_size, rng=rng):
+        fill = config.batch_size * config.chunk_len
+        for batch in iter_batches(data, config.batch_size, rng=rng, fill_tokens=fill):
             if config.unk_dropout > 0:
                 batch = with_unknown_inputs(batch, config.unk_dropout, rng)
             batch = batch.to(device)

@@ -52,6 +52,9 @@ def test_batches_group_by_length_and_respect_token_budget():
     assert sorted(np.concatenate(batches).tolist()) == list(range(5))
     for idx in batches:
         assert len(idx) * lengths[idx].max() <= 120 or len(idx) == 1
+    short = np.full(100, 10)
+    assert [len(b) for b in batch_indices(short, 8, fill_tokens=400)] == [40, 40, 20]
+    assert [len(b) for b in batch_indices(np.full(10, 100), 8, fill_tokens=400)] == [8, 2]
 
 
 @pytest.mark.parametrize("kind", KINDS)
