@@ -7,8 +7,10 @@ Message types (the ServerApp in :mod:`server.app` sends them in this order):
                     counts, numeric feature statistics, feature names, key
                     fingerprint (:class:`server.setup.SetupStats`)
 ``train``           local epochs from the global weights; reply ``arrays`` +
-                    MetricRecord ``train-loss``, ``num-examples`` (training events)
+                    MetricRecord ``train-loss``, ``num-examples`` (training events),
+                    ``compute-seconds`` (wall time of the handler)
 ``evaluate``        reply ``val-loss``, ``num-examples`` (validation events),
+                    ``compute-seconds`` (wall time of the handler),
                     ``tp fp tn fn`` at the local threshold, ``hist-normal`` /
                     ``hist-anomalous`` on the fixed edges
                     ``round_edges(hist-bins)``
@@ -32,6 +34,7 @@ Node config: ``data-path`` (deployment data, see :mod:`client.data`),
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -150,6 +153,7 @@ def setup(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local epochs from the global weights."""
+    t0 = time.perf_counter()
     with _guard("train"):
         node = load_node(context)
         conf = _config(msg)
@@ -171,6 +175,7 @@ def train(msg: Message, context: Context) -> Message:
                     "train-loss": float(out.loss),
                     "num-examples": int(out.n_events),
                     "train-sequences": int(out.n_sequences),
+                    "compute-seconds": time.perf_counter() - t0,
                 }
             ),
         )
@@ -179,6 +184,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Validation loss, and detection counts + score histograms on labelled test data."""
+    t0 = time.perf_counter()
     with _guard("evaluate"):
         node = load_node(context)
         conf = _config(msg)
@@ -198,6 +204,7 @@ def evaluate(msg: Message, context: Context) -> Message:
                     "hist-normal": [int(x) for x in out.hist_normal],
                     "hist-anomalous": [int(x) for x in out.hist_anomalous],
                     "test-sequences": int(out.test_sequences),
+                    "compute-seconds": time.perf_counter() - t0,
                 }
             ),
         )

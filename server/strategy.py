@@ -44,6 +44,7 @@ from server.rundir import RunDir
 log = logging.getLogger(__name__)
 
 NUM_EXAMPLES = "num-examples"
+COMPUTE_SECONDS = "compute-seconds"
 CONFUSION_KEYS = ("tp", "fp", "tn", "fn")
 HIST_NORMAL = "hist-normal"
 HIST_ANOMALOUS = "hist-anomalous"
@@ -71,14 +72,30 @@ def as_ints(value: object) -> list[int]:
     return [int(v) for v in value] if isinstance(value, list) else []
 
 
+def compute_seconds(metrics: list[MetricRecord], prefix: str) -> dict[str, float]:
+    """Sum and maximum of the clients' ``compute-seconds`` (handler wall time), when they report it."""
+    secs = [as_float(m.get(COMPUTE_SECONDS)) for m in metrics if COMPUTE_SECONDS in m]
+    if not secs:
+        return {}
+    return {f"{prefix}-compute-seconds": float(np.sum(secs)), f"{prefix}-compute-max": float(np.max(secs))}
+
+
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """``train-loss`` weighted by training events; ``train-events`` and ``train-nodes`` summed."""
+    """``train-loss`` weighted by training events; ``train-events`` and ``train-nodes`` summed;
+    ``train-compute-seconds`` (sum) and ``train-compute-max`` of the clients' compute time."""
     metrics = [_metric_record(r) for r in records]
     weights = np.array([as_float(m.get(weight_key), 0.0) for m in metrics])
     losses = np.array([as_float(m.get("train-loss")) for m in metrics])
     total = float(weights.sum())
     loss = float((weights * losses).sum() / total) if total > 0 else float(np.nanmean(losses))
-    return MetricRecord({"train-loss": loss, "train-events": int(total), "train-nodes": len(metrics)})
+    return MetricRecord(
+        {
+            "train-loss": loss,
+            "train-events": int(total),
+            "train-nodes": len(metrics),
+            **compute_seconds(metrics, "train"),
+        }
+    )
 
 
 def confusion_figures(tp: int, fp: int, tn: int, fn: int) -> dict[str, float]:
@@ -115,8 +132,9 @@ def aggregate_evaluate_metrics(records: list[RecordDict], weight_key: str) -> Me
     ``tp fp tn fn`` (at each client's locally calibrated threshold),
     ``hist-normal`` / ``hist-anomalous`` (test scores on the round's fixed edges).
     Output: ``val-loss`` (event-weighted), ``val-events``, ``eval-nodes``, the
-    summed counts, ``precision recall f1 false-alarm-rate`` of the summed counts
-    and ``auroc`` of the summed histograms (absent when one class is missing).
+    summed counts, ``precision recall f1 false-alarm-rate`` of the summed counts,
+    ``auroc`` of the summed histograms (absent when one class is missing) and
+    ``eval-compute-seconds`` / ``eval-compute-max`` (when clients report ``compute-seconds``).
     """
     metrics = [_metric_record(r) for r in records]
     weights = np.array([as_float(m.get(weight_key), 0.0) for m in metrics])
@@ -131,6 +149,7 @@ def aggregate_evaluate_metrics(records: list[RecordDict], weight_key: str) -> Me
         "eval-nodes": len(metrics),
         **counts,
         **confusion_figures(**counts),
+        **compute_seconds(metrics, "eval"),
     }
     auroc = histogram_auroc(
         sum_lists(as_ints(m.get(HIST_NORMAL)) for m in metrics),
@@ -187,6 +206,8 @@ class RecordingMixin:
         self.history: list[dict[str, Any]] = []
         self._round_started = time.monotonic()
         self._train_row: dict[str, Any] = {}
+        self._asked: dict[str, set[int]] = {}
+        self._replied: dict[str, set[int]] = {}
 
     # -- numbering ------------------------------------------------------------------------
     def configure_train(
@@ -195,13 +216,18 @@ class RecordingMixin:
         self._round_started = time.monotonic()
         self._train_row = {}
         messages = super().configure_train(server_round + self.round_offset, arrays, config, grid)  # type: ignore[misc]
-        return self._with_extra(messages)
+        out = self._with_extra(messages)
+        self._asked = {"train": {int(m.metadata.dst_node_id) for m in out}}
+        self._replied = {}
+        return out
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)  # type: ignore[misc]
-        return self._with_extra(messages)
+        out = self._with_extra(messages)
+        self._asked["evaluate"] = {int(m.metadata.dst_node_id) for m in out}
+        return out
 
     def _with_extra(self, messages: Iterable[Message]) -> list[Message]:
         """Attach the extra records (the shared encoder) to every message."""
@@ -218,6 +244,7 @@ class RecordingMixin:
         rnd = server_round + self.round_offset
         replies = list(replies)
         failures = sum(1 for m in replies if m.has_error())
+        self._replied["train"] = {int(m.metadata.src_node_id) for m in replies if not m.has_error()}
         arrays, metrics = super().aggregate_train(rnd, replies)  # type: ignore[misc]
         if arrays is not None:
             self.global_arrays = arrays
@@ -235,8 +262,14 @@ class RecordingMixin:
         rnd = server_round + self.round_offset
         replies = list(replies)
         failures = sum(1 for m in replies if m.has_error())
+        self._replied["evaluate"] = {int(m.metadata.src_node_id) for m in replies if not m.has_error()}
         metrics = super().aggregate_evaluate(rnd, replies)  # type: ignore[misc]
-        row: dict[str, Any] = {"round": rnd, **self._train_row, "eval-failures": failures}
+        row: dict[str, Any] = {
+            "round": rnd,
+            **self._train_row,
+            "eval-failures": failures,
+            **self._node_counts(),
+        }
         if metrics is not None:
             row.update({k: v for k, v in metrics.items()})
         else:
@@ -245,6 +278,21 @@ class RecordingMixin:
         row["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.commit(rnd, row)
         return metrics
+
+    def _node_counts(self) -> dict[str, Any]:
+        """Dropout record of the round: nodes asked (train or evaluate), nodes that answered every
+        message they got without error, and the ids of the others (error replies *and* missing
+        replies, e.g. a SuperNode that died: the SuperLink answers for it once its heartbeat lapses)."""
+        sampled = set().union(*self._asked.values()) if self._asked else set()
+        failed = {
+            n for phase, ids in self._asked.items() for n in ids if n not in self._replied.get(phase, set())
+        }
+        return {
+            "nodes-sampled": len(sampled),
+            "nodes-replied": len(sampled) - len(failed),
+            "nodes-failed": len(failed),
+            "failed-node-ids": sorted(failed),
+        }
 
     # -- commit -------------------------------------------------------------------------------
     def strategy_state(self) -> dict[str, np.ndarray] | None:
@@ -292,7 +340,8 @@ def format_round(row: Mapping[str, Any], total: int | None = None) -> str:
         f"val-loss {_fmt(row.get('val-loss'))} auroc {_fmt(row.get('auroc'), '.3f')} "
         f"f1 {_fmt(row.get('f1'), '.3f')} precision {_fmt(row.get('precision'), '.3f')} "
         f"recall {_fmt(row.get('recall'), '.3f')} "
-        f"(nodes {row.get('train-nodes', 0)} train / {row.get('eval-nodes', 0)} eval, "
+        f"(nodes {row.get('train-nodes', 0)} train / {row.get('eval-nodes', 0)} eval"
+        f"{', ' + str(row['nodes-failed']) + ' failed' if row.get('nodes-failed') else ''}, "
         f"{_fmt(row.get('seconds'), '.1f')} s)"
     )
 

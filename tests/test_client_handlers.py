@@ -1,17 +1,16 @@
 """ClientApp handlers called with built Messages and Contexts, and whole federations run in-process.
 
-:class:`FakeGrid` stands in for Flower's Grid: it hands every message straight
-to the ClientApp with the node's :class:`~flwr.app.Context` (as the SuperNode
-would) and keeps every message and reply, so tests can inspect exactly what
-leaves a node. No Ray, no SuperLink: these tests are fast.
+``FakeGrid`` (:class:`simulations.inprocess.InProcessGrid`) stands in for
+Flower's Grid: it hands every message straight to the ClientApp with the
+node's :class:`~flwr.app.Context` (as the SuperNode would) and keeps every
+message and reply, so tests can inspect exactly what leaves a node. No Ray,
+no SuperLink: these tests are fast.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,10 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
-    Error,
     Message,
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from client import app as client_app
 from client import local
@@ -38,6 +34,8 @@ from common.events import EventTable, write_table
 from common.model import build_model
 from server.app import run_federation
 from server.setup import ENCODER_RECORD, SetupStats, encoder_to_config, merge_setup
+from simulations.inprocess import InProcessGrid as FakeGrid
+from simulations.inprocess import set_server_identity, sim_nodes
 from simulations.synthetic import SyntheticSpec, load_synthetic
 
 TINY = {
@@ -53,77 +51,7 @@ SIM = {**TINY, "data.synthetic-users": 24}
 
 @pytest.fixture(autouse=True)
 def _task_identity() -> None:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-
-
-class FakeGrid(Grid):
-    """In-process Grid: messages go straight to the ClientApp; everything is recorded."""
-
-    def __init__(
-        self,
-        run_config: dict[str, Any],
-        node_configs: list[dict[str, Any]],
-        *,
-        fail_on: tuple[str, int] | None = None,
-    ) -> None:
-        self.contexts = {
-            100 + i: Context(
-                run_id=1,
-                node_id=100 + i,
-                node_config=dict(nc),
-                state=RecordDict(),
-                run_config=dict(run_config),
-            )
-            for i, nc in enumerate(node_configs)
-        }
-        self.sent: list[Message] = []
-        self.replies: list[Message] = []
-        self._ids = itertools.count(1)
-        self._calls: dict[str, int] = {}
-        self.fail_on = fail_on  # (message type, n-th call) -> simulate a server crash
-
-    def set_run(self, run: Any) -> None:  # pragma: no cover - not used
-        pass
-
-    @property
-    def run(self) -> Any:  # pragma: no cover - not used
-        return None
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # pragma: no cover
-        raise NotImplementedError
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # pragma: no cover
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # pragma: no cover
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        messages = list(messages)
-        kind = messages[0].metadata.message_type if messages else ""
-        self._calls[kind] = self._calls.get(kind, 0) + 1
-        if self.fail_on == (kind, self._calls[kind]):
-            raise KeyboardInterrupt("simulated server crash")
-        out = []
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"
-            # what travels is a serialised copy: later changes to shared records must not reach it
-            m.content = copy.deepcopy(m.content)
-            self.sent.append(m)
-            try:
-                reply = client_app.app(m, self.contexts[m.metadata.dst_node_id])
-            except Exception as exc:
-                reply = Message(Error(code=0, reason=str(exc)), reply_to=m)
-            self.replies.append(reply)
-            out.append(reply)
-        return out
-
-
-def sim_nodes(n: int) -> list[dict[str, Any]]:
-    return [{"partition-id": i, "num-partitions": n} for i in range(n)]
+    set_server_identity()
 
 
 def context_for(run_config: dict[str, Any], node_config: dict[str, Any]) -> Context:
@@ -142,7 +70,7 @@ def instruction(content: RecordDict, message_type: str) -> Message:
 @pytest.fixture(scope="module")
 def shared() -> dict[str, Any]:
     """Set-up replies of two simulated nodes merged into the shared encoder, plus initial weights."""
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    set_server_identity()
     rc = dict(SIM)
     reports = []
     for nc in sim_nodes(2):

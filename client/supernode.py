@@ -1,0 +1,605 @@
+"""``seqwatch-node``: an institution checks its set-up and starts its Flower SuperNode.
+
+``python -m client.supernode`` works the same. Subcommands:
+
+* ``check``: every prerequisite of a SuperNode, one line per problem
+  (``seqwatch-node: error: ...``), exit status 2 when any fails:
+
+  - the CA file (``--ca``) is readable, a PEM certificate, a CA certificate, not expired;
+  - the private key (``--key``) is readable, not world-accessible, an OpenSSH ECDSA key;
+  - its public key equals the registered one: ``--public-key`` (default ``KEY.pub``)
+    and/or the coordinator's ``institutions.json`` entry (``--registry``, ``--name``);
+  - ``--data-path`` exists and holds a readable ``train.*`` event table (``test.*`` optional);
+  - ``--output-dir`` exists or can be created, and is writable;
+  - ``--superlink`` is ``HOST:PORT`` (``--probe``: the SuperLink answers TLS with a
+    certificate that the CA signed for that host name);
+  - ``--port`` (the SuperNode's local runtime API) is free;
+
+* ``start``: the same checks, then ``exec flower-supernode --root-certificates CA
+  --superlink ADDR --auth-supernode-private-key KEY --port PORT --node-config
+  "data-path='...' hash-key='...' output-dir='...'"`` (``--dry-run`` prints it;
+  ``--node-config-file FILE`` writes the node config to a 0600 TOML file and passes
+  that instead, which keeps the hash key out of the process list); arguments after
+  ``--`` go to ``flower-supernode`` unchanged;
+* ``demo-data``: write synthetic train/test tables for institution *k* of *n*
+  (the data of the simulation's ``synthetic`` data set), for trying a deployment out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import ssl
+import stat
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROG = "seqwatch-node"
+_EXIT_PROBLEMS = 2
+
+
+@dataclass
+class Report:
+    """Results of the checks: ok lines and one error line per problem."""
+
+    ok: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def good(self, text: str) -> None:
+        self.ok.append(text)
+
+    def bad(self, text: str) -> None:
+        self.errors.append(text)
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _readable(path: Path, what: str, report: Report) -> bytes | None:
+    if not path.exists():
+        report.bad(f"{what} {path}: no such file")
+        return None
+    if not path.is_file():
+        report.bad(f"{what} {path}: not a file")
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        report.bad(f"{what} {path}: cannot read ({exc.strerror})")
+        return None
+
+
+def check_ca(path: Path, report: Report) -> None:
+    from cryptography import x509
+
+    data = _readable(path, "CA certificate", report)
+    if data is None:
+        return
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        report.bad(f"CA certificate {path}: not a PEM certificate (expected the federation's ca.crt)")
+        return
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        report.bad(
+            f"CA certificate {path}: '{cert.subject.rfc4514_string()}' is not a CA certificate "
+            "(did you get the SuperLink's server.pem instead of ca.crt?)"
+        )
+        return
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        report.bad(
+            f"CA certificate {path}: not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%d})"
+        )
+        return
+    report.good(f"CA certificate {path}: {cert.subject.rfc4514_string()}")
+
+
+def check_key(
+    key_path: Path,
+    public_key: Path | None,
+    registry: Path | None,
+    name: str | None,
+    report: Report,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from server.pki import PkiError, load_ssh_public, ssh_fingerprint
+
+    data = _readable(key_path, "private key", report)
+    if data is None:
+        return
+    if data.lstrip().startswith((b"ecdsa-sha2-", b"ssh-")):
+        report.bad(
+            f"private key {key_path}: this is a public key; give the private key (the file without .pub)"
+        )
+        return
+    mode = stat.S_IMODE(key_path.stat().st_mode)
+    if mode & stat.S_IRWXO:
+        report.bad(
+            f"private key {key_path}: mode {mode:04o} lets every user read it; run 'chmod 600 {key_path}' "
+            "(0640 with a dedicated group for containers)"
+        )
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_ssh_private_key(data, None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        report.bad(f"private key {key_path}: not an unencrypted OpenSSH private key ({exc})")
+        return
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        report.bad(f"private key {key_path}: a {type(key).__name__.lstrip('_')}, not ECDSA (use ECDSA P-384)")
+        return
+    fp = ssh_fingerprint(key.public_key())
+    report.good(f"private key {key_path}: ECDSA {key.curve.name}, {fp}")
+    checked = False
+    if public_key is not None:
+        if not public_key.is_file():
+            report.bad(f"public key {public_key}: no such file (the registered NAME.pub; or give --registry)")
+        else:
+            try:
+                registered = load_ssh_public(public_key)
+            except PkiError as exc:
+                report.bad(f"public key {exc}")
+            else:
+                checked = True
+                if ssh_fingerprint(registered) != fp:
+                    report.bad(
+                        f"private key {key_path} does not belong to the registered public key {public_key} "
+                        f"({ssh_fingerprint(registered)}); the SuperLink would refuse this node"
+                    )
+                else:
+                    report.good(f"public key {public_key}: matches the private key")
+    if registry is not None:
+        try:
+            entries = json.loads(registry.read_text(encoding="utf-8")).get("institutions", {})
+        except (OSError, ValueError, AttributeError) as exc:
+            report.bad(f"registry {registry}: cannot read it ({exc})")
+            return
+        checked = True
+        if name is not None:
+            entry = entries.get(name)
+            if entry is None:
+                report.bad(
+                    f"registry {registry}: no institution {name!r} (known: {', '.join(sorted(entries))})"
+                )
+            elif entry.get("fingerprint") != fp:
+                report.bad(
+                    f"private key {key_path} does not match {name!r} in {registry} "
+                    f"({entry.get('fingerprint')})"
+                )
+            else:
+                report.good(f"registry {registry}: {name!r} has this key")
+        else:
+            match = [n for n, e in entries.items() if e.get("fingerprint") == fp]
+            if match:
+                report.good(f"registry {registry}: this key is {match[0]!r}")
+            else:
+                report.bad(f"registry {registry}: no institution has this key ({fp})")
+    if not checked:
+        report.warn(
+            "no public key or registry to compare the private key with (give --public-key or --registry)"
+        )
+
+
+def check_data(data_path: Path, report: Report) -> None:
+    from client.data import SUFFIXES, _find, infer_columns
+
+    if not data_path.exists():
+        report.bad(f"data-path {data_path}: no such folder")
+        return
+    if not data_path.is_dir():
+        report.bad(f"data-path {data_path}: not a folder (expected a folder with train.<ext> and test.<ext>)")
+        return
+    try:
+        train = _find(data_path, "train")
+        test = _find(data_path, "test")
+    except Exception as exc:
+        report.bad(f"data-path {data_path}: {exc}")
+        return
+    if train is None:
+        report.bad(
+            f"data-path {data_path}: no train table ({', '.join('train' + s for s in SUFFIXES)}); "
+            "write one with 'seqwatch convert' or common.events.write_table"
+        )
+        return
+    for path in (train, test):
+        if path is None:
+            continue
+        if not os.access(path, os.R_OK):
+            report.bad(f"data-path {path}: not readable by this user")
+            continue
+        try:
+            cols = infer_columns(path)
+        except Exception as exc:
+            report.bad(f"data-path {path}: {exc}")
+            continue
+        report.good(
+            f"data {path.name}: sequence {cols.sequence!r}, event {cols.event!r}, "
+            f"label {cols.label!r}, numeric {list(cols.numeric)}, context {list(cols.context)}"
+        )
+    if test is None:
+        report.warn(f"data-path {data_path}: no test table; this node reports no detection figures")
+
+
+def check_output_dir(path: Path, report: Report) -> None:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        report.bad(f"output-dir {path}: {probe} is not a folder")
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        report.bad(f"output-dir {path}: {probe} is not writable by this user")
+    else:
+        report.good(f"output-dir {path}: writable")
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    from server.cli import validate_address
+    from server.pki import PkiError
+
+    try:
+        return validate_address(address)
+    except PkiError:
+        return None
+
+
+def check_superlink(address: str, ca: Path, probe: bool, report: Report) -> None:
+    parsed = parse_address(address)
+    if parsed is None:
+        report.bad(
+            f"superlink {address!r}: expected HOST:PORT without a scheme, e.g. superlink.example.org:8000"
+        )
+        return
+    if not probe:
+        report.good(f"superlink {address}: address format ok")
+        return
+    host, port = parsed
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        with (
+            socket.create_connection((host, port), timeout=5) as sock,
+            ctx.wrap_socket(sock, server_hostname=host),
+        ):
+            pass
+    except ssl.SSLCertVerificationError as exc:
+        report.bad(f"superlink {address}: TLS certificate not accepted with {ca}: {exc.verify_message}")
+    except (OSError, ssl.SSLError) as exc:
+        report.bad(f"superlink {address}: cannot connect over TLS ({exc})")
+    else:
+        report.good(f"superlink {address}: TLS handshake ok, certificate valid for {host}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def check_port(host: str, port: int, report: Report) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            report.bad(
+                f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); each SuperNode on a host "
+                "needs its own port"
+            )
+            return
+    report.good(f"runtime API {host}:{port}: free")
+
+
+def node_config_value(value: str, what: str) -> str:
+    """A node-config string literal Flower parses back unchanged."""
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"{what} must be one line")
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    raise ValueError(f"{what} must not contain both ' and \" (or a backslash with ')")
+
+
+# --------------------------------------------------------------------------- argv
+
+
+def hash_key(args: argparse.Namespace) -> str:
+    if args.hash_key_file:
+        return Path(args.hash_key_file).expanduser().read_text(encoding="utf-8").strip()
+    if args.hash_key is not None:
+        return str(args.hash_key)
+    return os.environ.get("SEQWATCH_HASH_KEY", "")
+
+
+def node_config(args: argparse.Namespace) -> dict[str, str]:
+    conf = {
+        "data-path": str(Path(args.data_path).expanduser().resolve()),
+        "output-dir": str(Path(args.output_dir).expanduser().resolve()),
+    }
+    key = hash_key(args)
+    if key:
+        conf["hash-key"] = key
+    return conf
+
+
+def supernode_argv(args: argparse.Namespace, port: int, node_conf_arg: str) -> list[str]:
+    exe = Path(sys.executable).parent / "flower-supernode"
+    argv = [
+        str(exe) if exe.is_file() else "flower-supernode",
+        "--root-certificates",
+        str(Path(args.ca).expanduser().resolve()),
+        "--superlink",
+        args.superlink,
+        "--auth-supernode-private-key",
+        str(Path(args.key).expanduser().resolve()),
+        "--host",
+        args.host,
+        "--port",
+        str(port),
+        "--isolation",
+        args.isolation,
+        "--node-config",
+        node_conf_arg,
+    ]
+    return argv + list(args.extra or [])
+
+
+def inline_node_config(conf: dict[str, str]) -> str:
+    return " ".join(f"{k}={node_config_value(v, k)}" for k, v in conf.items())
+
+
+def write_node_config_toml(path: Path, conf: dict[str, str]) -> Path:
+    from server.pki import write_private
+
+    text = "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in conf.items())
+    write_private(path, text.encode("utf-8"))
+    return path
+
+
+def run_checks(args: argparse.Namespace, port: int | None) -> Report:
+    report = Report()
+    ca = Path(args.ca).expanduser()
+    key = Path(args.key).expanduser()
+    check_ca(ca, report)
+    pub = Path(args.public_key).expanduser() if args.public_key else None
+    if pub is None and args.registry is None:
+        pub = key.with_name(key.name + ".pub")
+    check_key(key, pub, Path(args.registry).expanduser() if args.registry else None, args.name, report)
+    check_data(Path(args.data_path).expanduser(), report)
+    check_output_dir(Path(args.output_dir).expanduser(), report)
+    check_superlink(args.superlink, ca, args.probe and not report.errors, report)
+    if port is not None:
+        check_port(args.host, port, report)
+    try:
+        key_text = hash_key(args)
+    except OSError as exc:
+        report.bad(f"--hash-key-file: {exc}")
+        key_text = ""
+    if not key_text:
+        report.warn(
+            "no hash key (--hash-key-file, --hash-key or $SEQWATCH_HASH_KEY): the run config's "
+            "vocab.hash-key or the public simulation key is used; tokens are then NOT protected"
+        )
+    try:
+        inline_node_config(node_config(args) if key_text else {"x": "y"})
+    except ValueError as exc:
+        report.bad(f"node config: {exc}")
+    return report
+
+
+def print_report(report: Report, *, quiet: bool = False) -> None:
+    if not quiet:
+        for line in report.ok:
+            print(f"ok: {line}")
+    for line in report.warnings:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
+    for line in report.errors:
+        print(f"{PROG}: error: {line}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    report = run_checks(args, args.port)
+    print_report(report, quiet=args.quiet)
+    if report.errors:
+        print(
+            f"{PROG}: {len(report.errors)} problem(s); fix them before starting the SuperNode",
+            file=sys.stderr,
+        )
+        return _EXIT_PROBLEMS
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    port = args.port if args.port is not None else free_port(args.host)
+    report = run_checks(args, port)
+    print_report(report, quiet=args.quiet)
+    if report.errors:
+        print(f"{PROG}: {len(report.errors)} problem(s); SuperNode not started", file=sys.stderr)
+        return _EXIT_PROBLEMS
+    conf = node_config(args)
+    if args.node_config_file:
+        conf_arg = str(write_node_config_toml(Path(args.node_config_file).expanduser().resolve(), conf))
+    else:
+        conf_arg = inline_node_config(conf)
+    argv = supernode_argv(args, port, conf_arg)
+    shown = shlex.join(argv)
+    if "hash-key" in conf and not args.node_config_file:
+        shown = shown.replace(node_config_value(conf["hash-key"], "hash-key"), "'***'")
+    print(f"{'would run' if args.dry_run else 'starting'}: {shown}", flush=True)
+    if args.dry_run:
+        return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.path.isabs(argv[0]):
+        os.execv(argv[0], argv)
+    os.execvp(argv[0], argv)
+    return 0  # pragma: no cover
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from common.events import write_table
+    from simulations.partition import partition
+    from simulations.synthetic import SYNTHETIC_KEYS, SyntheticSpec, load_synthetic
+
+    if not 0 <= args.institution < args.of:
+        print(f"{PROG}: error: --institution must be in [0, {args.of})", file=sys.stderr)
+        return _EXIT_PROBLEMS
+    tables = load_synthetic(
+        SyntheticSpec(institutions=args.of, users=max(args.users, args.of), seed=args.seed)
+    )
+    out = Path(args.out).expanduser()
+    for split in ("train", "test"):
+        part = partition(tables[split], args.of, "natural", key=SYNTHETIC_KEYS["institution"], seed=args.seed)
+        path = write_table(part[args.institution], out / f"{split}.{args.format}")
+        print(f"{split}: {len(part[args.institution])} sequences -> {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _node_flags(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    g = p.add_argument_group("SuperNode set-up (defaults from SEQWATCH_* environment variables)")
+    g.add_argument(
+        "--superlink",
+        default=env("SEQWATCH_SUPERLINK"),
+        required=not env("SEQWATCH_SUPERLINK"),
+        help="SuperLink address HOST:PORT ($SEQWATCH_SUPERLINK)",
+    )
+    g.add_argument(
+        "--ca",
+        default=env("SEQWATCH_CA", "ca.crt"),
+        help="the federation's CA certificate ($SEQWATCH_CA, default ca.crt)",
+    )
+    g.add_argument(
+        "--key",
+        default=env("SEQWATCH_NODE_KEY"),
+        required=not env("SEQWATCH_NODE_KEY"),
+        help="this institution's OpenSSH ECDSA private key ($SEQWATCH_NODE_KEY)",
+    )
+    g.add_argument(
+        "--public-key",
+        default=env("SEQWATCH_NODE_PUBLIC_KEY"),
+        help="the registered public key (default: KEY.pub unless --registry is given)",
+    )
+    g.add_argument(
+        "--registry",
+        default=env("SEQWATCH_REGISTRY"),
+        help="the coordinator's institutions.json to compare the key with",
+    )
+    g.add_argument(
+        "--name", default=env("SEQWATCH_NODE_NAME"), help="this institution's name in the registry"
+    )
+    g.add_argument(
+        "--data-path",
+        default=env("SEQWATCH_DATA_PATH"),
+        required=not env("SEQWATCH_DATA_PATH"),
+        help="folder with train.<ext> (and test.<ext>) event tables ($SEQWATCH_DATA_PATH)",
+    )
+    g.add_argument(
+        "--output-dir",
+        default=env("SEQWATCH_OUTPUT_DIR", "seqwatch-output"),
+        help="where the local report is written ($SEQWATCH_OUTPUT_DIR, default ./seqwatch-output)",
+    )
+    g.add_argument(
+        "--hash-key-file",
+        default=env("SEQWATCH_HASH_KEY_FILE"),
+        help="file holding the institutions' shared hash key ($SEQWATCH_HASH_KEY_FILE)",
+    )
+    g.add_argument(
+        "--hash-key",
+        help="the shared hash key itself (visible in the process list; prefer a file or $SEQWATCH_HASH_KEY)",
+    )
+    g.add_argument(
+        "--host",
+        default=env("SEQWATCH_NODE_HOST", "127.0.0.1"),
+        help="bind address of the SuperNode's runtime API (default 127.0.0.1)",
+    )
+    g.add_argument(
+        "--port",
+        type=int,
+        default=int(env("SEQWATCH_NODE_PORT", "0")) or None,
+        help="port of the SuperNode's runtime API (default: a free port)",
+    )
+    g.add_argument("--probe", action="store_true", help="also try a TLS handshake with the SuperLink")
+    g.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Check an institution's SuperNode set-up and start it."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser("check", help="check the set-up (exit 2 when anything is wrong)")
+    _node_flags(p)
+    p.set_defaults(handler=cmd_check)
+    p = sub.add_parser("start", help="check, then exec flower-supernode (arguments after -- are passed on)")
+    _node_flags(p)
+    p.add_argument(
+        "--isolation",
+        choices=("subprocess", "process"),
+        default="subprocess",
+        help="ClientApp isolation (process: a separate flower-superexec serves it)",
+    )
+    p.add_argument(
+        "--node-config-file",
+        metavar="FILE",
+        help="write the node config to this TOML file (0600) and pass it instead of an inline string",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    p.set_defaults(handler=cmd_start)
+    p = sub.add_parser("demo-data", help="synthetic train/test tables for institution K of N")
+    p.add_argument("--institution", type=int, required=True, metavar="K", help="0-based institution index")
+    p.add_argument("--of", type=int, default=3, metavar="N", help="number of institutions (default 3)")
+    p.add_argument("--users", type=int, default=240, help="users over all institutions (default 240)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    p.add_argument("--out", required=True, metavar="DIR", help="the institution's data-path")
+    p.set_defaults(handler=cmd_demo_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else _EXIT_PROBLEMS
+    args.extra = extra
+    try:
+        return int(args.handler(args))
+    except (OSError, ValueError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return _EXIT_PROBLEMS
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,799 @@
+"""Deployment: the coordinator and institution tooling, the Docker files, and a real federation on loopback.
+
+Unit tests (fast) cover :mod:`server.pki`, ``seqwatch-coordinator`` (:mod:`server.cli`),
+``seqwatch-node`` (:mod:`client.supernode`), the dropout record of the strategy and, when
+Debian's ``docker-compose`` is installed, the syntax of ``docker/compose.yml`` + ``compose.tls.yml``.
+
+The integration tests start what an operator starts, with the tooling an operator uses:
+``server/scripts/start-superlink.sh`` (TLS + ``--enable-supernode-auth``), ``seqwatch-coordinator
+register`` (``flwr supernode register``) and three ``seqwatch-node start`` SuperNodes on
+synthetic data (three ``data-path`` folders), all on 127.0.0.1 with free ports and a temporary
+``FLWR_HOME``. They check that an unregistered node and plain HTTP are refused, that a 3-round
+run completes with every institution's local report, and (one run) that a killed ServerApp
+resumes after its last committed round and that a SuperNode killed (SIGKILL) during a round
+is recorded as a dropout while the others finish. Every process started here is stopped in
+teardown. The model is tiny; wall time is dominated by Flower starting a ``flwr-clientapp``
+process per message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from client import supernode
+from server import cli as coordinator
+from server.pki import Federation, PkiError, load_cert, ssh_fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+INSTITUTIONS = ("alpha", "beta", "gamma")
+CONNECTION = "deploy"
+USERS = 45  # synthetic users over the three institutions (about 15 train sequences per node)
+TINY = (
+    "model.hidden=16 model.embed-dim=8 model.layers=1 model.context-dim=4 model.dropout=0.0 "
+    "train.epochs=1 train.threads=1 federation.histogram-bins=50"
+)
+T = TypeVar("T")
+
+
+# =========================================================================== unit: PKI and CLIs
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Federation:
+    f = Federation.at(tmp_path / "fed")
+    assert coordinator.main(["--dir", str(f.root), "init-ca"]) == 0
+    assert (
+        coordinator.main(["--dir", str(f.root), "server-cert", "--san", "127.0.0.1", "--san", "link.example"])
+        == 0
+    )
+    return f
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_ca_and_server_certificate(fed: Federation, capsys: pytest.CaptureFixture[str]) -> None:
+    from cryptography import x509
+
+    ca, server = load_cert(fed.ca_cert), load_cert(fed.server_cert)
+    server.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert sans.get_values_for_type(x509.DNSName) == ["link.example"]
+    assert _mode(fed.ca_key) == 0o600 and _mode(fed.server_key) == 0o600
+    # a TLS server context accepts the pair; a client context with the CA verifies the chain
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(fed.server_cert, fed.server_key)
+    ssl.create_default_context(cafile=str(fed.ca_cert))
+
+    capsys.readouterr()
+    before = fed.ca_cert.read_bytes()
+    assert coordinator.main(["--dir", str(fed.root), "init-ca"]) == 2
+    assert "already exist" in capsys.readouterr().err and fed.ca_cert.read_bytes() == before
+    assert coordinator.main(["--dir", str(fed.root), "server-cert"]) == 2
+    assert coordinator.main(["--dir", str(fed.root), "server-cert", "--san", "bad name!", "--force"]) == 2
+    assert "neither an IP address nor a DNS name" in capsys.readouterr().err
+    assert coordinator.main(["--dir", str(fed.root), "init-ca", "--force"]) == 0
+    assert fed.ca_cert.read_bytes() != before
+
+
+def test_institution_keys_match_what_flower_reads(fed: Federation, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from flwr.cli.supernode.register import try_load_public_key
+
+    assert coordinator.main(["--dir", str(fed.root), "add-institution", "alpha"]) == 0
+    priv, pub = fed.private_key("alpha"), fed.public_key("alpha")
+    assert _mode(priv) == 0o600 and priv.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    key = serialization.load_ssh_private_key(priv.read_bytes(), None)  # as flower-supernode loads it
+    assert key.curve.name == "secp384r1"  # type: ignore[union-attr]
+    assert pub.read_text().startswith("ecdsa-sha2-nistp384 ") and try_load_public_key(pub)
+    entry = fed.read_registry()["institutions"]["alpha"]
+    assert entry["fingerprint"] == ssh_fingerprint(key.public_key())  # type: ignore[arg-type]
+    # no silent overwrite; bad names refused
+    assert coordinator.main(["--dir", str(fed.root), "add-institution", "alpha"]) == 2
+    assert coordinator.main(["--dir", str(fed.root), "add-institution", "../x"]) == 2
+    # an institution's own public key: nothing private is written
+    other = Federation.at(tmp_path / "other")
+    other.add_institution("own")
+    assert (
+        coordinator.main(
+            ["--dir", str(fed.root), "add-institution", "beta", "--public-key", str(other.public_key("own"))]
+        )
+        == 0
+    )
+    assert not fed.private_key("beta").exists() and fed.public_key("beta").is_file()
+    with pytest.raises(PkiError, match="not an OpenSSH public key"):
+        fed.add_institution("gamma", public_key=fed.ca_cert)
+    # register --print: the real flwr CLI syntax (PUBLIC_KEY [SUPERLINK] --name NAME)
+    assert coordinator.register_argv(fed, "alpha", "prod")[:6] == [
+        "flwr",
+        "supernode",
+        "register",
+        str(pub),
+        "prod",
+        "--name",
+    ]
+
+
+def test_flwr_config_connection_is_read_by_flower(
+    fed: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flwr.cli.flower_config import read_superlink_connection
+
+    home = tmp_path / "flwr-home"
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    args = ["--dir", str(fed.root), "flwr-config", "--connection", "fed", "--address", "127.0.0.1:9093"]
+    assert coordinator.main(args) == 0
+    assert coordinator.main(args) == 2  # exists
+    assert coordinator.main([*args[:-1], "127.0.0.1:9443", "--force", "--default"]) == 0
+    conn = read_superlink_connection("fed")
+    assert conn.address == "127.0.0.1:9443" and conn.root_certificates == str(fed.ca_cert)
+    assert not conn.insecure
+    assert read_superlink_connection(None).name == "fed"  # default
+    assert read_superlink_connection("local").address == ":local:"  # kept
+    assert coordinator.main([*args[:-1], "https://x:1"]) == 2
+
+
+def test_superlink_command_and_script_flags(fed: Federation) -> None:
+    from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
+
+    argv = coordinator.superlink_argv(fed, host="127.0.0.1", port=9443, database="state.db")
+    args = _parse_args_run_superlink().parse_args(argv[1:])  # every flag exists in flwr 1.42
+    assert args.enable_supernode_auth and not args.insecure and args.port == 9443
+    assert args.ssl_certfile == str(fed.server_cert) and args.ssl_ca_certfile == str(fed.ca_cert)
+    for script in ("start-superlink.sh", "run.sh", "follow.sh"):
+        path = REPO / "server" / "scripts" / script
+        assert os.access(path, os.X_OK), f"{path} is not executable"
+        subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+@pytest.fixture
+def node_setup(tmp_path: Path, fed: Federation) -> dict[str, str]:
+    fed.add_institution("alpha")
+    assert (
+        supernode.main(
+            ["demo-data", "--institution", "0", "--of", "3", "--users", "30", "--out", str(tmp_path / "data")]
+        )
+        == 0
+    )
+    return {
+        "--superlink": "127.0.0.1:9443",
+        "--ca": str(fed.ca_cert),
+        "--key": str(fed.private_key("alpha")),
+        "--data-path": str(tmp_path / "data"),
+        "--output-dir": str(tmp_path / "out"),
+    }
+
+
+def _node(cmd: str, opts: dict[str, str], *extra: str) -> list[str]:
+    return [cmd, *(x for kv in opts.items() for x in kv), *extra]
+
+
+def test_node_check_passes_on_a_good_setup(
+    node_setup: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert supernode.main(_node("check", node_setup)) == 0
+    out = capsys.readouterr().out
+    assert "matches the private key" in out and "data train.parquet" in out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--ca": "{fed}/server.pem"}, "is not a CA certificate"),
+        ({"--ca": "{tmp}/none.crt"}, "CA certificate {tmp}/none.crt: no such file"),
+        ({"--key": "{fed}/institutions/alpha.pub"}, "this is a public key"),
+        ({"--key": "{fed}/ca.key"}, "not an unencrypted OpenSSH private key"),
+        ({"--data-path": "{tmp}/nowhere"}, "no such folder"),
+        ({"--data-path": "{tmp}"}, "no train table"),
+        ({"--superlink": "https://127.0.0.1:9443"}, "expected HOST:PORT without a scheme"),
+        ({"--superlink": "127.0.0.1"}, "expected HOST:PORT"),
+        ({"--public-key": "{other}"}, "does not belong to the registered public key"),
+        ({"--registry": "{fed}/institutions.json", "--name": "zeta"}, "no institution 'zeta'"),
+        ({"chmod": "0o644"}, "lets every user read it"),
+    ],
+)
+def test_node_check_names_each_problem(
+    node_setup: dict[str, str],
+    fed: Federation,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, str],
+    message: str,
+) -> None:
+    other = Federation.at(tmp_path / "other")
+    other.add_institution("x")
+    fmt = {"fed": str(fed.root), "tmp": str(tmp_path), "other": str(other.public_key("x"))}
+    opts = dict(node_setup)
+    for k, v in change.items():
+        if k == "chmod":
+            os.chmod(opts["--key"], int(v, 0))
+        else:
+            opts[k] = v.format(**fmt)
+    assert supernode.main(_node("check", opts)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and message.format(**fmt) in errors[0], errors
+
+
+def test_node_check_refuses_a_busy_port(
+    node_setup: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert supernode.main(_node("check", node_setup, "--port", str(port))) == 2
+    assert f"--port {port}: cannot listen" in capsys.readouterr().err
+
+
+def test_node_start_dry_run_builds_the_supernode_command(
+    node_setup: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flwr.common.config import parse_config_args
+    from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
+
+    key_file = tmp_path / "hash.key"
+    key_file.write_text('it\'s a "secret" key\n')
+    opts = {**node_setup, "--hash-key-file": str(key_file)}
+    assert supernode.main(_node("start", opts, "--dry-run", "--port", "9555")) == 2  # both quote kinds
+    assert "must not contain both" in capsys.readouterr().err
+    key_file.write_text("it's secret\n")
+    assert (
+        supernode.main(_node("start", opts, "--dry-run", "--port", "9555", "--", "--max-retries", "3")) == 0
+    )
+    shown = capsys.readouterr().out
+    assert "it's secret" not in shown  # the key is masked on screen
+    args = supernode.build_parser().parse_args(_node("start", opts, "--port", "9555"))
+    args.extra = ["--max-retries", "3"]  # what main() splits off after '--'
+    argv = supernode.supernode_argv(args, 9555, supernode.inline_node_config(supernode.node_config(args)))
+    parsed = _parse_args_run_supernode().parse_args(argv[1:])  # every flag exists in flwr 1.42
+    assert parsed.port == 9555 and parsed.max_retries == 3 and not parsed.insecure
+    assert parsed.root_certificates == str(Path(node_setup["--ca"]).resolve())
+    conf = parse_config_args([parsed.node_config])
+    assert conf == {
+        "data-path": str(Path(node_setup["--data-path"]).resolve()),
+        "output-dir": str(Path(node_setup["--output-dir"]).resolve()),
+        "hash-key": "it's secret",
+    }
+    # the TOML variant keeps the key out of the process list and parses to the same config
+    toml = supernode.write_node_config_toml(tmp_path / "node.toml", supernode.node_config(args))
+    assert _mode(toml) == 0o600 and parse_config_args([str(toml)]) == conf
+
+
+def test_dropout_record_counts_failed_and_missing_replies(tmp_path: Path) -> None:
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from common.config import FederationConfig
+    from server.rundir import RunDir
+    from server.strategy import make_strategy
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+    class Grid3:
+        def get_node_ids(self) -> list[int]:
+            return [11, 12, 13]
+
+    run = RunDir(tmp_path / "r")
+    run.reset()
+    strategy = make_strategy(FederationConfig(min_nodes=2))
+    init = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
+    strategy.setup_recording(run, initial_arrays=init)
+    sent = list(strategy.configure_train(1, init, ConfigRecord({}), Grid3()))
+
+    def ok(msg: Message, **metrics: Any) -> Message:
+        content = {"metrics": MetricRecord({"num-examples": 10, **metrics})}
+        if msg.metadata.message_type == "train":
+            content["arrays"] = ArrayRecord({"w": Array(np.ones(2, dtype=np.float32))})
+        return Message(RecordDict(content), reply_to=msg)
+
+    by_node = {m.metadata.dst_node_id: m for m in sent}
+    # node 13 dies: the SuperLink answers with an error for it
+    replies = [
+        ok(by_node[11], **{"train-loss": 1.0}),
+        ok(by_node[12], **{"train-loss": 2.0}),
+        Message(Error(code=5, reason="node unavailable"), reply_to=by_node[13]),
+    ]
+    strategy.aggregate_train(1, replies)
+
+    class Grid2:
+        def get_node_ids(self) -> list[int]:
+            return [11, 12]
+
+    sent = list(strategy.configure_evaluate(1, init, ConfigRecord({"hist-bins": 4}), Grid2()))
+    by_node = {m.metadata.dst_node_id: m for m in sent}
+    strategy.aggregate_evaluate(1, [ok(by_node[11], **{"val-loss": 1.0})])  # node 12: no reply at all
+    row = run.read_metrics()[-1]
+    assert row["nodes-sampled"] == 3 and row["nodes-replied"] == 1 and row["nodes-failed"] == 2
+    assert row["failed-node-ids"] == [12, 13] and row["train-failures"] == 1 and row["train-nodes"] == 2
+
+
+# =========================================================================== docker files
+
+
+def test_compose_files_are_valid(tmp_path: Path) -> None:
+    import yaml
+
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose not installed (apt-get install -y docker-compose)")
+    docker = REPO / "docker"
+    env = {**os.environ, "SEQWATCH_FEDERATION_DIR": str(tmp_path / "fed"), "SEQWATCH_HASH_KEY": "k3y"}
+    configs = {}
+    for files in (("compose.yml",), ("compose.yml", "compose.tls.yml")):
+        argv = [exe, *(x for f in files for x in ("-f", str(docker / f))), "config"]
+        proc = subprocess.run(argv, cwd=docker, env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        configs[files[-1]] = yaml.safe_load(proc.stdout)["services"]
+    institutions = [f"supernode-{n}" for n in INSTITUTIONS]
+    plain, tls = configs["compose.yml"], configs["compose.tls.yml"]
+    assert set(plain) == {
+        "superlink",
+        "serverapp",
+        *institutions,
+        *(f"clientapp-{n}" for n in INSTITUTIONS),
+        *(f"data-{n}" for n in INSTITUTIONS),
+    }
+    assert plain["superlink"]["image"] == "flwr/superlink:1.42.0"
+    assert all(plain[s]["image"] == "flwr/supernode:1.42.0" for s in institutions)
+    for name, svc in tls.items():
+        command = svc.get("command") or []
+        assert "--plugin-type" not in command and not {"9091", "9092", "9093"} & set(map(str, command))
+        if name in ("superlink", "serverapp", *institutions):
+            assert "--insecure" not in command, name
+            assert all(v.endswith(":ro") for v in svc["volumes"] if "/certs/" in v or "/keys/" in v), name
+    assert "--enable-supernode-auth" in tls["superlink"]["command"]
+    assert "0.0.0.0" in tls["superlink"]["command"] and "0.0.0.0" in tls["supernode-alpha"]["command"]
+    node_conf = tls["supernode-alpha"]["command"][
+        tls["supernode-alpha"]["command"].index("--node-config") + 1
+    ]
+    assert node_conf == "data-path='/data' output-dir='/output' hash-key='k3y'"
+    assert f"{tmp_path / 'fed'}/institutions/alpha:/keys/node.key:ro" in tls["supernode-alpha"]["volumes"]
+    # a missing hash key is an error, not an empty secret
+    env.pop("SEQWATCH_HASH_KEY")
+    proc = subprocess.run(
+        [exe, "-f", "compose.yml", "config"], cwd=docker, env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode != 0 and "SEQWATCH_HASH_KEY" in proc.stderr
+    for name in ("Dockerfile", "Dockerfile.cuda"):
+        text = (docker / name).read_text()
+        assert "ARG BASE_IMAGE=flwr/superexec:1.42.0" in text and "download.pytorch.org/whl/" in text
+    assert '--extra-index-url "${TORCH_INDEX}"' in (docker / "Dockerfile").read_text()
+
+
+# =========================================================================== integration: loopback
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float, every: float = 0.5) -> T:
+    """``check()``'s first truthy value; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return []
+
+
+def pids_with(*args: str) -> list[int]:
+    """Live processes whose argv holds every one of ``args`` as a whole argument."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and all(a in _argv(int(entry.name)) for a in args):
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stop(pids: list[int], sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class Deployment:
+    """A running loopback federation and the helpers the tests need."""
+
+    root: Path
+    env: dict[str, str]
+    fed: Federation
+    port: int
+    superlink: subprocess.Popen[bytes]
+    nodes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    node_ports: dict[str, int] = field(default_factory=dict)
+    node_ids: dict[str, int] = field(default_factory=dict)
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def data(self, name: str) -> Path:
+        return self.root / "data" / name
+
+    def output(self, name: str) -> Path:
+        return self.root / "out" / name
+
+    def popen(self, argv: list[str], log: str, **kw: Any) -> subprocess.Popen[bytes]:
+        fh = open(self.root / "logs" / log, "wb")  # noqa: SIM115 - the child keeps its own copy
+        proc = subprocess.Popen(
+            argv,
+            cwd=kw.pop("cwd", REPO),
+            env=self.env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **kw,
+        )
+        fh.close()
+        self.started.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.root / "logs" / name
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start_node(self, name: str, index: int, *, key: str | None = None) -> subprocess.Popen[bytes]:
+        port = _free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "client.supernode",
+            "start",
+            "-q",
+            "--superlink",
+            self.address,
+            "--ca",
+            str(self.fed.ca_cert),
+            "--key",
+            str(self.fed.private_key(key or name)),
+            "--registry",
+            str(self.fed.registry_path),
+            "--name",
+            key or name,
+            "--data-path",
+            str(self.data(f"n{index}")),
+            "--output-dir",
+            str(self.output(name)),
+            "--hash-key-file",
+            str(self.root / "hash.key"),
+            "--port",
+            str(port),
+        ]
+        proc = self.popen(argv, f"node-{name}.log")
+        self.node_ports[name] = port
+        return proc
+
+    def online_nodes(self) -> set[int]:
+        res = self.flwr("supernode", "list", CONNECTION, "--format", "json")
+        if res.returncode != 0:
+            return set()
+        start = res.stdout.find("{")
+        data = json.loads(res.stdout[start:]) if start >= 0 else {}
+        return {int(n["node-id"]) for n in data.get("nodes", []) if n.get("status") == "online"}
+
+    def run_argv(self, name: str, rounds: int, min_nodes: int) -> list[str]:
+        config = (
+            f"{TINY} federation.num-server-rounds={rounds} federation.min-nodes={min_nodes} "
+            f"federation.run-dir='{self.root / 'runs'}' federation.run-name='{name}' "
+            "federation.round-timeout=240.0"
+        )
+        return ["bash", str(REPO / "server" / "scripts" / "run.sh"), CONNECTION, "--run-config", config]
+
+    def serverapps(self) -> list[int]:
+        return [
+            p
+            for p in pids_with("--runtime-api-address", self.address)
+            if _argv(p)[1:2] and _argv(p)[1].endswith("flwr-serverapp") and _alive(p)
+        ]
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL a SuperNode with everything it started (a crashed machine)."""
+        proc = self.nodes[name]
+        children = pids_with("--runtime-api-address", f"127.0.0.1:{self.node_ports[name]}")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        stop(children, signal.SIGKILL, grace=5)
+        proc.wait(timeout=10)
+
+    def teardown(self) -> None:
+        ports = [self.port, *self.node_ports.values()]
+        spawned = [p for port in ports for p in pids_with("--runtime-api-address", f"127.0.0.1:{port}")]
+        for proc in self.started:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        stop([p.pid for p in self.started if p.poll() is None] + spawned, grace=15)
+        for proc in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+def _tls_ready(address: tuple[str, int], ca: Path) -> bool:
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        with (
+            socket.create_connection(address, timeout=2) as s,
+            ctx.wrap_socket(s, server_hostname=address[0]),
+        ):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("deploy")
+    (root / "logs").mkdir()
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHON": sys.executable,
+        "FLWR_HOME": str(root / "flwr-home"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "SEQWATCH_FEDERATION_DIR": str(root / "fed"),
+    }
+    fed = Federation.at(root / "fed")
+    d = ["--dir", str(fed.root)]
+    assert coordinator.main([*d, "init-ca"]) == 0
+    assert coordinator.main([*d, "server-cert", "--san", "127.0.0.1", "--san", "localhost"]) == 0
+    for name in (*INSTITUTIONS, "rogue"):
+        assert coordinator.main([*d, "add-institution", name]) == 0
+    assert (
+        coordinator.main(
+            [
+                *d,
+                "flwr-config",
+                "--connection",
+                CONNECTION,
+                "--address",
+                f"127.0.0.1:{port}",
+                "--flwr-home",
+                env["FLWR_HOME"],
+            ]
+        )
+        == 0
+    )
+    for i in range(len(INSTITUTIONS)):
+        out = str(root / "data" / f"n{i}")
+        assert (
+            supernode.main(
+                ["demo-data", "--institution", str(i), "--of", "3", "--users", str(USERS), "--out", out]
+            )
+            == 0
+        )
+    (root / "hash.key").write_text("loopback federation key\n")
+    os.chmod(root / "hash.key", 0o600)
+
+    script = REPO / "server" / "scripts" / "start-superlink.sh"
+    dep = Deployment(root=root, env=env, fed=fed, port=port, superlink=None)  # type: ignore[arg-type]
+    try:
+        dep.superlink = dep.popen(
+            ["bash", str(script), "--host", "127.0.0.1", "--port", str(port)], "superlink.log", cwd=root
+        )
+        wait_for(
+            "the SuperLink (TLS)",
+            lambda: (
+                (dep.superlink.poll() is None and _tls_ready(("127.0.0.1", port), fed.ca_cert))
+                or _exited(dep.superlink, "superlink")
+            ),
+            timeout=90,
+        )
+        reg = subprocess.run(
+            [sys.executable, "-m", "server.cli", *d, "register", *INSTITUTIONS, "--connection", CONNECTION],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert reg.returncode == 0, reg.stdout + reg.stderr
+        registry = fed.read_registry()["institutions"]
+        dep.node_ids = {n: int(registry[n]["node_id"]) for n in INSTITUTIONS}
+        for i, name in enumerate(INSTITUTIONS):
+            dep.nodes[name] = dep.start_node(name, i)
+        want = set(dep.node_ids.values())
+        wait_for("three SuperNodes online", lambda: want <= dep.online_nodes() or _nodes_died(dep), 120, 2)
+        yield dep
+    finally:
+        dep.teardown()
+
+
+def _exited(proc: subprocess.Popen[bytes], what: str) -> bool:
+    if proc.poll() is not None:
+        pytest.fail(f"{what} exited with {proc.returncode}")
+    return False
+
+
+def _nodes_died(dep: Deployment) -> bool:
+    for name, proc in dep.nodes.items():
+        if proc.poll() is not None:
+            pytest.fail(
+                f"SuperNode {name} exited with {proc.returncode}:\n{dep.log(f'node-{name}.log')[-3000:]}"
+            )
+    return False
+
+
+def _rows(dep: Deployment, run: str) -> list[dict[str, Any]]:
+    path = dep.root / "runs" / run / "metrics.jsonl"
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
+
+
+@pytest.mark.integration
+def test_unregistered_node_and_plain_http_are_refused(deployment: Deployment) -> None:
+    dep = deployment
+    # a key the coordinator never registered: the local check passes, the SuperLink refuses
+    rogue = dep.start_node("rogue", 0)
+    rogue.wait(timeout=90)
+    log = dep.log("node-rogue.log")
+    assert rogue.returncode != 0 and "Exit Code: 305" in log and "Failed to activate SuperNode" in log, log
+    # plain HTTP: a SuperNode without TLS, the flwr CLI without TLS, a bare HTTP request
+    plain = dep.popen(
+        [
+            str(BIN / "flower-supernode"),
+            "--insecure",
+            "--superlink",
+            dep.address,
+            "--port",
+            str(_free_port()),
+            "--max-retries",
+            "0",
+            "--max-wait-time",
+            "5",
+        ],
+        "node-plain.log",
+    )
+    plain.wait(timeout=90)
+    assert plain.returncode != 0 and "Exit Code: 305" in dep.log("node-plain.log")
+    config = Path(dep.env["FLWR_HOME"]) / "config.toml"
+    config.write_text(
+        config.read_text() + f'\n[superlink.plain]\naddress = "{dep.address}"\ninsecure = true\n'
+    )
+    res = dep.flwr("ls", "plain")
+    assert res.returncode != 0 and "unavailable" in (res.stdout + res.stderr)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{dep.address}/", timeout=10)
+    assert dep.online_nodes() == set(dep.node_ids.values())  # nothing else joined
+
+
+@pytest.mark.integration
+def test_three_round_run_every_institution_reports(deployment: Deployment) -> None:
+    dep = deployment
+    t0 = time.monotonic()
+    res = subprocess.run(
+        dep.run_argv("full", rounds=3, min_nodes=3),
+        cwd=dep.root,
+        env=dep.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    took = time.monotonic() - t0
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    run = dep.root / "runs" / "full"
+    final = json.loads((run / "final.json").read_text())
+    rows = _rows(dep, "full")
+    assert [r["round"] for r in rows] == [1, 2, 3], out[-4000:]
+    assert all(r["nodes-replied"] == 3 and r["nodes-failed"] == 0 for r in rows)
+    assert final["rounds_completed"] == 3 and final["resumed_after_round"] is None
+    assert final["report"]["nodes"] == 3
+    assert {p["node_id"] for p in final["report"]["per_node"]} == set(dep.node_ids.values())
+    for name in INSTITUTIONS:
+        report = dep.output(name) / "metrics.json"
+        assert report.is_file() and (dep.output(name) / "scores.csv").is_file(), name
+    assert "final detection quality of run 'full'" in out
+    print(f"deployment 3 rounds: {took:.1f} s wall; per round {[r['seconds'] for r in rows]}")
+
+
+@pytest.mark.integration
+def test_serverapp_restart_resumes_and_a_killed_supernode_is_a_dropout(deployment: Deployment) -> None:
+    """Attempt 1 is killed after round 1 is committed; attempt 2 resumes, loses gamma in its first round."""
+    dep = deployment
+    run = dep.root / "runs" / "resume"
+    argv = dep.run_argv("resume", rounds=3, min_nodes=2)
+    first = dep.popen(argv, "run-resume-1.log", cwd=dep.root)
+    wait_for("round 1 committed", lambda: (run / "state.json").is_file() or _exited(first, "flwr run"), 300)
+    apps = wait_for("the ServerApp process", dep.serverapps, 30)
+    stop(apps, signal.SIGKILL)
+    committed = json.loads((run / "state.json").read_text())["last_round"]
+    assert committed >= 1
+    stop([first.pid])  # its log stream would end by itself once the SuperLink misses the heartbeat
+
+    second = dep.popen(argv, "run-resume-2.log", cwd=dep.root)
+    wait_for(
+        "the resumed round's train messages",
+        lambda: (
+            (
+                f"resuming run 'resume' after round {committed}" in dep.log("run-resume-2.log")
+                and "configure_train" in dep.log("run-resume-2.log")
+            )
+            or _exited(second, "flwr run")
+        ),
+        240,
+    )
+    dep.kill_node("gamma")
+    second.wait(timeout=420)
+    out = dep.log("run-resume-2.log")
+    assert second.returncode == 0, out[-4000:]
+    rows = _rows(dep, "resume")
+    assert [r["round"] for r in rows] == [1, 2, 3], out[-4000:]  # every round exactly once
+    dropped = rows[committed]  # the first round of attempt 2
+    assert dropped["nodes-failed"] == 1 and dropped["failed-node-ids"] == [dep.node_ids["gamma"]], dropped
+    assert dropped["nodes-replied"] == 2
+    assert all(r["nodes-replied"] == 3 for r in rows[:committed])
+    assert all(r["nodes-sampled"] == 2 and r["nodes-failed"] == 0 for r in rows[committed + 1 :])
+    final = json.loads((run / "final.json").read_text())
+    assert final["resumed_after_round"] == committed and final["rounds_completed"] == 3
+    assert final["report"]["nodes"] == 2
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("round-*.safetensors"))
+    assert ckpts == ["round-0001.safetensors", "round-0002.safetensors", "round-0003.safetensors"]
+    print(f"resume/dropout per round: {[r['seconds'] for r in rows]}")

@@ -1,0 +1,113 @@
+"""The comparison runner (simulations.experiment) on tiny synthetic data, and the ready run configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from common.config import load_config_file, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "simulations" / "configs").glob("*.toml"))
+
+TINY_TOML = """
+"data.dataset" = "synthetic"
+"data.partitioner" = "natural"
+"data.synthetic-users" = 24
+"federation.min-nodes" = 2
+"federation.histogram-bins" = 40
+"model.hidden" = 12
+"model.embed-dim" = 8
+"model.context-dim" = 2
+"model.layers" = 1
+"train.batch-size" = 16
+"""
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    from simulations.experiment import run
+
+    tmp = tmp_path_factory.mktemp("experiment")
+    config = tmp / "tiny.toml"
+    config.write_text(TINY_TOML)
+    out = tmp / "out"
+    argv = ["--config", str(config), "--out", str(out), "--work-dir", str(tmp / "work")]
+    return run([*argv, "--clients", "2", "--rounds", "2"]), out
+
+
+def test_comparison_files_and_table(comparison: tuple[dict, Path]) -> None:
+    result, out = comparison
+    for name in ("comparison.json", "comparison.md", "auroc_per_round.png", "roc.png", "scores.csv"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert json.loads((out / "comparison.json").read_text()) == json.loads(json.dumps(result))
+    assert result["modes"] == ["federated", "centralized", "local"] and result["clients"] == 2
+    assert "--clients 2 --rounds 2" in result["command"] and "tiny.toml" in result["command"]
+    assert result["run_config"]["federation.num-server-rounds"] == 2
+    assert '"data.synthetic-users" = 24' in result["config_file_text"]
+    # the same epoch budget: rounds x local epochs
+    assert result["results"]["centralized"]["epochs_budget"] == 2
+    assert all(c["epochs_budget"] == 2 for c in result["results"]["local"]["clients"])
+    # per-round federated metrics from the run dir, and the federation's final model
+    assert [r["round"] for r in result["rounds"]] == [1, 2]
+    assert all("auroc" in r and r["train-compute-seconds"] > 0 for r in result["rounds"])
+    assert Path(result["results"]["federated"]["model_dir"], "model.safetensors").is_file()
+    assert result["results"]["federated"]["federation_report"]["counts_agree_with_pooled_scoring"]
+    modes = [row["mode"] for row in result["table"]]
+    assert modes[:4] == ["federated", "centralized", "local-only mean", "local-only worst"]
+    for row in result["table"]:
+        for key in ("auroc", "auprc", "detection_rate_at_1pct_far", "detection_rate_at_5pct_far", "f1"):
+            assert 0.0 <= row[key] <= 1.0, (row["mode"], key)
+    local = result["results"]["local"]
+    worst = min(c["pooled_test"]["auroc"] for c in local["clients"])
+    assert local["pooled_worst"]["auroc"] == worst
+    mean = sum(c["pooled_test"]["auroc"] for c in local["clients"]) / 2
+    assert local["pooled_mean"]["auroc"] == pytest.approx(mean)
+    md = (out / "comparison.md").read_text()
+    assert "| federated |" in md and "| centralized |" in md and "| local-only worst |" in md
+
+
+def test_all_modes_are_scored_on_identical_test_sequences(comparison: tuple[dict, Path]) -> None:
+    from client.data import node_data
+    from simulations.inprocess import sim_nodes
+
+    result, out = comparison
+    res = result["results"]
+    pooled = result["data"]["pooled_test"]
+    prints = [
+        res["federated"]["metrics"]["test_fingerprint"],
+        res["centralized"]["metrics"]["test_fingerprint"],
+    ]
+    prints += [c["pooled_test"]["test_fingerprint"] for c in res["local"]["clients"]]
+    assert set(prints) == {pooled["fingerprint"]}
+    sizes = [res["federated"]["metrics"]["n_sequences"], res["centralized"]["metrics"]["n_sequences"]]
+    sizes += [c["pooled_test"]["n_sequences"] for c in res["local"]["clients"]]
+    assert set(sizes) == {pooled["sequences"]}
+    # the pooled test set is exactly the union of the test shares the ClientApps hold
+    with open(out / "scores.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert set(rows[0]) == {"sequence", "label", "federated", "centralized", "local-0", "local-1"}
+    cfg = parse_config(load_config_file(Path(result["config_file"])))
+    shares = [node_data(nc, cfg.data).test for nc in sim_nodes(2)]
+    share_ids = [set(map(str, s.grouped().ids)) for s in shares]
+    assert not share_ids[0] & share_ids[1]
+    assert {r["sequence"] for r in rows} == share_ids[0] | share_ids[1]
+    assert len(rows) == pooled["sequences"] == sum(len(s) for s in share_ids)
+    # each local-only client was also scored on its own share
+    own = [c["own_test"]["n_sequences"] for c in res["local"]["clients"]]
+    assert own == [len(s) for s in share_ids]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_ready_configs_parse_for_the_runner_and_for_flwr_run(path: Path) -> None:
+    from flwr.common.config import parse_config_args
+
+    ours = load_config_file(path)
+    cfg = parse_config(ours)  # unknown or mistyped keys raise
+    # flwr run --run-config FILE reads the same flat keys
+    assert parse_config_args([str(path)]) == ours
+    assert cfg.federation.min_nodes >= 2
+    assert {p.stem for p in CONFIGS} >= {"adfa", "hdfs", "openstack", "synthetic"}
