@@ -31,7 +31,14 @@ from common.errors import ModelFileError, NotFittedError
 from common.events import EventTable
 from common.explanation import EventExplanation, SequenceExplanation
 from common.metrics import threshold_for_contamination, threshold_for_far
-from common.model import NetworkShape, NextEventModel, build_model, resolve_device, set_threads
+from common.model import (
+    NetworkShape,
+    NextEventModel,
+    build_model,
+    resolve_device,
+    set_threads,
+    shape_of,
+)
 from common.scoring import EventScores, aggregate, score_events
 from common.train import FitResult, fit_model
 from common.vocab import UNK
@@ -166,11 +173,7 @@ class SequenceDetector:
 
     @property
     def network_shape(self) -> NetworkShape:
-        return NetworkShape(
-            vocab_size=len(self.encoder_.vocab),
-            context_sizes=self.encoder_.context.sizes(),
-            n_numeric=len(self.encoder_.numeric_names),
-        )
+        return shape_of(self.encoder_)
 
     def calibrate(self, normal_scores: np.ndarray) -> float:
         """Set ``threshold_`` from normal validation scores (target false-alarm or contamination rate)."""

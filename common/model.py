@@ -10,6 +10,7 @@ V = vocabulary size, C = context columns, F = numeric features, H = hidden.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,9 @@ from torch import nn
 
 from common.config import ModelConfig
 from common.vocab import PAD
+
+if TYPE_CHECKING:
+    from common.encoding import Encoder
 
 # A recurrent state: (h,) for GRU/RNN, (h, c) for LSTM, plus the causal-conv
 # buffer (B, K-1, D) as the last element for CNN-LSTM.
@@ -30,6 +34,15 @@ class NetworkShape:
     vocab_size: int
     context_sizes: tuple[int, ...] = ()
     n_numeric: int = 0
+
+
+def shape_of(encoder: Encoder) -> NetworkShape:
+    """The sizes a fitted :class:`common.encoding.Encoder` implies for the network."""
+    return NetworkShape(
+        vocab_size=len(encoder.vocab),
+        context_sizes=encoder.context.sizes(),
+        n_numeric=len(encoder.numeric_names),
+    )
 
 
 class CausalConv(nn.Module):

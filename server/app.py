@@ -35,7 +35,7 @@ from common.config import AppConfig, parse_config, to_flat, with_overrides
 from common.encoding import Encoder
 from common.errors import ConfigError
 from common.metrics import threshold_from_histogram
-from common.model import build_model
+from common.model import build_model, shape_of
 from server.rundir import RunDir
 from server.setup import (
     ENCODER_RECORD,
@@ -150,7 +150,7 @@ def setup_phase(grid: Grid, cfg: AppConfig, run: RunDir) -> tuple[Encoder, str, 
     reports = [SetupStats.from_config(dict(r.content.config_records["setup"])) for r in replies]
     shared = merge_setup(reports, cfg.detector.vocab)
     encoder = shared.encoder
-    shape = _shape(encoder)
+    shape = shape_of(encoder)
     model = build_model(cfg.detector.model, shape, seed=cfg.detector.train.seed)
     n_params = sum(p.numel() for p in model.parameters())
     run.save_setup(
@@ -175,16 +175,6 @@ def setup_phase(grid: Grid, cfg: AppConfig, run: RunDir) -> tuple[Encoder, str, 
     )
     arrays = ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})
     return encoder, shared.key_fingerprint, arrays
-
-
-def _shape(encoder: Encoder) -> Any:
-    from common.model import NetworkShape
-
-    return NetworkShape(
-        vocab_size=len(encoder.vocab),
-        context_sizes=encoder.context.sizes(),
-        n_numeric=len(encoder.numeric_names),
-    )
 
 
 def resume_phase(
@@ -390,7 +380,7 @@ def save_global_model(
     from common.model import NextEventModel
 
     detector_cfg = with_overrides(cfg.detector, vocab={"hash_key": key or ""})
-    model = NextEventModel(detector_cfg.model, _shape(encoder))
+    model = NextEventModel(detector_cfg.model, shape_of(encoder))
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays_to_numpy(arrays).items()})
     model.eval()
     det = SequenceDetector.from_parts(
