@@ -365,7 +365,7 @@ def _mean_worst(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, A
     recall when AUROC is undefined, e.g. a test set without normal sequences)."""
     mean: dict[str, Any] = {k: _mean(rows, k) for k in METRIC_KEYS}
     key = "auroc" if any(r.get("auroc") is not None for r in rows) else "recall"
-    values = [r.get(key) if r.get(key) is not None else np.inf for r in rows]
+    values = [float(r[key]) if r.get(key) is not None else np.inf for r in rows]
     worst_i = int(np.argmin(values))
     worst: dict[str, Any] = {k: rows[worst_i].get(k) for k in METRIC_KEYS}
     worst["client"] = rows[worst_i].get("client")
@@ -508,7 +508,7 @@ def plot_rounds(path: Path, rounds: list[dict[str, Any]], results: Mapping[str, 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     if rounds:
         xs = [int(r["round"]) for r in rounds]
-        ys = [r.get("auroc") if r.get("auroc") is not None else np.nan for r in rounds]
+        ys = [float(r["auroc"]) if r.get("auroc") is not None else np.nan for r in rounds]
         ax.plot(xs, ys, "o-", color="C0", label="federated (per round, histogram AUROC)")
         if "federated" in results and results["federated"]["metrics"]["auroc"] is not None:
             ax.plot(
@@ -576,6 +576,28 @@ def write_scores(path: Path, test: Evaluation, columns: list[tuple[str, Evaluati
     frame.to_csv(path, index=False, float_format="%.6g")
 
 
+def _git() -> dict[str, Any]:
+    """Commit of the code that ran, and whether the working tree differed from it."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "modified_files": [line[3:] for line in status.splitlines() if line.strip()]}
+
+
 def _versions() -> dict[str, str]:
     import flwr
     import torch
@@ -625,6 +647,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     """Run the comparison; returns what ``comparison.json`` holds."""
     args = build_parser().parse_args(list(argv))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    git_info = _git()  # at the start: the code that is about to run
     t0 = time.monotonic()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -758,6 +781,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         ],
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "versions": _versions(),
+        "git": git_info,
         "started": started,
         "seconds": round(time.monotonic() - t0, 1),
     }

@@ -31,7 +31,7 @@ from client.data import node_data
 from common.config import parse_config
 from common.detector import SequenceDetector
 from common.events import EventTable, write_table
-from common.model import build_model
+from common.model import build_model, shape_of
 from server.app import run_federation
 from server.setup import ENCODER_RECORD, SetupStats, encoder_to_config, merge_setup
 from simulations.inprocess import InProcessGrid as FakeGrid
@@ -78,9 +78,7 @@ def shared() -> dict[str, Any]:
         reports.append(SetupStats.from_config(dict(reply.content["setup"])))
     merged = merge_setup(reports, parse_config(rc).detector.vocab)
     cfg = parse_config(rc).detector
-    from server.app import _shape
-
-    model = build_model(cfg.model, _shape(merged.encoder), seed=0)
+    model = build_model(cfg.model, shape_of(merged.encoder), seed=0)
     return {
         "rc": rc,
         "reports": reports,
