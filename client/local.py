@@ -32,7 +32,7 @@ from common.detector import SequenceDetector, holdout_split
 from common.encoding import Encoder
 from common.events import EventTable
 from common.metrics import Confusion, confusion_at, detection_report, histogram_counts
-from common.model import NetworkShape, NextEventModel, resolve_device, set_threads
+from common.model import NextEventModel, resolve_device, set_threads, shape_of
 from common.scaling import FeatureStats
 from common.train import evaluate_loss, make_optimizer, train_epochs
 from common.vocab import UNK, count_tokens
@@ -104,19 +104,11 @@ def setup_statistics(data: LocalData, hash_key: str, key_source: str) -> SetupSt
 # --------------------------------------------------------------------------- model helpers
 
 
-def network_shape(encoder: Encoder) -> NetworkShape:
-    return NetworkShape(
-        vocab_size=len(encoder.vocab),
-        context_sizes=encoder.context.sizes(),
-        n_numeric=len(encoder.numeric_names),
-    )
-
-
 def build_detector(
     cfg: DetectorConfig, encoder: Encoder, state: StateDict, *, threshold: float = float("inf")
 ) -> SequenceDetector:
     """A detector with the given (global) weights; the threshold is set by :meth:`calibrate` later."""
-    model = NextEventModel(cfg.model, network_shape(encoder))
+    model = NextEventModel(cfg.model, shape_of(encoder))
     model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
     model.eval()
     return SequenceDetector.from_parts(cfg, encoder, model, threshold=threshold)
@@ -165,7 +157,7 @@ def train_round(
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     enc = encoder.encode(data.train.grouped())
-    model = NextEventModel(cfg.model, network_shape(encoder))
+    model = NextEventModel(cfg.model, shape_of(encoder))
     model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
     model.to(device)
     optimizer = make_optimizer(model, cfg.train)
