@@ -483,16 +483,19 @@ def markdown(comparison: Mapping[str, Any]) -> str:
     lines.append("")
     if "local" in res:
         lines += [
-            "Local-only, per client (AUROC):",
+            "Local-only, per client (recall at the client's own threshold):",
             "",
-            "| client | train seqs | own test share | pooled test | best epoch |",
-            "|---|---|---|---|---|",
+            "| client | train seqs | AUROC own share | AUROC pooled | recall own share | recall pooled "
+            "| best epoch |",
+            "|---|---|---|---|---|---|---|",
         ]
         part = {p["partition"]: p for p in data["clients"]}
         for c in res["local"]["clients"]:
+            own, pooled = c["own_test"], c["pooled_test"]
             lines.append(
-                f"| {c['client']} | {part[c['client']]['train_sequences']} | {_cell(c['own_test']['auroc'])} "
-                f"| {_cell(c['pooled_test']['auroc'])} | {c['best_epoch']} |"
+                f"| {c['client']} | {part[c['client']]['train_sequences']} | {_cell(own['auroc'])} "
+                f"| {_cell(pooled['auroc'])} | {_cell(own['recall'])} | {_cell(pooled['recall'])} "
+                f"| {c['best_epoch']} |"
             )
         lines.append("")
     lines += ["Command:", "", "```", comparison["command"], "```", ""]
