@@ -494,24 +494,27 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
     data = scored.encoded
     if n <= 0:
         return [""] * len(data)
-    from common.vocab import UNK
+    from common.vocab import END, UNK
 
     if scored.events.expected is None:
         raise ValueError("top_events_texts() needs a table scored with expected_k > 0")
     positions = [scored.top_events(i, n) for i in range(len(data))]
     vocab = detector.encoder_.vocab
+    events = scored.events
     texts = []
     for i, pos in enumerate(positions):
-        start = int(data.offsets[i])
+        start, length = int(data.offsets[i]), int(data.lengths[i])
         parts = []
         for t in pos:
-            row = start + int(t)
-            token = int(data.tokens[row])
-            raw = scored.raw_events[row] if scored.raw_events is not None else vocab.token(token)
-            unseen = " [unseen]" if token == UNK else ""
-            guesses = ", ".join(
-                _short(vocab.token(int(a))) for a in scored.events.expected[row, :_TOP_EVENT_EXPECTED]
-            )
+            if t == length and events.end_expected is not None:  # the END step
+                raw, unseen, guess_ids = vocab.token(END), "", events.end_expected[i, :_TOP_EVENT_EXPECTED]
+            else:
+                row = start + int(t)
+                token = int(data.tokens[row])
+                raw = scored.raw_events[row] if scored.raw_events is not None else vocab.token(token)
+                unseen = " [unseen]" if token == UNK else ""
+                guess_ids = events.expected[row, :_TOP_EVENT_EXPECTED]
+            guesses = ", ".join(_short(vocab.token(int(a))) for a in guess_ids)
             parts.append(f"pos {int(t)}: {_short(raw)}{unseen} (expected {guesses})")
         texts.append("; ".join(parts))
     return texts
@@ -984,7 +987,8 @@ _SCORE_EPILOG = """\
 Output columns: sequence_id, score (higher = more anomalous), flagged (score >
 threshold), threshold, n_events, unknown_events (events never seen in training),
 top_events (the most surprising events, e.g. "pos 17: open (expected read, write)";
-positions are 0-based), and label when the data has labels. The format follows the
+positions are 0-based; "pos N: <end>" after the last of N events means the sequence
+stopped where the model expected it to go on), and label when the data has labels. The format follows the
 suffix of --out: .parquet, .tsv(.gz) or CSV.
 
 examples:
@@ -996,7 +1000,8 @@ examples:
 _EXPLAIN_EPILOG = """\
 Shows every event's surprisal (nats), its rank among the model's guesses, UNSEEN for
 tokens never seen in training, and what the model expected instead; the most
-anomalous events are marked '>>'.
+anomalous events are marked '>>'. The last row, <end>, is the end of the sequence:
+a high surprisal there means it stopped where the model expected more events.
 
 examples:
   seqwatch explain --model models/adfa --data data/adfa/test.parquet --sequence UAD-Adduser-1-1371

@@ -1,8 +1,10 @@
 """Padded, length-bucketed batches for next-event training and scoring.
 
 Step ``t`` of a sequence sees the previous event (BOS at ``t = 0``) and is
-asked for event ``t``. Padding positions are masked out of every loss and
-every score.
+asked for event ``t``. With ``end=True`` a sequence of ``n`` events has one
+more step, ``t = n``, that sees its last event and is asked for END (the end
+of the sequence). Padding positions are masked out of every loss and every
+score.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from common.encoding import EncodedSequences
-from common.vocab import BOS, PAD
+from common.vocab import BOS, END, PAD
 
 
 @dataclass
@@ -22,12 +24,13 @@ class Batch:
     """A padded batch.
 
     index:          (B,)      positions of these sequences in the source data
-    tokens_in:      (B, L)    BOS, x0 .. x_{n-2}, PAD...
-    targets:        (B, L)    x0 .. x_{n-1}, PAD...
+    tokens_in:      (B, L)    BOS, x0 .. x_{n-2} [, x_{n-1} with end], PAD...
+    targets:        (B, L)    x0 .. x_{n-1} [, END with end], PAD...
     context_in:     (B, L, C) context of the input event (0 at BOS and padding)
     numeric_in:     (B, L, F) scaled numerics of the input event (0 at BOS, padding, missing)
     numeric_target: (B, L, F) numerics of the target event (NaN where missing or padding)
-    mask:           (B, L)    True at real events
+    mask:           (B, L)    True at real steps (events, and the end step with end)
+    end:            whether step ``n`` of each sequence is its END step
     """
 
     index: np.ndarray
@@ -37,6 +40,7 @@ class Batch:
     numeric_in: torch.Tensor
     numeric_target: torch.Tensor
     mask: torch.Tensor
+    end: bool = False
 
     @property
     def max_len(self) -> int:
@@ -54,14 +58,19 @@ class Batch:
             self.numeric_in.to(**kw),
             self.numeric_target.to(**kw),
             self.mask.to(**kw),
+            self.end,
         )
 
 
-def make_batch(data: EncodedSequences, index: np.ndarray) -> Batch:
-    """Pad the sequences at ``index`` into one :class:`Batch` (vectorised)."""
+def make_batch(data: EncodedSequences, index: np.ndarray, *, end: bool = False) -> Batch:
+    """Pad the sequences at ``index`` into one :class:`Batch` (vectorised).
+
+    ``end=True`` appends the END step to every sequence.
+    """
     starts = data.offsets[index]
     lengths = data.offsets[index + 1] - starts
-    b, length = len(index), int(lengths.max()) if len(index) else 0
+    steps = lengths + 1 if end else lengths
+    b, length = len(index), int(steps.max()) if len(index) else 0
     c, f = data.context.shape[1], data.numeric.shape[1]
     row = np.repeat(np.arange(b), lengths)
     pos = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -69,10 +78,12 @@ def make_batch(data: EncodedSequences, index: np.ndarray) -> Batch:
 
     targets = np.full((b, length), PAD, dtype=np.int64)
     targets[row, pos] = data.tokens[src]
+    if end:
+        targets[np.arange(b), lengths] = END
     mask = targets != PAD
     tokens_in = np.full((b, length), PAD, dtype=np.int64)
     tokens_in[:, 0] = BOS
-    shifted = pos + 1 < lengths[row]
+    shifted = pos + 1 < steps[row]
     tokens_in[row[shifted], pos[shifted] + 1] = data.tokens[src[shifted]]
 
     context_in = np.zeros((b, length, c), dtype=np.int64)
@@ -91,6 +102,7 @@ def make_batch(data: EncodedSequences, index: np.ndarray) -> Batch:
         numeric_in=torch.from_numpy(numeric_in),
         numeric_target=torch.from_numpy(numeric_target),
         mask=torch.from_numpy(mask),
+        end=end,
     )
 
 
@@ -139,8 +151,8 @@ def iter_batches(
     rng: np.random.Generator | None = None,
     max_tokens: int | None = None,
     fill_tokens: int | None = None,
+    end: bool = False,
 ) -> Iterator[Batch]:
-    for idx in batch_indices(
-        data.lengths, batch_size, rng=rng, max_tokens=max_tokens, fill_tokens=fill_tokens
-    ):
-        yield make_batch(data, idx)
+    steps = data.lengths + 1 if end else data.lengths
+    for idx in batch_indices(steps, batch_size, rng=rng, max_tokens=max_tokens, fill_tokens=fill_tokens):
+        yield make_batch(data, idx, end=end)

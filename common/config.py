@@ -38,6 +38,10 @@ class ModelConfig:
     dropout: float = 0.1
     conv_channels: int = 64
     conv_kernel: int = 3
+    #: Also predict the end of every sequence (an END target after its last
+    #: event): sequences cut short, or running on where normal ones stop, score
+    #: as surprising at their end.
+    end_event: bool = True
 
     def __post_init__(self) -> None:
         _choice("model.kind", self.kind, MODEL_KINDS)
@@ -95,9 +99,13 @@ class ScoreConfig:
     top_k: int = 9
     numeric_weight: float = 1.0
     batch_size: int = 64
+    #: Weight of the END step's surprisal added to the averaging aggregates
+    #: (mean, window, window-min); max and topk-miss count END as one more step.
+    end_weight: float = 0.25
 
     def __post_init__(self) -> None:
         _choice("score.aggregate", self.aggregate, AGGREGATES)
+        _nonnegative("score.end-weight", self.end_weight)
         _positive("score.window", self.window)
         _positive("score.top-k", self.top_k)
         _nonnegative("score.numeric-weight", self.numeric_weight)

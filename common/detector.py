@@ -41,7 +41,7 @@ from common.model import (
 )
 from common.scoring import EventScores, aggregate, score_events
 from common.train import FitResult, fit_model
-from common.vocab import UNK
+from common.vocab import END, UNK
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,13 @@ class ScoredTable:
     raw_events: np.ndarray | None = None  # (N,) the raw tokens, for explanations
 
     def top_events(self, i: int, n: int) -> np.ndarray:
-        """Positions (within sequence ``i``) of its ``n`` highest-scoring events."""
-        sl = self.events.of(i)
-        ev = self.events.score[sl]
+        """Positions (within sequence ``i``) of its ``n`` highest-scoring steps.
+
+        With an end-of-sequence model, position ``len(sequence)`` is its END step.
+        """
+        ev = self.events.score[self.events.of(i)]
+        if self.events.end_surprisal is not None:
+            ev = np.append(ev, self.events.end_surprisal[i])
         k = min(n, len(ev))
         return np.argsort(-ev, kind="stable")[:k]
 
@@ -288,6 +292,21 @@ class SequenceDetector:
                     unknown=bool(tokens[t] == UNK),
                     numeric_residuals=resid,
                     score=float(ev.score[sl][t]),
+                )
+            )
+        if ev.end_surprisal is not None and ev.end_rank is not None:
+            end_ids = ev.end_expected[i] if ev.end_expected is not None else ()
+            end_p = ev.end_expected_p[i] if ev.end_expected_p is not None else ()
+            events.append(
+                EventExplanation(
+                    position=len(tokens),
+                    event=vocab.token(END),
+                    surprisal=float(ev.end_surprisal[i]),
+                    rank=int(ev.end_rank[i]),
+                    expected=tuple((vocab.token(int(a)), float(p)) for a, p in zip(end_ids, end_p, strict=True)),
+                    unknown=False,
+                    numeric_residuals={},
+                    score=float(ev.end_surprisal[i]),
                 )
             )
         label = None if data.labels is None else int(data.labels[i])

@@ -2,7 +2,10 @@
 
 Each sequence is run through the model once (chunked in time only to bound
 memory, state carried), so every event is scored with its full prefix. A
-sequence score is an aggregate of its event scores.
+model trained with ``model.end-event`` also scores the end of each sequence
+(how surprising it is that the sequence stops there): the END step. A sequence
+score is an aggregate of its event scores and its END step (see
+:func:`aggregate`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ class EventScores:
     score:     (N,)   surprisal + numeric_weight · ½‖residual‖²
     expected:  (N, k) ids of the k events the model found most likely (k = 0 unless asked)
     expected_p:(N, k) their probabilities
+
+    With an end-of-sequence model, the END step of each sequence (S of them):
+    end_surprisal (S,), end_rank (S,), end_expected (S, k), end_expected_p (S, k);
+    the END step has no numeric part, so its score is its surprisal.
     """
 
     offsets: np.ndarray
@@ -42,9 +49,33 @@ class EventScores:
     score: np.ndarray
     expected: np.ndarray | None = None
     expected_p: np.ndarray | None = None
+    end_surprisal: np.ndarray | None = None
+    end_rank: np.ndarray | None = None
+    end_expected: np.ndarray | None = None
+    end_expected_p: np.ndarray | None = None
 
     def of(self, i: int) -> slice:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    @property
+    def has_end(self) -> bool:
+        return self.end_surprisal is not None
+
+    def steps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(offsets, score, rank) over all steps: each sequence's events, then its END step."""
+        if self.end_surprisal is None or self.end_rank is None:
+            return self.offsets, self.score, self.rank
+        lengths = np.diff(self.offsets)
+        step_offsets = self.offsets + np.arange(len(self.offsets))
+        end_rows = step_offsets[1:] - 1
+        is_event = np.ones(int(step_offsets[-1]), dtype=bool)
+        is_event[end_rows] = False
+        score = np.empty(len(is_event), dtype=self.score.dtype)
+        rank = np.empty(len(is_event), dtype=self.rank.dtype)
+        score[is_event], score[end_rows] = self.score, self.end_surprisal
+        rank[is_event], rank[end_rows] = self.rank, self.end_rank
+        assert len(score) == int(lengths.sum()) + len(lengths)
+        return step_offsets, score, rank
 
 
 @torch.no_grad()
@@ -62,18 +93,25 @@ def score_events(
     at every step are kept too, for explanations, in the same pass.
     """
     model.eval()
-    n = len(data.tokens)
+    n, s = len(data.tokens), len(data)
     f = data.numeric.shape[1]
     k = min(expected_k, model.shape.vocab_size)
+    end = model.config.end_event
     surprisal = np.zeros(n, dtype=np.float32)
     rank = np.zeros(n, dtype=np.int32)
     residual = np.full((n, f), np.nan, dtype=np.float32)
     expected = np.zeros((n, k), dtype=np.int32)
     expected_p = np.zeros((n, k), dtype=np.float32)
-    for batch in iter_batches(data, config.batch_size, max_tokens=SCORE_BATCH_TOKENS):
+    end_surprisal = np.zeros(s, dtype=np.float32)
+    end_rank = np.zeros(s, dtype=np.int32)
+    end_expected = np.zeros((s, k), dtype=np.int32)
+    end_expected_p = np.zeros((s, k), dtype=np.float32)
+    lengths = data.lengths
+    for batch in iter_batches(data, config.batch_size, max_tokens=SCORE_BATCH_TOKENS, end=end):
         batch = batch.to(device)
         state: State | None = None
         starts = data.offsets[batch.index]
+        n_events = lengths[batch.index]
         mask_all = batch.mask.cpu().numpy()
         for start in range(0, batch.max_len, SCORE_CHUNK):
             sl = slice(start, start + SCORE_CHUNK)
@@ -84,18 +122,22 @@ def score_events(
             tgt = batch.targets[:, sl]
             lp_t = logp.gather(-1, tgt.unsqueeze(-1))  # (B, l, 1)
             rk = (logp > lp_t).sum(-1) + 1  # (B, l)
-            m = mask_all[:, sl]
-            b_idx, t_idx = np.nonzero(m)
-            dst = starts[b_idx] + start + t_idx
-            surprisal[dst] = (-lp_t.squeeze(-1)).cpu().numpy()[m]
-            rank[dst] = rk.cpu().numpy()[m]
+            b_idx, t_idx = np.nonzero(mask_all[:, sl])
+            at_end = t_idx + start == n_events[b_idx]  # the END step (only with end)
+            ev_b, ev_t, dst = b_idx[~at_end], t_idx[~at_end], starts[b_idx[~at_end]] + start + t_idx[~at_end]
+            end_b, end_t, end_dst = b_idx[at_end], t_idx[at_end], batch.index[b_idx[at_end]]
+            sur = (-lp_t.squeeze(-1)).cpu().numpy()
+            rk_np = rk.cpu().numpy()
+            surprisal[dst], rank[dst] = sur[ev_b, ev_t], rk_np[ev_b, ev_t]
+            end_surprisal[end_dst], end_rank[end_dst] = sur[end_b, end_t], rk_np[end_b, end_t]
             if k:
                 top = logp.topk(k, dim=-1)
-                expected[dst] = top.indices.cpu().numpy()[m]
-                expected_p[dst] = top.values.exp().cpu().numpy()[m]
+                top_i, top_p = top.indices.cpu().numpy(), top.values.exp().cpu().numpy()
+                expected[dst], expected_p[dst] = top_i[ev_b, ev_t], top_p[ev_b, ev_t]
+                end_expected[end_dst], end_expected_p[end_dst] = top_i[end_b, end_t], top_p[end_b, end_t]
             if num_pred is not None:
                 res = (num_pred - batch.numeric_target[:, sl]).cpu().numpy()
-                residual[dst] = res[m]
+                residual[dst] = res[ev_b, ev_t]
     sq = np.nansum(residual * residual, axis=1) if f else np.zeros(n, dtype=np.float32)
     score = surprisal + config.numeric_weight * 0.5 * sq
     return EventScores(
@@ -106,6 +148,10 @@ def score_events(
         score.astype(np.float32),
         expected if k else None,
         expected_p if k else None,
+        end_surprisal if end else None,
+        end_rank if end else None,
+        end_expected if end and k else None,
+        end_expected_p if end and k else None,
     )
 
 
@@ -119,18 +165,33 @@ def aggregate(events: EventScores, config: ScoreConfig) -> np.ndarray:
     window-min: min over those windows: high only when the whole sequence is
                surprising (a sustained anomaly; robust to benign bursts)
     topk-miss: fraction of events outside the model's top-``top_k`` (DeepLog)
+
+    With an end-of-sequence model the END step enters too. ``max`` and
+    ``topk-miss`` count it as one more step. The averaging aggregates are
+    per-event rates, and the END step happens once per sequence whatever its
+    length, so they add ``end_weight`` × its surprisal instead of averaging it in.
     """
-    offsets = events.offsets
+    if events.end_surprisal is None:
+        return _aggregate_steps(events.offsets, events.score, events.rank, config)
+    if config.aggregate in ("max", "topk-miss"):
+        return _aggregate_steps(*events.steps(), config)
+    base = _aggregate_steps(events.offsets, events.score, events.rank, config)
+    return base + config.end_weight * events.end_surprisal.astype(np.float64)
+
+
+def _aggregate_steps(
+    offsets: np.ndarray, step_score: np.ndarray, step_rank: np.ndarray, config: ScoreConfig
+) -> np.ndarray:
     lengths = np.diff(offsets)
     s = len(lengths)
     out = np.zeros(s, dtype=np.float64)
     nonempty = lengths > 0
     starts = offsets[:-1][nonempty]
     if config.aggregate == "topk-miss":
-        miss = (events.rank > config.top_k).astype(np.float64)
+        miss = (step_rank > config.top_k).astype(np.float64)
         out[nonempty] = np.add.reduceat(miss, starts) / lengths[nonempty]
         return out
-    values = events.score.astype(np.float64)
+    values = step_score.astype(np.float64)
     if config.aggregate == "max":
         out[nonempty] = np.maximum.reduceat(values, starts)
         return out

@@ -125,7 +125,9 @@ def train_epochs(
         tot_loss = tot_nll = tot_se = 0.0
         n_events = 0
         fill = config.batch_size * config.chunk_len
-        for batch in iter_batches(data, config.batch_size, rng=rng, fill_tokens=fill):
+        for batch in iter_batches(
+            data, config.batch_size, rng=rng, fill_tokens=fill, end=model.config.end_event
+        ):
             if config.unk_dropout > 0:
                 batch = with_unknown_inputs(batch, config.unk_dropout, rng)
             batch = batch.to(device)
@@ -171,7 +173,9 @@ def evaluate_loss(
     t0 = time.perf_counter()
     tot_loss = tot_nll = tot_se = 0.0
     n_events = 0
-    for batch in iter_batches(data, config.batch_size, max_tokens=MAX_BATCH_TOKENS):
+    for batch in iter_batches(
+        data, config.batch_size, max_tokens=MAX_BATCH_TOKENS, end=model.config.end_event
+    ):
         batch = batch.to(device)
         state: State | None = None
         for start in range(0, batch.max_len, config.chunk_len * 4):

@@ -17,7 +17,11 @@ import pandas as pd
 from cryptography.hazmat.primitives import hashes, hmac
 
 PAD, UNK, BOS = 0, 1, 2
-SPECIALS = ("<pad>", "<unk>", "<bos>")
+#: The boundary id: as an *input* it marks the start of a sequence (BOS); as a
+#: *target* it marks its end, so a model trained with ``model.end-event`` also
+#: learns where sequences stop (as GPT's single end-of-text token does).
+END = BOS
+SPECIALS = ("<pad>", "<unk>", "<end>")
 HASH_HEX_CHARS = 32  # 128 bits of the HMAC-SHA256 digest
 
 
@@ -53,7 +57,7 @@ def count_tokens(tokens: np.ndarray, hash_key: str = "") -> Counter[str]:
 
 @dataclass
 class Vocabulary:
-    """Token ↔ id mapping. Ids 0, 1, 2 are PAD, UNK and BOS.
+    """Token ↔ id mapping. Ids 0, 1, 2 are PAD, UNK and the BOS/END boundary.
 
     ``tokens`` holds the (possibly hashed) keys of ids 3.. in id order.
     ``hash_key`` non-empty means raw tokens are hashed before lookup.

@@ -9,7 +9,9 @@ from common.encoding import EncodedSequences
 from common.model import NetworkShape, build_model
 from common.scoring import EventScores, aggregate, score_events
 from common.train import evaluate_loss, fit_model
-from common.vocab import BOS, PAD
+import dataclasses
+
+from common.vocab import BOS, END, PAD
 
 CPU = torch.device("cpu")
 KINDS = ["lstm", "gru", "rnn", "cnn-lstm"]
@@ -28,9 +30,16 @@ def encoded(seqs, *, c=0, f=0, seed=0):
     )
 
 
-def tiny(kind="lstm", vocab=8, c=0, f=0):
+def tiny(kind="lstm", vocab=8, c=0, f=0, end=True):
     cfg = ModelConfig(
-        kind=kind, embed_dim=8, hidden=16, layers=2, context_dim=4, conv_channels=8, dropout=0.0
+        kind=kind,
+        embed_dim=8,
+        hidden=16,
+        layers=2,
+        context_dim=4,
+        conv_channels=8,
+        dropout=0.0,
+        end_event=end,
     )
     return build_model(cfg, NetworkShape(vocab, (3,) * c, f), seed=1)
 
@@ -44,6 +53,18 @@ def test_make_batch_shifts_inputs_and_masks_padding():
     assert b.context_in[0, 0, 0] == 0 and b.context_in[0, 1, 0] == data.context[0, 0]
     assert torch.isnan(b.numeric_target[1, 2, 0])
     assert b.numeric_in[0, 1, 0] == pytest.approx(float(data.numeric[0, 0]))
+
+
+def test_make_batch_with_end_adds_one_end_step_per_sequence():
+    data = encoded([[3, 4, 5], [6, 7]], c=1, f=1)
+    b = make_batch(data, np.array([0, 1]), end=True)
+    assert b.tokens_in.tolist() == [[BOS, 3, 4, 5], [BOS, 6, 7, PAD]]
+    assert b.targets.tolist() == [[3, 4, 5, END], [6, 7, END, PAD]]
+    assert b.mask.sum(1).tolist() == [4, 3]
+    # the END step sees the last event's context and numerics; it has no numeric target
+    assert b.context_in[1, 2, 0] == data.context[4, 0]
+    assert b.numeric_in[0, 3, 0] == pytest.approx(float(data.numeric[2, 0]))
+    assert torch.isnan(b.numeric_target[0, 3, 0])
 
 
 def test_batches_group_by_length_and_respect_token_budget():
@@ -82,7 +103,25 @@ def test_chunked_scoring_equals_one_pass_and_padding_is_inert(kind, monkeypatch)
     np.testing.assert_allclose(whole.surprisal, chunked.surprisal, rtol=1e-4, atol=1e-5)
     alone = score_events(model, data.subset(np.array([1])), ScoreConfig(batch_size=1), CPU)
     np.testing.assert_allclose(whole.surprisal[whole.of(1)], alone.surprisal, rtol=1e-4, atol=1e-5)
-    assert (whole.rank >= 1).all()
+    np.testing.assert_allclose(whole.end_surprisal, chunked.end_surprisal, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(whole.end_surprisal[1:2], alone.end_surprisal, rtol=1e-4, atol=1e-5)
+    assert (whole.rank >= 1).all() and (whole.end_rank >= 1).all()
+
+
+def test_end_step_leaves_event_scores_unchanged():
+    """The END step is one more causal step: the events before it score as without it."""
+    with_end = tiny("lstm", end=True)
+    without = tiny("lstm", end=False)
+    without.load_state_dict(with_end.state_dict())
+    data = encoded([[3, 4, 5, 6], [7, 3]])
+    a = score_events(with_end, data, ScoreConfig(), CPU)
+    b = score_events(without, data, ScoreConfig(), CPU)
+    np.testing.assert_allclose(a.surprisal, b.surprisal, rtol=1e-5)
+    assert b.end_surprisal is None and a.end_surprisal.shape == (2,)
+    sc = ScoreConfig(aggregate="mean", end_weight=0.25)
+    expected = [a.score[:4].mean() + 0.25 * a.end_surprisal[0], a.score[4:].mean() + 0.25 * a.end_surprisal[1]]
+    np.testing.assert_allclose(aggregate(a, sc), expected, rtol=1e-5)
+    np.testing.assert_allclose(aggregate(b, sc), [a.score[:4].mean(), a.score[4:].mean()], rtol=1e-5)
 
 
 def test_aggregates():
@@ -104,6 +143,18 @@ def test_aggregates():
         2.0,
     ]
     assert aggregate(ev, ScoreConfig(aggregate="topk-miss", top_k=9)).tolist() == [0.25, 0.5]
+    # with END steps: each sequence gets one more step, scored by its end surprisal
+    ended = dataclasses.replace(
+        ev, end_surprisal=np.array([9.0, 0.0], dtype=np.float32), end_rank=np.array([20, 1])
+    )
+    offsets, step_score, step_rank = ended.steps()
+    assert offsets.tolist() == [0, 5, 8]
+    assert step_score.tolist() == [1, 1, 5, 1, 9, 2, 2, 0]
+    # averages add end_weight × END surprisal; max and topk-miss count END as a step
+    assert aggregate(ended, ScoreConfig(aggregate="mean", end_weight=0.5)).tolist() == [6.5, 2.0]
+    assert aggregate(ended, ScoreConfig(aggregate="window", window=2, end_weight=0.0)).tolist() == [3.0, 2.0]
+    assert aggregate(ended, ScoreConfig(aggregate="max")).tolist() == [9.0, 2.0]
+    assert aggregate(ended, ScoreConfig(aggregate="topk-miss", top_k=9)).tolist() == [0.4, pytest.approx(1 / 3)]
 
 
 def test_numeric_residual_enters_event_score():
@@ -143,5 +194,20 @@ def test_padding_never_enters_the_loss():
     padded_batch = encoded([[3, 4, 5], [6] * 30])
     a = evaluate_loss(model, short, cfg, CPU)
     b = evaluate_loss(model, padded_batch.subset(np.array([0])), cfg, CPU)
-    assert a.events == b.events == 3
+    assert a.events == b.events == 3 + 1  # three events and the END step
     assert a.loss == pytest.approx(b.loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_end_model_flags_a_sequence_cut_short(kind):
+    """Trained on complete 8-event cycles, the END step of a truncated copy is surprising."""
+    torch.manual_seed(0)
+    normal = [[3 + (i + s) % 4 for i in range(8)] for s in range(32)]
+    model = tiny(kind)
+    cfg = TrainConfig(epochs=40, lr=0.03, chunk_len=16, batch_size=8, patience=40, seed=0)
+    fit_model(model, encoded(normal), None, cfg, CPU)
+    full, cut = encoded([normal[0]]), encoded([normal[0][:5]])
+    sc = ScoreConfig(aggregate="max")
+    s_full, s_cut = score_events(model, full, sc, CPU), score_events(model, cut, sc, CPU)
+    assert s_cut.end_surprisal[0] > s_full.end_surprisal[0] + 2.0
+    assert aggregate(s_cut, sc)[0] > aggregate(s_full, sc)[0] + 1.0
