@@ -303,7 +303,9 @@ class SequenceDetector:
                     event=vocab.token(END),
                     surprisal=float(ev.end_surprisal[i]),
                     rank=int(ev.end_rank[i]),
-                    expected=tuple((vocab.token(int(a)), float(p)) for a, p in zip(end_ids, end_p, strict=True)),
+                    expected=tuple(
+                        (vocab.token(int(a)), float(p)) for a, p in zip(end_ids, end_p, strict=True)
+                    ),
                     unknown=False,
                     numeric_residuals={},
                     score=float(ev.end_surprisal[i]),

@@ -21,6 +21,7 @@ Benchmarks, not tests: minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -43,7 +44,7 @@ from common.config import (
 from common.datasets import load_adfa_ld, load_hdfs, shared_data_dir
 from common.detector import SequenceDetector, content_groups, holdout_split
 from common.metrics import detection_report, threshold_for_far
-from common.scoring import aggregate
+from common.scoring import EventScores, aggregate
 
 log = logging.getLogger("bench_quality")
 
@@ -64,16 +65,21 @@ def adfa(src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, 
         scored = det.score_table(splits["test"])
         labels = scored.encoded.labels
         val_events = det.score_table(validation).events
-        for agg in AGGREGATES:
-            sc = ScoreConfig(aggregate=agg, window=cfg.score.window, top_k=cfg.score.top_k)
-            scores = aggregate(scored.events, sc)
-            threshold = threshold_for_far(aggregate(val_events, sc), cfg.calibration.false_alarm_rate)
+        for agg, end in _variants(cfg):
+            sc = _score_config(cfg, agg)
+            test_ev, val_ev = (
+                (scored.events, val_events) if end else (_no_end(scored.events), _no_end(val_events))
+            )
+            scores = aggregate(test_ev, sc)
+            threshold = threshold_for_far(aggregate(val_ev, sc), cfg.calibration.false_alarm_rate)
             rep = detection_report(labels, scores, threshold)
             rows.append(
                 {
                     "model": kind,
                     "aggregate": agg,
-                    "default": kind == DetectorConfig().model.kind
+                    "end_step": end,
+                    "default": end
+                    and kind == DetectorConfig().model.kind
                     and agg == DetectorConfig().score.aggregate,
                     "auroc": rep["auroc"],
                     "auprc": rep["auprc"],
@@ -88,7 +94,12 @@ def adfa(src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, 
                 }
             )
             log.info(
-                "%s %-9s auroc %.4f dr@1%% %.3f", kind, agg, rep["auroc"], rep["detection_rate_at_1pct_far"]
+                "%s %-9s END %-5s auroc %.4f dr@1%% %.3f",
+                kind,
+                agg,
+                end,
+                rep["auroc"],
+                rep["detection_rate_at_1pct_far"],
             )
     return {"dataset": "ADFA-LD standard split", "rows": rows}
 
@@ -104,20 +115,21 @@ def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: 
     cfg = base
     if epochs:
         cfg = with_overrides(cfg, train={"epochs": epochs})
-    per_agg: dict[str, list[dict[str, Any]]] = {agg: [] for agg in AGGREGATES}
+    per_agg: dict[tuple[str, bool], list[dict[str, Any]]] = {v: [] for v in _variants(cfg)}
     for k in range(folds):
         held = train.subset(ids[fold == k])
         rest = train.subset(ids[fold != k])
         det = SequenceDetector(with_overrides(cfg, train={"seed": seed + k})).fit(rest)
-        held_events = det.score_table(held).events
-        ab_events = det.score_table(abnormal).events
-        for agg in AGGREGATES:
-            sc = ScoreConfig(aggregate=agg, window=cfg.score.window, top_k=cfg.score.top_k)
+        held_all = det.score_table(held).events
+        ab_all = det.score_table(abnormal).events
+        for agg, end in per_agg:
+            sc = _score_config(cfg, agg)
+            held_events, ab_events = (held_all, ab_all) if end else (_no_end(held_all), _no_end(ab_all))
             held_scores = aggregate(held_events, sc)
             threshold = threshold_for_far(held_scores, cfg.calibration.false_alarm_rate)
             recall = float((aggregate(ab_events, sc) > threshold).mean())
             far = float((held_scores > threshold).mean())
-            per_agg[agg].append(
+            per_agg[(agg, end)].append(
                 {
                     "fold": k,
                     "held_out_normal": len(held),
@@ -126,17 +138,26 @@ def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: 
                     "false_alarm_rate": far,
                 }
             )
-            log.info("fold %d %-10s recall %.4f at FAR %.4f (held-out %d)", k, agg, recall, far, len(held))
+            log.info(
+                "fold %d %-10s END %-5s recall %.4f at FAR %.4f (held-out %d)",
+                k,
+                agg,
+                end,
+                recall,
+                far,
+                len(held),
+            )
     n_ab, n_norm = 16838, 553366
     rows = []
-    for agg, folds_rows in per_agg.items():
+    for (agg, end), folds_rows in per_agg.items():
         recalls = np.array([r["recall"] for r in folds_rows])
         fars = np.array([r["false_alarm_rate"] for r in folds_rows])
         r, f = float(recalls.mean()), float(fars.mean())
         rows.append(
             {
                 "aggregate": agg,
-                "configured": agg == cfg.score.aggregate,
+                "end_step": end,
+                "configured": end and agg == cfg.score.aggregate,
                 "recall_mean": r,
                 "recall_min": float(recalls.min()),
                 "false_alarm_rate_mean": f,
@@ -151,6 +172,26 @@ def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: 
         "abnormal_sessions": len(abnormal),
         "rows": rows,
     }
+
+
+def _variants(cfg: DetectorConfig) -> list[tuple[str, bool]]:
+    """(aggregate, END step scored) pairs: every aggregate, and each again
+    without the END step (an ablation) when the model predicts ends."""
+    with_end = [(agg, True) for agg in AGGREGATES]
+    if not cfg.model.end_event:
+        return [(agg, False) for agg in AGGREGATES]
+    return with_end + [(agg, False) for agg in AGGREGATES]
+
+
+def _score_config(cfg: DetectorConfig, agg: str) -> ScoreConfig:
+    return dataclasses.replace(cfg.score, aggregate=agg)
+
+
+def _no_end(events: EventScores) -> EventScores:
+    """The same event scores with the END step left out of the aggregates."""
+    return dataclasses.replace(
+        events, end_surprisal=None, end_rank=None, end_expected=None, end_expected_p=None
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,6 @@ from common.encoding import EncodedSequences
 from common.model import NetworkShape, build_model
 from common.scoring import EventScores, aggregate, score_events
 from common.train import evaluate_loss, fit_model
-import dataclasses
-
 from common.vocab import BOS, END, PAD
 
 CPU = torch.device("cpu")
@@ -119,7 +119,10 @@ def test_end_step_leaves_event_scores_unchanged():
     np.testing.assert_allclose(a.surprisal, b.surprisal, rtol=1e-5)
     assert b.end_surprisal is None and a.end_surprisal.shape == (2,)
     sc = ScoreConfig(aggregate="mean", end_weight=0.25)
-    expected = [a.score[:4].mean() + 0.25 * a.end_surprisal[0], a.score[4:].mean() + 0.25 * a.end_surprisal[1]]
+    expected = [
+        a.score[:4].mean() + 0.25 * a.end_surprisal[0],
+        a.score[4:].mean() + 0.25 * a.end_surprisal[1],
+    ]
     np.testing.assert_allclose(aggregate(a, sc), expected, rtol=1e-5)
     np.testing.assert_allclose(aggregate(b, sc), [a.score[:4].mean(), a.score[4:].mean()], rtol=1e-5)
 
@@ -150,11 +153,15 @@ def test_aggregates():
     offsets, step_score, step_rank = ended.steps()
     assert offsets.tolist() == [0, 5, 8]
     assert step_score.tolist() == [1, 1, 5, 1, 9, 2, 2, 0]
+    assert step_rank.tolist() == [1, 1, 12, 1, 20, 1, 10, 1]
     # averages add end_weight × END surprisal; max and topk-miss count END as a step
     assert aggregate(ended, ScoreConfig(aggregate="mean", end_weight=0.5)).tolist() == [6.5, 2.0]
     assert aggregate(ended, ScoreConfig(aggregate="window", window=2, end_weight=0.0)).tolist() == [3.0, 2.0]
     assert aggregate(ended, ScoreConfig(aggregate="max")).tolist() == [9.0, 2.0]
-    assert aggregate(ended, ScoreConfig(aggregate="topk-miss", top_k=9)).tolist() == [0.4, pytest.approx(1 / 3)]
+    assert aggregate(ended, ScoreConfig(aggregate="topk-miss", top_k=9)).tolist() == [
+        0.4,
+        pytest.approx(1 / 3),
+    ]
 
 
 def test_numeric_residual_enters_event_score():
