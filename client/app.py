@@ -166,6 +166,7 @@ def train(msg: Message, context: Context) -> Message:
             epochs=int(_number(conf, "local-epochs", node.app_config.federation.local_epochs)),
             proximal_mu=_number(conf, "proximal-mu", 0.0),
             server_round=int(_number(conf, "server-round", 1)),
+            node_seed=int(context.node_id),
         )
         return _reply(
             msg,

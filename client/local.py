@@ -151,8 +151,14 @@ def train_round(
     epochs: int,
     proximal_mu: float = 0.0,
     server_round: int = 1,
+    node_seed: int = 0,
 ) -> TrainOutcome:
-    """``epochs`` local epochs from the global weights (FedProx term when ``proximal_mu > 0``)."""
+    """``epochs`` local epochs from the global weights (FedProx term when ``proximal_mu > 0``).
+
+    Shuffling and dropout are seeded by ``train.seed``, the round and
+    ``node_seed`` (the node id), so that institutions do not all draw the same
+    random stream and a rerun of the same round on the same node repeats itself.
+    """
     t0 = time.perf_counter()
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -161,8 +167,9 @@ def train_round(
     model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
     model.to(device)
     optimizer = make_optimizer(model, cfg.train)
-    rng = np.random.default_rng([cfg.train.seed, int(server_round)])
-    torch.manual_seed(cfg.train.seed * 1_000_003 + int(server_round))
+    seeds = np.random.SeedSequence([cfg.train.seed, int(server_round), int(node_seed) % (1 << 63)])
+    rng = np.random.default_rng(seeds)
+    torch.manual_seed(int(seeds.generate_state(1, np.uint64)[0] % (1 << 63)))
     stats = train_epochs(
         model, enc, cfg.train, optimizer, epochs=epochs, device=device, rng=rng, proximal_mu=proximal_mu
     )

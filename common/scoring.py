@@ -65,7 +65,6 @@ class EventScores:
         """(offsets, score, rank) over all steps: each sequence's events, then its END step."""
         if self.end_surprisal is None or self.end_rank is None:
             return self.offsets, self.score, self.rank
-        lengths = np.diff(self.offsets)
         step_offsets = self.offsets + np.arange(len(self.offsets))
         end_rows = step_offsets[1:] - 1
         is_event = np.ones(int(step_offsets[-1]), dtype=bool)
@@ -74,7 +73,6 @@ class EventScores:
         rank = np.empty(len(is_event), dtype=self.rank.dtype)
         score[is_event], score[end_rows] = self.score, self.end_surprisal
         rank[is_event], rank[end_rows] = self.rank, self.end_rank
-        assert len(score) == int(lengths.sum()) + len(lengths)
         return step_offsets, score, rank
 
 

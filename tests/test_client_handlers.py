@@ -54,8 +54,10 @@ def _task_identity() -> None:
     set_server_identity()
 
 
-def context_for(run_config: dict[str, Any], node_config: dict[str, Any]) -> Context:
-    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run_config)
+def context_for(run_config: dict[str, Any], node_config: dict[str, Any], node_id: int = 7) -> Context:
+    return Context(
+        run_id=1, node_id=node_id, node_config=node_config, state=RecordDict(), run_config=run_config
+    )
 
 
 def instruction(content: RecordDict, message_type: str) -> Message:
@@ -120,6 +122,12 @@ def test_train_handler_replies_weights_and_training_events(shared: dict[str, Any
     # weights moved
     w0, w1 = shared["arrays"]["event_head.weight"].numpy(), arrays["event_head.weight"].numpy()
     assert not np.allclose(w0, w1)
+    # the same node repeats its round exactly; another node id draws another random stream
+    again = client_app.train(instruction(content, "train"), ctx).content["arrays"]
+    np.testing.assert_array_equal(again["event_head.weight"].numpy(), w1)
+    other_ctx = context_for(shared["rc"], sim_nodes(2)[1], node_id=8)
+    other = client_app.train(instruction(content, "train"), other_ctx).content["arrays"]
+    assert not np.allclose(other["event_head.weight"].numpy(), w1)
 
 
 def test_evaluate_and_calibration_handlers(shared: dict[str, Any]) -> None:
