@@ -369,6 +369,8 @@ class SequenceDetector:
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise ModelFileError(f"{p / META_FILE}: unsupported model format {meta.get('format')!r}")
         flat = dict(meta["config"])
+        # models saved before the END step existed were trained without it
+        flat.setdefault("model.end-event", False)
         if device is not None:
             flat["train.device"] = device
         config = parse_detector_config(flat)

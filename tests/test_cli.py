@@ -259,6 +259,15 @@ def test_save_load_round_trip_gives_identical_scores(
     assert np.array_equal(scores["score"].to_numpy(), before)
     assert list(scores["sequence_id"]) == [str(i) for i in test.grouped().ids]
 
+    # a model saved before the END step existed loads as a model without it
+    meta_path = tmp_path / "m" / "detector.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    assert meta["config"].pop("model.end-event") is True
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    old = SequenceDetector.load(tmp_path / "m")
+    assert old.config.model.end_event is False
+    assert old.score_table(test).events.end_surprisal is None
+
 
 def test_explain_text_and_json(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     base = ["explain", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
