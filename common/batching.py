@@ -29,8 +29,7 @@ class Batch:
     context_in:     (B, L, C) context of the input event (0 at BOS and padding)
     numeric_in:     (B, L, F) scaled numerics of the input event (0 at BOS, padding, missing)
     numeric_target: (B, L, F) numerics of the target event (NaN where missing or padding)
-    mask:           (B, L)    True at real steps (events, and the end step with end)
-    end:            whether step ``n`` of each sequence is its END step
+    mask:           (B, L)    True at real steps (events, and the END step with end)
     """
 
     index: np.ndarray
@@ -40,7 +39,6 @@ class Batch:
     numeric_in: torch.Tensor
     numeric_target: torch.Tensor
     mask: torch.Tensor
-    end: bool = False
 
     @property
     def max_len(self) -> int:
@@ -58,7 +56,6 @@ class Batch:
             self.numeric_in.to(**kw),
             self.numeric_target.to(**kw),
             self.mask.to(**kw),
-            self.end,
         )
 
 
@@ -102,7 +99,6 @@ def make_batch(data: EncodedSequences, index: np.ndarray, *, end: bool = False) 
         numeric_in=torch.from_numpy(numeric_in),
         numeric_target=torch.from_numpy(numeric_target),
         mask=torch.from_numpy(mask),
-        end=end,
     )
 
 

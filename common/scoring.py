@@ -57,10 +57,6 @@ class EventScores:
     def of(self, i: int) -> slice:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
 
-    @property
-    def has_end(self) -> bool:
-        return self.end_surprisal is not None
-
     def steps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(offsets, score, rank) over all steps: each sequence's events, then its END step."""
         if self.end_surprisal is None or self.end_rank is None:

@@ -177,10 +177,8 @@ def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: 
 def _variants(cfg: DetectorConfig) -> list[tuple[str, bool]]:
     """(aggregate, END step scored) pairs: every aggregate, and each again
     without the END step (an ablation) when the model predicts ends."""
-    with_end = [(agg, True) for agg in AGGREGATES]
-    if not cfg.model.end_event:
-        return [(agg, False) for agg in AGGREGATES]
-    return with_end + [(agg, False) for agg in AGGREGATES]
+    without = [(agg, False) for agg in AGGREGATES]
+    return [(agg, True) for agg in AGGREGATES] + without if cfg.model.end_event else without
 
 
 def _score_config(cfg: DetectorConfig, agg: str) -> ScoreConfig:
