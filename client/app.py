@@ -5,7 +5,7 @@ Message types (the ServerApp in :mod:`server.app` sends them in this order):
 ==================  ===========================================================
 ``query.setup``     reply ConfigRecord ``setup``: keyed-hash token / category
                     counts, numeric feature statistics, feature names, key
-                    fingerprint (:class:`server.setup.SetupStats`)
+                    fingerprint (:class:`common.protocol.SetupStats`)
 ``train``           local epochs from the global weights; reply ``arrays`` +
                     MetricRecord ``train-loss``, ``num-examples`` (training events),
                     ``compute-seconds`` (wall time of the handler)
@@ -21,7 +21,7 @@ Message types (the ServerApp in :mod:`server.app` sends them in this order):
 ==================  ===========================================================
 
 Every message after set-up carries the shared encoder in a ConfigRecord named
-``encoder`` (see :func:`server.setup.encoder_to_config`), so a fresh ``flwr-clientapp``
+``encoder`` (see :func:`common.protocol.encoder_to_config`), so a fresh ``flwr-clientapp``
 process can serve any message. Replies hold only hashed tokens, counts,
 statistics and weights. Errors are logged here in full and reach the server
 only as their type (a data error's text could quote raw data).
@@ -49,7 +49,7 @@ from client import local
 from client.data import describe, is_simulation, node_data
 from common.config import AppConfig, DetectorConfig, parse_config
 from common.errors import ConfigError
-from server.setup import ENCODER_RECORD, encoder_from_config, resolve_hash_key, round_edges
+from common.protocol import ENCODER_RECORD, encoder_from_config, resolve_hash_key, round_edges
 
 log = logging.getLogger(__name__)
 

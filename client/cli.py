@@ -14,8 +14,11 @@ Reading data: an event file has one row per event. Without flags the columns
 are detected from the header (``sequence`` or ``sequence_id``, ``event``,
 ``order`` or ``timestamp``, ``label``), which reads the files ``convert``
 writes. ``fit`` records how it read the training data in the model directory
-(:data:`LAYOUT_FILE`); ``score``, ``explain`` and ``report`` use that as their
-default, so the same flags need not be repeated.
+(:data:`client.datafiles.LAYOUT_FILE`); ``score``, ``explain`` and ``report`` use that as their
+default, so the same flags need not be repeated (:mod:`client.datafiles`).
+Output helpers live in :mod:`client.console`, what ``score``/``explain``/``report``
+print and write in :mod:`client.results`; this module holds the subcommands and
+the parser.
 
 User-facing output goes to stdout; progress, logging and errors go to stderr.
 Any :class:`~common.errors.SeqwatchError` or OS error becomes one line
@@ -37,151 +40,42 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from client.console import PROG, Console, EpochProgress, setup_logging
+from client.datafiles import (
+    LAYOUT_FILE,
+    ORDER_CANDIDATES,
+    SEQUENCE_CANDIDATES,
+    describe,
+    read_data,
+)
+from client.results import (
+    TOP_EVENT_EXPECTED,
+    chosen_threshold,
+    labelled_metrics,
+    load_model,
+    print_metrics,
+    read_for_model,
+    score_frame,
+    write_frame,
+)
 from common import __version__
-from common.errors import ConfigError, DataError, ModelFileError, SeqwatchError
+from common.errors import ConfigError, DataError, SeqwatchError
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from common.config import DetectorConfig
-    from common.detector import ScoredTable, SequenceDetector
-    from common.events import ColumnMap, EventTable
 
-__all__ = ["LAYOUT_FILE", "DataLayout", "build_parser", "main", "read_data", "resolve_columns"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
-PROG = "seqwatch"
-LAYOUT_FILE = "columns.json"
-"""File in a model directory, written by ``seqwatch fit``: how the training data was read."""
-_LAYOUT_FORMAT = "seqwatch-data-layout"
 
-SEQUENCE_CANDIDATES = ("sequence", "sequence_id")
-"""Header names tried, in order, for the sequence-id column."""
-EVENT_CANDIDATES = ("event",)
-"""Header names tried for the event column."""
-ORDER_CANDIDATES = ("order", "timestamp")
-"""Header names tried for the order column (none found: file order)."""
-_OUR_LOGGERS = frozenset({"client", "common", "server", "simulations"})
-_TOP_EVENT_EXPECTED = 2
 #: Expected events kept per step for the report's explanations.
 _EXPLAIN_EXPECTED = 3
-_TOKEN_WIDTH = 40
 _EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130
-
-
-# --------------------------------------------------------------------------- output
-
-
-@dataclass(frozen=True)
-class Console:
-    """Prints user-facing text to stdout; ``quiet`` silences everything but results."""
-
-    quiet: bool = False
-
-    def info(self, text: str) -> None:
-        """Informational line (hidden by ``--quiet``)."""
-        if not self.quiet:
-            print(text)
-
-    def result(self, text: str) -> None:
-        """A result line (always printed)."""
-        print(text)
-
-
-class _LogFormatter(logging.Formatter):
-    """``seqwatch: warning: message`` (plus the logger name with ``-v``)."""
-
-    def __init__(self, with_name: bool) -> None:
-        super().__init__("%(message)s")
-        self.with_name = with_name
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        name = f"{record.name}: " if self.with_name else ""
-        return f"{PROG}: {record.levelname.lower()}: {name}{text}"
-
-
-class _OurRecords(logging.Filter):
-    """Below WARNING, only records from seqwatch's own packages (not matplotlib & co.)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.name.split(".")[0] in _OUR_LOGGERS
-
-
-@dataclass
-class _LoggingSetup:
-    handler: logging.Handler
-    old_level: int
-
-    def undo(self) -> None:
-        root = logging.getLogger()
-        root.removeHandler(self.handler)
-        root.setLevel(self.old_level)
-
-
-def _setup_logging(verbose: int, quiet: bool) -> _LoggingSetup:
-    """Log to stderr: WARNING by default, INFO with ``-v``, DEBUG with ``-vv``, ERROR with ``--quiet``."""
-    if verbose >= 2:
-        level = logging.DEBUG
-    elif verbose == 1:
-        level = logging.INFO
-    elif quiet:
-        level = logging.ERROR
-    else:
-        level = logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(level)
-    handler.setFormatter(_LogFormatter(with_name=verbose > 0))
-    handler.addFilter(_OurRecords())
-    root = logging.getLogger()
-    setup = _LoggingSetup(handler, root.level)
-    root.addHandler(handler)
-    root.setLevel(level)
-    return setup
-
-
-class EpochProgress:
-    """Per-epoch progress on stderr: a tqdm bar on a terminal, else one plain line per epoch."""
-
-    def __init__(self, total: int, *, quiet: bool) -> None:
-        self.total = total
-        self.quiet = quiet
-        self._bar: Any = None
-        if not quiet and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:  # pragma: no cover - tqdm is a dependency, but optional here
-                tqdm = None
-            if tqdm is not None:
-                self._bar = tqdm(total=total, desc="fit", unit="epoch", file=sys.stderr, leave=True)
-
-    def __call__(self, epoch: int, row: dict[str, float]) -> None:
-        text = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
-        if self._bar is not None:
-            short = {"train_loss": "loss", "val_loss": "val"}
-            self._bar.set_postfix_str(
-                "  ".join(f"{short[k]} {v:.4f}" for k, v in row.items() if k in short), refresh=False
-            )
-            self._bar.update(1)
-        elif not self.quiet:
-            print(f"epoch {epoch}/{self.total}  {text}", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> EpochProgress:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
 
 # --------------------------------------------------------------------------- argparse types
 
@@ -219,390 +113,6 @@ def _nonnegative_float(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
-
-
-# --------------------------------------------------------------------------- reading data
-
-
-@dataclass(frozen=True)
-class DataLayout:
-    """How an event file is read: its column map plus optional sessionization."""
-
-    columns: ColumnMap
-    session_gap: float | None = None
-    block_size: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (what ``fit`` writes to :data:`LAYOUT_FILE`)."""
-        return {
-            "format": _LAYOUT_FORMAT,
-            "format_version": 1,
-            "columns": self.columns.to_dict(),
-            "session_gap": self.session_gap,
-            "block_size": self.block_size,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any, *, source: str) -> DataLayout:
-        """Inverse of :meth:`to_dict`.
-
-        Raises:
-            ModelFileError: the data is not a layout written by ``seqwatch fit``.
-        """
-        from common.events import ColumnMap
-
-        if not isinstance(data, dict) or data.get("format") != _LAYOUT_FORMAT:
-            raise ModelFileError(
-                f"{source}: not a seqwatch data layout file; delete it or re-run 'seqwatch fit'"
-            )
-        try:
-            columns = ColumnMap.from_dict(data["columns"], source=source)
-            gap = data.get("session_gap")
-            block = data.get("block_size")
-            return cls(columns, None if gap is None else float(gap), None if block is None else int(block))
-        except (KeyError, TypeError, ValueError, ConfigError) as exc:
-            raise ModelFileError(f"{source}: damaged data layout ({exc}); re-run 'seqwatch fit'") from exc
-
-
-def _read_header(path: Path, encoding: str) -> list[str] | None:
-    """Column names of an event file, or None when they cannot be read (``read_table`` then says why)."""
-    name = path.name.lower()
-    try:
-        if not path.is_file():
-            return None
-        if name.endswith(".parquet"):
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            try:
-                return [str(n) for n in pq.read_schema(path).names]
-            except (pa.ArrowException, OSError, ValueError):
-                return None
-        import pandas as pd
-
-        sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-        frame = pd.read_csv(path, sep=sep, nrows=0, encoding=encoding, compression="infer")
-        return [str(c) for c in frame.columns]
-    except (OSError, ValueError, UnicodeError, LookupError, EOFError):
-        return None
-
-
-def _pick(header: list[str] | None, candidates: Sequence[str | None]) -> str | None:
-    """First candidate present in ``header`` (the first candidate at all when the header is unknown)."""
-    names = [c for c in candidates if c]
-    if header is None:
-        return names[0] if names else None
-    return next((c for c in names if c in header), None)
-
-
-def _shown(header: list[str]) -> str:
-    return ", ".join(repr(c) for c in header[:20]) + (", ..." if len(header) > 20 else "")
-
-
-def resolve_columns(
-    path: str | Path,
-    args: argparse.Namespace,
-    *,
-    saved: ColumnMap | None = None,
-    features: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
-) -> ColumnMap:
-    """The column map for ``path`` from the data-reading flags in ``args``.
-
-    Precedence, per role: a flag (``--event-col`` ...), else the ``--columns``
-    file when given (it replaces detection), else the map ``fit`` saved with
-    the model (``saved``, when its column is in the file), else detection from
-    the file's header. Feature columns default to ``saved``'s, else to
-    ``features`` (the model's numeric and context feature names).
-
-    Raises:
-        ConfigError: an invalid map or ``--columns`` file.
-        DataError: no sequence-id or event column could be found.
-    """
-    from common.events import GAP, LABEL, ORDER, ColumnMap
-
-    path = Path(path)
-    flags: dict[str, Any] = {
-        "sequence": args.sequence_col,
-        "event": args.event_col,
-        "order": args.order_col,
-        "time": args.time,
-        "numeric": args.numeric_cols,
-        "context": args.context_cols,
-        "label": args.label_col,
-    }
-    given = {k: v for k, v in flags.items() if v is not None}
-    if args.columns is not None:
-        base = ColumnMap.from_file(args.columns)
-        return dataclasses.replace(base, **given) if given else base
-
-    header = _read_header(path, args.encoding)
-    found: dict[str, Any] = {}
-    for role, candidates, flag in (
-        ("sequence", SEQUENCE_CANDIDATES, "--sequence-col"),
-        ("event", EVENT_CANDIDATES, "--event-col"),
-    ):
-        if role in given:
-            continue
-        value = _pick(header, [getattr(saved, role) if saved else None, *candidates])
-        if value is None:
-            header = header or []
-            looked = [*([getattr(saved, role)] if saved else []), *candidates]
-            raise DataError(
-                f"{path}: no {role} column found (looked for {', '.join(repr(c) for c in looked)}; "
-                f"columns present: {_shown(header)}); name it with {flag}"
-            )
-        found[role] = value
-    if "order" not in given:
-        found["order"] = _pick(header, [saved.order if saved else None, *ORDER_CANDIDATES])
-    order = given.get("order", found.get("order"))
-    if "time" not in given:
-        if saved is not None and saved.order is not None and order == saved.order:
-            found["time"] = saved.time
-        elif order == ORDER and header is not None and GAP in header:
-            found["time"] = True  # a timestamped table written by write_table
-        else:
-            found["time"] = None
-    if "numeric" not in given:
-        if saved is not None:
-            found["numeric"] = saved.numeric
-        elif features is not None:
-            found["numeric"] = tuple(n for n in features[0] if n != GAP)
-    if "context" not in given:
-        if saved is not None:
-            found["context"] = saved.context
-        elif features is not None:
-            found["context"] = features[1]
-    if "label" not in given and saved is not None and saved.label not in (None, LABEL):
-        found["label"] = _pick(header, [saved.label])
-    return ColumnMap(**{**found, **given})
-
-
-def _session_settings(args: argparse.Namespace, saved: DataLayout | None) -> tuple[float | None, int | None]:
-    """(gap seconds, block size): flags replace the saved settings; 0 means off."""
-    if args.session_gap and args.block_size:
-        raise ConfigError("give only one of --session-gap and --block-size")
-    if args.session_gap is not None or args.block_size is not None:
-        gap = args.session_gap if args.session_gap else None
-        block = args.block_size if args.block_size else None
-        return gap, block
-    if saved is not None:
-        return saved.session_gap, saved.block_size
-    return None, None
-
-
-def read_data(
-    path: str | Path,
-    args: argparse.Namespace,
-    *,
-    saved: DataLayout | None = None,
-    features: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
-) -> tuple[EventTable, DataLayout]:
-    """Read (and sessionize) an event file as the data-reading flags say; see :func:`resolve_columns`."""
-    from common.events import read_table, sessionize
-
-    columns = resolve_columns(path, args, saved=saved.columns if saved else None, features=features)
-    log.info("reading %s with columns %s", path, columns.to_dict())
-    table = read_table(path, columns, encoding=args.encoding)
-    gap, block = _session_settings(args, saved)
-    if gap is not None or block is not None:
-        n_before = len(table)
-        table = sessionize(table, gap_seconds=gap, block_size=block)
-        how = f"after {gap:g} s of inactivity" if gap is not None else f"into blocks of {block} events"
-        log.info("%s: sessionized %d sequence(s) %s: %d sequence(s)", path, n_before, how, len(table))
-    return table, DataLayout(columns, gap, block)
-
-
-def _describe(console: Console, what: str, table: EventTable) -> None:
-    """One line about a table that was read, plus any repaired values."""
-    g = table.grouped()
-    labelled = ""
-    if g.labels is not None:
-        labelled = f", {int(g.labels.sum())} labelled anomalous"
-    console.info(f"{what}: {len(g)} sequences, {g.n_events} events{labelled} ({table.source})")
-    if table.repairs:
-        total = sum(table.repairs.values())
-        detail = "; ".join(f"{k}: {v}" for k, v in sorted(table.repairs.items()))
-        console.info(f"  repaired {total} value(s): {detail}")
-
-
-# --------------------------------------------------------------------------- models
-
-
-def _load_model(model_dir: str | Path, device: str | None) -> tuple[SequenceDetector, DataLayout | None]:
-    """Load a detector and the data layout ``fit`` saved with it (None for federated models).
-
-    Raises:
-        ModelFileError: the directory is missing or not a seqwatch model.
-    """
-    p = Path(model_dir)
-    if not p.exists():
-        raise ModelFileError(f"{p}: model directory not found; train one with 'seqwatch fit --out {p}'")
-    if not p.is_dir():
-        raise ModelFileError(f"{p}: is a file, not a model directory")
-    from common.detector import SequenceDetector
-
-    detector = SequenceDetector.load(p, device=device)
-    layout_path = p / LAYOUT_FILE
-    layout: DataLayout | None = None
-    if layout_path.is_file():
-        try:
-            data = json.loads(layout_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelFileError(f"{layout_path}: unreadable ({exc}); re-run 'seqwatch fit'") from exc
-        layout = DataLayout.from_dict(data, source=str(layout_path))
-    return detector, layout
-
-
-def _read_for_model(
-    path: str | Path, args: argparse.Namespace, detector: SequenceDetector, layout: DataLayout | None
-) -> EventTable:
-    """Read a file to score with ``detector``; its features must be the model's."""
-    enc = detector.encoder_
-    table, _ = read_data(path, args, saved=layout, features=(enc.numeric_names, enc.context_names))
-    if table.numeric != enc.numeric_names or table.context != enc.context_names:
-        raise DataError(
-            f"{table.source}: the model was trained with numeric features {list(enc.numeric_names)} and "
-            f"context features {list(enc.context_names)}, but the data was read with "
-            f"{list(table.numeric)} and {list(table.context)}; pass matching --numeric-cols/--context-cols "
-            f"(and --order-col/--time when the model used timestamps)"
-        )
-    return table
-
-
-def _threshold(detector: SequenceDetector, which: str) -> float:
-    if which == "global":
-        if detector.global_threshold_ is None:
-            raise ConfigError(
-                "this model has no global threshold (it was trained locally); use --threshold local"
-            )
-        return float(detector.global_threshold_)
-    return float(detector.threshold_)
-
-
-def _short(token: object) -> str:
-    text = " ".join(str(token).split())
-    return text if len(text) <= _TOKEN_WIDTH else text[: _TOKEN_WIDTH - 1] + "…"
-
-
-def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) -> list[str]:
-    """The ``n`` most surprising events of every sequence, each as one compact string.
-
-    ``"pos 17: open (expected read, write); pos 3: ..."``, most surprising first.
-    Positions are 0-based, as in ``seqwatch explain``; unseen tokens are marked
-    ``[unseen]``. ``n <= 0`` gives empty strings (and skips the model pass).
-    """
-    data = scored.encoded
-    if n <= 0:
-        return [""] * len(data)
-    from common.vocab import END, UNK
-
-    if scored.events.expected is None:
-        raise ValueError("top_events_texts() needs a table scored with expected_k > 0")
-    positions = [scored.top_events(i, n) for i in range(len(data))]
-    vocab = detector.encoder_.vocab
-    events = scored.events
-    texts = []
-    for i, pos in enumerate(positions):
-        start, length = int(data.offsets[i]), int(data.lengths[i])
-        parts = []
-        for t in pos:
-            if t == length and events.end_expected is not None:  # the END step
-                raw, unseen, guess_ids = vocab.token(END), "", events.end_expected[i, :_TOP_EVENT_EXPECTED]
-            else:
-                row = start + int(t)
-                token = int(data.tokens[row])
-                raw = scored.raw_events[row] if scored.raw_events is not None else vocab.token(token)
-                unseen = " [unseen]" if token == UNK else ""
-                guess_ids = events.expected[row, :_TOP_EVENT_EXPECTED]
-            guesses = ", ".join(_short(vocab.token(int(a))) for a in guess_ids)
-            parts.append(f"pos {int(t)}: {_short(raw)}{unseen} (expected {guesses})")
-        texts.append("; ".join(parts))
-    return texts
-
-
-def score_frame(
-    detector: SequenceDetector, scored: ScoredTable, threshold: float, top_events: int
-) -> pd.DataFrame:
-    """Per-sequence table.
-
-    Columns: sequence_id, score, flagged, threshold, n_events, unknown_events,
-    top_events, and label when the data is labelled.
-    """
-    import numpy as np
-    import pandas as pd
-
-    from common.vocab import UNK
-
-    enc = scored.encoded
-    lengths = np.diff(enc.offsets)
-    n_seq = len(lengths)
-    owner = np.repeat(np.arange(n_seq), lengths)
-    unknown = np.bincount(owner, weights=(enc.tokens == UNK), minlength=n_seq).astype(np.int64)
-    scores = np.asarray(scored.scores, dtype=np.float64)
-    frame = pd.DataFrame(
-        {
-            "sequence_id": np.asarray(enc.ids).astype(str),
-            "score": scores,
-            "flagged": scores > threshold,
-            "threshold": np.full(n_seq, threshold, dtype=np.float64),
-            "n_events": lengths.astype(np.int64),
-            "unknown_events": unknown,
-            "top_events": top_events_texts(detector, scored, top_events),
-        }
-    )
-    if enc.labels is not None:
-        frame["label"] = np.asarray(enc.labels).astype(np.int64)
-    return frame
-
-
-def _write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Parquet for ``.parquet``, TSV for ``.tsv``/``.tsv.gz``, else CSV (gzip for ``.gz``)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    name = out.name.lower()
-    if name.endswith(".parquet"):
-        frame.to_parquet(out, index=False)
-    else:
-        sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-        frame.to_csv(out, index=False, sep=sep, compression="infer")
-    return out
-
-
-def _metrics(scored: ScoredTable, threshold: float, source: str) -> dict[str, Any] | None:
-    """``detection_report`` plus ``threshold_source``, or None without labels."""
-    labels = scored.encoded.labels
-    if labels is None:
-        return None
-    from common.metrics import detection_report
-
-    return {**detection_report(labels, scored.scores, threshold), "threshold_source": source}
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
-def _print_metrics(console: Console, metrics: dict[str, Any]) -> None:
-    rows = [
-        ("AUROC", "auroc"),
-        ("AUPRC", "auprc"),
-        ("precision", "precision"),
-        ("recall", "recall"),
-        ("F1", "f1"),
-        ("false-alarm rate", "false_alarm_rate"),
-        ("detection @1% FAR", "detection_rate_at_1pct_far"),
-        ("detection @5% FAR", "detection_rate_at_5pct_far"),
-    ]
-    console.result(
-        f"metrics ({metrics['n_sequences']} sequences, {metrics['n_anomalous']} anomalous; "
-        f"tp {metrics['tp']} fp {metrics['fp']} tn {metrics['tn']} fn {metrics['fn']}):"
-    )
-    for title, key in rows:
-        console.result(f"  {title:<18} {_fmt(metrics.get(key))}")
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -684,11 +194,11 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch fit``: train a local detector and calibrate its threshold."""
     config = build_config(args)
     train, layout = read_data(args.data, args)
-    _describe(console, "training data", train)
+    describe(console, "training data", train)
     validation = None
     if args.validation is not None:
         validation, _ = read_data(args.validation, args, saved=layout)
-        _describe(console, "validation data", validation)
+        describe(console, "validation data", validation)
 
     from common.detector import SequenceDetector
 
@@ -722,13 +232,13 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_score(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch score``: per-sequence scores (and metrics when labelled)."""
-    detector, layout = _load_model(args.model, args.device)
-    table = _read_for_model(args.data, args, detector, layout)
-    _describe(console, "data", table)
-    threshold = _threshold(detector, args.threshold)
-    scored = detector.score_table(table, expected_k=_TOP_EVENT_EXPECTED if args.top_events > 0 else 0)
+    detector, layout = load_model(args.model, args.device)
+    table = read_for_model(args.data, args, detector, layout)
+    describe(console, "data", table)
+    threshold = chosen_threshold(detector, args.threshold)
+    scored = detector.score_table(table, expected_k=TOP_EVENT_EXPECTED if args.top_events > 0 else 0)
     frame = score_frame(detector, scored, threshold, args.top_events)
-    out = _write_frame(frame, args.out)
+    out = write_frame(frame, args.out)
 
     n = len(frame)
     n_flagged = int(frame["flagged"].sum())
@@ -750,9 +260,9 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     if stats.get("unknown_context"):
         console.info(f"unknown context values: {int(stats['unknown_context'])}")
 
-    metrics = _metrics(scored, threshold, args.threshold)
+    metrics = labelled_metrics(scored, threshold, args.threshold)
     if metrics is not None:
-        _print_metrics(console, metrics)
+        print_metrics(console, metrics)
         if args.metrics_json is not None:
             mpath = Path(args.metrics_json)
             mpath.parent.mkdir(parents=True, exist_ok=True)
@@ -766,8 +276,8 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch explain``: per-event surprisal of one sequence."""
-    detector, layout = _load_model(args.model, args.device)
-    table = _read_for_model(args.data, args, detector, layout)
+    detector, layout = load_model(args.model, args.device)
+    table = read_for_model(args.data, args, detector, layout)
     ids = [str(x) for x in table.grouped().ids]
     if args.sequence not in set(ids):
         sessions = [i for i in ids if i.startswith(f"{args.sequence}#")]  # sessionized ids: "{entity}#{k}"
@@ -777,7 +287,7 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
             f"{table.source}: no sequence with id {args.sequence!r} ({len(ids)} sequences; {hint})"
         )
     explanation = detector.explain(table, args.sequence, top_k=args.top_k)
-    threshold = _threshold(detector, args.threshold)
+    threshold = chosen_threshold(detector, args.threshold)
     explanation = dataclasses.replace(
         explanation, threshold=threshold, flagged=bool(explanation.score > threshold)
     )
@@ -794,13 +304,13 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
     from common.report import write_report
 
-    detector, layout = _load_model(args.model, args.device)
-    table = _read_for_model(args.data, args, detector, layout)
-    _describe(console, "data", table)
-    threshold = _threshold(detector, args.threshold)
+    detector, layout = load_model(args.model, args.device)
+    table = read_for_model(args.data, args, detector, layout)
+    describe(console, "data", table)
+    threshold = chosen_threshold(detector, args.threshold)
     scored = detector.score_table(table, expected_k=_EXPLAIN_EXPECTED)
     frame = score_frame(detector, scored, threshold, top_events=3)
-    metrics = _metrics(scored, threshold, args.threshold)
+    metrics = labelled_metrics(scored, threshold, args.threshold)
     order = np.argsort(-np.nan_to_num(scored.scores, nan=-np.inf), kind="stable")[: args.top]
     explanations = [detector.explanation(scored, int(i)) for i in order]
     explanations = [
@@ -816,9 +326,9 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         title=title,
         global_threshold=detector.global_threshold_,
     )
-    scores_path = _write_frame(frame, Path(args.out) / "scores.csv")
+    scores_path = write_frame(frame, Path(args.out) / "scores.csv")
     if metrics is not None:
-        _print_metrics(console, metrics)
+        print_metrics(console, metrics)
     console.info(f"scores written to {scores_path}")
     console.result(f"report written to {html} ({len(explanations)} anomalies explained)")
     return 0
@@ -1207,7 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = int(getattr(args, "verbose", 0) or 0)
     quiet = bool(getattr(args, "quiet", False))
     handler: Callable[[argparse.Namespace, Console], int] = args.handler
-    setup = _setup_logging(verbose, quiet)
+    setup = setup_logging(verbose, quiet)
     try:
         return int(handler(args, Console(quiet=quiet)))
     except KeyboardInterrupt:

@@ -33,10 +33,10 @@ from common.encoding import Encoder
 from common.events import EventTable
 from common.metrics import Confusion, confusion_at, detection_report, histogram_counts
 from common.model import NextEventModel, resolve_device, set_threads, shape_of
+from common.protocol import SetupStats, count_categories, key_fingerprint
 from common.scaling import FeatureStats
 from common.train import evaluate_loss, make_optimizer, train_epochs
 from common.vocab import UNK, count_tokens
-from server.setup import SetupStats, count_categories, key_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def final_report(
     """
     import json
 
-    from client.cli import score_frame
+    from client.results import score_frame
 
     det = build_detector(cfg, encoder, state)
     for table in (data.train, data.validation, data.test):

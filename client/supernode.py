@@ -120,7 +120,7 @@ def check_key(
 ) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from server.pki import PkiError, load_ssh_public, ssh_fingerprint
+    from common.pki import PkiError, load_ssh_public, ssh_fingerprint
 
     data = _readable(key_path, "private key", report)
     if data is None:
@@ -252,8 +252,7 @@ def check_output_dir(path: Path, report: Report) -> None:
 
 
 def parse_address(address: str) -> tuple[str, int] | None:
-    from server.cli import validate_address
-    from server.pki import PkiError
+    from common.pki import PkiError, validate_address
 
     try:
         return validate_address(address)
@@ -366,7 +365,7 @@ def inline_node_config(conf: dict[str, str]) -> str:
 
 
 def write_node_config_toml(path: Path, conf: dict[str, str]) -> Path:
-    from server.pki import write_private
+    from common.pki import write_private
 
     text = "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in conf.items())
     write_private(path, text.encode("utf-8"))

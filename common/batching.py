@@ -47,15 +47,17 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         if device.type == "cpu":
             return self
-        kw = {"device": device, "non_blocking": True}
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
         return Batch(
             self.index,
-            self.tokens_in.to(**kw),
-            self.targets.to(**kw),
-            self.context_in.to(**kw),
-            self.numeric_in.to(**kw),
-            self.numeric_target.to(**kw),
-            self.mask.to(**kw),
+            move(self.tokens_in),
+            move(self.targets),
+            move(self.context_in),
+            move(self.numeric_in),
+            move(self.numeric_target),
+            move(self.mask),
         )
 
 

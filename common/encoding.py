@@ -22,12 +22,18 @@ from common.vocab import UNK, ContextVocabulary, Vocabulary
 class GroupedEvents(Protocol):
     """What :meth:`common.events.EventTable.grouped` provides."""
 
-    ids: np.ndarray
-    offsets: np.ndarray
-    events: np.ndarray
-    numeric: np.ndarray
-    context: np.ndarray
-    labels: np.ndarray | None
+    @property
+    def ids(self) -> np.ndarray: ...
+    @property
+    def offsets(self) -> np.ndarray: ...
+    @property
+    def events(self) -> np.ndarray: ...
+    @property
+    def numeric(self) -> np.ndarray: ...
+    @property
+    def context(self) -> np.ndarray: ...
+    @property
+    def labels(self) -> np.ndarray | None: ...
 
 
 @dataclass

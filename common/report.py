@@ -167,8 +167,9 @@ def _plot_distribution(
 
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
+    bins = edges.tolist()
     for name, values, colour in groups:
-        ax.hist(values, bins=edges, alpha=0.55, color=colour, label=name, edgecolor="white", linewidth=0.4)
+        ax.hist(values, bins=bins, alpha=0.55, color=colour, label=name, edgecolor="white", linewidth=0.4)
     if math.isfinite(threshold):
         ax.axvline(
             threshold, color="#111827", linestyle="--", linewidth=1.4, label=f"threshold {threshold:.4g}"

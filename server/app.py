@@ -15,7 +15,7 @@ The phases (message types in :mod:`client.app`):
    server sums the counts into ``final.json``, saves the global model to
    ``<run>/model`` and logs a summary table.
 
-Everything that is not message plumbing lives in :mod:`server.setup`,
+Everything that is not message plumbing lives in :mod:`common.protocol`,
 :mod:`server.strategy` and :mod:`server.rundir`.
 """
 
@@ -36,8 +36,7 @@ from common.encoding import Encoder
 from common.errors import ConfigError
 from common.metrics import threshold_from_histogram
 from common.model import build_model, shape_of
-from server.rundir import RunDir
-from server.setup import (
+from common.protocol import (
     ENCODER_RECORD,
     SIMULATION_HASH_KEY,
     SetupStats,
@@ -46,6 +45,7 @@ from server.setup import (
     key_fingerprint,
     merge_setup,
 )
+from server.rundir import RunDir
 from server.strategy import (
     CONFUSION_KEYS,
     arrays_to_numpy,

@@ -1,7 +1,7 @@
 """``seqwatch-coordinator``: the federation coordinator's tooling (``python -m server.cli`` works too).
 
 Subcommands (all take ``--dir DIR``, the federation folder, default
-``$SEQWATCH_FEDERATION_DIR`` or ``./federation``; see :mod:`server.pki` for its layout):
+``$SEQWATCH_FEDERATION_DIR`` or ``./federation``; see :mod:`common.pki` for its layout):
 
 * ``init-ca``: the federation CA (key + self-signed certificate);
 * ``server-cert --san 127.0.0.1 --san superlink.example.org``: the SuperLink's
@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.errors import SeqwatchError
-from server.pki import DEFAULT_SANS, Federation, PkiError, load_cert
+from common.pki import DEFAULT_SANS, Federation, PkiError, load_cert, validate_address
 
 PROG = "seqwatch-coordinator"
 DEFAULT_DIR_ENV = "SEQWATCH_FEDERATION_DIR"
@@ -122,20 +122,6 @@ def write_flwr_connection(
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def validate_address(address: str) -> tuple[str, int]:
-    """``host:port`` / ``[v6]:port`` without a scheme; returns (host, port)."""
-    if "://" in address:
-        raise PkiError(f"address {address!r}: give host:port without a scheme (no https://)")
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s\[\]/]+):(\d+)", address)
-    if not m:
-        raise PkiError(f"address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:8000 or [::1]:8000")
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if not 0 < port < 65536:
-        raise PkiError(f"address {address!r}: port must be 1-65535")
-    return host, port
 
 
 # --------------------------------------------------------------------------- commands

@@ -43,6 +43,7 @@ from common.config import (
 )
 from common.datasets import load_adfa_ld, load_hdfs, shared_data_dir
 from common.detector import SequenceDetector, content_groups, holdout_split
+from common.errors import DataError
 from common.metrics import detection_report, threshold_for_far
 from common.scoring import EventScores, aggregate
 
@@ -64,6 +65,8 @@ def adfa(src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, 
         fit_s = time.perf_counter() - t0
         scored = det.score_table(splits["test"])
         labels = scored.encoded.labels
+        if labels is None:
+            raise DataError(f"{src}: the ADFA-LD test split has no labels")
         val_events = det.score_table(validation).events
         for agg, end in _variants(cfg):
             sc = _score_config(cfg, agg)

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from client.cli import LAYOUT_FILE, main
+from client.cli import main
+from client.datafiles import LAYOUT_FILE
 
 NORMAL_EVENTS = ("open", "read", "write", "close", "stat", "mmap")
 ATTACK_EVENTS = ("execve", "socket", "connect")

@@ -32,8 +32,8 @@ from common.config import parse_config
 from common.detector import SequenceDetector
 from common.events import EventTable, write_table
 from common.model import build_model, shape_of
+from common.protocol import ENCODER_RECORD, SetupStats, encoder_to_config, merge_setup
 from server.app import run_federation
-from server.setup import ENCODER_RECORD, SetupStats, encoder_to_config, merge_setup
 from simulations.inprocess import InProcessGrid as FakeGrid
 from simulations.inprocess import set_server_identity, sim_nodes
 from simulations.synthetic import SyntheticSpec, load_synthetic

@@ -1,6 +1,6 @@
 """Deployment: the coordinator and institution tooling, the Docker files, and a real federation on loopback.
 
-Unit tests (fast) cover :mod:`server.pki`, ``seqwatch-coordinator`` (:mod:`server.cli`),
+Unit tests (fast) cover :mod:`common.pki`, ``seqwatch-coordinator`` (:mod:`server.cli`),
 ``seqwatch-node`` (:mod:`client.supernode`), the dropout record of the strategy and, when
 Debian's ``docker-compose`` is installed, the syntax of ``docker/compose.yml`` + ``compose.tls.yml``.
 
@@ -38,8 +38,8 @@ from typing import Any, TypeVar
 import pytest
 
 from client import supernode
+from common.pki import Federation, PkiError, load_cert, ssh_fingerprint
 from server import cli as coordinator
-from server.pki import Federation, PkiError, load_cert, ssh_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

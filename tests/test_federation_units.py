@@ -13,10 +13,7 @@ from common.config import FederationConfig, VocabConfig
 from common.errors import ConfigError
 from common.events import EventTable
 from common.metrics import confusion_at, roc_auc_from_histograms, threshold_from_histogram
-from common.scaling import FeatureStats, Scaler
-from common.vocab import ContextVocabulary, TokenHasher, Vocabulary
-from server.rundir import METRIC_COLUMNS, RunDir
-from server.setup import (
+from common.protocol import (
     SIMULATION_HASH_KEY,
     SetupStats,
     calibration_edges,
@@ -28,6 +25,9 @@ from server.setup import (
     resolve_hash_key,
     round_edges,
 )
+from common.scaling import FeatureStats, Scaler
+from common.vocab import ContextVocabulary, TokenHasher, Vocabulary
+from server.rundir import METRIC_COLUMNS, RunDir
 from server.strategy import (
     aggregate_evaluate_metrics,
     arrays_to_numpy,

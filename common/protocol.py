@@ -1,6 +1,7 @@
-"""Federated set-up: merge the institutions' keyed-hash statistics into one shared encoder.
+"""What coordinator and institutions exchange: set-up statistics, the shared encoder, agreed histogram edges.
 
-Pure functions, no Flower types. The wire format is plain ``dict``s of str,
+Used by both sides (:mod:`server.app` and :mod:`client.app`/:mod:`client.local`), so it
+lives in ``common``. Pure functions, no Flower types. The wire format is plain ``dict``s of str,
 int, float, bool and lists of those, which the apps wrap in a Flower
 ``ConfigRecord``.
 

@@ -64,6 +64,20 @@ class PkiError(SeqwatchError):
     """A key, certificate or registry problem the coordinator can fix."""
 
 
+def validate_address(address: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` without a scheme; returns (host, port)."""
+    if "://" in address:
+        raise PkiError(f"address {address!r}: give host:port without a scheme (no https://)")
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s\[\]/]+):(\d+)", address)
+    if not m:
+        raise PkiError(f"address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:8000 or [::1]:8000")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 < port < 65536:
+        raise PkiError(f"address {address!r}: port must be 1-65535")
+    return host, port
+
+
 # --------------------------------------------------------------------------- files
 
 

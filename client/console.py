@@ -1,0 +1,116 @@
+"""User-facing output of the ``seqwatch`` CLI: result lines, logging to stderr, epoch progress."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+PROG = "seqwatch"
+_OUR_LOGGERS = frozenset({"client", "common", "server", "simulations"})
+
+
+@dataclass(frozen=True)
+class Console:
+    """Prints user-facing text to stdout; ``quiet`` silences everything but results."""
+
+    quiet: bool = False
+
+    def info(self, text: str) -> None:
+        """Informational line (hidden by ``--quiet``)."""
+        if not self.quiet:
+            print(text)
+
+    def result(self, text: str) -> None:
+        """A result line (always printed)."""
+        print(text)
+
+
+class _LogFormatter(logging.Formatter):
+    """``seqwatch: warning: message`` (plus the logger name with ``-v``)."""
+
+    def __init__(self, with_name: bool) -> None:
+        super().__init__("%(message)s")
+        self.with_name = with_name
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        name = f"{record.name}: " if self.with_name else ""
+        return f"{PROG}: {record.levelname.lower()}: {name}{text}"
+
+
+class _OurRecords(logging.Filter):
+    """Below WARNING, only records from seqwatch's own packages (not matplotlib & co.)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] in _OUR_LOGGERS
+
+
+@dataclass
+class _LoggingSetup:
+    handler: logging.Handler
+    old_level: int
+
+    def undo(self) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        root.setLevel(self.old_level)
+
+
+def setup_logging(verbose: int, quiet: bool) -> _LoggingSetup:
+    """Log to stderr: WARNING by default, INFO with ``-v``, DEBUG with ``-vv``, ERROR with ``--quiet``."""
+    if verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1:
+        level = logging.INFO
+    elif quiet:
+        level = logging.ERROR
+    else:
+        level = logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)
+    handler.setFormatter(_LogFormatter(with_name=verbose > 0))
+    handler.addFilter(_OurRecords())
+    root = logging.getLogger()
+    setup = _LoggingSetup(handler, root.level)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return setup
+
+
+class EpochProgress:
+    """Per-epoch progress on stderr: a tqdm bar on a terminal, else one plain line per epoch."""
+
+    def __init__(self, total: int, *, quiet: bool) -> None:
+        self.total = total
+        self.quiet = quiet
+        self._bar: Any = None
+        if not quiet and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:  # pragma: no cover - tqdm is a dependency, but optional here
+                tqdm = None
+            if tqdm is not None:
+                self._bar = tqdm(total=total, desc="fit", unit="epoch", file=sys.stderr, leave=True)
+
+    def __call__(self, epoch: int, row: dict[str, float]) -> None:
+        text = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
+        if self._bar is not None:
+            short = {"train_loss": "loss", "val_loss": "val"}
+            self._bar.set_postfix_str(
+                "  ".join(f"{short[k]} {v:.4f}" for k, v in row.items() if k in short), refresh=False
+            )
+            self._bar.update(1)
+        elif not self.quiet:
+            print(f"epoch {epoch}/{self.total}  {text}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> EpochProgress:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.close()

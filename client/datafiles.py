@@ -1,0 +1,238 @@
+"""How the ``seqwatch`` CLI reads an event file: column detection, flags, the saved layout.
+
+Without flags the columns are detected from the header (``sequence`` or
+``sequence_id``, ``event``, ``order`` or ``timestamp``, ``label``), which reads
+the files ``seqwatch convert`` writes. ``fit`` records how it read the training
+data in the model directory (:data:`LAYOUT_FILE`); ``score``, ``explain`` and
+``report`` use that as their default, so the same flags need not be repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from client.console import Console
+from common.errors import ConfigError, DataError, ModelFileError
+
+if TYPE_CHECKING:
+    from common.events import ColumnMap, EventTable
+
+log = logging.getLogger(__name__)
+
+LAYOUT_FILE = "columns.json"
+"""File in a model directory, written by ``seqwatch fit``: how the training data was read."""
+_LAYOUT_FORMAT = "seqwatch-data-layout"
+
+SEQUENCE_CANDIDATES = ("sequence", "sequence_id")
+"""Header names tried, in order, for the sequence-id column."""
+EVENT_CANDIDATES = ("event",)
+"""Header names tried for the event column."""
+ORDER_CANDIDATES = ("order", "timestamp")
+"""Header names tried for the order column (none found: file order)."""
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """How an event file is read: its column map plus optional sessionization."""
+
+    columns: ColumnMap
+    session_gap: float | None = None
+    block_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what ``fit`` writes to :data:`LAYOUT_FILE`)."""
+        return {
+            "format": _LAYOUT_FORMAT,
+            "format_version": 1,
+            "columns": self.columns.to_dict(),
+            "session_gap": self.session_gap,
+            "block_size": self.block_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str) -> DataLayout:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ModelFileError: the data is not a layout written by ``seqwatch fit``.
+        """
+        from common.events import ColumnMap
+
+        if not isinstance(data, dict) or data.get("format") != _LAYOUT_FORMAT:
+            raise ModelFileError(
+                f"{source}: not a seqwatch data layout file; delete it or re-run 'seqwatch fit'"
+            )
+        try:
+            columns = ColumnMap.from_dict(data["columns"], source=source)
+            gap = data.get("session_gap")
+            block = data.get("block_size")
+            return cls(columns, None if gap is None else float(gap), None if block is None else int(block))
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise ModelFileError(f"{source}: damaged data layout ({exc}); re-run 'seqwatch fit'") from exc
+
+
+def _read_header(path: Path, encoding: str) -> list[str] | None:
+    """Column names of an event file, or None when they cannot be read (``read_table`` then says why)."""
+    name = path.name.lower()
+    try:
+        if not path.is_file():
+            return None
+        if name.endswith(".parquet"):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            try:
+                return [str(n) for n in pq.read_schema(path).names]
+            except (pa.ArrowException, OSError, ValueError):
+                return None
+        import pandas as pd
+
+        sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
+        frame = pd.read_csv(path, sep=sep, nrows=0, encoding=encoding, compression="infer")
+        return [str(c) for c in frame.columns]
+    except (OSError, ValueError, UnicodeError, LookupError, EOFError):
+        return None
+
+
+def _pick(header: list[str] | None, candidates: Sequence[str | None]) -> str | None:
+    """First candidate present in ``header`` (the first candidate at all when the header is unknown)."""
+    names = [c for c in candidates if c]
+    if header is None:
+        return names[0] if names else None
+    return next((c for c in names if c in header), None)
+
+
+def _shown(header: list[str]) -> str:
+    return ", ".join(repr(c) for c in header[:20]) + (", ..." if len(header) > 20 else "")
+
+
+def resolve_columns(
+    path: str | Path,
+    args: argparse.Namespace,
+    *,
+    saved: ColumnMap | None = None,
+    features: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+) -> ColumnMap:
+    """The column map for ``path`` from the data-reading flags in ``args``.
+
+    Precedence, per role: a flag (``--event-col`` ...), else the ``--columns``
+    file when given (it replaces detection), else the map ``fit`` saved with
+    the model (``saved``, when its column is in the file), else detection from
+    the file's header. Feature columns default to ``saved``'s, else to
+    ``features`` (the model's numeric and context feature names).
+
+    Raises:
+        ConfigError: an invalid map or ``--columns`` file.
+        DataError: no sequence-id or event column could be found.
+    """
+    from common.events import GAP, LABEL, ORDER, ColumnMap
+
+    path = Path(path)
+    flags: dict[str, Any] = {
+        "sequence": args.sequence_col,
+        "event": args.event_col,
+        "order": args.order_col,
+        "time": args.time,
+        "numeric": args.numeric_cols,
+        "context": args.context_cols,
+        "label": args.label_col,
+    }
+    given = {k: v for k, v in flags.items() if v is not None}
+    if args.columns is not None:
+        base = ColumnMap.from_file(args.columns)
+        return dataclasses.replace(base, **given) if given else base
+
+    header = _read_header(path, args.encoding)
+    found: dict[str, Any] = {}
+    for role, candidates, flag in (
+        ("sequence", SEQUENCE_CANDIDATES, "--sequence-col"),
+        ("event", EVENT_CANDIDATES, "--event-col"),
+    ):
+        if role in given:
+            continue
+        value = _pick(header, [getattr(saved, role) if saved else None, *candidates])
+        if value is None:
+            header = header or []
+            looked = [*([getattr(saved, role)] if saved else []), *candidates]
+            raise DataError(
+                f"{path}: no {role} column found (looked for {', '.join(repr(c) for c in looked)}; "
+                f"columns present: {_shown(header)}); name it with {flag}"
+            )
+        found[role] = value
+    if "order" not in given:
+        found["order"] = _pick(header, [saved.order if saved else None, *ORDER_CANDIDATES])
+    order = given.get("order", found.get("order"))
+    if "time" not in given:
+        if saved is not None and saved.order is not None and order == saved.order:
+            found["time"] = saved.time
+        elif order == ORDER and header is not None and GAP in header:
+            found["time"] = True  # a timestamped table written by write_table
+        else:
+            found["time"] = None
+    if "numeric" not in given:
+        if saved is not None:
+            found["numeric"] = saved.numeric
+        elif features is not None:
+            found["numeric"] = tuple(n for n in features[0] if n != GAP)
+    if "context" not in given:
+        if saved is not None:
+            found["context"] = saved.context
+        elif features is not None:
+            found["context"] = features[1]
+    if "label" not in given and saved is not None and saved.label not in (None, LABEL):
+        found["label"] = _pick(header, [saved.label])
+    return ColumnMap(**{**found, **given})
+
+
+def _session_settings(args: argparse.Namespace, saved: DataLayout | None) -> tuple[float | None, int | None]:
+    """(gap seconds, block size): flags replace the saved settings; 0 means off."""
+    if args.session_gap and args.block_size:
+        raise ConfigError("give only one of --session-gap and --block-size")
+    if args.session_gap is not None or args.block_size is not None:
+        gap = args.session_gap if args.session_gap else None
+        block = args.block_size if args.block_size else None
+        return gap, block
+    if saved is not None:
+        return saved.session_gap, saved.block_size
+    return None, None
+
+
+def read_data(
+    path: str | Path,
+    args: argparse.Namespace,
+    *,
+    saved: DataLayout | None = None,
+    features: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
+) -> tuple[EventTable, DataLayout]:
+    """Read (and sessionize) an event file as the data-reading flags say; see :func:`resolve_columns`."""
+    from common.events import read_table, sessionize
+
+    columns = resolve_columns(path, args, saved=saved.columns if saved else None, features=features)
+    log.info("reading %s with columns %s", path, columns.to_dict())
+    table = read_table(path, columns, encoding=args.encoding)
+    gap, block = _session_settings(args, saved)
+    if gap is not None or block is not None:
+        n_before = len(table)
+        table = sessionize(table, gap_seconds=gap, block_size=block)
+        how = f"after {gap:g} s of inactivity" if gap is not None else f"into blocks of {block} events"
+        log.info("%s: sessionized %d sequence(s) %s: %d sequence(s)", path, n_before, how, len(table))
+    return table, DataLayout(columns, gap, block)
+
+
+def describe(console: Console, what: str, table: EventTable) -> None:
+    """One line about a table that was read, plus any repaired values."""
+    g = table.grouped()
+    labelled = ""
+    if g.labels is not None:
+        labelled = f", {int(g.labels.sum())} labelled anomalous"
+    console.info(f"{what}: {len(g)} sequences, {g.n_events} events{labelled} ({table.source})")
+    if table.repairs:
+        total = sum(table.repairs.values())
+        detail = "; ".join(f"{k}: {v}" for k, v in sorted(table.repairs.items()))
+        console.info(f"  repaired {total} value(s): {detail}")
