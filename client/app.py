@@ -2,23 +2,29 @@
 
 Message types (the ServerApp in :mod:`server.app` sends them in this order):
 
-==================  ===========================================================
-``query.setup``     reply ConfigRecord ``setup``: keyed-hash token / category
-                    counts, numeric feature statistics, feature names, key
-                    fingerprint (:class:`common.protocol.SetupStats`)
-``train``           local epochs from the global weights; reply ``arrays`` +
-                    MetricRecord ``train-loss``, ``num-examples`` (training events),
-                    ``compute-seconds`` (wall time of the handler)
-``evaluate``        reply ``val-loss``, ``num-examples`` (validation events),
-                    ``compute-seconds`` (wall time of the handler),
-                    ``tp fp tn fn`` at the local threshold, ``hist-normal`` /
-                    ``hist-anomalous`` on the fixed edges
-                    ``round_edges(hist-bins)``
-``query.calib_max`` reply ``max-score`` of the validation scores
-``query.calib_hist`` reply ``hist`` of validation scores on ``calib-edges``
-``query.report``    write the local report into ``output-dir``; reply confusion
-                    counts at the local and the global threshold + histograms
-==================  ===========================================================
+======================  ===========================================================
+``query.setup``         reply ConfigRecord ``setup``: keyed-hash token / category
+                        counts, numeric feature statistics, feature names, key
+                        fingerprint (:class:`common.protocol.SetupStats`)
+``train``               local epochs from the global weights; reply ``arrays`` +
+                        MetricRecord ``train-loss``, ``num-examples`` (training events),
+                        ``compute-seconds`` (wall time of the handler)
+``evaluate``            reply ``val-loss``, ``num-examples`` (validation events),
+                        ``compute-seconds`` (wall time of the handler),
+                        ``tp fp tn fn`` at the local threshold (END weight
+                        and threshold fitted on local validation), ``hist-normal`` /
+                        ``hist-anomalous`` on the fixed edges
+                        ``round_edges(hist-bins)``
+``query.calib_spread``  reply ``spread-moments`` of the two parts of the
+                        validation scores (:func:`common.scoring.spread_moments`), from
+                        which the server fits the END weight (only sent when
+                        ``score.fit-end-weight`` applies)
+``query.calib_max``     reply ``max-score`` of the validation scores (with
+                        ``end-weight``)
+``query.calib_hist``    reply ``hist`` of validation scores on ``calib-edges``
+``query.report``        write the local report into ``output-dir``; reply confusion
+                        counts at the local and the global threshold + histograms
+======================  ===========================================================
 
 Every message after set-up carries the shared encoder in a ConfigRecord named
 ``encoder`` (see :func:`common.protocol.encoder_to_config`), so a fresh ``flwr-clientapp``
@@ -211,13 +217,29 @@ def evaluate(msg: Message, context: Context) -> Message:
         )
 
 
+@app.query("calib_spread")
+def calib_spread(msg: Message, context: Context) -> Message:
+    """Moments of the validation scores' two parts under the global weights (for the END weight)."""
+    with _guard("calib_spread"):
+        node = load_node(context)
+        encoder = _encoder(msg, node)
+        moments = local.calibration_spread(node.cfg, encoder, _state(msg), node.data)
+        return _reply(msg, metrics=MetricRecord({"spread-moments": moments, "num-examples": int(moments[0])}))
+
+
+def _end_weight(conf: ConfigRecord, node: Node) -> float:
+    return _number(conf, "end-weight", node.cfg.score.end_weight)
+
+
 @app.query("calib_max")
 def calib_max(msg: Message, context: Context) -> Message:
     """Largest validation score under the global weights."""
     with _guard("calib_max"):
         node = load_node(context)
         encoder = _encoder(msg, node)
-        top, n = local.calibration_max(node.cfg, encoder, _state(msg), node.data)
+        top, n = local.calibration_max(
+            node.cfg, encoder, _state(msg), node.data, end_weight=_end_weight(_config(msg), node)
+        )
         return _reply(msg, metrics=MetricRecord({"max-score": float(top), "num-examples": int(n)}))
 
 
@@ -229,7 +251,9 @@ def calib_hist(msg: Message, context: Context) -> Message:
         conf = _config(msg)
         encoder = _encoder(msg, node)
         edges = _edges(conf, "calib-edges")
-        counts = local.calibration_histogram(node.cfg, encoder, _state(msg), node.data, edges)
+        counts = local.calibration_histogram(
+            node.cfg, encoder, _state(msg), node.data, edges, end_weight=_end_weight(conf, node)
+        )
         return _reply(msg, metrics=MetricRecord({"hist": counts, "num-examples": int(sum(counts))}))
 
 
@@ -261,6 +285,7 @@ def report(msg: Message, context: Context) -> Message:
             _state(msg),
             node.data,
             global_threshold=_number(conf, "global-threshold"),
+            end_weight=_end_weight(conf, node),
             edges=_edges(conf, "hist-bins"),
             output_dir=output_dir(context, conf),
             extra={"run_name": str(conf.get("run-name", "")), "hash_key_source": node.key_source},

@@ -35,6 +35,7 @@ from common.metrics import Confusion, confusion_at, detection_report, histogram_
 from common.model import NextEventModel, resolve_device, set_threads, shape_of
 from common.protocol import SetupStats, count_categories, key_fingerprint
 from common.scaling import FeatureStats
+from common.scoring import score_events, spread_moments
 from common.train import evaluate_loss, make_optimizer, train_epochs
 from common.vocab import UNK, count_tokens
 
@@ -105,13 +106,21 @@ def setup_statistics(data: LocalData, hash_key: str, key_source: str) -> SetupSt
 
 
 def build_detector(
-    cfg: DetectorConfig, encoder: Encoder, state: StateDict, *, threshold: float = float("inf")
+    cfg: DetectorConfig,
+    encoder: Encoder,
+    state: StateDict,
+    *,
+    threshold: float = float("inf"),
+    end_weight: float | None = None,
 ) -> SequenceDetector:
-    """A detector with the given (global) weights; the threshold is set by :meth:`calibrate` later."""
+    """A detector with the given (global) weights; the threshold is set by :meth:`calibrate` later.
+
+    ``end_weight``: the federation's fitted END weight (default ``score.end-weight``).
+    """
     model = NextEventModel(cfg.model, shape_of(encoder))
     model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
     model.eval()
-    return SequenceDetector.from_parts(cfg, encoder, model, threshold=threshold)
+    return SequenceDetector.from_parts(cfg, encoder, model, threshold=threshold, end_weight=end_weight)
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -124,10 +133,14 @@ def _scores(det: SequenceDetector, table: EventTable | None) -> np.ndarray:
     return np.asarray(det.decision_function(table), dtype=np.float64)
 
 
+def calibration_table(data: LocalData) -> EventTable:
+    """The held-out normal validation sequences (the training split if there are none)."""
+    return data.validation if len(data.validation) else data.train
+
+
 def validation_scores(det: SequenceDetector, data: LocalData) -> np.ndarray:
-    """Scores of the held-out normal validation sequences (the training split if there are none)."""
-    scores = _scores(det, data.validation)
-    return scores if scores.size else _scores(det, data.train)
+    """Scores of :func:`calibration_table` under ``det``."""
+    return _scores(det, calibration_table(data))
 
 
 # --------------------------------------------------------------------------- training
@@ -219,7 +232,8 @@ def evaluate_round(
     det.model_.to(device)
     val = det.encode(data.validation)
     vs = evaluate_loss(det.model_, val, cfg.train, device)
-    threshold = det.calibrate(validation_scores(det, data))
+    det.fit_scoring(det.encode(calibration_table(data)))  # local END weight and threshold
+    threshold = det.threshold_
     confusion = Confusion(0, 0, 0, 0)
     hist_n = hist_a = [0] * (len(edges) - 1)
     n_test = 0
@@ -245,20 +259,39 @@ def evaluate_round(
 # --------------------------------------------------------------------------- federated calibration
 
 
-def calibration_max(
+def calibration_spread(
     cfg: DetectorConfig, encoder: Encoder, state: StateDict, data: LocalData
+) -> list[float]:
+    """:func:`~common.scoring.spread_moments` of the validation scores under the global weights.
+
+    The server sums them over nodes into the federation's END weight.
+    """
+    det = build_detector(cfg, encoder, state)
+    det.model_.to(det.device)
+    events = score_events(det.model_, det.encode(calibration_table(data)), cfg.score, det.device)
+    return [float(x) for x in spread_moments(events, cfg.score)]
+
+
+def calibration_max(
+    cfg: DetectorConfig, encoder: Encoder, state: StateDict, data: LocalData, *, end_weight: float
 ) -> tuple[float, int]:
     """(max validation score, number of validation sequences) with the global weights."""
-    det = build_detector(cfg, encoder, state)
+    det = build_detector(cfg, encoder, state, end_weight=end_weight)
     scores = validation_scores(det, data)
     return (float(scores.max()) if scores.size else 0.0), int(scores.size)
 
 
 def calibration_histogram(
-    cfg: DetectorConfig, encoder: Encoder, state: StateDict, data: LocalData, edges: np.ndarray
+    cfg: DetectorConfig,
+    encoder: Encoder,
+    state: StateDict,
+    data: LocalData,
+    edges: np.ndarray,
+    *,
+    end_weight: float,
 ) -> list[int]:
     """Validation-score counts on the agreed edges."""
-    det = build_detector(cfg, encoder, state)
+    det = build_detector(cfg, encoder, state, end_weight=end_weight)
     return _hist(validation_scores(det, data), edges)
 
 
@@ -287,14 +320,16 @@ def final_report(
     data: LocalData,
     *,
     global_threshold: float,
+    end_weight: float,
     edges: np.ndarray,
     output_dir: Path,
     extra: Mapping[str, Any] | None = None,
 ) -> ReportOutcome:
     """Score the node's test data with the global weights and write the local report.
 
-    Writes into ``output_dir``: ``model/`` (the global weights with this node's
-    encoder, local threshold and the global one; ``seqwatch score --model``
+    Scores with the federation's ``end_weight``. Writes into ``output_dir``:
+    ``model/`` (the global weights with this node's encoder, the END weight,
+    local threshold and the global one; ``seqwatch score --model``
     reads it, ``--threshold global`` picks the federation's threshold),
     ``scores.csv`` (as ``seqwatch score`` writes it, plus ``global_threshold``
     and ``flagged_global``) and ``metrics.json`` (detection report at both
@@ -304,7 +339,7 @@ def final_report(
 
     from client.results import score_frame
 
-    det = build_detector(cfg, encoder, state)
+    det = build_detector(cfg, encoder, state, end_weight=end_weight)
     for table in (data.train, data.validation, data.test):
         if table is not None and len(table):
             encoder.vocab.learn_names(table.grouped().events)  # raw names for the local report only

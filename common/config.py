@@ -101,7 +101,11 @@ class ScoreConfig:
     batch_size: int = 64
     #: Weight of the END step's surprisal added to the averaging aggregates
     #: (mean, window, window-min); max and topk-miss count END as one more step.
+    #: With ``fit_end_weight`` this is only the fallback (too little validation data).
     end_weight: float = 0.25
+    #: Fit the END weight on the validation normals: the ratio of the spreads
+    #: of the two parts there (see :func:`common.scoring.end_weight_from_moments`).
+    fit_end_weight: bool = True
 
     def __post_init__(self) -> None:
         _choice("score.aggregate", self.aggregate, AGGREGATES)

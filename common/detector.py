@@ -5,12 +5,13 @@ anomalous) → ``threshold_`` → ``predict(table)``; ``explain`` shows per-even
 surprisal with what was expected instead. Fitted attributes end in ``_``;
 using an unfitted detector raises :class:`NotFittedError`.
 
-Everything fitted (vocabulary, scalers, early stopping, threshold) sees only
+Everything fitted (vocabulary, scalers, early stopping, END weight, threshold) sees only
 training and validation data, never test labels or test scores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ from common.model import (
     set_threads,
     shape_of,
 )
-from common.scoring import EventScores, aggregate, score_events
+from common.scoring import EventScores, aggregate, end_weight_from_moments, score_events, spread_moments
 from common.train import FitResult, fit_model
 from common.vocab import END, UNK
 
@@ -113,6 +114,8 @@ class SequenceDetector:
     encoder_: Encoder
     model_: NextEventModel
     threshold_: float
+    #: Weight of the END step in the averaging aggregates (fitted on validation normals).
+    end_weight_: float
     validation_scores_: np.ndarray
     fit_result_: FitResult | None
     global_threshold_: float | None
@@ -171,9 +174,31 @@ class SequenceDetector:
             self.device,
             progress=progress,
         )
-        calib = enc_val if len(enc_val) else enc_train
-        self.calibrate(self._score_encoded(calib).scores)
+        self.fit_scoring(enc_val if len(enc_val) else enc_train)
         return self
+
+    def fit_scoring(self, normal: EncodedSequences) -> np.ndarray:
+        """Fit the END weight and the threshold on normal sequences; returns their scores.
+
+        One scoring pass: ``end_weight_`` from the spreads of the two score
+        parts (:func:`~common.scoring.end_weight_from_moments`), then
+        ``threshold_`` by :meth:`calibrate` on the resulting scores.
+        """
+        cfg = self.config.score
+        set_threads(self.config.train.threads)
+        self.model_.to(self.device)
+        events = score_events(self.model_, normal, cfg, self.device)
+        self.end_weight_ = end_weight_from_moments(spread_moments(events, cfg), cfg)
+        scores = aggregate(events, self.score_config_)
+        self.calibrate(scores)
+        return scores
+
+    @property
+    def score_config_(self) -> ScoreConfig:
+        """``config.score`` with the fitted END weight: how this detector scores."""
+        if not hasattr(self, "end_weight_"):
+            self._check_fitted()
+        return dataclasses.replace(self.config.score, end_weight=self.end_weight_)
 
     @property
     def network_shape(self) -> NetworkShape:
@@ -201,11 +226,17 @@ class SequenceDetector:
         threshold: float,
         validation_scores: np.ndarray | None = None,
         global_threshold: float | None = None,
+        end_weight: float | None = None,
     ) -> SequenceDetector:
-        """Assemble a fitted detector (used by the federation with global weights)."""
+        """Assemble a fitted detector (used by the federation with global weights).
+
+        ``end_weight`` defaults to ``score.end-weight``; :meth:`fit_scoring`
+        fits it (and the threshold) on normal sequences.
+        """
         det = cls(config)
         det.encoder_, det.model_ = encoder, model
         det.threshold_ = float(threshold)
+        det.end_weight_ = float(config.score.end_weight if end_weight is None else end_weight)
         det.validation_scores_ = np.asarray(validation_scores if validation_scores is not None else [])
         det.fit_result_ = None
         det.global_threshold_ = global_threshold
@@ -223,7 +254,7 @@ class SequenceDetector:
         raw_events: np.ndarray | None = None,
         expected_k: int = 0,
     ) -> ScoredTable:
-        sc = score or self.config.score
+        sc = score or self.score_config_
         set_threads(self.config.train.threads)
         self.model_.to(self.device)
         events = score_events(self.model_, data, sc, self.device, expected_k=expected_k)
@@ -346,6 +377,7 @@ class SequenceDetector:
                 "n_numeric": self.network_shape.n_numeric,
             },
             "threshold": self.threshold_,
+            "end_weight": self.end_weight_,
             "global_threshold": self.global_threshold_,
             "validation_scores": self.validation_scores_.tolist(),
             "history": self.fit_result_.history if self.fit_result_ else [],
@@ -395,6 +427,7 @@ class SequenceDetector:
             threshold=float(meta["threshold"]),
             validation_scores=np.asarray(meta.get("validation_scores", []), dtype=np.float64),
             global_threshold=meta.get("global_threshold"),
+            end_weight=meta.get("end_weight"),
         )
         return det
 

@@ -24,6 +24,13 @@ from common.model import NextEventModel, State
 SCORE_BATCH_TOKENS = 1 << 17
 #: Time steps per forward call while scoring.
 SCORE_CHUNK = 512
+#: Fewest validation sequences from which an END weight is fitted; fewer keep
+#: ``score.end-weight``.
+MIN_SPREAD_SEQUENCES = 20
+#: Length of :func:`spread_moments`: n, sum b, sum b^2, sum e, sum e^2.
+N_SPREAD_MOMENTS = 5
+#: Averaging aggregates: the END step enters them with a weight.
+WEIGHTED_END_AGGREGATES = ("mean", "window", "window-min")
 
 
 @dataclass
@@ -163,14 +170,54 @@ def aggregate(events: EventScores, config: ScoreConfig) -> np.ndarray:
     With an end-of-sequence model the END step enters too. ``max`` and
     ``topk-miss`` count it as one more step. The averaging aggregates are
     per-event rates, and the END step happens once per sequence whatever its
-    length, so they add ``end_weight`` × its surprisal instead of averaging it in.
+    length, so they add ``end_weight`` × its surprisal instead of averaging it in
+    (a detector fits that weight on its validation normals:
+    :func:`end_weight_from_moments`).
     """
     if events.end_surprisal is None:
         return _aggregate_steps(events.offsets, events.score, events.rank, config)
-    if config.aggregate in ("max", "topk-miss"):
+    if config.aggregate not in WEIGHTED_END_AGGREGATES:  # max, topk-miss
         return _aggregate_steps(*events.steps(), config)
     base = _aggregate_steps(events.offsets, events.score, events.rank, config)
     return base + config.end_weight * events.end_surprisal.astype(np.float64)
+
+
+def spread_moments(events: EventScores, config: ScoreConfig) -> np.ndarray:
+    """Mergeable moments of normal sequences' two score parts, for fitting the END weight.
+
+    ``[n, sum b, sum b^2, sum e, sum e^2]`` over sequences, where ``b`` is the
+    averaging aggregate without END and ``e`` the END surprisal. Moments of
+    several parties add up exactly (the federation sums them across nodes).
+    """
+    if events.end_surprisal is None:
+        return np.zeros(N_SPREAD_MOMENTS)
+    b = _aggregate_steps(events.offsets, events.score, events.rank, config)
+    e = events.end_surprisal.astype(np.float64)
+    return np.array([len(b), b.sum(), (b * b).sum(), e.sum(), (e * e).sum()], dtype=np.float64)
+
+
+def end_weight_is_fitted(config: ScoreConfig) -> bool:
+    """Whether ``config`` fits its END weight (``score.fit-end-weight`` and an averaging aggregate)."""
+    return config.fit_end_weight and config.aggregate in WEIGHTED_END_AGGREGATES
+
+
+def end_weight_from_moments(moments: np.ndarray | list[float], config: ScoreConfig) -> float:
+    """The END weight for ``config``: fitted from :func:`spread_moments` of validation normals.
+
+    Fitted (``score.fit-end-weight``, an averaging aggregate, at least
+    :data:`MIN_SPREAD_SEQUENCES` sequences, END surprisal not constant):
+    sd(b) / sd(e), so that both parts of the score vary equally on normal
+    data (the same ranking as adding their z-scores). Otherwise
+    ``score.end-weight``.
+    """
+    n, sb, sbb, se, see = (float(x) for x in moments)
+    if not end_weight_is_fitted(config) or n < MIN_SPREAD_SEQUENCES:
+        return config.end_weight
+    var_b = max(sbb / n - (sb / n) ** 2, 0.0)
+    var_e = max(see / n - (se / n) ** 2, 0.0)
+    if var_e <= 1e-12:
+        return config.end_weight
+    return float(np.sqrt(var_b / var_e))
 
 
 def _aggregate_steps(

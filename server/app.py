@@ -8,9 +8,12 @@ The phases (message types in :mod:`client.app`):
    (numbered on from the last completed round);
 2. **rounds** — ``strategy.start(...)`` with the recording hooks of
    :mod:`server.strategy` (checkpoint, metrics, state after every round);
-3. **calibration** — ``query.calib_max`` then ``query.calib_hist``: the global
-   threshold at ``calibration.false-alarm-rate`` from the summed validation
-   histograms on agreed edges;
+3. **calibration** — ``query.calib_spread`` (when the END weight is fitted:
+   summed moments of the validation scores' two parts give the federation's
+   END weight, :func:`common.scoring.end_weight_from_moments`), then
+   ``query.calib_max`` and ``query.calib_hist``: the global threshold at
+   ``calibration.false-alarm-rate`` from the summed validation histograms on
+   agreed edges;
 4. **final report** — ``query.report``: every node writes its local report; the
    server sums the counts into ``final.json``, saves the global model to
    ``<run>/model`` and logs a summary table.
@@ -45,11 +48,13 @@ from common.protocol import (
     key_fingerprint,
     merge_setup,
 )
+from common.scoring import N_SPREAD_MOMENTS, end_weight_from_moments, end_weight_is_fitted
 from server.rundir import RunDir
 from server.strategy import (
     CONFUSION_KEYS,
     arrays_to_numpy,
     as_float,
+    as_floats,
     as_int,
     as_ints,
     confusion_figures,
@@ -277,11 +282,29 @@ def calibration_phase(
     nodes = wait_for_nodes(grid, fed.min_nodes, fed.round_timeout)
     encoder = ConfigRecord(enc_conf)
     content = RecordDict({"arrays": arrays, ENCODER_RECORD: encoder, "config": ConfigRecord({})})
+    score = cfg.detector.score
+    end_weight = score.end_weight
+    if cfg.detector.model.end_event and end_weight_is_fitted(score):
+        spreads = ask_all(grid, "query.calib_spread", content, nodes, fed.round_timeout)
+        moments = np.zeros(N_SPREAD_MOMENTS)
+        for r in spreads:
+            part = as_floats(_metrics(r).get("spread-moments"))
+            if len(part) == len(moments):
+                moments += part
+        end_weight = end_weight_from_moments(moments, score)
+        log.info("calibration: END weight %.4g from %d validation sequences", end_weight, int(moments[0]))
+    content = RecordDict(
+        {"arrays": arrays, ENCODER_RECORD: encoder, "config": ConfigRecord({"end-weight": end_weight})}
+    )
     maxima = ask_all(grid, "query.calib_max", content, nodes, fed.round_timeout)
     top = max(as_float(_metrics(r).get("max-score"), 0.0) for r in maxima)
     edges = calibration_edges(top, fed.histogram_bins)
     content = RecordDict(
-        {"arrays": arrays, ENCODER_RECORD: encoder, "config": ConfigRecord({"calib-edges": edges.tolist()})}
+        {
+            "arrays": arrays,
+            ENCODER_RECORD: encoder,
+            "config": ConfigRecord({"calib-edges": edges.tolist(), "end-weight": end_weight}),
+        }
     )
     hists = ask_all(grid, "query.calib_hist", content, nodes, fed.round_timeout)
     counts = np.asarray(sum_lists(as_ints(_metrics(r).get("hist")) for r in hists), dtype=np.int64)
@@ -298,6 +321,7 @@ def calibration_phase(
     )
     return {
         "global_threshold": float(threshold),
+        "end_weight": float(end_weight),
         "rule": "contamination" if cal.contamination > 0 else "false-alarm-rate",
         "rate": float(rate),
         "bins": int(fed.histogram_bins),
@@ -326,6 +350,7 @@ def report_phase(
     nodes = wait_for_nodes(grid, fed.min_nodes, fed.round_timeout)
     conf: dict[str, Any] = {
         "global-threshold": float(calibration["global_threshold"]),
+        "end-weight": float(calibration["end_weight"]),
         "hist-bins": fed.histogram_bins,
         "run-name": fed.run_name,
         "run-path": str(run.root),
@@ -371,7 +396,12 @@ def known_hash_key(cfg: AppConfig, key_print: str) -> str | None:
 
 
 def save_global_model(
-    cfg: AppConfig, run: RunDir, encoder: Encoder, arrays: ArrayRecord, threshold: float, key: str | None
+    cfg: AppConfig,
+    run: RunDir,
+    encoder: Encoder,
+    arrays: ArrayRecord,
+    calibration: dict[str, Any],
+    key: str | None,
 ) -> Path:
     """The final global model as a seqwatch model directory (``seqwatch score --model``)."""
     import torch
@@ -383,8 +413,14 @@ def save_global_model(
     model = NextEventModel(detector_cfg.model, shape_of(encoder))
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays_to_numpy(arrays).items()})
     model.eval()
+    threshold = float(calibration["global_threshold"])
     det = SequenceDetector.from_parts(
-        detector_cfg, encoder, model, threshold=threshold, global_threshold=threshold
+        detector_cfg,
+        encoder,
+        model,
+        threshold=threshold,
+        global_threshold=threshold,
+        end_weight=float(calibration["end_weight"]),
     )
     return det.save(run.model_dir)
 
@@ -445,7 +481,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> dict[str, Any]:
             "to the institutions' key before scoring with the global model",
             run.model_dir,
         )
-    model_dir = save_global_model(cfg, run, encoder, arrays, calibration["global_threshold"], key)
+    model_dir = save_global_model(cfg, run, encoder, arrays, calibration, key)
     history = run.read_metrics()
     final = {
         "format": "seqwatch-federated-final",

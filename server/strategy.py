@@ -67,6 +67,11 @@ def as_int(value: object) -> int:
     return int(value) if isinstance(value, (int, float)) else 0
 
 
+def as_floats(value: object) -> list[float]:
+    """A MetricRecord list of numbers ([] for a missing or scalar value)."""
+    return [float(v) for v in value] if isinstance(value, list) else []
+
+
 def as_ints(value: object) -> list[int]:
     """A MetricRecord list of counts ([] for a missing or scalar value)."""
     return [int(v) for v in value] if isinstance(value, list) else []

@@ -45,7 +45,13 @@ from common.datasets import load_adfa_ld, load_hdfs, shared_data_dir
 from common.detector import SequenceDetector, content_groups, holdout_split
 from common.errors import DataError
 from common.metrics import detection_report, threshold_for_far
-from common.scoring import EventScores, aggregate
+from common.scoring import (
+    WEIGHTED_END_AGGREGATES,
+    EventScores,
+    aggregate,
+    end_weight_from_moments,
+    spread_moments,
+)
 
 log = logging.getLogger("bench_quality")
 
@@ -69,10 +75,10 @@ def adfa(src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, 
             raise DataError(f"{src}: the ADFA-LD test split has no labels")
         val_events = det.score_table(validation).events
         for agg, end in _variants(cfg):
-            sc = _score_config(cfg, agg)
             test_ev, val_ev = (
                 (scored.events, val_events) if end else (_no_end(scored.events), _no_end(val_events))
             )
+            sc = _score_config(cfg, agg, val_ev)
             scores = aggregate(test_ev, sc)
             threshold = threshold_for_far(aggregate(val_ev, sc), cfg.calibration.false_alarm_rate)
             rep = detection_report(labels, scores, threshold)
@@ -84,6 +90,7 @@ def adfa(src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, 
                     "default": end
                     and kind == DetectorConfig().model.kind
                     and agg == DetectorConfig().score.aggregate,
+                    "end_weight": sc.end_weight if end and agg in WEIGHTED_END_AGGREGATES else None,
                     "auroc": rep["auroc"],
                     "auprc": rep["auprc"],
                     "dr_at_1pct_far": rep["detection_rate_at_1pct_far"],
@@ -126,8 +133,8 @@ def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: 
         held_all = det.score_table(held).events
         ab_all = det.score_table(abnormal).events
         for agg, end in per_agg:
-            sc = _score_config(cfg, agg)
             held_events, ab_events = (held_all, ab_all) if end else (_no_end(held_all), _no_end(ab_all))
+            sc = _score_config(cfg, agg, held_events)
             held_scores = aggregate(held_events, sc)
             threshold = threshold_for_far(held_scores, cfg.calibration.false_alarm_rate)
             recall = float((aggregate(ab_events, sc) > threshold).mean())
@@ -137,6 +144,7 @@ def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: 
                     "fold": k,
                     "held_out_normal": len(held),
                     "threshold": threshold,
+                    "end_weight": sc.end_weight if end and agg in WEIGHTED_END_AGGREGATES else None,
                     "recall": recall,
                     "false_alarm_rate": far,
                 }
@@ -184,8 +192,10 @@ def _variants(cfg: DetectorConfig) -> list[tuple[str, bool]]:
     return [(agg, True) for agg in AGGREGATES] + without if cfg.model.end_event else without
 
 
-def _score_config(cfg: DetectorConfig, agg: str) -> ScoreConfig:
-    return dataclasses.replace(cfg.score, aggregate=agg)
+def _score_config(cfg: DetectorConfig, agg: str, normal: EventScores) -> ScoreConfig:
+    """``cfg.score`` with aggregate ``agg`` and its END weight fitted on ``normal``, as a detector does."""
+    sc = dataclasses.replace(cfg.score, aggregate=agg)
+    return dataclasses.replace(sc, end_weight=end_weight_from_moments(spread_moments(normal, sc), sc))
 
 
 def _no_end(events: EventScores) -> EventScores:

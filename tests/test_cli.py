@@ -250,6 +250,7 @@ def test_save_load_round_trip_gives_identical_scores(
     before = fitted.decision_function(test)
     assert np.array_equal(before, loaded.decision_function(test))
     assert loaded.threshold_ == fitted.threshold_
+    assert loaded.end_weight_ == fitted.end_weight_
 
     # the CLI's scores (through a CSV file) are the loaded detector's, to the bit
     out = tmp_path / "s.csv"
@@ -423,3 +424,40 @@ def test_help_is_fast_and_module_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "usage: seqwatch" in result.stdout
+
+
+def test_end_weight_is_fitted_on_validation_normals_and_saved(
+    workspace: dict[str, Path], tmp_path: Path
+) -> None:
+    import json
+
+    from common.config import ScoreConfig, load_config_file, parse_detector_config
+    from common.detector import META_FILE, SequenceDetector
+    from common.events import CANONICAL, read_table
+
+    train = read_table(workspace["train"], CANONICAL)
+    frame = make_frame(3, 30, 0, "va")
+    frame.to_csv(tmp_path / "val.csv", index=False)
+    validation = read_table(tmp_path / "val.csv", CANONICAL)
+    config = parse_detector_config(load_config_file(workspace["config"]))
+    det = SequenceDetector(config).fit(train, validation)
+
+    # the ratio of the spreads of the two score parts on the validation normals
+    parts = det.score_table(validation, ScoreConfig(end_weight=0.0))
+    base, end = parts.scores, parts.events.end_surprisal
+    assert end is not None
+    assert det.end_weight_ == pytest.approx(float(base.std() / end.std()), rel=1e-6)
+    assert det.end_weight_ != config.score.end_weight
+    np.testing.assert_allclose(det.decision_function(validation), base + det.end_weight_ * end, rtol=1e-6)
+    assert det.threshold_ <= float(np.max(det.decision_function(validation)))
+
+    # a model saved before the weight was fitted scores with the configured one
+    det.save(tmp_path / "m")
+    meta_path = tmp_path / "m" / META_FILE
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    del meta["end_weight"]
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    assert SequenceDetector.load(tmp_path / "m").end_weight_ == config.score.end_weight
+
+    fixed = parse_detector_config({**load_config_file(workspace["config"]), "score.fit-end-weight": False})
+    assert SequenceDetector(fixed).fit(train, validation).end_weight_ == fixed.score.end_weight

@@ -33,6 +33,7 @@ from common.detector import SequenceDetector
 from common.events import EventTable, write_table
 from common.model import build_model, shape_of
 from common.protocol import ENCODER_RECORD, SetupStats, encoder_to_config, merge_setup
+from common.scoring import MIN_SPREAD_SEQUENCES
 from server.app import run_federation
 from simulations.inprocess import InProcessGrid as FakeGrid
 from simulations.inprocess import set_server_identity, sim_nodes
@@ -141,13 +142,22 @@ def test_evaluate_and_calibration_handlers(shared: dict[str, Any]) -> None:
     assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == m["test-sequences"] > 0
     assert sum(m["hist-normal"]) + sum(m["hist-anomalous"]) == m["test-sequences"]
     assert m["num-examples"] > 0 and m["val-loss"] > 0
-    top = client_app.calib_max(
-        instruction(RecordDict({**base, "config": ConfigRecord({})}), "query.calib_max"), ctx
+    spread = client_app.calib_spread(
+        instruction(RecordDict({**base, "config": ConfigRecord({})}), "query.calib_spread"), ctx
     )
+    moments = spread.content["metrics"]["spread-moments"]
+    assert len(moments) == 5 and moments[0] == spread.content["metrics"]["num-examples"] > 0
+    top = client_app.calib_max(
+        instruction(RecordDict({**base, "config": ConfigRecord({"end-weight": 0.5})}), "query.calib_max"), ctx
+    )
+    assert top.content["metrics"]["num-examples"] == moments[0]
     mx = top.content["metrics"]["max-score"]
     edges = np.linspace(0, mx, 11).tolist()
     hist = client_app.calib_hist(
-        instruction(RecordDict({**base, "config": ConfigRecord({"calib-edges": edges})}), "query.calib_hist"),
+        instruction(
+            RecordDict({**base, "config": ConfigRecord({"calib-edges": edges, "end-weight": 0.5})}),
+            "query.calib_hist",
+        ),
         ctx,
     )
     counts = hist.content["metrics"]["hist"]
@@ -252,6 +262,7 @@ def test_no_raw_token_or_sequence_content_leaves_a_client(tmp_path: Path) -> Non
         "query.setup",
         "train",
         "evaluate",
+        "query.calib_spread",
         "query.calib_max",
         "query.calib_hist",
         "query.report",
@@ -271,9 +282,12 @@ def test_no_raw_token_or_sequence_content_leaves_a_client(tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- whole federations in-process
 
 
-def run_in_process(tmp_path: Path, name: str, rounds: int, **kw: Any) -> tuple[FakeGrid, dict[str, Any]]:
+def run_in_process(
+    tmp_path: Path, name: str, rounds: int, *, users: int = SIM["data.synthetic-users"], **kw: Any
+) -> tuple[FakeGrid, dict[str, Any]]:
     rc = {
         **SIM,
+        "data.synthetic-users": users,
         "federation.num-server-rounds": rounds,
         "federation.run-dir": str(tmp_path),
         "federation.run-name": name,
@@ -289,8 +303,9 @@ def train_rounds(grid: FakeGrid) -> list[int]:
 
 
 def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:
-    grid, final = run_in_process(tmp_path, "full", 2)
+    grid, final = run_in_process(tmp_path, "full", 2, users=64)  # enough validation to fit the END weight
     run = tmp_path / "full"
+    assert final["calibration"]["validation_sequences"] >= MIN_SPREAD_SEQUENCES
     assert train_rounds(grid) == [1, 2]
     assert sorted(p.name for p in (run / "checkpoints").glob("round-*")) == [
         "round-0001.safetensors",
@@ -307,11 +322,15 @@ def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:
     # the global model scores with the simulation key; the local reports agree with the replies
     det = SequenceDetector.load(run / "model")
     assert det.global_threshold_ == pytest.approx(final["calibration"]["global_threshold"])
+    # the END weight was fitted on the pooled validation moments and travels with the model
+    weight = final["calibration"]["end_weight"]
+    assert weight != det.config.score.end_weight and det.end_weight_ == pytest.approx(weight)
     for pid in (0, 1):
         d = run / "clients" / f"partition-{pid}"
         metrics = json.loads((d / "metrics.json").read_text())
         local_det = SequenceDetector.load(d / "model")
         assert local_det.global_threshold_ == pytest.approx(final["calibration"]["global_threshold"])
+        assert local_det.end_weight_ == pytest.approx(weight)
         assert (d / "scores.csv").is_file() and "global" in metrics and "local" in metrics
     totals = {
         k: sum(
@@ -320,7 +339,7 @@ def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:
         for k in ("tp", "fp", "tn", "fn")
     }
     assert totals == {k: g[k] for k in totals}
-    test_table = load_synthetic(SyntheticSpec(institutions=2, users=24, seed=0))["test"]
+    test_table = load_synthetic(SyntheticSpec(institutions=2, users=64, seed=0))["test"]
     scores = det.decision_function(test_table)
     assert np.isfinite(scores).all()
 

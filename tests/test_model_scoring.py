@@ -9,7 +9,13 @@ from common.batching import batch_indices, make_batch
 from common.config import ModelConfig, ScoreConfig, TrainConfig
 from common.encoding import EncodedSequences
 from common.model import NetworkShape, build_model
-from common.scoring import EventScores, aggregate, score_events
+from common.scoring import (
+    EventScores,
+    aggregate,
+    end_weight_from_moments,
+    score_events,
+    spread_moments,
+)
 from common.train import evaluate_loss, fit_model
 from common.vocab import BOS, END, PAD
 
@@ -162,6 +168,61 @@ def test_aggregates():
         0.4,
         pytest.approx(1 / 3),
     ]
+
+
+def _ended(n_seq: int, seed: int) -> EventScores:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 30, size=n_seq)
+    n = int(lengths.sum())
+    score = rng.gamma(2.0, size=n).astype(np.float32)
+    return EventScores(
+        offsets=np.concatenate([[0], np.cumsum(lengths)]),
+        surprisal=score,
+        rank=np.ones(n, dtype=np.int32),
+        residual=np.zeros((n, 0), dtype=np.float32),
+        score=score,
+        end_surprisal=rng.gamma(1.0, 3.0, size=n_seq).astype(np.float32),
+        end_rank=np.ones(n_seq, dtype=np.int32),
+    )
+
+
+def test_end_weight_is_the_spread_ratio_on_normal_data_and_parties_merge_exactly():
+    sc = ScoreConfig(aggregate="mean")
+    a, b = _ended(40, 0), _ended(25, 1)
+    base = np.concatenate([aggregate(x, dataclasses.replace(sc, end_weight=0.0)) for x in (a, b)])
+    end = np.concatenate([a.end_surprisal, b.end_surprisal]).astype(np.float64)
+    merged = spread_moments(a, sc) + spread_moments(b, sc)
+    assert merged[0] == 65
+    assert end_weight_from_moments(merged, sc) == pytest.approx(base.std() / end.std(), rel=1e-9)
+    # the same weight as one party holding all the sequences
+    both = EventScores(
+        offsets=np.concatenate([a.offsets, a.offsets[-1] + b.offsets[1:]]),
+        surprisal=np.concatenate([a.surprisal, b.surprisal]),
+        rank=np.concatenate([a.rank, b.rank]),
+        residual=np.zeros((len(a.score) + len(b.score), 0), dtype=np.float32),
+        score=np.concatenate([a.score, b.score]),
+        end_surprisal=end,
+        end_rank=np.ones(65, dtype=np.int32),
+    )
+    np.testing.assert_allclose(spread_moments(both, sc), merged, rtol=1e-9)
+    # with that weight both parts vary equally on these normal sequences
+    w = end_weight_from_moments(merged, sc)
+    assert (w * end).std() == pytest.approx(base.std(), rel=1e-9)
+
+
+def test_end_weight_falls_back_to_the_configured_one():
+    ev = _ended(40, 0)
+    fixed = ScoreConfig(aggregate="mean", end_weight=0.7, fit_end_weight=False)
+    assert end_weight_from_moments(spread_moments(ev, fixed), fixed) == 0.7
+    few = ScoreConfig(aggregate="mean", end_weight=0.7)
+    too_few = _ended(scoring.MIN_SPREAD_SEQUENCES - 1, 0)
+    assert end_weight_from_moments(spread_moments(too_few, few), few) == 0.7
+    maximum = ScoreConfig(aggregate="max", end_weight=0.7)  # END is one more step there: no weight
+    assert end_weight_from_moments(spread_moments(ev, maximum), maximum) == 0.7
+    flat = dataclasses.replace(ev, end_surprisal=np.full(40, 2.0, dtype=np.float32))
+    assert end_weight_from_moments(spread_moments(flat, few), few) == 0.7
+    no_end = dataclasses.replace(ev, end_surprisal=None, end_rank=None)
+    assert end_weight_from_moments(spread_moments(no_end, few), few) == 0.7
 
 
 def test_numeric_residual_enters_event_score():
