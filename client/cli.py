@@ -226,7 +226,6 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
         if cal.contamination > 0
         else f"false-alarm rate {cal.false_alarm_rate:g}"
     )
-    console.result(f"threshold: {detector.threshold_:.6g} ({how} on {n_val} normal validation sequences)")
     if cfg.model.end_event and end_weight_is_fitted(cfg.score):
         source = (
             "fitted on the validation sequences"
@@ -234,6 +233,7 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
             else f"score.end-weight: {n_val} validation sequences are too few to fit it"
         )
         console.info(f"END weight: {detector.end_weight_:.4g} ({source})")
+    console.result(f"threshold: {detector.threshold_:.6g} ({how} on {n_val} normal validation sequences)")
     console.result(f"model saved to {out}")
     return 0
 
