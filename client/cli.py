@@ -10,15 +10,12 @@ Subcommands:
 * ``explain``: show why one sequence scored as it did, event by event;
 * ``report``: write a self-contained HTML report of the top anomalies.
 
-Reading data: an event file has one row per event. Without flags the columns
-are detected from the header (``sequence`` or ``sequence_id``, ``event``,
-``order`` or ``timestamp``, ``label``), which reads the files ``convert``
-writes. ``fit`` records how it read the training data in the model directory
-(:data:`client.datafiles.LAYOUT_FILE`); ``score``, ``explain`` and ``report`` use that as their
-default, so the same flags need not be repeated (:mod:`client.datafiles`).
-Output helpers live in :mod:`client.console`, what ``score``/``explain``/``report``
-print and write in :mod:`client.results`; this module holds the subcommands and
-the parser.
+Reading data: an event file has one row per event; without flags the columns
+are detected from the header, and ``fit`` saves how it read the training data
+so that ``score``, ``explain`` and ``report`` need not repeat the flags
+(:mod:`client.datafiles`). Output helpers live in :mod:`client.console`, what
+``score``/``explain``/``report`` print and write in :mod:`client.results`;
+this module holds the subcommands and the parser.
 
 User-facing output goes to stdout; progress, logging and errors go to stderr.
 Any :class:`~common.errors.SeqwatchError` or OS error becomes one line
