@@ -232,7 +232,8 @@ def evaluate_round(
     det.model_.to(device)
     val = det.encode(data.validation)
     vs = evaluate_loss(det.model_, val, cfg.train, device)
-    det.fit_scoring(det.encode(calibration_table(data)))  # local END weight and threshold
+    # local END weight and threshold, on the validation sequences just encoded (or the training split)
+    det.fit_scoring(val if len(val) else det.encode(data.train))
     threshold = det.threshold_
     confusion = Confusion(0, 0, 0, 0)
     hist_n = hist_a = [0] * (len(edges) - 1)
