@@ -135,7 +135,8 @@ def cmd_convert(args: argparse.Namespace, console: Console) -> int:
 
 def _count_file(path: Path) -> tuple[int, int, int | None]:
     """(sequences, events, anomalous sequences or None) of a canonical file, reading two columns."""
-    from common.events import CANONICAL, LABEL, SEQUENCE, read_table
+    from common.events import CANONICAL, LABEL, SEQUENCE
+    from common.tableio import read_table
 
     name = path.name.lower()
     if name.endswith(".parquet"):

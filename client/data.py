@@ -4,7 +4,7 @@
   "data-path='/srv/seqwatch'"``): a directory holding ``train.<ext>`` and
   optionally ``test.<ext>`` (``.parquet``, ``.csv``, ``.csv.gz``, ``.tsv``,
   ``.tsv.gz``), canonical event tables as ``seqwatch convert`` or
-  :func:`common.events.write_table` write them; or a single file, used as
+  :func:`common.tableio.write_table` write them; or a single file, used as
   training data (no test set). Columns: a ``columns.json`` / ``columns.toml``
   column map beside the files wins; otherwise they are inferred from the header
   (``sequence``, ``order``, ``event``, ``label``; ``gap_seconds`` marks a
@@ -139,7 +139,7 @@ def infer_columns(path: Path) -> ColumnMap:
 @lru_cache(maxsize=4)
 def deployment_data(path: str) -> NodeData:
     """Read ``data-path`` (folder with train/test tables, or one training file)."""
-    from common.events import read_table
+    from common.tableio import read_table
 
     p = Path(path).expanduser()
     test_path: Path | None = None

@@ -211,7 +211,8 @@ def read_data(
     features: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
 ) -> tuple[EventTable, DataLayout]:
     """Read (and sessionize) an event file as the data-reading flags say; see :func:`resolve_columns`."""
-    from common.events import read_table, sessionize
+    from common.sessions import sessionize
+    from common.tableio import read_table
 
     columns = resolve_columns(path, args, saved=saved.columns if saved else None, features=features)
     log.info("reading %s with columns %s", path, columns.to_dict())

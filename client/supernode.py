@@ -217,7 +217,7 @@ def check_data(data_path: Path, report: Report) -> None:
     if train is None:
         report.bad(
             f"data-path {data_path}: no train table ({', '.join('train' + s for s in SUFFIXES)}); "
-            "write one with 'seqwatch convert' or common.events.write_table"
+            "write one with 'seqwatch convert' or common.tableio.write_table"
         )
         return
     for path in (train, test):
@@ -456,7 +456,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from common.events import write_table
+    from common.tableio import write_table
     from simulations.partition import partition
     from simulations.synthetic import SYNTHETIC_KEYS, SyntheticSpec, load_synthetic
 

@@ -13,7 +13,7 @@ sequence's label, and ADFA-LD keeps ``attack_type``.
 * :func:`load_openstack`: Landauer et al.'s OpenStack sequences
   (``train``; ``test`` = test_normal + test_abnormal).
 
-:func:`convert` writes the splits to files with :func:`~common.events.write_table`;
+:func:`convert` writes the splits to files with :func:`~common.tableio.write_table`;
 read them back with ``read_table(path, CANONICAL)``.
 
 The data live outside the repository; :func:`shared_data_dir` finds them.
@@ -43,8 +43,8 @@ from common.events import (
     ORDER,
     SEQUENCE,
     EventTable,
-    write_table,
 )
+from common.tableio import write_table
 
 __all__ = [
     "CONVERTERS",

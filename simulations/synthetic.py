@@ -56,7 +56,8 @@ import numpy as np
 import pandas as pd
 
 from common.errors import ConfigError, DataError
-from common.events import ColumnMap, EventTable, from_frame
+from common.events import ColumnMap, EventTable
+from common.tableio import from_frame
 
 __all__ = [
     "ATTACK_TYPES",
@@ -156,7 +157,7 @@ SYNTHETIC_COLUMNS = ColumnMap(
     context=("device", "channel", "country"),
     label="label",
 )
-"""Column map that reads :func:`generate`'s frames with :func:`common.events.from_frame`.
+"""Column map that reads :func:`generate`'s frames with :func:`common.tableio.from_frame`.
 
 ``institution`` and ``user_id`` are not kept by the event table; recover them
 from the sequence id with :func:`institution_of` / :func:`user_of`.

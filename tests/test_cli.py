@@ -239,7 +239,8 @@ def test_save_load_round_trip_gives_identical_scores(
 ) -> None:
     from common.config import load_config_file, parse_detector_config
     from common.detector import SequenceDetector
-    from common.events import CANONICAL, read_table
+    from common.events import CANONICAL
+    from common.tableio import read_table
 
     train = read_table(workspace["train"], CANONICAL)
     test = read_table(workspace["test"], CANONICAL)
@@ -433,7 +434,8 @@ def test_end_weight_is_fitted_on_validation_normals_and_saved(
 
     from common.config import ScoreConfig, load_config_file, parse_detector_config
     from common.detector import META_FILE, SequenceDetector
-    from common.events import CANONICAL, read_table
+    from common.events import CANONICAL
+    from common.tableio import read_table
 
     train = read_table(workspace["train"], CANONICAL)
     frame = make_frame(3, 30, 0, "va")

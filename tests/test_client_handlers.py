@@ -30,10 +30,11 @@ from client import local
 from client.data import node_data
 from common.config import parse_config
 from common.detector import SequenceDetector
-from common.events import EventTable, write_table
+from common.events import EventTable
 from common.model import build_model, shape_of
 from common.protocol import ENCODER_RECORD, SetupStats, encoder_to_config, merge_setup
 from common.scoring import MIN_SPREAD_SEQUENCES
+from common.tableio import write_table
 from server.app import run_federation
 from simulations.inprocess import InProcessGrid as FakeGrid
 from simulations.inprocess import set_server_identity, sim_nodes

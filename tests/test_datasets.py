@@ -24,7 +24,8 @@ from common.datasets import (
     shared_data_dir,
 )
 from common.errors import ConfigError, DataError
-from common.events import CANONICAL, EventTable, read_table
+from common.events import CANONICAL, EventTable
+from common.tableio import read_table
 
 
 def _data() -> Path:

@@ -1,4 +1,5 @@
-"""Tests for common.events: the event-table model, readers, writers, sessionize."""
+"""Tests for event tables: the model (common.events), reading and writing
+(common.tableio) and sessionize (common.sessions)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,9 @@ from common.events import (
     ColumnMap,
     EventTable,
     canonical_columns,
-    from_frame,
-    read_table,
-    sessionize,
-    write_table,
 )
+from common.sessions import sessionize
+from common.tableio import from_frame, read_table, write_table
 
 USER_MAP = ColumnMap(sequence="user", event="action", order="ts", numeric=("bytes",), context=("device",))
 

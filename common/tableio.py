@@ -1,0 +1,494 @@
+"""Reading, validating and writing event tables: where user data enters seqwatch.
+
+:func:`read_table` (CSV, TSV, optionally gzipped, or Parquet) and
+:func:`from_frame` (an in-memory pandas frame) turn a source, whose columns a
+:class:`~common.events.ColumnMap` names, into a canonical
+:class:`~common.events.EventTable`; :func:`write_table` writes one back.
+
+Bad input raises :class:`~common.errors.DataError` with one line that names
+the file, the line (or row), the column and what to do. Values that can be
+repaired (a missing context value, a missing numeric value, a blank line) are
+repaired and counted in :attr:`EventTable.repairs`; nothing is dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from common.errors import ConfigError, DataError
+from common.events import (
+    ATTACK_TYPE,
+    EVENT,
+    GAP,
+    LABEL,
+    MISSING,
+    ORDER,
+    SEQUENCE,
+    ColumnMap,
+    EventTable,
+    canonical_sort,
+    column_order,
+    gaps_within,
+)
+
+__all__ = ["from_frame", "read_table", "write_table"]
+
+logger = logging.getLogger(__name__)
+
+_LABEL_WORDS = {
+    "0": 0,
+    "1": 1,
+    "0.0": 0,
+    "1.0": 1,
+    "false": 0,
+    "true": 1,
+    "normal": 0,
+    "anomaly": 1,
+}
+_NUMERIC_NA_WORDS = frozenset({"na", "nan", "n/a", "null", "none", "-nan"})
+_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet")
+_MAX_SHOWN = 60
+_STR = pd.Series(["x"]).dtype
+"""pandas' default dtype for text: ``str`` (Arrow-backed) on pandas 3, object on pandas 2."""
+
+
+# --------------------------------------------------------------------------- #
+# Building a table from a frame
+# --------------------------------------------------------------------------- #
+
+
+class _Where:
+    """Turns a row position into ``line N`` / ``row N`` for messages."""
+
+    def __init__(self, source: str, numbers: np.ndarray, word: str) -> None:
+        self.source = source
+        self.numbers = numbers
+        self.word = word
+
+    def at(self, pos: int) -> str:
+        return f"{self.word} {self.numbers[pos]}"
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 4] + "...'"
+
+
+def _as_text(s: pd.Series) -> pd.Series:
+    """Values as a ``str`` Series; missing values stay NA.
+
+    Whole-number floats (an integer column with gaps, as Parquet gives it)
+    print without ``.0``.
+    """
+    if pd.api.types.is_string_dtype(s.dtype) and s.dtype != object:
+        return s
+    na = s.isna().to_numpy()
+    if pd.api.types.is_float_dtype(s.dtype):
+        vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        present = vals[~na]
+        if present.size and np.all(np.isfinite(present)) and np.all(present == np.round(present)):
+            out = np.full(len(s), None, dtype=object)
+            out[~na] = present.astype(np.int64).astype(str).astype(object)
+            return pd.Series(out, index=s.index, dtype=_STR)
+    if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
+        return s.astype(_STR)
+    out = s.astype(str).to_numpy(dtype=object)
+    out[na] = np.nan
+    return pd.Series(out, index=s.index, dtype=_STR)
+
+
+def _text(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """(values as str with a fresh RangeIndex, mask of NA / blank values)."""
+    text = _as_text(s).reset_index(drop=True)
+    blank = text.str.strip().eq("")
+    mask = text.isna().to_numpy(dtype=bool) | blank.fillna(False).to_numpy(dtype=bool)
+    return text, mask
+
+
+def _numeric(s: pd.Series, column: str, where: _Where, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a column as float64. Returns (values, missing mask).
+
+    Raises DataError at the first text value.
+    """
+    if pd.api.types.is_bool_dtype(s.dtype):
+        s = s.astype(np.float64)
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        return vals, np.isnan(vals)
+    mask = _text(s)[1]
+    obj = s.reset_index(drop=True).astype(object).where(~mask, None)
+    parsed = pd.to_numeric(obj, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.isnan(parsed) & ~mask
+    if bad.any():
+        words = np.fromiter(
+            (str(v).strip().lower() in _NUMERIC_NA_WORDS for v in obj.to_numpy()[bad]),
+            dtype=bool,
+            count=int(bad.sum()),
+        )
+        bad_idx = np.flatnonzero(bad)
+        mask = mask.copy()
+        mask[bad_idx[words]] = True
+        bad_idx = bad_idx[~words]
+        if bad_idx.size:
+            pos = int(bad_idx[0])
+            raise DataError(
+                f"{where.source}: {where.at(pos)}, column {column!r}: expected a number ({what}), got text "
+                f"{_show(obj.iloc[pos])}; fix the value or leave the cell empty"
+                + (f" ({bad_idx.size} such rows)" if bad_idx.size > 1 else "")
+            )
+    return parsed, mask
+
+
+def _timestamps(s: pd.Series, column: str, where: _Where) -> np.ndarray:
+    """Parse a column as date-times (UTC) and return epoch seconds."""
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        dt = pd.to_datetime(s, utc=True)
+        mask = dt.isna().to_numpy()
+    else:
+        mask = _text(s)[1]
+        obj = s.reset_index(drop=True).astype(object).where(~mask, None)
+        with warnings.catch_warnings():
+            # pandas warns when it cannot infer one format; the retry below
+            # parses element by element anyway.
+            warnings.simplefilter("ignore", UserWarning)
+            dt = pd.to_datetime(obj, utc=True, errors="coerce")
+            failed = dt.isna().to_numpy() & ~mask
+            if failed.any():
+                retry = pd.to_datetime(obj[failed], utc=True, errors="coerce", format="mixed")
+                dt = dt.copy()
+                dt[failed] = retry
+                failed = dt.isna().to_numpy() & ~mask
+        if failed.any():
+            pos = int(np.flatnonzero(failed)[0])
+            raise DataError(
+                f"{where.source}: {where.at(pos)}, column {column!r}: cannot parse timestamp "
+                f"{_show(obj.iloc[pos])}; use ISO 8601 (e.g. 2024-01-31T12:00:00Z), or set time=false "
+                f"if the column is a position"
+            )
+    if mask.any():
+        pos = int(np.flatnonzero(mask)[0])
+        raise DataError(
+            f"{where.source}: {where.at(pos)}, column {column!r}: missing timestamp; "
+            f"fill it in or drop the row"
+        )
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    return (dt - epoch).dt.total_seconds().to_numpy(dtype=np.float64)
+
+
+def _labels(s: pd.Series, column: str, where: _Where) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(s.dtype) and not s.isna().any():
+        return s.to_numpy(dtype=np.int8)
+    mask = s.isna().to_numpy()
+    if mask.any():
+        pos = int(np.flatnonzero(mask)[0])
+        raise DataError(
+            f"{where.source}: {where.at(pos)}, column {column!r}: missing label; "
+            f"use 0/1, true/false or normal/anomaly"
+        )
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        vals = s.to_numpy(dtype=np.float64)
+        bad = ~np.isin(vals, (0.0, 1.0))
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{where.source}: {where.at(pos)}, column {column!r}: label {_show(s.iloc[pos])} is not "
+                f"0 or 1; "
+                f"use 0/1, true/false or normal/anomaly"
+            )
+        return vals.astype(np.int8)
+    words = s.astype(str).str.strip().str.lower()
+    mapped = words.map(_LABEL_WORDS)
+    bad = mapped.isna().to_numpy()
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{where.source}: {where.at(pos)}, column {column!r}: label {_show(s.iloc[pos])} is not "
+            f"understood; "
+            f"use 0/1, true/false or normal/anomaly"
+        )
+    return mapped.to_numpy(dtype=np.int8)
+
+
+def _check_columns(df: pd.DataFrame, columns: ColumnMap, source: str) -> str | None:
+    """Check that every mapped column exists; return the label column to use."""
+    have = [str(c) for c in df.columns]
+    needed = [columns.sequence, columns.event]
+    if columns.order is not None:
+        needed.append(columns.order)
+    needed += [*columns.numeric, *columns.context]
+    if columns.label is not None:
+        needed.append(columns.label)
+    for name in needed:
+        if name not in df.columns:
+            shown = ", ".join(repr(c) for c in have[:30]) + (", ..." if len(have) > 30 else "")
+            raise DataError(
+                f"{source}: missing column {name!r} (columns present: {shown}); "
+                f"fix the column map or the file's header"
+            )
+    if columns.label is not None:
+        return columns.label
+    return LABEL if LABEL in df.columns else None
+
+
+def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> EventTable:
+    """Validate and canonicalise ``df`` (rows in file order)."""
+    label_col = _check_columns(df, columns, source)
+    if len(df) == 0:
+        raise DataError(f"{source}: no data rows; the file has a header but no events")
+    repairs: dict[str, int] = {}
+
+    seq_text, seq_missing = _text(df[columns.sequence])
+    if seq_missing.any():
+        pos = int(np.flatnonzero(seq_missing)[0])
+        raise DataError(
+            f"{source}: {where.at(pos)}, column {columns.sequence!r}: missing sequence id; "
+            f"fill it in or drop the row ({int(seq_missing.sum())} such rows)"
+        )
+    ev_text, ev_missing = _text(df[columns.event])
+    if ev_missing.any():
+        pos = int(np.flatnonzero(ev_missing)[0])
+        raise DataError(
+            f"{source}: {where.at(pos)}, column {columns.event!r}: missing event; "
+            f"fill it in or drop the row ({int(ev_missing.sum())} such rows)"
+        )
+    out: dict[str, Any] = {
+        SEQUENCE: seq_text,
+    }
+
+    time_ordered = False
+    if columns.order is None:
+        out[ORDER] = seq_text.groupby(seq_text, sort=False).cumcount().to_numpy(np.float64)
+    else:
+        order_s = df[columns.order]
+        looks_time = _looks_like_time(order_s)
+        is_time = looks_time if columns.time is None else columns.time
+        if is_time and not looks_time:
+            order, mask = _numeric(order_s, columns.order, where, "epoch seconds")
+        elif is_time:
+            order = _timestamps(order_s, columns.order, where)
+            mask = np.zeros(len(order), dtype=bool)
+        else:
+            order, mask = _numeric(order_s, columns.order, where, "position")
+        if mask.any():
+            pos = int(np.flatnonzero(mask)[0])
+            raise DataError(
+                f"{source}: {where.at(pos)}, column {columns.order!r}: missing order value; "
+                f"fill it in or drop the row"
+            )
+        time_ordered = bool(is_time)
+        out[ORDER] = order
+    out[EVENT] = ev_text
+
+    numeric = [n for n in columns.numeric if not (time_ordered and n == GAP)]
+    for name in numeric:
+        vals, mask = _numeric(df[name], name, where, "numeric feature")
+        n_missing = int(mask.sum())
+        if n_missing:
+            repairs[f"missing numeric {name!r}"] = n_missing
+            logger.info("%s: %d missing value(s) in numeric column %r kept as NaN", source, n_missing, name)
+        out[name] = vals
+    for name in columns.context:
+        values, mask = _text(df[name])
+        n_missing = int(mask.sum())
+        if n_missing:
+            values = values.where(~mask, MISSING)
+            repairs[f"missing context {name!r}"] = n_missing
+            logger.info(
+                "%s: %d missing value(s) in context column %r set to %r", source, n_missing, name, MISSING
+            )
+        out[name] = values
+    if label_col is not None:
+        out[LABEL] = _labels(df[label_col], label_col, where)
+    if ATTACK_TYPE in df.columns:
+        values, mask = _text(df[ATTACK_TYPE])
+        out[ATTACK_TYPE] = values.where(~mask, "")
+
+    frame = canonical_sort(pd.DataFrame(out))
+    if time_ordered:
+        frame[GAP] = gaps_within(frame[SEQUENCE].to_numpy(dtype=object), frame[ORDER].to_numpy(np.float64))
+        numeric.append(GAP)
+    frame = frame[column_order(frame, numeric, columns.context)]
+    return EventTable(
+        frame,
+        numeric=numeric,
+        context=columns.context,
+        source=source,
+        repairs=repairs,
+        time_ordered=time_ordered,
+    )
+
+
+def _looks_like_time(s: pd.Series) -> bool:
+    """Auto rule: numbers -> position, date-times / other text -> timestamp."""
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        return True
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        return False
+    present = s.dropna()
+    if present.empty:
+        return False
+    sample = present.iloc[:1000].astype(object)
+    numeric_share = pd.to_numeric(sample, errors="coerce").notna().mean()
+    return bool(numeric_share < 0.5)
+
+
+def from_frame(df: pd.DataFrame, columns: ColumnMap | None = None, source: str = "<frame>") -> EventTable:
+    """Build a canonical :class:`EventTable` from an in-memory frame.
+
+    Error messages name rows by the frame's index labels.
+
+    Raises:
+        DataError: see :func:`read_table`.
+    """
+    columns = columns or ColumnMap()
+    where = _Where(source, np.asarray(df.index, dtype=object), "row")
+    return _build(df.reset_index(drop=True), columns, source, where)
+
+
+# --------------------------------------------------------------------------- #
+# Reading and writing files
+# --------------------------------------------------------------------------- #
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    raise DataError(f"{path}: unsupported file type; use one of {', '.join(_SUFFIXES)}")
+
+
+def _first_bad_line(path: Path, encoding: str) -> tuple[int, int] | None:
+    """(line number, offending byte) of the first line not in ``encoding``."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                return number, raw[exc.start]
+    return None
+
+
+def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: str = "utf-8") -> EventTable:
+    """Read an event file (``.csv``, ``.csv.gz``, ``.tsv``, ``.tsv.gz``, ``.parquet``).
+
+    Error messages give CSV/TSV rows as the file's line numbers (header = line
+    1; a quoted field that spans lines shifts the count) and Parquet rows as
+    1-based row numbers. Blank lines are skipped and counted in ``repairs``.
+
+    Raises:
+        DataError: file not found, unsupported type, empty, wrong encoding,
+            missing column, bad value (timestamp, number, label), missing
+            sequence id or event.
+        ConfigError: unknown encoding name.
+    """
+    path = Path(path)
+    columns = columns or ColumnMap()
+    source = str(path)
+    if not path.exists():
+        raise DataError(f"{source}: file not found; check the path")
+    if path.is_dir():
+        raise DataError(f"{source}: is a folder, not a file; pass an event file")
+    kind = _kind(path)
+    if kind == ".parquet":
+        return _read_parquet(path, columns)
+    try:
+        "".encode(encoding)
+    except LookupError as exc:
+        raise ConfigError(f"unknown encoding {encoding!r}; use e.g. utf-8 or latin-1") from exc
+    sep = "\t" if kind.startswith(".tsv") else ","
+    try:
+        df = pd.read_csv(
+            path,
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            skip_blank_lines=False,
+            encoding=encoding,
+            compression="gzip" if kind.endswith(".gz") else None,
+        )
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(
+            f"{source}: file is empty; it needs a header line and at least one event row"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        bad = _first_bad_line(path, encoding)
+        at = f"line {bad[0]} (byte 0x{bad[1]:02x})" if bad else f"byte {exc.start}"
+        raise DataError(
+            f"{source}: {at} is not valid {encoding}; "
+            f"pass the file's encoding with --encoding (e.g. --encoding latin-1)"
+        ) from exc
+    except pd.errors.ParserError as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "parse error"
+        raise DataError(
+            f"{source}: malformed {'TSV' if sep == chr(9) else 'CSV'} ({msg}); fix the quoting or field count"
+        ) from exc
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataError(
+            f"{source}: not a valid gzip file ({exc}); re-compress it or pass the plain file"
+        ) from exc
+    lines = np.arange(2, len(df) + 2, dtype=np.int64)
+    blank = df.isna().all(axis=1).to_numpy() if len(df.columns) else np.zeros(len(df), dtype=bool)
+    n_blank = int(blank.sum())
+    if n_blank:
+        df = df.loc[~blank].reset_index(drop=True)
+        lines = lines[~blank]
+        logger.info("%s: skipped %d blank line(s)", source, n_blank)
+    if len(df) == 0 and len(df.columns):
+        _check_columns(df, columns, source)
+        raise DataError(f"{source}: no data rows; the file has a header but no events")
+    table = _build(df, columns, source, _Where(source, lines, "line"))
+    if n_blank:
+        table.repairs["blank lines skipped"] = n_blank
+    return table
+
+
+def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = str(path)
+    try:
+        df = pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{source}: cannot read Parquet ({first}); check that the file is a complete Parquet file"
+        ) from exc
+    _check_columns(df, columns, source)
+    if len(df) == 0:
+        raise DataError(f"{source}: no data rows; the file has columns but no events")
+    where = _Where(source, np.arange(1, len(df) + 1, dtype=np.int64), "row")
+    return _build(df.reset_index(drop=True), columns, source, where)
+
+
+def write_table(table: EventTable, path: str | Path) -> Path:
+    """Write the canonical columns of ``table``.
+
+    Parquet when the suffix is ``.parquet``; tab-separated for ``.tsv`` /
+    ``.tsv.gz``; CSV otherwise (gzip if the name ends in ``.gz``). Read it back
+    with ``read_table(path, canonical_columns(table))`` (or :data:`CANONICAL`
+    for tables without features and timestamps). Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = table.frame[column_order(table.frame, table.numeric, table.context)]
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        frame.to_parquet(path, index=False)
+    else:
+        sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
+        frame.to_csv(path, index=False, sep=sep, compression="gzip" if name.endswith(".gz") else None)
+    logger.debug("wrote %d events of %s to %s", len(frame), table.source, path)
+    return path
