@@ -19,9 +19,8 @@ Message types (the ServerApp in :mod:`server.app` sends them in this order):
                         validation scores (:func:`common.scoring.spread_moments`), from
                         which the server fits the END weight (only sent when
                         ``score.fit-end-weight`` applies)
-``query.calib_max``     reply ``max-score`` of the validation scores (with
-                        ``end-weight``)
-``query.calib_hist``    reply ``hist`` of validation scores on ``calib-edges``
+``query.calib_hist``    reply ``hist`` of validation scores (with ``end-weight``)
+                        on the fixed edges ``round_edges(hist-bins)``
 ``query.report``        write the local report into ``output-dir``; reply confusion
                         counts at the local and the global threshold + histograms
 ======================  ===========================================================
@@ -133,13 +132,11 @@ def _number(conf: ConfigRecord, key: str, default: float | None = None) -> float
     return float(value)
 
 
-def _edges(conf: ConfigRecord, key: str) -> np.ndarray:
-    """``calib-edges`` as given; ``hist-bins`` -> the fixed evaluation edges :func:`round_edges`."""
-    if key not in conf:
-        raise ConfigError(f"message lacks '{key}'")
-    if key == "hist-bins":
-        return round_edges(int(_number(conf, key)))
-    return np.asarray(conf[key], dtype=np.float64)
+def _edges(conf: ConfigRecord) -> np.ndarray:
+    """The fixed histogram edges :func:`round_edges` for the message's ``hist-bins``."""
+    if "hist-bins" not in conf:
+        raise ConfigError("message lacks 'hist-bins'")
+    return round_edges(int(_number(conf, "hist-bins")))
 
 
 def _reply(msg: Message, **records: Any) -> Message:
@@ -196,7 +193,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         node = load_node(context)
         conf = _config(msg)
         encoder = _encoder(msg, node)
-        out = local.evaluate_round(node.cfg, encoder, _state(msg), node.data, _edges(conf, "hist-bins"))
+        out = local.evaluate_round(node.cfg, encoder, _state(msg), node.data, _edges(conf))
         c = out.confusion
         return _reply(
             msg,
@@ -231,26 +228,14 @@ def _end_weight(conf: ConfigRecord, node: Node) -> float:
     return _number(conf, "end-weight", node.cfg.score.end_weight)
 
 
-@app.query("calib_max")
-def calib_max(msg: Message, context: Context) -> Message:
-    """Largest validation score under the global weights."""
-    with _guard("calib_max"):
-        node = load_node(context)
-        encoder = _encoder(msg, node)
-        top, n = local.calibration_max(
-            node.cfg, encoder, _state(msg), node.data, end_weight=_end_weight(_config(msg), node)
-        )
-        return _reply(msg, metrics=MetricRecord({"max-score": float(top), "num-examples": int(n)}))
-
-
 @app.query("calib_hist")
 def calib_hist(msg: Message, context: Context) -> Message:
-    """Validation-score histogram on the agreed calibration edges."""
+    """Validation-score histogram under the global weights on the fixed edges."""
     with _guard("calib_hist"):
         node = load_node(context)
         conf = _config(msg)
         encoder = _encoder(msg, node)
-        edges = _edges(conf, "calib-edges")
+        edges = _edges(conf)
         counts = local.calibration_histogram(
             node.cfg, encoder, _state(msg), node.data, edges, end_weight=_end_weight(conf, node)
         )
@@ -286,7 +271,7 @@ def report(msg: Message, context: Context) -> Message:
             node.data,
             global_threshold=_number(conf, "global-threshold"),
             end_weight=_end_weight(conf, node),
-            edges=_edges(conf, "hist-bins"),
+            edges=_edges(conf),
             output_dir=output_dir(context, conf),
             extra={"run_name": str(conf.get("run-name", "")), "hash_key_source": node.key_source},
         )

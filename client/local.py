@@ -273,15 +273,6 @@ def calibration_spread(
     return [float(x) for x in spread_moments(events, cfg.score)]
 
 
-def calibration_max(
-    cfg: DetectorConfig, encoder: Encoder, state: StateDict, data: LocalData, *, end_weight: float
-) -> tuple[float, int]:
-    """(max validation score, number of validation sequences) with the global weights."""
-    det = build_detector(cfg, encoder, state, end_weight=end_weight)
-    scores = validation_scores(det, data)
-    return (float(scores.max()) if scores.size else 0.0), int(scores.size)
-
-
 def calibration_histogram(
     cfg: DetectorConfig,
     encoder: Encoder,
@@ -291,7 +282,7 @@ def calibration_histogram(
     *,
     end_weight: float,
 ) -> list[int]:
-    """Validation-score counts on the agreed edges."""
+    """Validation-score counts on the agreed edges (:func:`~common.protocol.round_edges`)."""
     det = build_detector(cfg, encoder, state, end_weight=end_weight)
     return _hist(validation_scores(det, data), edges)
 

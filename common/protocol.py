@@ -306,20 +306,18 @@ def encoder_from_config(data: Mapping[str, Any], hash_key: str) -> Encoder:
 
 
 def round_edges(bins: int) -> np.ndarray:
-    """Fixed edges for the evaluation histograms (per round and final report).
+    """Fixed edges for every score histogram: per-round evaluation, calibration, final report.
 
     0, then ``20 * bins`` log-spaced edges from 1e-3 to 1e4 (4,000 bins of about
     0.4 % width for the default 200): sequence scores are non-negative (nats plus
     a squared numeric residual, or a fraction for ``topk-miss``) and their range
     is not known in advance, so the bins are narrow in relative terms. The
     histogram AUROC differs from the exact one by at most the share of
-    (anomalous, normal) pairs whose scores are within one bin of each other;
-    scores beyond 1e4 fall in the last bin.
+    (anomalous, normal) pairs whose scores are within one bin of each other; a
+    threshold from the summed validation histograms
+    (:func:`common.metrics.threshold_from_histogram`) is at most one bin,
+    about 0.4 %, above the exact quantile of the pooled scores. Because the
+    edges are fixed, no node has to reveal its largest score to agree them.
+    Scores beyond 1e4 fall in the last bin.
     """
     return np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 20 * int(bins))])
-
-
-def calibration_edges(max_score: float, bins: int) -> np.ndarray:
-    """Agreed calibration edges ``linspace(0, max, bins + 1)`` (``max`` <= 0 becomes 1)."""
-    top = float(max_score) if np.isfinite(max_score) and max_score > 0 else 1.0
-    return np.linspace(0.0, top, int(bins) + 1)

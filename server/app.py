@@ -11,9 +11,10 @@ The phases (message types in :mod:`client.app`):
 3. **calibration** — ``query.calib_spread`` (when the END weight is fitted:
    summed moments of the validation scores' two parts give the federation's
    END weight, :func:`common.scoring.end_weight_from_moments`), then
-   ``query.calib_max`` and ``query.calib_hist``: the global threshold at
+   ``query.calib_hist``: the global threshold at
    ``calibration.false-alarm-rate`` from the summed validation histograms on
-   agreed edges;
+   the fixed log-spaced edges :func:`common.protocol.round_edges` (no node
+   reveals its largest score);
 4. **final report** — ``query.report``: every node writes its local report; the
    server sums the counts into ``final.json``, saves the global model to
    ``<run>/model`` and logs a summary table.
@@ -43,17 +44,16 @@ from common.protocol import (
     ENCODER_RECORD,
     SIMULATION_HASH_KEY,
     SetupStats,
-    calibration_edges,
     encoder_to_config,
     key_fingerprint,
     merge_setup,
+    round_edges,
 )
 from common.scoring import N_SPREAD_MOMENTS, end_weight_from_moments, end_weight_is_fitted
 from server.rundir import RunDir
 from server.strategy import (
     CONFUSION_KEYS,
     arrays_to_numpy,
-    as_float,
     as_floats,
     as_int,
     as_ints,
@@ -293,17 +293,12 @@ def calibration_phase(
                 moments += part
         end_weight = end_weight_from_moments(moments, score)
         log.info("calibration: END weight %.4g from %d validation sequences", end_weight, int(moments[0]))
-    content = RecordDict(
-        {"arrays": arrays, ENCODER_RECORD: encoder, "config": ConfigRecord({"end-weight": end_weight})}
-    )
-    maxima = ask_all(grid, "query.calib_max", content, nodes, fed.round_timeout)
-    top = max(as_float(_metrics(r).get("max-score"), 0.0) for r in maxima)
-    edges = calibration_edges(top, fed.histogram_bins)
+    edges = round_edges(fed.histogram_bins)
     content = RecordDict(
         {
             "arrays": arrays,
             ENCODER_RECORD: encoder,
-            "config": ConfigRecord({"calib-edges": edges.tolist(), "end-weight": end_weight}),
+            "config": ConfigRecord({"hist-bins": fed.histogram_bins, "end-weight": end_weight}),
         }
     )
     hists = ask_all(grid, "query.calib_hist", content, nodes, fed.round_timeout)
@@ -311,21 +306,19 @@ def calibration_phase(
     rate = cal.contamination if cal.contamination > 0 else cal.false_alarm_rate
     threshold = threshold_from_histogram(counts, edges, rate)
     log.info(
-        "calibration: global threshold %.6g at %s %g (%d validation sequences from %d node(s), max %.4g)",
+        "calibration: global threshold %.6g at %s %g (%d validation sequences from %d node(s))",
         threshold,
         "contamination" if cal.contamination > 0 else "false-alarm rate",
         rate,
         int(counts.sum()),
         len(hists),
-        top,
     )
     return {
         "global_threshold": float(threshold),
         "end_weight": float(end_weight),
         "rule": "contamination" if cal.contamination > 0 else "false-alarm-rate",
         "rate": float(rate),
-        "bins": int(fed.histogram_bins),
-        "max_validation_score": float(top),
+        "bins": len(edges) - 1,
         "validation_sequences": int(counts.sum()),
         "nodes": len(hists),
     }

@@ -148,21 +148,28 @@ def test_evaluate_and_calibration_handlers(shared: dict[str, Any]) -> None:
     )
     moments = spread.content["metrics"]["spread-moments"]
     assert len(moments) == 5 and moments[0] == spread.content["metrics"]["num-examples"] > 0
-    top = client_app.calib_max(
-        instruction(RecordDict({**base, "config": ConfigRecord({"end-weight": 0.5})}), "query.calib_max"), ctx
-    )
-    assert top.content["metrics"]["num-examples"] == moments[0]
-    mx = top.content["metrics"]["max-score"]
-    edges = np.linspace(0, mx, 11).tolist()
     hist = client_app.calib_hist(
         instruction(
-            RecordDict({**base, "config": ConfigRecord({"calib-edges": edges, "end-weight": 0.5})}),
+            RecordDict({**base, "config": ConfigRecord({"hist-bins": 40, "end-weight": 0.5})}),
             "query.calib_hist",
         ),
         ctx,
     )
     counts = hist.content["metrics"]["hist"]
-    assert len(counts) == 10 and sum(counts) == top.content["metrics"]["num-examples"] and counts[-1] >= 1
+    assert len(counts) == 800 and sum(counts) == hist.content["metrics"]["num-examples"] == moments[0]
+    heavier = client_app.calib_hist(
+        instruction(
+            RecordDict({**base, "config": ConfigRecord({"hist-bins": 40, "end-weight": 5.0})}),
+            "query.calib_hist",
+        ),
+        ctx,
+    ).content["metrics"]["hist"]
+    # a larger END weight moves every validation score up: the histogram's mass shifts right
+    assert _mean_bin(heavier) > _mean_bin(counts)
+
+
+def _mean_bin(counts: list[int]) -> float:
+    return float(np.dot(np.arange(len(counts)), counts) / sum(counts))
 
 
 def test_handler_errors_do_not_leak_data(tmp_path: Path) -> None:
@@ -264,7 +271,6 @@ def test_no_raw_token_or_sequence_content_leaves_a_client(tmp_path: Path) -> Non
         "train",
         "evaluate",
         "query.calib_spread",
-        "query.calib_max",
         "query.calib_hist",
         "query.report",
     }
