@@ -11,8 +11,9 @@ Message types (the ServerApp in :mod:`server.app` sends them in this order):
                         ``compute-seconds`` (wall time of the handler)
 ``evaluate``            reply ``val-loss``, ``num-examples`` (validation events),
                         ``compute-seconds`` (wall time of the handler),
-                        ``tp fp tn fn`` at the local threshold (END weight
-                        and threshold fitted on local validation), ``hist-normal`` /
+                        ``tp fp tn fn`` at the local threshold (fitted on local
+                        validation; END weight ``end-weight`` when the message
+                        has one, else fitted locally too), ``hist-normal`` /
                         ``hist-anomalous`` on the fixed edges
                         ``round_edges(hist-bins)``
 ``query.calib_spread``  reply ``spread-moments`` of the two parts of the
@@ -193,7 +194,10 @@ def evaluate(msg: Message, context: Context) -> Message:
         node = load_node(context)
         conf = _config(msg)
         encoder = _encoder(msg, node)
-        out = local.evaluate_round(node.cfg, encoder, _state(msg), node.data, _edges(conf))
+        end_weight = _number(conf, "end-weight") if "end-weight" in conf else None
+        out = local.evaluate_round(
+            node.cfg, encoder, _state(msg), node.data, _edges(conf), end_weight=end_weight
+        )
         c = out.confusion
         return _reply(
             msg,

@@ -223,17 +223,28 @@ def _split_scores(scores: np.ndarray, table: EventTable) -> tuple[np.ndarray, np
 
 
 def evaluate_round(
-    cfg: DetectorConfig, encoder: Encoder, state: StateDict, data: LocalData, edges: np.ndarray
+    cfg: DetectorConfig,
+    encoder: Encoder,
+    state: StateDict,
+    data: LocalData,
+    edges: np.ndarray,
+    *,
+    end_weight: float | None = None,
 ) -> EvalOutcome:
-    """Validation loss; with labelled test data, confusion counts and score histograms."""
+    """Validation loss; with labelled test data, confusion counts and score histograms.
+
+    ``end_weight``: the federation's END weight for this round; ``None`` fits
+    it on the local validation sequences (as the threshold always is).
+    """
     set_threads(cfg.train.threads)
     det = build_detector(cfg, encoder, state)
     device = resolve_device(cfg.train.device)
     det.model_.to(device)
     val = det.encode(data.validation)
     vs = evaluate_loss(det.model_, val, cfg.train, device)
-    # local END weight and threshold, on the validation sequences just encoded (or the training split)
-    det.fit_scoring(val if len(val) else det.encode(data.train))
+    # local threshold (and END weight unless given), on the validation sequences just encoded
+    # (or the training split)
+    det.fit_scoring(val if len(val) else det.encode(data.train), end_weight=end_weight)
     threshold = det.threshold_
     confusion = Confusion(0, 0, 0, 0)
     hist_n = hist_a = [0] * (len(edges) - 1)

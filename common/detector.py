@@ -177,18 +177,23 @@ class SequenceDetector:
         self.fit_scoring(enc_val if len(enc_val) else enc_train)
         return self
 
-    def fit_scoring(self, normal: EncodedSequences) -> np.ndarray:
+    def fit_scoring(self, normal: EncodedSequences, *, end_weight: float | None = None) -> np.ndarray:
         """Fit the END weight and the threshold on normal sequences; returns their scores.
 
         One scoring pass: ``end_weight_`` from the spreads of the two score
-        parts (:func:`~common.scoring.end_weight_from_moments`), then
-        ``threshold_`` by :meth:`calibrate` on the resulting scores.
+        parts (:func:`~common.scoring.end_weight_from_moments`) unless
+        ``end_weight`` is given (e.g. the federation's), then ``threshold_`` by
+        :meth:`calibrate` on the resulting scores.
         """
         cfg = self.config.score
         set_threads(self.config.train.threads)
         self.model_.to(self.device)
         events = score_events(self.model_, normal, cfg, self.device)
-        self.end_weight_ = end_weight_from_moments(spread_moments(events, cfg), cfg)
+        self.end_weight_ = (
+            end_weight_from_moments(spread_moments(events, cfg), cfg)
+            if end_weight is None
+            else float(end_weight)
+        )
         scores = aggregate(events, self.score_config_)
         self.calibrate(scores)
         return scores

@@ -8,6 +8,10 @@ The phases (message types in :mod:`client.app`):
    (numbered on from the last completed round);
 2. **rounds** — ``strategy.start(...)`` with the recording hooks of
    :mod:`server.strategy` (checkpoint, metrics, state after every round);
+   when the END weight is fitted, each round's evaluation is preceded by
+   ``query.calib_spread`` under the new global weights, so every node scores
+   its round with the same federation END weight that calibration would fit
+   (per-round AUROC and the final one measure the same score);
 3. **calibration** — ``query.calib_spread`` (when the END weight is fitted:
    summed moments of the validation scores' two parts give the federation's
    END weight, :func:`common.scoring.end_weight_from_moments`), then
@@ -247,12 +251,28 @@ def training_phase(
         )
         return arrays
     strategy = make_strategy(fed, client_lr=cfg.detector.train.lr)
+    score = cfg.detector.score
+    round_end_weight = None
+    if cfg.detector.model.end_event and end_weight_is_fitted(score):
+
+        def round_end_weight(
+            round_arrays: ArrayRecord, round_grid: Grid, nodes: list[int]
+        ) -> dict[str, float]:
+            """The federation's END weight under this round's global weights, for its evaluation."""
+            try:
+                weight, _ = federation_end_weight(round_grid, cfg, enc_conf, round_arrays, nodes)
+            except RuntimeError as exc:
+                log.warning("round END weight: %s; nodes fit their own this round", exc)
+                return {}
+            return {"end-weight": weight}
+
     strategy.setup_recording(  # type: ignore[attr-defined]
         run,
         initial_arrays=arrays,
         round_offset=done,
         total_rounds=fed.num_server_rounds,
         extra_records={ENCODER_RECORD: ConfigRecord(enc_conf)},
+        evaluate_config=round_end_weight,
     )
     if strategy_state is not None and strategy_before == fed.strategy and strategy_state.is_file():
         strategy.load_strategy_state(run.load_checkpoint(strategy_state))  # type: ignore[attr-defined]
@@ -274,6 +294,21 @@ def training_phase(
     return strategy.global_arrays  # type: ignore[attr-defined,no-any-return]
 
 
+def federation_end_weight(
+    grid: Grid, cfg: AppConfig, enc_conf: dict[str, Any], arrays: ArrayRecord, nodes: Sequence[int]
+) -> tuple[float, int]:
+    """(END weight, validation sequences) from the summed spread moments of the nodes' validation scores."""
+    content = RecordDict(
+        {"arrays": arrays, ENCODER_RECORD: ConfigRecord(enc_conf), "config": ConfigRecord({})}
+    )
+    moments = np.zeros(N_SPREAD_MOMENTS)
+    for r in ask_all(grid, "query.calib_spread", content, nodes, cfg.federation.round_timeout):
+        part = as_floats(_metrics(r).get("spread-moments"))
+        if len(part) == len(moments):
+            moments += part
+    return end_weight_from_moments(moments, cfg.detector.score), int(moments[0])
+
+
 def calibration_phase(
     grid: Grid, cfg: AppConfig, enc_conf: dict[str, Any], arrays: ArrayRecord
 ) -> dict[str, Any]:
@@ -281,18 +316,11 @@ def calibration_phase(
     fed, cal = cfg.federation, cfg.detector.calibration
     nodes = wait_for_nodes(grid, fed.min_nodes, fed.round_timeout)
     encoder = ConfigRecord(enc_conf)
-    content = RecordDict({"arrays": arrays, ENCODER_RECORD: encoder, "config": ConfigRecord({})})
     score = cfg.detector.score
     end_weight = score.end_weight
     if cfg.detector.model.end_event and end_weight_is_fitted(score):
-        spreads = ask_all(grid, "query.calib_spread", content, nodes, fed.round_timeout)
-        moments = np.zeros(N_SPREAD_MOMENTS)
-        for r in spreads:
-            part = as_floats(_metrics(r).get("spread-moments"))
-            if len(part) == len(moments):
-                moments += part
-        end_weight = end_weight_from_moments(moments, score)
-        log.info("calibration: END weight %.4g from %d validation sequences", end_weight, int(moments[0]))
+        end_weight, n_val = federation_end_weight(grid, cfg, enc_conf, arrays, nodes)
+        log.info("calibration: END weight %.4g from %d validation sequences", end_weight, n_val)
     edges = round_edges(fed.histogram_bins)
     content = RecordDict(
         {

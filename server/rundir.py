@@ -55,6 +55,7 @@ METRIC_COLUMNS = (
     "fp",
     "tn",
     "fn",
+    "end-weight",
     "seconds",
     "time",
 )

@@ -7,7 +7,10 @@ mixes in :class:`RecordingMixin`, which overrides only the narrow hooks
 
 After each round's evaluation the mixin commits the round to the
 :class:`~server.rundir.RunDir`: the global checkpoint, a metrics row
-(``metrics.jsonl`` + ``metrics.csv``) and ``state.json``.
+(``metrics.jsonl`` + ``metrics.csv``) and ``state.json``. An optional
+``evaluate_config`` callback adds round-specific entries (the federation's END
+weight under the new global weights) to every evaluate message; they are
+recorded in the round's metrics row too.
 
 Evaluation metrics are aggregated by :func:`aggregate_evaluate_metrics`
 (given to the strategy as ``evaluate_metrics_aggr_fn``): validation loss is a
@@ -187,7 +190,9 @@ class RecordingMixin:
     numbering in messages (``server-round``), checkpoints and metrics goes on.
     ``global_arrays`` always holds the latest global weights; ``extra_records``
     (the shared encoder) are attached to every train and evaluate message, next
-    to Flower's ``arrays`` and ``config`` records.
+    to Flower's ``arrays`` and ``config`` records. ``evaluate_config(arrays,
+    grid, node_ids)``, when given, returns entries added to the ``config``
+    record of the round's evaluate messages (and to its metrics row).
     """
 
     strategy_name: str = ""
@@ -201,9 +206,12 @@ class RecordingMixin:
         total_rounds: int | None = None,
         on_round: Callable[[int, dict[str, Any]], None] | None = None,
         extra_records: Mapping[str, ConfigRecord] | None = None,
+        evaluate_config: Callable[[ArrayRecord, Grid, list[int]], Mapping[str, float]] | None = None,
     ) -> None:
         self.run = run
         self.extra_records = dict(extra_records or {})
+        self.evaluate_config = evaluate_config
+        self._evaluate_extra: dict[str, float] = {}
         self.round_offset = int(round_offset)
         self.total_rounds = total_rounds
         self.global_arrays = initial_arrays
@@ -231,7 +239,15 @@ class RecordingMixin:
     ) -> Iterable[Message]:
         messages = super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)  # type: ignore[misc]
         out = self._with_extra(messages)
-        self._asked["evaluate"] = {int(m.metadata.dst_node_id) for m in out}
+        nodes = [int(m.metadata.dst_node_id) for m in out]
+        self._asked["evaluate"] = set(nodes)
+        self._evaluate_extra = {}
+        if out and self.evaluate_config is not None:
+            self._evaluate_extra = dict(self.evaluate_config(arrays, grid, nodes))
+            key = self.configrecord_key  # type: ignore[attr-defined]
+            for msg in out:
+                for name, value in self._evaluate_extra.items():
+                    msg.content.config_records[key][name] = value
         return out
 
     def _with_extra(self, messages: Iterable[Message]) -> list[Message]:
@@ -274,6 +290,7 @@ class RecordingMixin:
             **self._train_row,
             "eval-failures": failures,
             **self._node_counts(),
+            **self._evaluate_extra,
         }
         if metrics is not None:
             row.update({k: v for k, v in metrics.items()})

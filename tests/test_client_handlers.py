@@ -332,6 +332,10 @@ def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:
     # the END weight was fitted on the pooled validation moments and travels with the model
     weight = final["calibration"]["end_weight"]
     assert weight != det.config.score.end_weight and det.end_weight_ == pytest.approx(weight)
+    # every round is evaluated with the federation's END weight under that round's weights: the last
+    # round's model is the final one, so its weight and AUROC are the final ones
+    assert all(r["end-weight"] > 0 for r in rows) and rows[-1]["end-weight"] == pytest.approx(weight)
+    assert rows[-1]["auroc"] == pytest.approx(rep["auroc_histogram"])
     for pid in (0, 1):
         d = run / "clients" / f"partition-{pid}"
         metrics = json.loads((d / "metrics.json").read_text())

@@ -279,6 +279,34 @@ def test_configure_numbers_rounds_on_and_attaches_encoder(tmp_path) -> None:
     assert all(m.content["encoder"]["enc.tokens"] == ["ab"] for m in msgs)
     msgs = list(strategy.configure_evaluate(1, init, ConfigRecord({"hist-bins": 5}), Grid1()))
     assert all(m.content["config"]["server-round"] == 5 and "encoder" in m.content for m in msgs)
+    assert all("end-weight" not in m.content["config"] for m in msgs)
+
+
+def test_evaluate_config_callback_reaches_every_evaluate_message_and_the_round_row(tmp_path) -> None:
+    class Grid1:
+        def get_node_ids(self) -> list[int]:
+            return [11, 12]
+
+    asked: list[tuple[list[int], np.ndarray]] = []
+
+    def weight_for(arrays: ArrayRecord, grid: object, nodes: list[int]) -> dict[str, float]:
+        asked.append((nodes, arrays["w"].numpy()))
+        return {"end-weight": 0.375}
+
+    run = RunDir(tmp_path / "r")
+    run.reset()
+    strategy = make_strategy(FederationConfig(min_nodes=2))
+    init = ArrayRecord({"w": Array(np.full(2, 7.0, dtype=np.float32))})
+    strategy.setup_recording(run, initial_arrays=init, evaluate_config=weight_for)
+    msgs = list(strategy.configure_evaluate(1, init, ConfigRecord({"hist-bins": 5}), Grid1()))
+    assert len(asked) == 1 and sorted(asked[0][0]) == [11, 12]  # asked once, for the sampled nodes
+    np.testing.assert_array_equal(asked[0][1], 7.0)  # under the weights being evaluated
+    assert all(m.content["config"]["end-weight"] == 0.375 for m in msgs)
+    assert all(m.content["config"]["hist-bins"] == 5 for m in msgs)
+    edges = round_edges(5)
+    s, y = np.r_[np.ones(8), np.full(2, 9.0)], np.r_[np.zeros(8), np.ones(2)]
+    strategy.aggregate_evaluate(1, [_eval_reply(s, y, 4.0, edges), _eval_reply(s, y, 4.0, edges)])
+    assert run.read_metrics()[0]["end-weight"] == 0.375
 
 
 def test_fedadam_state_round_trip(tmp_path) -> None:
