@@ -18,7 +18,8 @@ Message types (the ServerApp in :mod:`server.app` sends them in this order):
                         ``round_edges(hist-bins)``
 ``query.calib_spread``  reply ``spread-moments`` of the two parts of the
                         validation scores (:func:`common.scoring.spread_moments`), from
-                        which the server fits the END weight (only sent when
+                        which the server fits the END weight: before each round's
+                        ``evaluate`` and before calibration (only sent when
                         ``score.fit-end-weight`` applies)
 ``query.calib_hist``    reply ``hist`` of validation scores (with ``end-weight``)
                         on the fixed edges ``round_edges(hist-bins)``

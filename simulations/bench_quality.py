@@ -23,6 +23,14 @@ a perfect ranking comes from normal programs missing from the training data.
 
     python -m simulations.bench_quality adfa-coverage --out docs/quality_adfa_coverage.json
 
+ADFA-LD seed spread: the standard split again with several seeds (each seed
+draws the hold-out split and initialises and shuffles the training), giving
+mean, standard deviation and range of every row, i.e. how far one seeded run
+can be trusted.
+
+    python -m simulations.bench_quality adfa-seeds --models lstm,gru --seeds 5 \
+        --config simulations/configs/adfa-detector.toml --out docs/quality_adfa_seeds.json
+
 Benchmarks, not tests: minutes on 2 CPU cores.
 """
 
@@ -121,6 +129,40 @@ def adfa(src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, 
                 rep["detection_rate_at_1pct_far"],
             )
     return {"dataset": "ADFA-LD standard split", "rows": rows}
+
+
+def adfa_seeds(
+    src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, seeds: int, first_seed: int
+) -> dict[str, Any]:
+    if seeds < 1:
+        raise DataError(f"--seeds must be at least 1, got {seeds}")
+    used = list(range(first_seed, first_seed + seeds))
+    runs = [adfa(src, base, kinds, epochs, s)["rows"] for s in used]
+    rows = []
+    for same in zip(*runs, strict=True):  # one row per variant, in the same order every seed
+        row: dict[str, Any] = {k: same[0][k] for k in ("model", "aggregate", "end_step", "default")}
+        for metric in ("auroc", "dr_at_1pct_far", "dr_at_5pct_far"):
+            vals = np.array([r[metric] for r in same], dtype=np.float64)
+            row[metric] = {
+                "mean": float(vals.mean()),
+                "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                "min": float(vals.min()),
+                "max": float(vals.max()),
+                "per_seed": vals.tolist(),
+            }
+        rows.append(row)
+        log.info(
+            "%s %-9s END %-5s auroc %.4f +- %.4f (%.4f..%.4f over %d seeds)",
+            row["model"],
+            row["aggregate"],
+            row["end_step"],
+            row["auroc"]["mean"],
+            row["auroc"]["sd"],
+            row["auroc"]["min"],
+            row["auroc"]["max"],
+            len(used),
+        )
+    return {"dataset": "ADFA-LD standard split, several seeds", "seeds": used, "rows": rows}
 
 
 def adfa_coverage(src: Path, base: DetectorConfig, epochs: int | None, seed: int) -> dict[str, Any]:
@@ -260,13 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("dataset", choices=["adfa", "hdfs", "adfa-coverage"])
+    parser.add_argument("dataset", choices=["adfa", "hdfs", "adfa-coverage", "adfa-seeds"])
     parser.add_argument("--data", type=Path, default=None, help="data folder (default: shared data)")
     parser.add_argument("--models", default=",".join(MODEL_KINDS), help="ADFA: model kinds to compare")
     parser.add_argument("--config", type=Path, default=None, help="detector config file (TOML/JSON)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed (adfa-seeds: the first of --seeds)")
+    parser.add_argument("--seeds", type=int, default=5, help="adfa-seeds: number of seeds")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -276,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     base = parse_detector_config(load_config_file(args.config)) if args.config else DetectorConfig()
     if args.dataset == "adfa":
         result = adfa(root, base, args.models.split(","), args.epochs, args.seed)
+    elif args.dataset == "adfa-seeds":
+        result = adfa_seeds(root, base, args.models.split(","), args.epochs, args.seeds, args.seed)
     elif args.dataset == "adfa-coverage":
         result = adfa_coverage(root, base, args.epochs, args.seed)
     else:
