@@ -30,6 +30,7 @@ Everything that is not message plumbing lives in :mod:`common.protocol`,
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -283,6 +284,11 @@ def training_phase(
         }
     )
     evaluate_config = ConfigRecord({"hist-bins": fed.histogram_bins})
+    # Flower's strategies sample, and order, the nodes of a round with Python's global `random`. The
+    # order of the replies is FedAvg's summation order, and float differences in the aggregate grow
+    # over the rounds (AdamW turns tiny gradient differences into full steps): seed it, so that a
+    # simulated run repeats itself (a resumed run from the rounds already done).
+    random.seed(cfg.detector.train.seed * 1_000_003 + done)
     strategy.start(
         grid=grid,
         initial_arrays=arrays,

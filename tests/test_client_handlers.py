@@ -10,6 +10,7 @@ no SuperLink: these tests are fast.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from safetensors.numpy import load_file
 
 from client import app as client_app
 from client import local
@@ -353,6 +355,27 @@ def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:
     test_table = load_synthetic(SyntheticSpec(institutions=2, users=64, seed=0))["test"]
     scores = det.decision_function(test_table)
     assert np.isfinite(scores).all()
+
+
+def test_a_simulated_federation_repeats_itself(tmp_path: Path) -> None:
+    """Same config, same nodes: the same node order every round and bit-identical global weights
+    (Flower samples nodes with Python's `random`, which the ServerApp seeds)."""
+    outcomes = []
+    for name in ("a", "b"):
+        random.seed(None)  # whatever state the process is in
+        rc = {
+            **SIM,
+            "federation.num-server-rounds": 2,
+            "federation.run-dir": str(tmp_path),
+            "federation.run-name": name,
+        }
+        grid = FakeGrid(rc, sim_nodes(4))
+        run_federation(grid, parse_config(rc))
+        order = [int(m.metadata.dst_node_id) for m in grid.sent if m.metadata.message_type == "train"]
+        outcomes.append((order, load_file(str(tmp_path / name / "checkpoints" / "round-0002.safetensors"))))
+    (order_a, w_a), (order_b, w_b) = outcomes
+    assert order_a == order_b and len(order_a) == 8
+    assert w_a.keys() == w_b.keys() and all(np.array_equal(w_a[k], w_b[k]) for k in w_a)
 
 
 def test_resume_runs_only_the_missing_rounds(tmp_path: Path) -> None:
