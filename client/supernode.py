@@ -81,6 +81,8 @@ def _readable(path: Path, what: str, report: Report) -> bytes | None:
 def check_ca(path: Path, report: Report) -> None:
     from cryptography import x509
 
+    from common.pki import is_ca_cert
+
     data = _readable(path, "CA certificate", report)
     if data is None:
         return
@@ -89,11 +91,7 @@ def check_ca(path: Path, report: Report) -> None:
     except ValueError:
         report.bad(f"CA certificate {path}: not a PEM certificate (expected the federation's ca.crt)")
         return
-    try:
-        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    if not is_ca:
+    if not is_ca_cert(cert):
         report.bad(
             f"CA certificate {path}: '{cert.subject.rfc4514_string()}' is not a CA certificate "
             "(did you get the SuperLink's server.pem instead of ca.crt?)"

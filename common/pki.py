@@ -31,7 +31,6 @@ import ipaddress
 import json
 import os
 import re
-import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,10 +118,6 @@ def write_public(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def is_group_or_world_readable(path: Path) -> bool:
-    return bool(path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO))
-
-
 # --------------------------------------------------------------------------- keys
 
 
@@ -160,16 +155,6 @@ def load_ssh_public(path: Path) -> ec.EllipticCurvePublicKey:
         raise PkiError(f"{path}: not an OpenSSH public key ({exc})") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise PkiError(f"{path}: not an ECDSA public key ({type(key).__name__}); use ECDSA P-384")
-    return key
-
-
-def load_ssh_private(path: Path) -> ec.EllipticCurvePrivateKey:
-    try:
-        key = serialization.load_ssh_private_key(path.read_bytes(), None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise PkiError(f"{path}: not an unencrypted OpenSSH private key ({exc})") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PkiError(f"{path}: not an ECDSA private key ({type(key).__name__}); use ECDSA P-384")
     return key
 
 
@@ -432,16 +417,3 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def registered_fingerprint(registry: Path, name: str | None, key: ec.EllipticCurvePublicKey) -> str | None:
-    """Name of the registry entry whose public key equals ``key`` (``name`` first), else None."""
-    try:
-        data = json.loads(registry.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PkiError(f"{registry}: cannot read the registry ({exc})") from None
-    entries = data.get("institutions", {}) if isinstance(data, dict) else {}
-    fp = ssh_fingerprint(key)
-    if name and name in entries:
-        return name if entries[name].get("fingerprint") == fp else None
-    return next((n for n, e in entries.items() if e.get("fingerprint") == fp), None)

@@ -143,10 +143,6 @@ class RunDir:
     def model_dir(self) -> Path:
         return self.root / "model"
 
-    @property
-    def clients_dir(self) -> Path:
-        return self.root / "clients"
-
     def checkpoint_path(self, server_round: int) -> Path:
         return self.checkpoints / f"round-{server_round:04d}.safetensors"
 
