@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client.console import PROG, Console, EpochProgress, setup_logging
+from client.console import PROG, Console, CountProgress, EpochProgress, setup_logging
 from client.datafiles import (
     LAYOUT_FILE,
     ORDER_CANDIDATES,
@@ -242,7 +242,10 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     table = read_for_model(args.data, args, detector, layout)
     describe(console, "data", table)
     threshold = chosen_threshold(detector, args.threshold)
-    scored = detector.score_table(table, expected_k=TOP_EVENT_EXPECTED if args.top_events > 0 else 0)
+    with CountProgress(table.n_events, desc="score", unit="event", quiet=console.quiet) as progress:
+        scored = detector.score_table(
+            table, expected_k=TOP_EVENT_EXPECTED if args.top_events > 0 else 0, progress=progress
+        )
     frame = score_frame(detector, scored, threshold, args.top_events)
     out = write_frame(frame, args.out)
 
@@ -314,7 +317,8 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     table = read_for_model(args.data, args, detector, layout)
     describe(console, "data", table)
     threshold = chosen_threshold(detector, args.threshold)
-    scored = detector.score_table(table, expected_k=_EXPLAIN_EXPECTED)
+    with CountProgress(table.n_events, desc="score", unit="event", quiet=console.quiet) as progress:
+        scored = detector.score_table(table, expected_k=_EXPLAIN_EXPECTED, progress=progress)
     frame = score_frame(detector, scored, threshold, top_events=3)
     metrics = labelled_metrics(scored, threshold, args.threshold)
     order = np.argsort(-np.nan_to_num(scored.scores, nan=-np.inf), kind="stable")[: args.top]

@@ -114,3 +114,36 @@ class EpochProgress:
     ) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class CountProgress:
+    """Progress of long counted work (events scored) on stderr: a tqdm bar on a terminal, else silent.
+
+    Call it with the amount done since the last call. Work that fits in one
+    batch shows nothing worth reading, so the bar only appears on a terminal.
+    """
+
+    def __init__(self, total: int, *, desc: str, unit: str, quiet: bool) -> None:
+        self._bar: Any = None
+        if not quiet and total > 0 and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:  # pragma: no cover - tqdm is a dependency, but optional here
+                tqdm = None
+            if tqdm is not None:
+                self._bar = tqdm(
+                    total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, leave=False
+                )
+
+    def __call__(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done)
+
+    def __enter__(self) -> CountProgress:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.close()

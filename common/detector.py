@@ -258,23 +258,30 @@ class SequenceDetector:
         score: ScoreConfig | None = None,
         raw_events: np.ndarray | None = None,
         expected_k: int = 0,
+        progress: Callable[[int], None] | None = None,
     ) -> ScoredTable:
         sc = score or self.score_config_
         set_threads(self.config.train.threads)
         self.model_.to(self.device)
-        events = score_events(self.model_, data, sc, self.device, expected_k=expected_k)
+        events = score_events(self.model_, data, sc, self.device, expected_k=expected_k, progress=progress)
         return ScoredTable(data, events, aggregate(events, sc), raw_events)
 
     def score_table(
-        self, table: EventTable, score: ScoreConfig | None = None, *, expected_k: int = 0
+        self,
+        table: EventTable,
+        score: ScoreConfig | None = None,
+        *,
+        expected_k: int = 0,
+        progress: Callable[[int], None] | None = None,
     ) -> ScoredTable:
         """One scoring pass with per-event detail (for reports and explanations).
 
-        ``expected_k > 0`` also keeps the top-k expected events at every step.
+        ``expected_k > 0`` also keeps the top-k expected events at every step;
+        ``progress`` is called with the number of events scored per batch.
         """
         self._check_fitted()
         g = table.grouped()
-        return self._score_encoded(self.encoder_.encode(g), score, g.events, expected_k)
+        return self._score_encoded(self.encoder_.encode(g), score, g.events, expected_k, progress)
 
     def decision_function(self, table: EventTable) -> np.ndarray:
         """Anomaly score per sequence (in ``table.grouped().ids`` order); higher = more anomalous."""

@@ -10,6 +10,7 @@ score is an aggregate of its event scores and its END step (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,11 +88,13 @@ def score_events(
     device: torch.device,
     *,
     expected_k: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> EventScores:
     """Score every event of every sequence (model put in eval mode).
 
     With ``expected_k > 0`` the top-k expected events (ids and probabilities)
     at every step are kept too, for explanations, in the same pass.
+    ``progress`` is called after every batch with the number of events it scored.
     """
     model.eval()
     n, s = len(data.tokens), len(data)
@@ -139,6 +142,8 @@ def score_events(
             if num_pred is not None:
                 res = (num_pred - batch.numeric_target[:, sl]).cpu().numpy()
                 residual[dst] = res[ev_b, ev_t]
+        if progress is not None:
+            progress(int(n_events.sum()))
     sq = np.nansum(residual * residual, axis=1) if f else np.zeros(n, dtype=np.float32)
     score = surprisal + config.numeric_weight * 0.5 * sq
     return EventScores(

@@ -463,3 +463,23 @@ def test_end_weight_is_fitted_on_validation_normals_and_saved(
 
     fixed = parse_detector_config({**load_config_file(workspace["config"]), "score.fit-end-weight": False})
     assert SequenceDetector(fixed).fit(train, validation).end_weight_ == fixed.score.end_weight
+
+
+def test_count_progress_draws_a_bar_only_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from client.console import CountProgress
+
+    with CountProgress(1000, desc="score", unit="event", quiet=False) as progress:
+        progress(400)
+    assert capsys.readouterr().err == ""  # not a terminal: silent
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with CountProgress(1000, desc="score", unit="event", quiet=False) as progress:
+        progress(400)
+        progress(600)
+        assert progress._bar is not None and progress._bar.n == 1000
+    err = capsys.readouterr().err
+    assert "score:" in err and "/1.00k" in err  # tqdm redraws at its own pace; the bar was drawn
+    with CountProgress(1000, desc="score", unit="event", quiet=True) as progress:
+        progress(1000)
+    assert capsys.readouterr().err == ""

@@ -114,6 +114,16 @@ def test_chunked_scoring_equals_one_pass_and_padding_is_inert(kind, monkeypatch)
     assert (whole.rank >= 1).all() and (whole.end_rank >= 1).all()
 
 
+def test_scoring_progress_counts_every_event_once_per_batch():
+    model = tiny("lstm")
+    seqs = [[3, 4, 5] * k for k in (1, 2, 5, 9, 4)]
+    data = encoded(seqs)
+    calls: list[int] = []
+    score_events(model, data, ScoreConfig(batch_size=2), CPU, progress=calls.append)
+    assert sum(calls) == len(data.tokens) == sum(len(s) for s in seqs)
+    assert len(calls) == 3  # 5 sequences, 2 per batch
+
+
 def test_end_step_leaves_event_scores_unchanged():
     """The END step is one more causal step: the events before it score as without it."""
     with_end = tiny("lstm", end=True)
