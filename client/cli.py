@@ -199,6 +199,7 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
         describe(console, "validation data", validation)
 
     from common.detector import SequenceDetector
+    from common.metrics import unresolved_rate
     from common.scoring import MIN_SPREAD_SEQUENCES, end_weight_is_fitted
 
     cfg = config
@@ -232,6 +233,9 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
         )
         console.info(f"END weight: {detector.end_weight_:.4g} ({source})")
     console.result(f"threshold: {detector.threshold_:.6g} ({how} on {n_val} normal validation sequences)")
+    note = unresolved_rate(n_val, cal.contamination if cal.contamination > 0 else cal.false_alarm_rate)
+    if note:
+        log.warning("%s (--validation FILE or a larger train.validation-fraction)", note)
     console.result(f"model saved to {out}")
     return 0
 

@@ -31,7 +31,7 @@ from common.config import DetectorConfig, with_overrides
 from common.detector import SequenceDetector, holdout_split
 from common.encoding import Encoder
 from common.events import EventTable
-from common.metrics import Confusion, confusion_at, detection_report, histogram_counts
+from common.metrics import Confusion, confusion_at, detection_report, histogram_counts, unresolved_rate
 from common.model import NextEventModel, resolve_device, set_threads, shape_of
 from common.protocol import SetupStats, count_categories, key_fingerprint
 from common.scaling import FeatureStats
@@ -349,6 +349,10 @@ def final_report(
     val_scores = validation_scores(det, data)
     local_threshold = det.calibrate(val_scores)
     det.global_threshold_ = float(global_threshold)
+    cal = det.config.calibration
+    note = unresolved_rate(len(val_scores), cal.contamination or cal.false_alarm_rate)
+    if note:
+        log.warning("local threshold: %s; the global threshold pools every node's validation sequences", note)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     det.save(output_dir / "model")
@@ -359,6 +363,7 @@ def final_report(
         "global_threshold": float(global_threshold),
         "train_sequences": len(data.train),
         "validation_sequences": len(data.validation),
+        **({"local_threshold_note": note} if note else {}),
         **dict(extra or {}),
     }
     local = glob = Confusion(0, 0, 0, 0)

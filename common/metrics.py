@@ -305,6 +305,26 @@ def threshold_for_far(normal_scores: ArrayLike, far: float) -> float:
     return float(np.sort(s)[s.size - k - 1])
 
 
+def unresolved_rate(n_normal: int, rate: float) -> str | None:
+    """Why ``n_normal`` calibration scores cannot resolve ``rate``, or None when they can.
+
+    Below ``n_normal * rate < 1`` the rule of :func:`threshold_for_far` lets
+    no score lie above the threshold, which is then the largest calibration
+    score: new normal sequences exceed it about ``1 / (n_normal + 1)`` of the
+    time, and that single order statistic varies a lot between data sets. The
+    text says so and how many sequences the rate needs.
+    """
+    rate = _check_rate(rate, "rate")
+    if n_normal <= 0 or rate <= 0 or _max_allowed(n_normal, rate) > 0:
+        return None
+    return (
+        f"{n_normal} normal validation sequence(s) cannot resolve a rate of {rate:g}: the threshold "
+        f"is their largest score, which new normal sequences exceed about "
+        f"{1.0 / (n_normal + 1):.2%} of the time and which varies a lot between samples; "
+        f"use at least {math.ceil(1.0 / rate)} validation sequences for this rate"
+    )
+
+
 def threshold_for_contamination(scores: ArrayLike, contamination: float) -> float:
     """Threshold flagging at most a fraction ``contamination`` of ``scores`` (``score > t``).
 

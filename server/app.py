@@ -43,7 +43,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import AppConfig, parse_config, to_flat, with_overrides
 from common.encoding import Encoder
 from common.errors import ConfigError
-from common.metrics import threshold_from_histogram
+from common.metrics import threshold_from_histogram, unresolved_rate
 from common.model import build_model, shape_of
 from common.protocol import (
     ENCODER_RECORD,
@@ -347,6 +347,9 @@ def calibration_phase(
         int(counts.sum()),
         len(hists),
     )
+    note = unresolved_rate(int(counts.sum()), rate)
+    if note:
+        log.warning("calibration: %s (pooled over %d node(s))", note, len(hists))
     return {
         "global_threshold": float(threshold),
         "end_weight": float(end_weight),

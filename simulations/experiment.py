@@ -81,6 +81,7 @@ import numpy as np
 from common.config import AppConfig, load_config_file, parse_config, to_flat, with_overrides
 from common.errors import ConfigError
 from common.events import EventTable
+from common.metrics import unresolved_rate
 
 log = logging.getLogger("simulations.experiment")
 
@@ -450,6 +451,23 @@ def table_rows(results: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], st
     return rows
 
 
+def calibration_lines(data: Mapping[str, Any], far: float) -> list[str]:
+    """How many normal validation sequences set each mode's threshold, and whether they resolve ``far``."""
+    pooled = data.get("pooled_validation_sequences")
+    per_client = [int(c["validation_sequences"]) for c in data.get("clients", [])]
+    if pooled is None or not per_client:
+        return []
+    text = (
+        f"Thresholds are calibrated on {pooled} pooled normal validation sequences (federated, "
+        f"centralized) and on {min(per_client)}–{max(per_client)} per client (local-only)."
+    )
+    for who, n in (("Pooled", int(pooled)), ("Smallest client", min(per_client))):
+        note = unresolved_rate(n, far)
+        if note:
+            text += f" {who}: {note}."
+    return [text, ""]
+
+
 def markdown(comparison: Mapping[str, Any]) -> str:
     res = comparison["results"]
     data = comparison["data"]
@@ -473,6 +491,7 @@ def markdown(comparison: Mapping[str, Any]) -> str:
     for mode, m, note in table_rows(res):
         lines.append(f"| {mode} | " + " | ".join(_cell(m.get(k)) for k, _ in TABLE_KEYS) + f" | {note} |")
     lines.append("")
+    lines += calibration_lines(data, far)
     if "federated" in res and "centralized" in res:
         fa, ca = res["federated"]["metrics"]["auroc"], res["centralized"]["metrics"]["auroc"]
         if fa is not None and ca is not None:

@@ -33,6 +33,7 @@ from client.data import node_data
 from common.config import parse_config
 from common.detector import SequenceDetector
 from common.events import EventTable
+from common.metrics import unresolved_rate
 from common.model import build_model, shape_of
 from common.protocol import ENCODER_RECORD, SetupStats, encoder_to_config, merge_setup
 from common.scoring import MIN_SPREAD_SEQUENCES
@@ -345,6 +346,10 @@ def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:
         assert local_det.global_threshold_ == pytest.approx(final["calibration"]["global_threshold"])
         assert local_det.end_weight_ == pytest.approx(weight)
         assert (d / "scores.csv").is_file() and "global" in metrics and "local" in metrics
+        # a node with too few validation sequences for the target rate is told so in its report
+        far = parse_config({**SIM}).detector.calibration.false_alarm_rate
+        assert metrics["validation_sequences"] * far < 1  # tiny nodes: the note must be there
+        assert metrics["local_threshold_note"] == unresolved_rate(metrics["validation_sequences"], far)
     totals = {
         k: sum(
             json.loads((run / f"clients/partition-{p}/metrics.json").read_text())["global"][k] for p in (0, 1)

@@ -70,6 +70,10 @@ def test_comparison_files_and_table(comparison: tuple[dict, Path]) -> None:
     assert local["pooled_mean"]["auroc"] == pytest.approx(mean)
     md = (out / "comparison.md").read_text()
     assert "| federated |" in md and "| centralized |" in md and "| local-only worst |" in md
+    # the tiny run's few validation sequences cannot resolve 1 % false alarms, and the table says so
+    pooled = result["data"]["pooled_validation_sequences"]
+    assert f"calibrated on {pooled} pooled normal validation sequences" in md
+    assert "cannot resolve a rate of 0.01" in md and "at least 100 validation sequences" in md
 
 
 def test_all_modes_are_scored_on_identical_test_sequences(comparison: tuple[dict, Path]) -> None:

@@ -110,6 +110,15 @@ def test_threshold_for_far_hand_computed() -> None:
     assert m.threshold_for_contamination(normals, 0.1) == 6
 
 
+def test_unresolved_rate_names_the_sequences_a_rate_needs() -> None:
+    note = m.unresolved_rate(96, 0.01)
+    assert note is not None and "96" in note and "at least 100" in note and "1.03%" in note
+    assert m.threshold_for_far(np.arange(96.0), 0.01) == 95.0  # the largest score, as the note says
+    assert m.unresolved_rate(100, 0.01) is None  # one score may lie above
+    assert m.unresolved_rate(20, 0.05) is None
+    assert m.unresolved_rate(0, 0.01) is None and m.unresolved_rate(50, 0.0) is None  # nothing to resolve
+
+
 def test_detection_rate_hand_computed() -> None:
     y = [0] * 10 + [1] * 4
     s = [*range(10), 9, 8.5, 3, 20]
