@@ -352,7 +352,7 @@ def final_report(
     cal = det.config.calibration
     note = unresolved_rate(len(val_scores), cal.contamination or cal.false_alarm_rate)
     if note:
-        log.warning("local threshold: %s; the global threshold pools every node's validation sequences", note)
+        log.warning("local threshold: %s; the global one pools every node's", note)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     det.save(output_dir / "model")

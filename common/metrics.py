@@ -318,10 +318,9 @@ def unresolved_rate(n_normal: int, rate: float) -> str | None:
     if n_normal <= 0 or rate <= 0 or _max_allowed(n_normal, rate) > 0:
         return None
     return (
-        f"{n_normal} normal validation sequence(s) cannot resolve a rate of {rate:g}: the threshold "
-        f"is their largest score, which new normal sequences exceed about "
-        f"{1.0 / (n_normal + 1):.2%} of the time and which varies a lot between samples; "
-        f"use at least {math.ceil(1.0 / rate)} validation sequences for this rate"
+        f"{n_normal} validation sequences cannot resolve a rate of {rate:g} (at least "
+        f"{math.ceil(1.0 / rate)} needed): the threshold is their largest score, which about "
+        f"{1.0 / (n_normal + 1):.1%} of new normal sequences exceed, with high variance"
     )
 
 

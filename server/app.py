@@ -349,7 +349,7 @@ def calibration_phase(
     )
     note = unresolved_rate(int(counts.sum()), rate)
     if note:
-        log.warning("calibration: %s (pooled over %d node(s))", note, len(hists))
+        log.warning("calibration: %s (pooled from %d node(s))", note, len(hists))
     return {
         "global_threshold": float(threshold),
         "end_weight": float(end_weight),

@@ -143,7 +143,7 @@ def test_fit_prints_progress_threshold_and_saves(
     assert f"model saved to {out}" in captured.out
     assert "epoch 1/2" in captured.err and "epoch 2/2" in captured.err
     # 4 held-out sequences cannot resolve 5 % false alarms: say so, and how many it needs
-    assert "cannot resolve a rate of 0.05" in captured.err and "at least 20 validation" in captured.err
+    assert "cannot resolve a rate of 0.05" in captured.err and "at least 20 needed" in captured.err
     meta = json.loads((out / "detector.json").read_text(encoding="utf-8"))
     assert meta["config"]["model.kind"] == "gru"
     assert meta["config"]["model.hidden"] == 16

@@ -73,7 +73,7 @@ def test_comparison_files_and_table(comparison: tuple[dict, Path]) -> None:
     # the tiny run's few validation sequences cannot resolve 1 % false alarms, and the table says so
     pooled = result["data"]["pooled_validation_sequences"]
     assert f"calibrated on {pooled} pooled normal validation sequences" in md
-    assert "cannot resolve a rate of 0.01" in md and "at least 100 validation sequences" in md
+    assert "cannot resolve a rate of 0.01" in md and "at least 100 needed" in md
 
 
 def test_all_modes_are_scored_on_identical_test_sequences(comparison: tuple[dict, Path]) -> None:

@@ -112,7 +112,7 @@ def test_threshold_for_far_hand_computed() -> None:
 
 def test_unresolved_rate_names_the_sequences_a_rate_needs() -> None:
     note = m.unresolved_rate(96, 0.01)
-    assert note is not None and "96" in note and "at least 100" in note and "1.03%" in note
+    assert note is not None and "96 validation" in note and "at least 100 needed" in note and "1.0%" in note
     assert m.threshold_for_far(np.arange(96.0), 0.01) == 95.0  # the largest score, as the note says
     assert m.unresolved_rate(100, 0.01) is None  # one score may lie above
     assert m.unresolved_rate(20, 0.05) is None
