@@ -6,7 +6,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 PROG = "seqwatch"
 _OUR_LOGGERS = frozenset({"client", "common", "server", "simulations"})
@@ -80,20 +80,39 @@ def setup_logging(verbose: int, quiet: bool) -> _LoggingSetup:
     return setup
 
 
-class EpochProgress:
+def _terminal_bar(quiet: bool, **kwargs: Any) -> Any:
+    """A tqdm bar on stderr when stderr is a terminal and output is not quiet, else None."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency, but optional here
+        return None
+    return tqdm(file=sys.stderr, **kwargs)
+
+
+class _Progress:
+    """A ``with`` block around a progress display; closes the terminal bar, if any, on leaving."""
+
+    _bar: Any = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class EpochProgress(_Progress):
     """Per-epoch progress on stderr: a tqdm bar on a terminal, else one plain line per epoch."""
 
     def __init__(self, total: int, *, quiet: bool) -> None:
         self.total = total
         self.quiet = quiet
-        self._bar: Any = None
-        if not quiet and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:  # pragma: no cover - tqdm is a dependency, but optional here
-                tqdm = None
-            if tqdm is not None:
-                self._bar = tqdm(total=total, desc="fit", unit="epoch", file=sys.stderr, leave=True)
+        self._bar = _terminal_bar(quiet, total=total, desc="fit", unit="epoch", leave=True)
 
     def __call__(self, epoch: int, row: dict[str, float]) -> None:
         text = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
@@ -106,44 +125,19 @@ class EpochProgress:
         elif not self.quiet:
             print(f"epoch {epoch}/{self.total}  {text}", file=sys.stderr, flush=True)
 
-    def __enter__(self) -> EpochProgress:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-class CountProgress:
+class CountProgress(_Progress):
     """Progress of long counted work (events scored) on stderr: a tqdm bar on a terminal, else silent.
 
-    Call it with the amount done since the last call. Work that fits in one
-    batch shows nothing worth reading, so the bar only appears on a terminal.
+    Call it with the amount done since the last call. Off a terminal (logs,
+    pipes) it prints nothing: a count without a bar is noise there.
     """
 
     def __init__(self, total: int, *, desc: str, unit: str, quiet: bool) -> None:
-        self._bar: Any = None
-        if not quiet and total > 0 and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:  # pragma: no cover - tqdm is a dependency, but optional here
-                tqdm = None
-            if tqdm is not None:
-                self._bar = tqdm(
-                    total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, leave=False
-                )
+        self._bar = _terminal_bar(
+            quiet or total <= 0, total=total, desc=desc, unit=unit, unit_scale=True, leave=False
+        )
 
     def __call__(self, done: int) -> None:
         if self._bar is not None:
             self._bar.update(done)
-
-    def __enter__(self) -> CountProgress:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._bar is not None:
-            self._bar.close()
