@@ -235,7 +235,7 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     console.result(f"threshold: {detector.threshold_:.6g} ({how} on {n_val} normal validation sequences)")
     note = unresolved_rate(n_val, cal.contamination if cal.contamination > 0 else cal.false_alarm_rate)
     if note:
-        log.warning("%s (--validation FILE or a larger train.validation-fraction)", note)
+        log.warning("%s (give --validation FILE, or a larger train.validation-fraction in --config)", note)
     console.result(f"model saved to {out}")
     return 0
 
