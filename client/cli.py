@@ -233,7 +233,7 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
         )
         console.info(f"END weight: {detector.end_weight_:.4g} ({source})")
     console.result(f"threshold: {detector.threshold_:.6g} ({how} on {n_val} normal validation sequences)")
-    note = unresolved_rate(n_val, cal.contamination if cal.contamination > 0 else cal.false_alarm_rate)
+    note = unresolved_rate(n_val, cal.rate)
     if note:
         log.warning("%s (give --validation FILE, or a larger train.validation-fraction in --config)", note)
     console.result(f"model saved to {out}")

@@ -349,8 +349,7 @@ def final_report(
     val_scores = validation_scores(det, data)
     local_threshold = det.calibrate(val_scores)
     det.global_threshold_ = float(global_threshold)
-    cal = det.config.calibration
-    note = unresolved_rate(len(val_scores), cal.contamination or cal.false_alarm_rate)
+    note = unresolved_rate(len(val_scores), det.config.calibration.rate)
     if note:
         log.warning("local threshold: %s; the global one pools every node's", note)
     output_dir = Path(output_dir)

@@ -140,6 +140,11 @@ class CalibrationConfig:
         _unit("calibration.false-alarm-rate", self.false_alarm_rate, closed=False)
         _unit("calibration.contamination", self.contamination, closed=False)
 
+    @property
+    def rate(self) -> float:
+        """The rate the threshold targets: ``contamination`` when set, else ``false_alarm_rate``."""
+        return self.contamination if self.contamination > 0 else self.false_alarm_rate
+
 
 @dataclass(frozen=True)
 class FederationConfig:

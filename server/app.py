@@ -337,7 +337,7 @@ def calibration_phase(
     )
     hists = ask_all(grid, "query.calib_hist", content, nodes, fed.round_timeout)
     counts = np.asarray(sum_lists(as_ints(_metrics(r).get("hist")) for r in hists), dtype=np.int64)
-    rate = cal.contamination if cal.contamination > 0 else cal.false_alarm_rate
+    rate = cal.rate
     threshold = threshold_from_histogram(counts, edges, rate)
     log.info(
         "calibration: global threshold %.6g at %s %g (%d validation sequences from %d node(s))",
