@@ -14,7 +14,8 @@ The phases (message types in :mod:`client.app`):
    (per-round AUROC and the final one measure the same score);
 3. **calibration** — ``query.calib_spread`` (when the END weight is fitted:
    summed moments of the validation scores' two parts give the federation's
-   END weight, :func:`common.scoring.end_weight_from_moments`), then
+   END weight, :func:`common.scoring.end_weight_from_moments`; skipped when the
+   last round's evaluation already fitted it under the same weights and nodes), then
    ``query.calib_hist``: the global threshold at
    ``calibration.false-alarm-rate`` from the summed validation histograms on
    the fixed log-spaced edges :func:`common.protocol.round_edges` (no node
@@ -33,6 +34,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +240,12 @@ def training_phase(
     done: int,
     strategy_state: Path | None,
     strategy_before: str,
+    spread_memo: EndWeightMemo | None = None,
 ) -> ArrayRecord:
-    """Run rounds ``done + 1 .. num-server-rounds``; returns the latest global weights."""
+    """Run rounds ``done + 1 .. num-server-rounds``; returns the latest global weights.
+
+    ``spread_memo`` remembers the END weight fitted for each round's evaluation.
+    """
     fed = cfg.federation
     remaining = fed.num_server_rounds - done
     if remaining <= 0:
@@ -261,10 +267,12 @@ def training_phase(
         ) -> dict[str, float]:
             """The federation's END weight under this round's global weights, for its evaluation."""
             try:
-                weight, _ = federation_end_weight(round_grid, cfg, enc_conf, round_arrays, nodes)
+                weight, n_val = federation_end_weight(round_grid, cfg, enc_conf, round_arrays, nodes)
             except RuntimeError as exc:
                 log.warning("round END weight: %s; nodes fit their own this round", exc)
                 return {}
+            if spread_memo is not None:
+                spread_memo.remember(round_arrays, nodes, weight, n_val)
             return {"end-weight": weight}
 
     strategy.setup_recording(  # type: ignore[attr-defined]
@@ -300,6 +308,31 @@ def training_phase(
     return strategy.global_arrays  # type: ignore[attr-defined,no-any-return]
 
 
+@dataclass
+class EndWeightMemo:
+    """The federation END weight last fitted, and under which global weights and nodes.
+
+    The last round's evaluation fits it under the final global weights; calibration
+    reuses that answer rather than asking every node for the same validation pass again.
+    The weights are compared by identity: the strategy hands the very ``ArrayRecord`` it
+    evaluated back as its final weights.
+    """
+
+    arrays: ArrayRecord | None = None
+    nodes: tuple[int, ...] = ()
+    weight: float = 0.0
+    n_val: int = 0
+
+    def remember(self, arrays: ArrayRecord, nodes: Sequence[int], weight: float, n_val: int) -> None:
+        self.arrays, self.nodes, self.weight, self.n_val = arrays, tuple(sorted(nodes)), weight, n_val
+
+    def lookup(self, arrays: ArrayRecord, nodes: Sequence[int]) -> tuple[float, int] | None:
+        """(weight, validation sequences) when fitted under these weights on these nodes, else None."""
+        if self.arrays is arrays and self.nodes == tuple(sorted(nodes)):
+            return self.weight, self.n_val
+        return None
+
+
 def federation_end_weight(
     grid: Grid, cfg: AppConfig, enc_conf: dict[str, Any], arrays: ArrayRecord, nodes: Sequence[int]
 ) -> tuple[float, int]:
@@ -316,17 +349,34 @@ def federation_end_weight(
 
 
 def calibration_phase(
-    grid: Grid, cfg: AppConfig, enc_conf: dict[str, Any], arrays: ArrayRecord
+    grid: Grid,
+    cfg: AppConfig,
+    enc_conf: dict[str, Any],
+    arrays: ArrayRecord,
+    spread_memo: EndWeightMemo | None = None,
 ) -> dict[str, Any]:
-    """Global threshold from the summed validation-score histograms on agreed edges."""
+    """Global threshold from the summed validation-score histograms on agreed edges.
+
+    The END weight comes from ``spread_memo`` when the last round fitted it under
+    these weights on the same nodes, else from a ``query.calib_spread`` round.
+    """
     fed, cal = cfg.federation, cfg.detector.calibration
     nodes = wait_for_nodes(grid, fed.min_nodes, fed.round_timeout)
     encoder = ConfigRecord(enc_conf)
     score = cfg.detector.score
     end_weight = score.end_weight
     if cfg.detector.model.end_event and end_weight_is_fitted(score):
-        end_weight, n_val = federation_end_weight(grid, cfg, enc_conf, arrays, nodes)
-        log.info("calibration: END weight %.4g from %d validation sequences", end_weight, n_val)
+        known = spread_memo.lookup(arrays, nodes) if spread_memo is not None else None
+        if known is None:
+            end_weight, n_val = federation_end_weight(grid, cfg, enc_conf, arrays, nodes)
+        else:
+            end_weight, n_val = known
+        log.info(
+            "calibration: END weight %.4g from %d validation sequences%s",
+            end_weight,
+            n_val,
+            " (fitted for the last round's evaluation)" if known is not None else "",
+        )
     edges = round_edges(fed.histogram_bins)
     content = RecordDict(
         {
@@ -499,10 +549,13 @@ def run_federation(grid: Grid, cfg: AppConfig) -> dict[str, Any]:
     else:
         encoder, key_print, arrays, done, strat_state, strat_before = resumed
     enc_conf = encoder_to_config(encoder, key_print)
-    arrays = training_phase(grid, cfg, run, enc_conf, arrays, done, strat_state, strat_before)
+    spread_memo = EndWeightMemo()
+    arrays = training_phase(
+        grid, cfg, run, enc_conf, arrays, done, strat_state, strat_before, spread_memo
+    )
     state = run.read_state()
     rounds = state.last_round if state else done
-    calibration = calibration_phase(grid, cfg, enc_conf, arrays)
+    calibration = calibration_phase(grid, cfg, enc_conf, arrays, spread_memo)
     report = report_phase(grid, cfg, run, enc_conf, arrays, calibration)
     key = known_hash_key(cfg, key_print)
     if key is None:

@@ -50,6 +50,7 @@ TINY = {
     "model.layers": 1,
     "federation.histogram-bins": 40,
     "train.batch-size": 16,
+    "federation.local-epochs": 1,
 }
 SIM = {**TINY, "data.synthetic-users": 24}
 
@@ -339,6 +340,9 @@ def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:
     # round's model is the final one, so its weight and AUROC are the final ones
     assert all(r["end-weight"] > 0 for r in rows) and rows[-1]["end-weight"] == pytest.approx(weight)
     assert rows[-1]["auroc"] == pytest.approx(rep["auroc_histogram"])
+    # ... so calibration reuses the last round's fit: one spread query per node and round, none more
+    spread = [m for m in grid.sent if m.metadata.message_type == "query.calib_spread"]
+    assert len(spread) == 2 * 2
     for pid in (0, 1):
         d = run / "clients" / f"partition-{pid}"
         metrics = json.loads((d / "metrics.json").read_text())
