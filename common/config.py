@@ -150,9 +150,9 @@ class CalibrationConfig:
 class FederationConfig:
     """Server-side knobs of a federated run (see :mod:`server.app`)."""
 
-    num_server_rounds: int = 3
+    num_server_rounds: int = 6
     strategy: str = "fedavg"
-    local_epochs: int = 1
+    local_epochs: int = 2
     fraction_train: float = 1.0
     min_nodes: int = 2
     proximal_mu: float = 0.01
@@ -185,7 +185,7 @@ class DataConfig:
     dataset: str = "synthetic"
     partitioner: str = "natural"
     alpha: float = 0.5
-    synthetic_users: int = 240
+    synthetic_users: int = 600
     seed: int = 0
 
     def __post_init__(self) -> None:

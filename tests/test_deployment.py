@@ -48,7 +48,7 @@ CONNECTION = "deploy"
 USERS = 45  # synthetic users over the three institutions (about 15 train sequences per node)
 TINY = (
     "model.hidden=16 model.embed-dim=8 model.layers=1 model.context-dim=4 model.dropout=0.0 "
-    "train.epochs=1 train.threads=1 federation.histogram-bins=50"
+    "train.epochs=1 train.threads=1 federation.histogram-bins=50 federation.local-epochs=1"
 )
 T = TypeVar("T")
 

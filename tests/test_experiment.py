@@ -21,6 +21,7 @@ TINY_TOML = """
 "data.synthetic-users" = 24
 "federation.min-nodes" = 2
 "federation.histogram-bins" = 40
+"federation.local-epochs" = 1
 "model.hidden" = 12
 "model.embed-dim" = 8
 "model.context-dim" = 2
