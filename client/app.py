@@ -155,6 +155,17 @@ def setup(msg: Message, context: Context) -> Message:
         return _reply(msg, setup=ConfigRecord(stats.to_config()))
 
 
+def node_seed(context: Context) -> int:
+    """What tells this node's random stream apart: its partition in a simulation, else its node id.
+
+    Flower draws simulated node ids at random for every run; the partition is what
+    stays the same, so a simulated run repeats itself from one ``flwr run`` to the next.
+    """
+    if is_simulation(context.node_config):
+        return int(context.node_config["partition-id"])
+    return int(context.node_id)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local epochs from the global weights."""
@@ -171,7 +182,7 @@ def train(msg: Message, context: Context) -> Message:
             epochs=int(_number(conf, "local-epochs", node.app_config.federation.local_epochs)),
             proximal_mu=_number(conf, "proximal-mu", 0.0),
             server_round=int(_number(conf, "server-round", 1)),
-            node_seed=int(context.node_id),
+            node_seed=node_seed(context),
         )
         return _reply(
             msg,

@@ -169,7 +169,7 @@ def train_round(
     """``epochs`` local epochs from the global weights (FedProx term when ``proximal_mu > 0``).
 
     Shuffling and dropout are seeded by ``train.seed``, the round and
-    ``node_seed`` (the node id), so that institutions do not all draw the same
+    ``node_seed`` (the node's partition or id), so that institutions do not all draw the same
     random stream and a rerun of the same round on the same node repeats itself.
     """
     t0 = time.perf_counter()

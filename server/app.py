@@ -31,6 +31,7 @@ Everything that is not message plumbing lives in :mod:`common.protocol`,
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -292,10 +293,10 @@ def training_phase(
         }
     )
     evaluate_config = ConfigRecord({"hist-bins": fed.histogram_bins})
-    # Flower's strategies sample, and order, the nodes of a round with Python's global `random`. The
-    # order of the replies is FedAvg's summation order, and float differences in the aggregate grow
-    # over the rounds (AdamW turns tiny gradient differences into full steps): seed it, so that a
-    # simulated run repeats itself (a resumed run from the rounds already done).
+    # Flower's strategies sample the nodes of a round (federation.fraction-train < 1) with Python's
+    # global `random`: seed it, so that a simulated run repeats itself (a resumed run from the rounds
+    # already done). The replies are aggregated in a fixed order (server.strategy.reply_order) and
+    # simulated nodes seed their training by partition, not by Flower's random node ids.
     random.seed(cfg.detector.train.seed * 1_000_003 + done)
     strategy.start(
         grid=grid,
@@ -340,11 +341,13 @@ def federation_end_weight(
     content = RecordDict(
         {"arrays": arrays, ENCODER_RECORD: ConfigRecord(enc_conf), "config": ConfigRecord({})}
     )
-    moments = np.zeros(N_SPREAD_MOMENTS)
-    for r in ask_all(grid, "query.calib_spread", content, nodes, cfg.federation.round_timeout):
-        part = as_floats(_metrics(r).get("spread-moments"))
-        if len(part) == len(moments):
-            moments += part
+    parts = [
+        part
+        for r in ask_all(grid, "query.calib_spread", content, nodes, cfg.federation.round_timeout)
+        if len(part := as_floats(_metrics(r).get("spread-moments"))) == N_SPREAD_MOMENTS
+    ]
+    # exactly rounded sums: the same weight whatever order the replies came in
+    moments = np.array([math.fsum(p[i] for p in parts) for i in range(N_SPREAD_MOMENTS)])
     return end_weight_from_moments(moments, cfg.detector.score), int(moments[0])
 
 

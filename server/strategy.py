@@ -21,6 +21,7 @@ exact global figures, not means of per-client figures.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -182,6 +183,25 @@ def numpy_to_arrays(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
 # --------------------------------------------------------------------------- recording mixin
 
 
+def reply_order(msg: Message) -> tuple[int, bytes]:
+    """Sort key that fixes the order in which the replies of a round are aggregated.
+
+    Replies arrive in whatever order the nodes finish, and that order is the
+    aggregate's summation order: float rounding then differs from run to run and
+    grows over the rounds. Ordering by a digest of the reply's arrays (errors last;
+    not its metrics, which hold timings) makes the aggregate a function of the
+    replies alone.
+    """
+    if msg.has_error():
+        return (1, b"")
+    digest = hashlib.blake2b(digest_size=16)
+    for record in msg.content.array_records.values():
+        for key, arr in record.items():
+            digest.update(key.encode("utf-8"))
+            digest.update(arr.data)
+    return (0, digest.digest())
+
+
 class RecordingMixin:
     """Hooks that record every round of a Flower strategy into a :class:`RunDir`.
 
@@ -263,7 +283,7 @@ class RecordingMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rnd = server_round + self.round_offset
-        replies = list(replies)
+        replies = sorted(replies, key=reply_order)
         failures = sum(1 for m in replies if m.has_error())
         self._replied["train"] = {int(m.metadata.src_node_id) for m in replies if not m.has_error()}
         arrays, metrics = super().aggregate_train(rnd, replies)  # type: ignore[misc]

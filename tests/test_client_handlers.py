@@ -128,12 +128,16 @@ def test_train_handler_replies_weights_and_training_events(shared: dict[str, Any
     # weights moved
     w0, w1 = shared["arrays"]["event_head.weight"].numpy(), arrays["event_head.weight"].numpy()
     assert not np.allclose(w0, w1)
-    # the same node repeats its round exactly; another node id draws another random stream
+    # the same node repeats its round exactly, whatever node id the simulation gave its partition
     again = client_app.train(instruction(content, "train"), ctx).content["arrays"]
     np.testing.assert_array_equal(again["event_head.weight"].numpy(), w1)
     other_ctx = context_for(shared["rc"], sim_nodes(2)[1], node_id=8)
     other = client_app.train(instruction(content, "train"), other_ctx).content["arrays"]
-    assert not np.allclose(other["event_head.weight"].numpy(), w1)
+    np.testing.assert_array_equal(other["event_head.weight"].numpy(), w1)
+    # another round draws another random stream
+    content["config"]["server-round"] = 3
+    later = client_app.train(instruction(content, "train"), ctx).content["arrays"]
+    assert not np.allclose(later["event_head.weight"].numpy(), w1)
 
 
 def test_evaluate_and_calibration_handlers(shared: dict[str, Any]) -> None:
@@ -385,6 +389,58 @@ def test_a_simulated_federation_repeats_itself(tmp_path: Path) -> None:
     (order_a, w_a), (order_b, w_b) = outcomes
     assert order_a == order_b and len(order_a) == 8
     assert w_a.keys() == w_b.keys() and all(np.array_equal(w_a[k], w_b[k]) for k in w_a)
+
+
+def test_node_seed_is_the_partition_in_a_simulation_and_the_node_id_in_a_deployment() -> None:
+    def ctx(node_config: dict[str, Any]) -> Context:
+        return Context(
+            run_id=1, node_id=987654321, node_config=node_config, state=RecordDict(), run_config={}
+        )
+
+    assert client_app.node_seed(ctx({"partition-id": 3, "num-partitions": 4})) == 3
+    assert client_app.node_seed(ctx({"data-path": "/srv/bank"})) == 987654321
+
+
+class RayLikeGrid(FakeGrid):
+    """Other node ids and the replies in another order, as each `flwr run` under Ray has them."""
+
+    def __init__(self, run_config: dict[str, Any], node_configs: list[dict[str, Any]], id_offset: int):
+        super().__init__(run_config, node_configs)
+        self.contexts = {
+            nid + id_offset: Context(
+                run_id=c.run_id,
+                node_id=nid + id_offset,
+                node_config=c.node_config,
+                state=c.state,
+                run_config=c.run_config,
+            )
+            for nid, c in self.contexts.items()
+        }
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
+        return super().send_and_receive(messages, timeout=timeout)[::-1]
+
+
+def test_a_simulated_federation_does_not_depend_on_node_ids_or_reply_order(tmp_path: Path) -> None:
+    """Flower's simulation draws node ids at random and replies come as nodes finish: the
+    nodes seed their training by partition and the server sums replies in a fixed order."""
+    outcomes = []
+    for name, grid_of in (
+        ("plain", lambda rc: FakeGrid(rc, sim_nodes(3))),
+        ("ray-like", lambda rc: RayLikeGrid(rc, sim_nodes(3), id_offset=7919)),
+    ):
+        rc = {
+            **SIM,
+            "federation.num-server-rounds": 2,
+            "federation.run-dir": str(tmp_path),
+            "federation.run-name": name,
+        }
+        final = run_federation(grid_of(rc), parse_config(rc))
+        weights = load_file(str(tmp_path / name / "checkpoints" / "round-0002.safetensors"))
+        outcomes.append((weights, final["calibration"]))
+    (w_a, cal_a), (w_b, cal_b) = outcomes
+    assert all(np.array_equal(w_a[k], w_b[k]) for k in w_a)
+    assert cal_a == cal_b  # END weight and global threshold too
 
 
 def test_resume_runs_only_the_missing_rounds(tmp_path: Path) -> None:

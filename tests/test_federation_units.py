@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.config import FederationConfig, VocabConfig
@@ -207,6 +208,32 @@ def _eval_reply(scores: np.ndarray, labels: np.ndarray, threshold: float, edges:
         }
     )
     return Message(content, dst_node_id=0, message_type="evaluate")
+
+
+def test_aggregate_does_not_depend_on_the_order_replies_arrive_in(tmp_path) -> None:
+    """Float sums depend on their order; the mixin aggregates replies in a fixed one."""
+    rng = np.random.default_rng(0)
+    scales = 10.0 ** rng.integers(-3, 4, 500)  # mixed magnitudes: rounding shows
+    weights = [{"w": (rng.normal(size=500) * scales).astype(np.float32)} for _ in range(5)]
+    sizes = [137, 911, 58, 4021, 333]
+    replies = [_train_reply(w, 1.0, n) for w, n in zip(weights, sizes, strict=True)]
+    # without the fixed order the sum really differs: plain FedAvg on two orders
+    plain = [
+        FedAvg(min_available_nodes=1).aggregate_train(1, order)[0]
+        for order in (replies, replies[::-1])
+    ]
+    assert plain[0] is not None and plain[1] is not None
+    assert not np.array_equal(plain[0]["w"].numpy(), plain[1]["w"].numpy())
+    results = []
+    for order in (replies, replies[::-1], [replies[i] for i in (3, 0, 4, 1, 2)]):
+        strategy = make_strategy(FederationConfig(min_nodes=1))
+        run = RunDir(tmp_path / f"run{len(results)}")
+        run.reset()
+        strategy.setup_recording(run, initial_arrays=ArrayRecord({"w": Array(np.zeros(500, np.float32))}))
+        arrays, _ = strategy.aggregate_train(1, order)
+        assert arrays is not None
+        results.append(arrays["w"].numpy())
+    assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
 @pytest.mark.parametrize("name", ["fedavg", "fedmedian", "fedadam", "krum"])

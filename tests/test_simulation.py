@@ -1,7 +1,8 @@
 """A real Flower simulation: ``flwr run . --stream`` on OpenStack (kalaki), 3 nodes x 2 rounds.
 
 Runs the app as users do (managed local SuperLink, Ray backend, FAB built from
-this folder). ``FLWR_HOME`` is a temporary folder and the managed SuperLink gets
+this folder), then the same federation in-process, which must train the same
+weights. ``FLWR_HOME`` is a temporary folder and the managed SuperLink gets
 free ports of its own, so nothing touches ``~/.flwr`` or another SuperLink on
 this machine; the SuperLink this test started is stopped afterwards. Takes
 about 40 s on 2 cores.
@@ -95,21 +96,20 @@ def flower_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 def test_flwr_run_simulation_on_openstack(tmp_path: Path, flower_env: dict[str, str]) -> None:
     runs = tmp_path / "runs"
-    overrides = " ".join(
-        [
-            "data.dataset='openstack'",
-            "data.partitioner='iid'",
-            "federation.num-server-rounds=2",
-            "federation.local-epochs=1",
-            "federation.min-nodes=3",
-            "federation.histogram-bins=50",
-            f"federation.run-dir='{runs}'",
-            "federation.run-name='it'",
-            "model.hidden=16",
-            "model.embed-dim=8",
-            "model.layers=1",
-        ]
-    )
+    run_config = {
+        "data.dataset": "openstack",
+        "data.partitioner": "iid",
+        "federation.num-server-rounds": 2,
+        "federation.local-epochs": 1,
+        "federation.min-nodes": 3,
+        "federation.histogram-bins": 50,
+        "federation.run-dir": str(runs),
+        "federation.run-name": "it",
+        "model.hidden": 16,
+        "model.embed-dim": 8,
+        "model.layers": 1,
+    }
+    overrides = " ".join(f"{k}={v!r}" for k, v in run_config.items())  # 'text' is a TOML string
     cmd = [
         str(Path(sys.executable).parent / "flwr"),
         "run",
@@ -154,3 +154,14 @@ def test_flwr_run_simulation_on_openstack(tmp_path: Path, flower_env: dict[str, 
     subset = test.subset(test.grouped().ids[:50])
     assert len(det.decision_function(subset)) == 50
     print(f"flwr run took {took:.1f} s")
+
+    # Ray gave the nodes random ids and took their replies as they came: the in-process engine
+    # (fixed ids, fixed order) trains the very same weights and sets the very same threshold
+    from simulations.inprocess import run_in_process
+
+    _, again = run_in_process({**run_config, "federation.run-name": "again"}, 3, record=False)
+    for name in ("round-0001.safetensors", "round-0002.safetensors"):
+        assert (runs / "again" / "checkpoints" / name).read_bytes() == (
+            run / "checkpoints" / name
+        ).read_bytes(), name
+    assert again["calibration"] == final["calibration"]
