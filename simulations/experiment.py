@@ -21,8 +21,9 @@ on exactly these sequences (their ids' SHA-256 is recorded per evaluation).
 * ``federated`` — the real federation: the ServerApp logic
   (:func:`server.app.run_federation`: set-up, rounds, federated calibration,
   reports) with the real ClientApp handlers, either in-process
-  (:mod:`simulations.inprocess`, default: fast, deterministic) or through
-  ``flwr run . --stream`` (``--engine flower``: managed SuperLink, Ray). The
+  (:mod:`simulations.inprocess`, default: fast) or through
+  ``flwr run . --stream`` (``--engine flower``: managed SuperLink, Ray); both
+  are deterministic and train the same weights (``tests/test_simulation.py``). The
   per-round metrics come from the run dir's ``metrics.jsonl`` (AUROC there is
   the exact-to-one-bin histogram AUROC over all clients' test shares); the final
   global model (``<run>/model``) is then scored on the pooled test set, with

@@ -11,8 +11,9 @@ serialised), so a client can never change a record the server still holds.
 Fast and deterministic (clients run sequentially, seeded as in a simulation;
 simulated nodes use one torch thread, see :func:`client.local.local_config`):
 the tests and :mod:`simulations.experiment` use it. ``flwr run`` (Ray
-simulation) runs the very same ServerApp and ClientApp code; see
-:mod:`simulations.flower_engine`.
+simulation) runs the very same ServerApp and ClientApp code, and trains the
+very same weights (nodes seed by partition, the server aggregates replies in a
+fixed order); see :mod:`simulations.flower_engine`.
 
 Node configs: ``{"partition-id": k, "num-partitions": n}`` (simulation data
 from the run config's ``data.*``, :func:`sim_nodes`) or deployment-style
