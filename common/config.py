@@ -150,7 +150,7 @@ class CalibrationConfig:
 class FederationConfig:
     """Server-side knobs of a federated run (see :mod:`server.app`)."""
 
-    num_server_rounds: int = 6
+    num_server_rounds: int = 10
     strategy: str = "fedavg"
     local_epochs: int = 2
     fraction_train: float = 1.0
