@@ -452,8 +452,8 @@ def table_rows(results: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], st
     return rows
 
 
-def calibration_lines(data: Mapping[str, Any], far: float) -> list[str]:
-    """How many normal validation sequences set each mode's threshold, and whether they resolve ``far``."""
+def calibration_lines(data: Mapping[str, Any], rate: float) -> list[str]:
+    """How many normal validation sequences set each mode's threshold, and whether they resolve ``rate``."""
     pooled = data.get("pooled_validation_sequences")
     per_client = [int(c["validation_sequences"]) for c in data.get("clients", [])]
     if pooled is None or not per_client:
@@ -463,7 +463,7 @@ def calibration_lines(data: Mapping[str, Any], far: float) -> list[str]:
         f"centralized) and on {min(per_client)}–{max(per_client)} per client (local-only)."
     )
     for who, n in (("Pooled", int(pooled)), ("Smallest client", min(per_client))):
-        note = unresolved_rate(n, far)
+        note = unresolved_rate(n, rate)
         if note:
             text += f" {who}: {note}."
     return [text, ""]
@@ -472,7 +472,8 @@ def calibration_lines(data: Mapping[str, Any], far: float) -> list[str]:
 def markdown(comparison: Mapping[str, Any]) -> str:
     res = comparison["results"]
     data = comparison["data"]
-    far = comparison["run_config"].get("calibration.false-alarm-rate", 0.01)
+    cal = parse_config(comparison["run_config"]).detector.calibration
+    rule = "contamination" if cal.contamination > 0 else "false-alarm rate"
     head = "| mode | " + " | ".join(t for _, t in TABLE_KEYS) + " | notes |"
     sep = "|" + "---|" * (len(TABLE_KEYS) + 2)
     lines = [
@@ -483,7 +484,7 @@ def markdown(comparison: Mapping[str, Any]) -> str:
         + f", data seed {data['seed']}; pooled test set: {data['pooled_test']['sequences']} sequences "
         f"({data['pooled_test']['anomalous']} anomalous), the same for every mode "
         f"(SHA-256 `{data['pooled_test']['fingerprint'][:16]}…`). F1/precision/recall/FAR at each mode's "
-        f"calibrated threshold (false-alarm rate {far:g}"
+        f"calibrated threshold ({rule} {cal.rate:g}"
         " on normal validation data); DR@x%FAR reads the test labels (evaluation figure only).",
         "",
         head,
@@ -492,7 +493,7 @@ def markdown(comparison: Mapping[str, Any]) -> str:
     for mode, m, note in table_rows(res):
         lines.append(f"| {mode} | " + " | ".join(_cell(m.get(k)) for k, _ in TABLE_KEYS) + f" | {note} |")
     lines.append("")
-    lines += calibration_lines(data, far)
+    lines += calibration_lines(data, cal.rate)
     if "federated" in res and "centralized" in res:
         fa, ca = res["federated"]["metrics"]["auroc"], res["centralized"]["metrics"]["auroc"]
         if fa is not None and ca is not None:
