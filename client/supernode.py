@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.config import DataConfig
+
 PROG = "seqwatch-node"
 _EXIT_PROBLEMS = 2
 
@@ -569,8 +571,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-data", help="synthetic train/test tables for institution K of N")
     p.add_argument("--institution", type=int, required=True, metavar="K", help="0-based institution index")
     p.add_argument("--of", type=int, default=3, metavar="N", help="number of institutions (default 3)")
-    p.add_argument("--users", type=int, default=240, help="users over all institutions (default 240)")
-    p.add_argument("--seed", type=int, default=0)
+    users, seed = DataConfig().synthetic_users, DataConfig().seed
+    p.add_argument(
+        "--users",
+        type=int,
+        default=users,
+        help=f"users over all institutions (default {users}, as data.synthetic-users in a simulation)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=seed,
+        help=f"generator seed (default {seed}, as data.seed in a simulation)",
+    )
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     p.add_argument("--out", required=True, metavar="DIR", help="the institution's data-path")
     p.set_defaults(handler=cmd_demo_data)

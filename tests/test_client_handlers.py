@@ -29,7 +29,7 @@ from safetensors.numpy import load_file
 
 from client import app as client_app
 from client import local
-from client.data import node_data
+from client.data import node_data, simulation_data
 from common.config import parse_config
 from common.detector import SequenceDetector
 from common.events import EventTable
@@ -368,6 +368,33 @@ def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:
     test_table = load_synthetic(SyntheticSpec(institutions=2, users=64, seed=0))["test"]
     scores = det.decision_function(test_table)
     assert np.isfinite(scores).all()
+
+
+def test_seqwatch_score_on_a_federated_model_gives_the_figures_the_run_reported(tmp_path: Path) -> None:
+    """What an institution gets from ``seqwatch score`` on its own test file with the model the
+    federation left it is what its report (and so the federation's totals) said, at both thresholds."""
+    from client.cli import main as seqwatch
+
+    run_in_process(tmp_path, "cli", 2, users=64)
+    run = tmp_path / "cli"
+    test = simulation_data(0, 2, parse_config({**SIM, "data.synthetic-users": 64}).data).test
+    assert test is not None
+    data = write_table(test, tmp_path / "alpha-test.csv")
+    report = json.loads((run / "clients" / "partition-0" / "metrics.json").read_text())
+    counts = ("tp", "fp", "tn", "fn")
+    # the institution's model directory holds both thresholds; the federation's holds the global one
+    for model, which in [
+        (run / "clients" / "partition-0" / "model", "local"),
+        (run / "clients" / "partition-0" / "model", "global"),
+        (run / "model", "global"),
+    ]:
+        out = tmp_path / "metrics.json"
+        argv = ["-q", "score", "--model", str(model), "--data", str(data), "--threshold", which]
+        assert seqwatch([*argv, "--out", str(tmp_path / "scores.csv"), "--metrics-json", str(out)]) == 0
+        got = json.loads(out.read_text())
+        assert {k: got[k] for k in counts} == {k: report[which][k] for k in counts}, (model, which)
+        assert got["threshold"] == pytest.approx(report[which]["threshold"])
+        assert got["auroc"] == pytest.approx(report[which]["auroc"])
 
 
 def test_a_simulated_federation_repeats_itself(tmp_path: Path) -> None:
