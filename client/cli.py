@@ -213,13 +213,14 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     result = detector.fit_result_
     if result is not None and result.history:
         console.info(
-            f"best epoch {result.best_epoch} of {len(result.history)} "
-            f"(validation loss {result.best_val_loss:.4f}, {result.train_events_per_second:,.0f} events/s)"
+            f"best epoch {result.best_epoch} of {len(result.history)} ({result.monitored} loss "
+            f"{result.best_val_loss:.4f}, {result.train_events_per_second:,.0f} events/s)"
         )
     out = detector.save(args.out)
     (out / LAYOUT_FILE).write_text(json.dumps(layout.to_dict(), indent=1), encoding="utf-8")
     cal = cfg.calibration
     n_val = len(detector.validation_scores_)
+    part = result.monitored if result is not None else "validation"  # "training" when none was held out
     how = (
         f"contamination {cal.contamination:g}"
         if cal.contamination > 0
@@ -227,13 +228,13 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     )
     if cfg.model.end_event and end_weight_is_fitted(cfg.score):
         source = (
-            "fitted on the validation sequences"
+            f"fitted on the {part} sequences"
             if n_val >= MIN_SPREAD_SEQUENCES
-            else f"score.end-weight: {n_val} validation sequences are too few to fit it"
+            else f"score.end-weight: {n_val} {part} sequences are too few to fit it"
         )
         console.info(f"END weight: {detector.end_weight_:.4g} ({source})")
-    console.result(f"threshold: {detector.threshold_:.6g} ({how} on {n_val} normal validation sequences)")
-    note = unresolved_rate(n_val, cal.rate)
+    console.result(f"threshold: {detector.threshold_:.6g} ({how} on {n_val} normal {part} sequences)")
+    note = unresolved_rate(n_val, cal.rate) if part == "validation" else None  # else fit() has warned
     if note:
         log.warning("%s (give --validation FILE, or a larger train.validation-fraction in --config)", note)
     console.result(f"model saved to {out}")

@@ -99,6 +99,8 @@ def holdout_split(table: EventTable, fraction: float, seed: int) -> tuple[EventT
     chosen = order[np.cumsum(sizes[order]) <= target]
     if len(chosen) == 0 and n_groups > 1:
         chosen = order[:1]
+    if len(chosen) == n_groups:  # never hold out everything: a single content group stays to train on
+        chosen = chosen[:-1]
     is_val = np.isin(groups, chosen)
     ids = table.grouped().ids
     return table.subset(ids[~is_val]), table.subset(ids[is_val])
@@ -158,7 +160,10 @@ class SequenceDetector:
         if len(train) == 0:
             from common.errors import DataError
 
-            raise DataError(f"{train.source}: no normal training sequences to fit on")
+            raise DataError(
+                f"{train.source}: no normal training sequences to fit on "
+                f"(a model learns normal behaviour: give sequences whose label is 0, or no label column)"
+            )
         g = train.grouped()
         self.encoder_ = Encoder.fit(
             g, numeric_names=train.numeric, context_names=train.context, vocab_config=cfg.vocab
@@ -174,6 +179,14 @@ class SequenceDetector:
             self.device,
             progress=progress,
         )
+        if not len(enc_val):
+            log.warning(
+                "%s: no normal validation sequences (all %d training sequences have the same content, "
+                "or the validation table has none): the END weight and the threshold are fitted on the "
+                "training sequences themselves, so expect more false alarms than the target",
+                train.source,
+                len(enc_train),
+            )
         self.fit_scoring(enc_val if len(enc_val) else enc_train)
         return self
 

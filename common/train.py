@@ -45,9 +45,12 @@ class EpochStats:
 @dataclass
 class FitResult:
     best_epoch: int
+    #: Best loss of the monitored data (see ``monitored``).
     best_val_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
     train_events_per_second: float = 0.0
+    #: What early stopping watched: "validation", or "training" when there was no validation data.
+    monitored: str = "validation"
 
 
 def chunk_loss(
@@ -212,12 +215,13 @@ def fit_model(
     history: list[dict[str, float]] = []
     total_events, total_seconds = 0, 0.0
     bad_epochs = 0
+    has_validation = validation is not None and len(validation) > 0
     for epoch in range(1, config.epochs + 1):
         (es,) = train_epochs(model, train, config, optimizer, epochs=1, device=device, rng=rng)
         total_events += es.events
         total_seconds += es.seconds
         row = {"epoch": float(epoch), "train_loss": es.loss, "train_nll": es.event_nll}
-        if validation is not None and len(validation):
+        if validation is not None and has_validation:
             vs = evaluate_loss(model, validation, config, device)
             row.update(val_loss=vs.loss, val_nll=vs.event_nll)
             current = vs.loss
@@ -242,4 +246,5 @@ def fit_model(
         best_val_loss=best_loss,
         history=history,
         train_events_per_second=total_events / total_seconds if total_seconds else 0.0,
+        monitored="validation" if has_validation else "training",
     )

@@ -342,6 +342,37 @@ def test_fit_errors_are_one_line(
     assert not (tmp_path / "m").exists()
 
 
+def test_fit_without_anything_to_hold_out_says_what_it_calibrated_on(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every sequence has the same content: the hold-out never takes all of it, so the model trains,
+    # and the threshold is said to come from the training sequences (with a warning), not validation
+    same = pd.DataFrame(
+        {
+            "sequence": np.repeat(["a", "b", "c"], 3),
+            "event": ["login", "view", "logout"] * 3,
+            "order": [0, 1, 2] * 3,
+        }
+    )
+    data = tmp_path / "same.csv"
+    same.to_csv(data, index=False)
+    code = main(
+        ["fit", "--data", str(data), "--config", str(workspace["config"]), "--out", str(tmp_path / "m")]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "on 3 normal training sequences" in captured.out and "training loss" in captured.out
+    assert "no normal validation sequences" in captured.err and "cannot resolve" not in captured.err
+    # nothing normal at all: one line that says what a model needs
+    same["label"] = 1
+    same.to_csv(data, index=False)
+    code = main(
+        ["fit", "--data", str(data), "--config", str(workspace["config"]), "--out", str(tmp_path / "n")]
+    )
+    assert code == 2
+    assert "give sequences whose label is 0" in _one_error_line(capsys.readouterr().err)
+
+
 def test_missing_model_dir_is_one_line(
     workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
