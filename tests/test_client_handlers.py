@@ -13,7 +13,7 @@ import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -53,6 +53,7 @@ TINY = {
     "federation.local-epochs": 1,
 }
 SIM = {**TINY, "data.synthetic-users": 24}
+R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +71,37 @@ def instruction(content: RecordDict, message_type: str) -> Message:
     msg = Message(content, dst_node_id=7, message_type=message_type)
     msg.metadata.__dict__["_message_id"] = "ins-1"
     return msg
+
+
+# Indexing a RecordDict or a record gives the union of every record or value type Flower allows:
+# these narrow it where a test uses it, and fail the test when it is not the expected type.
+
+
+def record(content: RecordDict, name: str, kind: type[R]) -> R:
+    """The record ``name`` of a message's content, checked to be a ``kind``."""
+    rec = content[name]
+    if not isinstance(rec, kind):
+        raise AssertionError(f"record {name!r} is a {type(rec).__name__}, not a {kind.__name__}")
+    return rec
+
+
+def number(rec: ConfigRecord | MetricRecord, key: str) -> float:
+    """The value ``key`` of a record, checked to be one number (int or float, not bool)."""
+    value = rec[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AssertionError(f"{key!r} is {value!r}, not a number")
+    return value
+
+
+def numbers(rec: ConfigRecord | MetricRecord, key: str) -> list[float]:
+    """The value ``key`` of a record, checked to be a list of numbers (ints or floats, not bools)."""
+    value = rec[key]
+    if not isinstance(value, list):
+        raise AssertionError(f"{key!r} is {value!r}, not a list")
+    out = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(out) != len(value):
+        raise AssertionError(f"{key!r} holds other values than numbers: {value!r}")
+    return out
 
 
 # --------------------------------------------------------------------------- handlers one by one
@@ -118,25 +150,25 @@ def test_train_handler_replies_weights_and_training_events(shared: dict[str, Any
     )
     ctx = context_for(shared["rc"], sim_nodes(2)[1])
     reply = client_app.train(instruction(content, "train"), ctx)
-    arrays = reply.content["arrays"]
+    arrays = record(reply.content, "arrays", ArrayRecord)
     assert set(arrays) == set(shared["arrays"])
     for k in arrays:
         assert arrays[k].shape == shared["arrays"][k].shape
-    m = reply.content["metrics"]
+    m = record(reply.content, "metrics", MetricRecord)
     assert m["num-examples"] == shared["reports"][1].n_events
-    assert np.isfinite(m["train-loss"]) and m["train-loss"] > 0
+    assert np.isfinite(number(m, "train-loss")) and number(m, "train-loss") > 0
     # weights moved
     w0, w1 = shared["arrays"]["event_head.weight"].numpy(), arrays["event_head.weight"].numpy()
     assert not np.allclose(w0, w1)
     # the same node repeats its round exactly, whatever node id the simulation gave its partition
-    again = client_app.train(instruction(content, "train"), ctx).content["arrays"]
+    again = record(client_app.train(instruction(content, "train"), ctx).content, "arrays", ArrayRecord)
     np.testing.assert_array_equal(again["event_head.weight"].numpy(), w1)
     other_ctx = context_for(shared["rc"], sim_nodes(2)[1], node_id=8)
-    other = client_app.train(instruction(content, "train"), other_ctx).content["arrays"]
+    other = record(client_app.train(instruction(content, "train"), other_ctx).content, "arrays", ArrayRecord)
     np.testing.assert_array_equal(other["event_head.weight"].numpy(), w1)
     # another round draws another random stream
-    content["config"]["server-round"] = 3
-    later = client_app.train(instruction(content, "train"), ctx).content["arrays"]
+    record(content, "config", ConfigRecord)["server-round"] = 3
+    later = record(client_app.train(instruction(content, "train"), ctx).content, "arrays", ArrayRecord)
     assert not np.allclose(later["event_head.weight"].numpy(), w1)
 
 
@@ -146,16 +178,18 @@ def test_evaluate_and_calibration_handlers(shared: dict[str, Any]) -> None:
     ev = client_app.evaluate(
         instruction(RecordDict({**base, "config": ConfigRecord({"hist-bins": 40})}), "evaluate"), ctx
     )
-    m = ev.content["metrics"]
-    assert len(m["hist-normal"]) == len(m["hist-anomalous"]) == 800
-    assert m["tp"] + m["fp"] + m["tn"] + m["fn"] == m["test-sequences"] > 0
-    assert sum(m["hist-normal"]) + sum(m["hist-anomalous"]) == m["test-sequences"]
-    assert m["num-examples"] > 0 and m["val-loss"] > 0
+    m = record(ev.content, "metrics", MetricRecord)
+    assert len(numbers(m, "hist-normal")) == len(numbers(m, "hist-anomalous")) == 800
+    tp, fp, tn, fn = (number(m, k) for k in ("tp", "fp", "tn", "fn"))
+    assert tp + fp + tn + fn == number(m, "test-sequences") > 0
+    assert sum(numbers(m, "hist-normal")) + sum(numbers(m, "hist-anomalous")) == number(m, "test-sequences")
+    assert number(m, "num-examples") > 0 and number(m, "val-loss") > 0
     spread = client_app.calib_spread(
         instruction(RecordDict({**base, "config": ConfigRecord({})}), "query.calib_spread"), ctx
     )
-    moments = spread.content["metrics"]["spread-moments"]
-    assert len(moments) == 5 and moments[0] == spread.content["metrics"]["num-examples"] > 0
+    spread_metrics = record(spread.content, "metrics", MetricRecord)
+    moments = numbers(spread_metrics, "spread-moments")
+    assert len(moments) == 5 and moments[0] == number(spread_metrics, "num-examples") > 0
     hist = client_app.calib_hist(
         instruction(
             RecordDict({**base, "config": ConfigRecord({"hist-bins": 40, "end-weight": 0.5})}),
@@ -163,20 +197,22 @@ def test_evaluate_and_calibration_handlers(shared: dict[str, Any]) -> None:
         ),
         ctx,
     )
-    counts = hist.content["metrics"]["hist"]
-    assert len(counts) == 800 and sum(counts) == hist.content["metrics"]["num-examples"] == moments[0]
-    heavier = client_app.calib_hist(
+    hist_metrics = record(hist.content, "metrics", MetricRecord)
+    counts = numbers(hist_metrics, "hist")
+    assert len(counts) == 800 and sum(counts) == number(hist_metrics, "num-examples") == moments[0]
+    heavier_reply = client_app.calib_hist(
         instruction(
             RecordDict({**base, "config": ConfigRecord({"hist-bins": 40, "end-weight": 5.0})}),
             "query.calib_hist",
         ),
         ctx,
-    ).content["metrics"]["hist"]
+    )
+    heavier = numbers(record(heavier_reply.content, "metrics", MetricRecord), "hist")
     # a larger END weight moves every validation score up: the histogram's mass shifts right
     assert _mean_bin(heavier) > _mean_bin(counts)
 
 
-def _mean_bin(counts: list[int]) -> float:
+def _mean_bin(counts: list[float]) -> float:
     return float(np.dot(np.arange(len(counts)), counts) / sum(counts))
 
 
@@ -312,9 +348,8 @@ def run_in_process(
 
 
 def train_rounds(grid: FakeGrid) -> list[int]:
-    return sorted(
-        {int(m.content["config"]["server-round"]) for m in grid.sent if m.metadata.message_type == "train"}
-    )
+    train = [m for m in grid.sent if m.metadata.message_type == "train"]
+    return sorted({int(number(record(m.content, "config", ConfigRecord), "server-round")) for m in train})
 
 
 def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:

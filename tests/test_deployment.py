@@ -99,16 +99,18 @@ def test_ca_and_server_certificate(fed: Federation, capsys: pytest.CaptureFixtur
 
 def test_institution_keys_match_what_flower_reads(fed: Federation, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
     from flwr.cli.supernode.register import try_load_public_key
 
     assert coordinator.main(["--dir", str(fed.root), "add-institution", "alpha"]) == 0
     priv, pub = fed.private_key("alpha"), fed.public_key("alpha")
     assert _mode(priv) == 0o600 and priv.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
     key = serialization.load_ssh_private_key(priv.read_bytes(), None)  # as flower-supernode loads it
-    assert key.curve.name == "secp384r1"  # type: ignore[union-attr]
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.curve.name == "secp384r1"
     assert pub.read_text().startswith("ecdsa-sha2-nistp384 ") and try_load_public_key(pub)
     entry = fed.read_registry()["institutions"]["alpha"]
-    assert entry["fingerprint"] == ssh_fingerprint(key.public_key())  # type: ignore[arg-type]
+    assert entry["fingerprint"] == ssh_fingerprint(key.public_key())
     # no silent overwrite; bad names refused
     assert coordinator.main(["--dir", str(fed.root), "add-institution", "alpha"]) == 2
     assert coordinator.main(["--dir", str(fed.root), "add-institution", "../x"]) == 2
@@ -284,26 +286,29 @@ def test_dropout_record_counts_failed_and_missing_replies(tmp_path: Path) -> Non
     import numpy as np
     from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
+    from helpers import StubGrid, strategy_of
 
     from common.config import FederationConfig
     from server.rundir import RunDir
-    from server.strategy import make_strategy
+    from server.strategy import RecordingMixin
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
-    class Grid3:
+    class Grid3(StubGrid):
         def get_node_ids(self) -> list[int]:
             return [11, 12, 13]
 
     run = RunDir(tmp_path / "r")
     run.reset()
-    strategy = make_strategy(FederationConfig(min_nodes=2))
+    strategy = strategy_of(RecordingMixin, FederationConfig(min_nodes=2))
     init = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
     strategy.setup_recording(run, initial_arrays=init)
     sent = list(strategy.configure_train(1, init, ConfigRecord({}), Grid3()))
 
     def ok(msg: Message, **metrics: Any) -> Message:
-        content = {"metrics": MetricRecord({"num-examples": 10, **metrics})}
+        content: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
+            "metrics": MetricRecord({"num-examples": 10, **metrics})
+        }
         if msg.metadata.message_type == "train":
             content["arrays"] = ArrayRecord({"w": Array(np.ones(2, dtype=np.float32))})
         return Message(RecordDict(content), reply_to=msg)
@@ -317,7 +322,7 @@ def test_dropout_record_counts_failed_and_missing_replies(tmp_path: Path) -> Non
     ]
     strategy.aggregate_train(1, replies)
 
-    class Grid2:
+    class Grid2(StubGrid):
         def get_node_ids(self) -> list[int]:
             return [11, 12]
 
@@ -630,6 +635,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     os.chmod(root / "hash.key", 0o600)
 
     script = REPO / "server" / "scripts" / "start-superlink.sh"
+    # superlink=None until dep.popen (a method of the Deployment) has started it, just below
     dep = Deployment(root=root, env=env, fed=fed, port=port, superlink=None)  # type: ignore[arg-type]
     try:
         dep.superlink = dep.popen(

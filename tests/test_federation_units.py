@@ -9,6 +9,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
+from helpers import StubGrid, strategy_of
 
 from common.config import FederationConfig, VocabConfig
 from common.errors import ConfigError
@@ -29,9 +30,14 @@ from common.scaling import FeatureStats, Scaler
 from common.vocab import ContextVocabulary, TokenHasher, Vocabulary
 from server.rundir import METRIC_COLUMNS, RunDir
 from server.strategy import (
+    RecordingFedAdam,
+    RecordingFedAvg,
+    RecordingFedProx,
+    RecordingFedTrimmedAvg,
+    RecordingKrum,
+    RecordingMixin,
     aggregate_evaluate_metrics,
     arrays_to_numpy,
-    make_strategy,
 )
 from simulations.partition import partition
 from simulations.synthetic import SYNTHETIC_KEYS, SyntheticSpec, load_synthetic
@@ -224,9 +230,9 @@ def test_aggregate_does_not_depend_on_the_order_replies_arrive_in(tmp_path) -> N
     ]
     assert plain[0] is not None and plain[1] is not None
     assert not np.array_equal(plain[0]["w"].numpy(), plain[1]["w"].numpy())
-    results = []
+    results: list[np.ndarray] = []
     for order in (replies, replies[::-1], [replies[i] for i in (3, 0, 4, 1, 2)]):
-        strategy = make_strategy(FederationConfig(min_nodes=1))
+        strategy = strategy_of(RecordingMixin, FederationConfig(min_nodes=1))
         run = RunDir(tmp_path / f"run{len(results)}")
         run.reset()
         strategy.setup_recording(run, initial_arrays=ArrayRecord({"w": Array(np.zeros(500, np.float32))}))
@@ -240,12 +246,13 @@ def test_aggregate_does_not_depend_on_the_order_replies_arrive_in(tmp_path) -> N
 def test_recording_hooks_write_checkpoint_metrics_and_state(tmp_path, name: str) -> None:
     run = RunDir(tmp_path / "run")
     run.reset()
-    strategy = make_strategy(FederationConfig(strategy=name, min_nodes=2))
+    strategy = strategy_of(RecordingMixin, FederationConfig(strategy=name, min_nodes=2))
     init = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
     strategy.setup_recording(
         run, initial_arrays=ArrayRecord({k: Array(v) for k, v in init.items()}), round_offset=2
     )
     if name == "fedadam":  # FedOpt needs the arrays it sent (configure_train records them)
+        assert isinstance(strategy, RecordingFedAdam)
         strategy.current_arrays = {k: v.copy() for k, v in init.items()}
     a = {"w": np.ones((2, 3), dtype=np.float32), "b": np.full(3, 2.0, dtype=np.float32)}
     b = {"w": np.full((2, 3), 4.0, dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
@@ -291,12 +298,12 @@ def test_recording_hooks_write_checkpoint_metrics_and_state(tmp_path, name: str)
 
 
 def test_configure_numbers_rounds_on_and_attaches_encoder(tmp_path) -> None:
-    class Grid1:
+    class Grid1(StubGrid):
         def get_node_ids(self) -> list[int]:
             return [11, 12]
 
     run = RunDir(tmp_path / "r")
-    strategy = make_strategy(FederationConfig(min_nodes=2))
+    strategy = strategy_of(RecordingMixin, FederationConfig(min_nodes=2))
     enc = ConfigRecord({"enc.tokens": ["ab"]})
     init = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
     strategy.setup_recording(run, initial_arrays=init, round_offset=4, extra_records={"encoder": enc})
@@ -310,7 +317,7 @@ def test_configure_numbers_rounds_on_and_attaches_encoder(tmp_path) -> None:
 
 
 def test_evaluate_config_callback_reaches_every_evaluate_message_and_the_round_row(tmp_path) -> None:
-    class Grid1:
+    class Grid1(StubGrid):
         def get_node_ids(self) -> list[int]:
             return [11, 12]
 
@@ -322,7 +329,7 @@ def test_evaluate_config_callback_reaches_every_evaluate_message_and_the_round_r
 
     run = RunDir(tmp_path / "r")
     run.reset()
-    strategy = make_strategy(FederationConfig(min_nodes=2))
+    strategy = strategy_of(RecordingMixin, FederationConfig(min_nodes=2))
     init = ArrayRecord({"w": Array(np.full(2, 7.0, dtype=np.float32))})
     strategy.setup_recording(run, initial_arrays=init, evaluate_config=weight_for)
     msgs = list(strategy.configure_evaluate(1, init, ConfigRecord({"hist-bins": 5}), Grid1()))
@@ -337,22 +344,27 @@ def test_evaluate_config_callback_reaches_every_evaluate_message_and_the_round_r
 
 
 def test_fedadam_state_round_trip(tmp_path) -> None:
-    strategy = make_strategy(FederationConfig(strategy="fedadam"))
+    strategy = strategy_of(RecordingFedAdam, FederationConfig(strategy="fedadam"))
     strategy.m_t = {"w": np.ones(3)}
     strategy.v_t = {"w": np.full(3, 2.0)}
     state = strategy.strategy_state()
-    other = make_strategy(FederationConfig(strategy="fedadam"))
+    assert state is not None
+    other = strategy_of(RecordingFedAdam, FederationConfig(strategy="fedadam"))
     other.load_strategy_state(state)
+    assert other.v_t is not None
     np.testing.assert_array_equal(other.v_t["w"], 2.0)
-    assert make_strategy(FederationConfig()).strategy_state() is None
+    assert strategy_of(RecordingMixin, FederationConfig()).strategy_state() is None
 
 
 def test_make_strategy_settings() -> None:
-    assert make_strategy(FederationConfig(strategy="fedprox", proximal_mu=0.3)).proximal_mu == 0.3
-    assert make_strategy(FederationConfig(strategy="fedtrimmedavg", trim_beta=0.1)).beta == 0.1
-    assert make_strategy(FederationConfig(strategy="krum", krum_byzantine=1)).num_malicious_nodes == 1
-    assert make_strategy(FederationConfig(strategy="fedadam", server_lr=0.2)).eta == 0.2
-    assert make_strategy(FederationConfig(min_nodes=3)).min_available_nodes == 3
+    prox = strategy_of(RecordingFedProx, FederationConfig(strategy="fedprox", proximal_mu=0.3))
+    assert prox.proximal_mu == 0.3
+    trimmed = strategy_of(RecordingFedTrimmedAvg, FederationConfig(strategy="fedtrimmedavg", trim_beta=0.1))
+    assert trimmed.beta == 0.1
+    krum = strategy_of(RecordingKrum, FederationConfig(strategy="krum", krum_byzantine=1))
+    assert krum.num_malicious_nodes == 1
+    assert strategy_of(RecordingFedAdam, FederationConfig(strategy="fedadam", server_lr=0.2)).eta == 0.2
+    assert strategy_of(RecordingFedAvg, FederationConfig(min_nodes=3)).min_available_nodes == 3
 
 
 def test_evaluate_aggregation_without_labels_has_no_auroc() -> None:
@@ -385,7 +397,8 @@ def test_rundir_commit_truncate_and_reset(tmp_path) -> None:
     for r in (1, 2):
         run.commit_round(r, w, {"round": r, "val-loss": float(r), "auroc": float("nan")}, strategy="fedavg")
     run.append_metrics({"round": 3, "val-loss": 3.0})  # written, but round 3 never committed
-    assert run.read_state().last_round == 2
+    state = run.read_state()
+    assert state is not None and state.last_round == 2
     run.truncate_metrics(2)
     assert [r["round"] for r in run.read_metrics()] == [1, 2]
     assert run.read_metrics()[0]["auroc"] is None

@@ -114,7 +114,7 @@ def test_chunked_scoring_equals_one_pass_and_padding_is_inert(kind, monkeypatch)
     assert (whole.rank >= 1).all() and (whole.end_rank >= 1).all()
 
 
-def test_scoring_progress_counts_every_event_once_per_batch():
+def test_scoring_progress_counts_every_event_once_per_batch() -> None:
     model = tiny("lstm")
     seqs = [[3, 4, 5] * k for k in (1, 2, 5, 9, 4)]
     data = encoded(seqs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,17 +18,25 @@ EVIL = "<script>alert('x')</script>"
 
 
 def _event(
-    pos: int, event: str, surprisal: float, *, unknown: bool = False, **kw: object
+    pos: int,
+    event: str,
+    surprisal: float,
+    *,
+    unknown: bool = False,
+    rank: int | None = None,
+    expected: tuple[tuple[str, float], ...] = (("a", 0.61), ("b", 0.2)),
+    residuals: dict[str, float] | None = None,
+    score: float | None = None,
 ) -> EventExplanation:
     return EventExplanation(
         position=pos,
         event=event,
         surprisal=surprisal,
-        rank=int(kw.get("rank", 1 + int(surprisal))),
-        expected=tuple(kw.get("expected", (("a", 0.61), ("b", 0.2)))),  # type: ignore[arg-type]
+        rank=int(1 + int(surprisal) if rank is None else rank),
+        expected=tuple(expected),
         unknown=unknown,
-        numeric_residuals=dict(kw.get("residuals", {})),  # type: ignore[call-overload]
-        score=float(kw.get("score", surprisal)),  # type: ignore[arg-type]
+        numeric_residuals=dict(residuals or {}),
+        score=float(surprisal if score is None else score),
     )
 
 
@@ -112,7 +121,7 @@ def test_report_rejects_missing_columns(tmp_path: Path) -> None:
         write(tmp_path, pd.DataFrame({"sequence_id": ["a"], "score": [1.0]}), metrics=None, explanations=[])
 
 
-def write(out: Path, df: pd.DataFrame, **kw: object) -> Path:
+def write(out: Path, df: pd.DataFrame, **kw: Any) -> Path:
     from common.report import write_report
 
-    return write_report(out, df, threshold=5.0, title=f"Report {EVIL}", **kw)  # type: ignore[arg-type]
+    return write_report(out, df, threshold=5.0, title=f"Report {EVIL}", **kw)

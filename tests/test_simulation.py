@@ -150,7 +150,9 @@ def test_flwr_run_simulation_on_openstack(tmp_path: Path, flower_env: dict[str, 
 
     det = SequenceDetector.load(run / "model")
     assert det.global_threshold_ == pytest.approx(final["calibration"]["global_threshold"])
-    test = load_openstack(shared_data_dir(), "kalaki")["test"]
+    data = shared_data_dir()
+    assert data is not None
+    test = load_openstack(data, "kalaki")["test"]
     subset = test.subset(test.grouped().ids[:50])
     assert len(det.decision_function(subset)) == 50
     print(f"flwr run took {took:.1f} s")

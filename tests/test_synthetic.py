@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -184,9 +185,9 @@ def test_load_synthetic_tables() -> None:
         {"test_fraction": 0.0},
     ],
 )
-def test_bad_spec(kwargs: dict[str, object]) -> None:
+def test_bad_spec(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="synthetic"):
-        SyntheticSpec(**kwargs)  # type: ignore[arg-type]
+        SyntheticSpec(**kwargs)
 
 
 def test_no_anomalies_and_tiny_spec() -> None:
