@@ -553,9 +553,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> dict[str, Any]:
         encoder, key_print, arrays, done, strat_state, strat_before = resumed
     enc_conf = encoder_to_config(encoder, key_print)
     spread_memo = EndWeightMemo()
-    arrays = training_phase(
-        grid, cfg, run, enc_conf, arrays, done, strat_state, strat_before, spread_memo
-    )
+    arrays = training_phase(grid, cfg, run, enc_conf, arrays, done, strat_state, strat_before, spread_memo)
     state = run.read_state()
     rounds = state.last_round if state else done
     calibration = calibration_phase(grid, cfg, enc_conf, arrays, spread_memo)

@@ -224,10 +224,7 @@ def test_aggregate_does_not_depend_on_the_order_replies_arrive_in(tmp_path) -> N
     sizes = [137, 911, 58, 4021, 333]
     replies = [_train_reply(w, 1.0, n) for w, n in zip(weights, sizes, strict=True)]
     # without the fixed order the sum really differs: plain FedAvg on two orders
-    plain = [
-        FedAvg(min_available_nodes=1).aggregate_train(1, order)[0]
-        for order in (replies, replies[::-1])
-    ]
+    plain = [FedAvg(min_available_nodes=1).aggregate_train(1, order)[0] for order in (replies, replies[::-1])]
     assert plain[0] is not None and plain[1] is not None
     assert not np.array_equal(plain[0]["w"].numpy(), plain[1]["w"].numpy())
     results: list[np.ndarray] = []
