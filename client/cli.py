@@ -47,6 +47,7 @@ from client.datafiles import (
     SEQUENCE_CANDIDATES,
     describe,
     read_data,
+    unused_columns,
 )
 from client.results import (
     TOP_EVENT_EXPECTED,
@@ -193,6 +194,12 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     config = build_config(args)
     train, layout = read_data(args.data, args)
     describe(console, "training data", train)
+    unused = unused_columns(args.data, layout.columns, args.encoding)
+    if unused:
+        console.info(
+            f"columns not used: {', '.join(unused)} (to fuse them with the events: "
+            f"--numeric-cols A,B for numbers, --context-cols C,D for categories)"
+        )
     validation = None
     if args.validation is not None:
         validation, _ = read_data(args.validation, args, saved=layout)

@@ -226,6 +226,24 @@ def read_data(
     return table, DataLayout(columns, gap, block)
 
 
+def unused_columns(path: str | Path, columns: ColumnMap, encoding: str = "utf-8") -> list[str]:
+    """Columns of ``path``'s header that ``columns`` does not read (empty when the header is unreadable).
+
+    A timestamped table's ``gap_seconds`` counts as read: the gap feature is
+    derived from the order column.
+    """
+    from common.events import GAP, LABEL
+
+    header = _read_header(Path(path), encoding)
+    if header is None:
+        return []
+    used = {columns.sequence, columns.event, columns.order, *columns.numeric, *columns.context}
+    used.add(columns.label or LABEL)  # no label column named: one called 'label' is read when present
+    if columns.time:
+        used.add(GAP)
+    return [c for c in header if c not in used]
+
+
 def describe(console: Console, what: str, table: EventTable) -> None:
     """One line about a table that was read, plus any repaired values."""
     g = table.grouped()

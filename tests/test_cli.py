@@ -155,6 +155,7 @@ def test_fit_prints_progress_threshold_and_saves(
 def test_fit_reports_repairs_and_custom_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     frame = make_frame(3, 30, 0, "u").rename(columns={"sequence": "user", "event": "action", "order": "step"})
     frame["device"] = np.where(np.arange(len(frame)) % 7 == 0, "", "laptop")
+    frame["channel"] = "web"  # not mapped: fit says so
     data = tmp_path / "custom.csv"
     frame.to_csv(data, index=False)
     config = tmp_path / "tiny.toml"
@@ -165,6 +166,7 @@ def test_fit_reports_repairs_and_custom_columns(tmp_path: Path, capsys: pytest.C
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "repaired" in captured.out and "missing context 'device'" in captured.out
+    assert "columns not used: channel (" in captured.out
     # score reuses the saved column map: no flags needed for the same layout
     out = str(tmp_path / "s.csv")
     code = main(["score", "--model", str(tmp_path / "m"), "--data", str(data), "--out", out])
