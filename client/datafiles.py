@@ -230,15 +230,16 @@ def unused_columns(path: str | Path, columns: ColumnMap, encoding: str = "utf-8"
     """Columns of ``path``'s header that ``columns`` does not read (empty when the header is unreadable).
 
     A timestamped table's ``gap_seconds`` counts as read: the gap feature is
-    derived from the order column.
+    derived from the order column. ``attack_type`` (what kind of anomaly a
+    labelled row is) is annotation, never a feature, so it is not listed.
     """
-    from common.events import GAP, LABEL
+    from common.events import ATTACK_TYPE, GAP, LABEL
 
     header = _read_header(Path(path), encoding)
     if header is None:
         return []
     used = {columns.sequence, columns.event, columns.order, *columns.numeric, *columns.context}
-    used.add(columns.label or LABEL)  # no label column named: one called 'label' is read when present
+    used |= {columns.label or LABEL, ATTACK_TYPE}  # no label column named: 'label' is read if present
     if columns.time:
         used.add(GAP)
     return [c for c in header if c not in used]
