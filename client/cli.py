@@ -228,11 +228,7 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     cal = cfg.calibration
     n_val = len(detector.validation_scores_)
     part = result.monitored if result is not None else "validation"  # "training" when none was held out
-    how = (
-        f"contamination {cal.contamination:g}"
-        if cal.contamination > 0
-        else f"false-alarm rate {cal.false_alarm_rate:g}"
-    )
+    how = f"{cal.rule} {cal.rate:g}"
     if cfg.model.end_event and end_weight_is_fitted(cfg.score):
         source = (
             f"fitted on the {part} sequences"

@@ -145,6 +145,11 @@ class CalibrationConfig:
         """The rate the threshold targets: ``contamination`` when set, else ``false_alarm_rate``."""
         return self.contamination if self.contamination > 0 else self.false_alarm_rate
 
+    @property
+    def rule(self) -> str:
+        """What :attr:`rate` is, in words: ``"contamination"`` or ``"false-alarm rate"``."""
+        return "contamination" if self.contamination > 0 else "false-alarm rate"
+
 
 @dataclass(frozen=True)
 class FederationConfig:

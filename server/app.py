@@ -395,7 +395,7 @@ def calibration_phase(
     log.info(
         "calibration: global threshold %.6g at %s %g (%d validation sequences from %d node(s))",
         threshold,
-        "contamination" if cal.contamination > 0 else "false-alarm rate",
+        cal.rule,
         rate,
         int(counts.sum()),
         len(hists),

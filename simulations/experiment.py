@@ -473,7 +473,6 @@ def markdown(comparison: Mapping[str, Any]) -> str:
     res = comparison["results"]
     data = comparison["data"]
     cal = parse_config(comparison["run_config"]).detector.calibration
-    rule = "contamination" if cal.contamination > 0 else "false-alarm rate"
     head = "| mode | " + " | ".join(t for _, t in TABLE_KEYS) + " | notes |"
     sep = "|" + "---|" * (len(TABLE_KEYS) + 2)
     lines = [
@@ -484,7 +483,7 @@ def markdown(comparison: Mapping[str, Any]) -> str:
         + f", data seed {data['seed']}; pooled test set: {data['pooled_test']['sequences']} sequences "
         f"({data['pooled_test']['anomalous']} anomalous), the same for every mode "
         f"(SHA-256 `{data['pooled_test']['fingerprint'][:16]}…`). F1/precision/recall/FAR at each mode's "
-        f"calibrated threshold ({rule} {cal.rate:g}"
+        f"calibrated threshold ({cal.rule} {cal.rate:g}"
         " on normal validation data); DR@x%FAR reads the test labels (evaluation figure only).",
         "",
         head,
