@@ -60,11 +60,12 @@ def chunk_loss(
     state: State | None,
     numeric_weight: float,
     weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, State]:
-    """Losses of one time chunk: (objective, event NLL sum, numeric SE sum, events, state).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, State]:
+    """Losses of one time chunk: (objective, event NLL sum, numeric SE sum, state).
 
     The objective is the summed loss, each event weighted by ``weights``
     (B, L) when given; the NLL and SE sums are unweighted, for reporting.
+    Its number of events comes from :func:`chunk_counts`.
     """
     logits, num_pred, state = model(
         batch.tokens_in[:, sl], batch.context_in[:, sl], batch.numeric_in[:, sl], state
@@ -80,7 +81,40 @@ def chunk_loss(
         se_each = 0.5 * (diff * diff).sum(-1)[mask]  # (n,)
     loss_each = nll_each + numeric_weight * se_each
     objective = loss_each.sum() if weights is None else (loss_each * weights[:, sl][mask]).sum()
-    return objective, nll_each.sum(), se_each.sum(), int(mask.sum()), state
+    return objective, nll_each.sum(), se_each.sum(), state
+
+
+def chunk_counts(mask: torch.Tensor, chunk_len: int) -> list[int]:
+    """Real steps in each time chunk of ``mask`` (B, L), counted on the CPU.
+
+    Counted before a batch moves to the accelerator, so the training loop
+    never waits for the device to report how many events a chunk held.
+    """
+    per_step = mask.sum(0)  # (L,)
+    return [int(per_step[start : start + chunk_len].sum()) for start in range(0, mask.shape[1], chunk_len)]
+
+
+class LossTotals:
+    """Running sums of (loss, event NLL, numeric SE) kept on the device.
+
+    Adding a chunk's sums costs no synchronisation; :meth:`stats` reads them
+    back once. The sums are float64, added in the same order as Python
+    floats would be, so the figures (and early stopping on them) are the
+    same as reading every chunk back.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.events = 0
+
+    def add(self, loss: torch.Tensor, nll: torch.Tensor, se: torch.Tensor, events: int) -> None:
+        self.sums += torch.stack([loss.detach(), nll.detach(), se.detach()]).double()
+        self.events += events
+
+    def stats(self, seconds: float) -> EpochStats:
+        loss, nll, se = self.sums.tolist()
+        d = max(self.events, 1)
+        return EpochStats(loss / d, nll / d, se / d, self.events, seconds)
 
 
 def with_unknown_inputs(batch: Batch, rate: float, rng: np.random.Generator) -> Batch:
@@ -125,22 +159,20 @@ def train_epochs(
     for epoch in range(epochs):
         model.train()
         t0 = time.perf_counter()
-        tot_loss = tot_nll = tot_se = 0.0
-        n_events = 0
+        totals = LossTotals(device)
         fill = config.batch_size * config.chunk_len
         for batch in iter_batches(
             data, config.batch_size, rng=rng, fill_tokens=fill, end=model.config.end_event
         ):
             if config.unk_dropout > 0:
                 batch = with_unknown_inputs(batch, config.unk_dropout, rng)
+            counts = chunk_counts(batch.mask, config.chunk_len)
             batch = batch.to(device)
             weights = sequence_weights(batch) if config.loss_weighting == "sequence" else None
             state: State | None = None
-            for start in range(0, batch.max_len, config.chunk_len):
+            for start, n in zip(range(0, batch.max_len, config.chunk_len), counts, strict=True):
                 sl = slice(start, start + config.chunk_len)
-                loss, nll, se, n, state = chunk_loss(model, batch, sl, state, config.numeric_weight, weights)
-                if n == 0:
-                    break
+                loss, nll, se, state = chunk_loss(model, batch, sl, state, config.numeric_weight, weights)
                 objective = loss / n
                 if anchor is not None:
                     prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
@@ -150,17 +182,8 @@ def train_epochs(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
                 optimizer.step()
                 state = detach_state(state)
-                tot_loss += float(nll.detach() + config.numeric_weight * se.detach())
-                tot_nll += float(nll.detach())
-                tot_se += float(se.detach())
-                n_events += n
-        es = EpochStats(
-            loss=tot_loss / max(n_events, 1),
-            event_nll=tot_nll / max(n_events, 1),
-            numeric_mse=tot_se / max(n_events, 1),
-            events=n_events,
-            seconds=time.perf_counter() - t0,
-        )
+                totals.add(nll.detach() + config.numeric_weight * se.detach(), nll, se, n)
+        es = totals.stats(time.perf_counter() - t0)
         stats.append(es)
         if on_epoch is not None:
             on_epoch(epoch, es)
@@ -174,22 +197,19 @@ def evaluate_loss(
     """Mean per-event loss on held-out data (model in eval mode, no dropout)."""
     model.eval()
     t0 = time.perf_counter()
-    tot_loss = tot_nll = tot_se = 0.0
-    n_events = 0
+    totals = LossTotals(device)
+    chunk = config.chunk_len * 4
     for batch in iter_batches(
         data, config.batch_size, max_tokens=MAX_BATCH_TOKENS, end=model.config.end_event
     ):
+        counts = chunk_counts(batch.mask, chunk)
         batch = batch.to(device)
         state: State | None = None
-        for start in range(0, batch.max_len, config.chunk_len * 4):
-            sl = slice(start, start + config.chunk_len * 4)
-            loss, nll, se, n, state = chunk_loss(model, batch, sl, state, config.numeric_weight)
-            tot_loss += float(loss)
-            tot_nll += float(nll)
-            tot_se += float(se)
-            n_events += n
-    d = max(n_events, 1)
-    return EpochStats(tot_loss / d, tot_nll / d, tot_se / d, n_events, time.perf_counter() - t0)
+        for start, n in zip(range(0, batch.max_len, chunk), counts, strict=True):
+            sl = slice(start, start + chunk)
+            loss, nll, se, state = chunk_loss(model, batch, sl, state, config.numeric_weight)
+            totals.add(loss, nll, se, n)
+    return totals.stats(time.perf_counter() - t0)
 
 
 def make_optimizer(model: NextEventModel, config: TrainConfig) -> torch.optim.Optimizer:

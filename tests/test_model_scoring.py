@@ -16,7 +16,7 @@ from common.scoring import (
     score_events,
     spread_moments,
 )
-from common.train import evaluate_loss, fit_model
+from common.train import LossTotals, chunk_counts, evaluate_loss, fit_model
 from common.vocab import BOS, END, PAD
 
 CPU = torch.device("cpu")
@@ -274,6 +274,27 @@ def test_padding_never_enters_the_loss():
     b = evaluate_loss(model, padded_batch.subset(np.array([0])), cfg, CPU)
     assert a.events == b.events == 3 + 1  # three events and the END step
     assert a.loss == pytest.approx(b.loss, rel=1e-5)
+
+
+def test_chunk_counts_are_the_real_steps_of_each_chunk():
+    batch = make_batch(encoded([[3, 4, 5], [6] * 10]), np.array([0, 1]), end=True)  # 4 and 11 steps
+    counts = chunk_counts(batch.mask, 4)
+    assert counts == [8, 4, 3]  # steps 0-3: both sequences; 4-7 and 8-10: the long one
+    assert sum(counts) == int(batch.mask.sum())
+
+
+def test_loss_totals_match_reading_every_chunk_back():
+    """Summed on the device, the totals equal Python floats added chunk by chunk (bit for bit)."""
+    rng = np.random.default_rng(0)
+    chunks = [torch.from_numpy(rng.gamma(2.0, 50.0, size=3).astype(np.float32)) for _ in range(200)]
+    totals, py = LossTotals(CPU), [0.0, 0.0, 0.0]
+    for i, (loss, nll, se) in enumerate(chunks):
+        totals.add(loss, nll, se, i)
+        py = [py[0] + float(loss), py[1] + float(nll), py[2] + float(se)]
+    stats = totals.stats(1.0)
+    events = sum(range(200))
+    assert [stats.loss, stats.event_nll, stats.numeric_mse] == [total / events for total in py]
+    assert stats.events == events
 
 
 @pytest.mark.parametrize("kind", KINDS)
