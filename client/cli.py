@@ -407,7 +407,8 @@ def _add_data_flags(p: argparse.ArgumentParser, *, for_model: bool) -> None:
         "--time",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="the order column is a timestamp (--time) or a position (--no-time); auto-detected by default",
+        help="the order column is a timestamp (--time) or a position (--no-time); auto-detected by "
+        "default. Timestamps without a time zone are read as UTC (counted when others carry one)",
     )
     g.add_argument(
         "--numeric-cols",

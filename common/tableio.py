@@ -7,7 +7,8 @@
 
 Bad input raises :class:`~common.errors.DataError` with one line that names
 the file, the line (or row), the column and what to do. Values that can be
-repaired (a missing context value, a missing numeric value, a blank line) are
+repaired (a missing context value, a missing numeric value, a blank line, a
+timestamp without a time zone among others that have one, read as UTC) are
 repaired and counted in :attr:`EventTable.repairs`; nothing is dropped
 silently.
 """
@@ -148,14 +149,27 @@ def _numeric(s: pd.Series, column: str, where: _Where, what: str) -> tuple[np.nd
     return parsed, mask
 
 
-def _timestamps(s: pd.Series, column: str, where: _Where) -> np.ndarray:
-    """Parse a column as date-times (UTC) and return epoch seconds."""
+#: A time of day followed by a zone: ``Z``, ``UTC``/``GMT`` or an offset such as ``+02:00``.
+_ZONED = r"\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*(?:[zZ]|UTC|GMT|[+-]\d\d(?::?\d\d)?)\s*$"
+
+
+def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, int]:
+    """Parse a column as date-times (UTC); returns (epoch seconds, zone-less values read as UTC).
+
+    Values without a time zone are read as UTC. The second figure counts
+    them when other values of the column do carry a zone (a mix, e.g. logs
+    from several sources), so the reader can report it; it is 0 otherwise.
+    """
+    assumed_utc = 0
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
         dt = pd.to_datetime(s, utc=True)
         mask = dt.isna().to_numpy()
     else:
         mask = _text(s)[1]
         obj = s.reset_index(drop=True).astype(object).where(~mask, None)
+        zoned = obj[~mask].astype(str).str.contains(_ZONED, regex=True)
+        if zoned.any() and not zoned.all():
+            assumed_utc = int((~zoned).sum())
         with warnings.catch_warnings():
             # pandas warns when it cannot infer one format; the retry below
             # parses element by element anyway.
@@ -181,7 +195,7 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> np.ndarray:
             f"fill it in or drop the row"
         )
     epoch = pd.Timestamp("1970-01-01", tz="UTC")
-    return (dt - epoch).dt.total_seconds().to_numpy(dtype=np.float64)
+    return (dt - epoch).dt.total_seconds().to_numpy(dtype=np.float64), assumed_utc
 
 
 def _labels(s: pd.Series, column: str, where: _Where) -> np.ndarray:
@@ -274,8 +288,16 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
         if is_time and not looks_time:
             order, mask = _numeric(order_s, columns.order, where, "epoch seconds")
         elif is_time:
-            order = _timestamps(order_s, columns.order, where)
+            order, assumed_utc = _timestamps(order_s, columns.order, where)
             mask = np.zeros(len(order), dtype=bool)
+            if assumed_utc:
+                repairs[f"timestamps in {columns.order!r} without a time zone, read as UTC"] = assumed_utc
+                logger.info(
+                    "%s: %d timestamp(s) in %r carry no time zone while others do; read as UTC",
+                    source,
+                    assumed_utc,
+                    columns.order,
+                )
         else:
             order, mask = _numeric(order_s, columns.order, where, "position")
         if mask.any():

@@ -14,6 +14,7 @@ import pytest
 from common.errors import ConfigError, DataError
 from common.events import (
     CANONICAL,
+    EVENT,
     GAP,
     MISSING,
     ColumnMap,
@@ -112,9 +113,29 @@ def test_mixed_timestamp_formats_and_epoch_seconds(tmp_path: Path) -> None:
     )
     table = read_table(path, ColumnMap(order="ts"))
     assert list(table.frame[GAP]) == [0.0, 7.0, 86400.0 - 7.0]
+    # two of the three carry no zone while one does: read as UTC, and reported
+    assert table.repairs == {"timestamps in 'ts' without a time zone, read as UTC": 2}
     epoch = _write(tmp_path / "p.csv", "sequence_id,event,t\ns,a,100.5\ns,b,100\n")
     timed = read_table(epoch, ColumnMap(order="t", time=True))
     assert timed.time_ordered and list(timed.frame[GAP]) == [0.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("values", "assumed_utc"),
+    [
+        (["2024-01-01 10:00:00", "2024-01-01 10:00:05.250"], 0),  # none zoned: UTC by convention
+        (["2024-01-01T10:00:00Z", "2024-01-01T12:00:05+02:00", "2024-01-01T05:00:06-0500"], 0),
+        (["2024-01-01T10:00:00 UTC", "2024-01-01T12:00:05+02:00", "2024-01-01 10:00:06"], 1),
+    ],
+)
+def test_a_mix_of_zoned_and_zone_less_timestamps_is_reported(
+    tmp_path: Path, values: list[str], assumed_utc: int
+) -> None:
+    rows = "".join(f"s,e{i},{v}\n" for i, v in enumerate(values))
+    table = read_table(_write(tmp_path / "e.csv", "sequence_id,event,ts\n" + rows), ColumnMap(order="ts"))
+    key = "timestamps in 'ts' without a time zone, read as UTC"
+    assert table.repairs.get(key, 0) == assumed_utc
+    assert list(table.frame[EVENT]) == [f"e{i}" for i in range(len(values))]  # offsets honoured: in order
 
 
 def test_repairs_are_counted_not_dropped(tmp_path: Path) -> None:
