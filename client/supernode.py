@@ -571,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-data", help="synthetic train/test tables for institution K of N")
     p.add_argument("--institution", type=int, required=True, metavar="K", help="0-based institution index")
     p.add_argument("--of", type=int, default=3, metavar="N", help="number of institutions (default 3)")
-    users, seed = DataConfig().synthetic_users, DataConfig().seed
+    data_defaults = DataConfig()
+    users, seed = data_defaults.synthetic_users, data_defaults.seed
     p.add_argument(
         "--users",
         type=int,
