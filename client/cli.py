@@ -216,7 +216,7 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
         f"for up to {cfg.train.epochs} epoch(s) on {detector.device}"
     )
     with EpochProgress(cfg.train.epochs, quiet=console.quiet) as progress:
-        detector.fit(train, validation, progress=progress)
+        detector.fit(train, validation, progress=progress, batch_progress=progress.events)
     result = detector.fit_result_
     if result is not None and result.history:
         console.info(

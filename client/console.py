@@ -107,12 +107,47 @@ class _Progress:
 
 
 class EpochProgress(_Progress):
-    """Per-epoch progress on stderr: a tqdm bar on a terminal, else one plain line per epoch."""
+    """Training progress on stderr.
+
+    On a terminal: a bar over the epochs and, below it, one over the current
+    epoch's events (rate and time left, so a long first epoch is not silent).
+    Elsewhere: one plain line per epoch.
+    """
 
     def __init__(self, total: int, *, quiet: bool) -> None:
         self.total = total
         self.quiet = quiet
         self._bar = _terminal_bar(quiet, total=total, desc="fit", unit="epoch", leave=True)
+        self._events: Any = None
+        self._epoch = 0
+
+    def events(self, epoch: int, per_epoch: int, n: int) -> None:
+        """``n`` more events trained on in ``epoch`` (of ``per_epoch``): the inner bar."""
+        if self._bar is None:
+            return
+        if self._events is None:
+            self._events = _terminal_bar(
+                False,
+                total=per_epoch,
+                desc=f"epoch {epoch}",
+                unit="event",
+                unit_scale=True,
+                leave=False,
+                position=1,
+            )
+            self._epoch = epoch
+        elif epoch != self._epoch:
+            self._epoch = epoch
+            self._events.reset(total=per_epoch)
+            self._events.set_description(f"epoch {epoch}", refresh=False)
+        self._events.update(n)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._events is not None:
+            self._events.close()
+        super().__exit__(exc_type, exc, tb)
 
     def __call__(self, epoch: int, row: dict[str, float]) -> None:
         text = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")

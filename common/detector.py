@@ -143,12 +143,14 @@ class SequenceDetector:
         validation: EventTable | None = None,
         *,
         progress: Callable[[int, dict[str, float]], None] | None = None,
+        batch_progress: Callable[[int, int, int], None] | None = None,
     ) -> SequenceDetector:
         """Fit vocabulary, scaler and model on ``train``; early-stop and calibrate on normal validation data.
 
         Without ``validation``, ``train.validation-fraction`` of the training
         sequences (grouped by content) is held out. Labelled anomalies in either
         table are dropped before fitting: the model learns normal behaviour.
+        ``progress`` and ``batch_progress`` are :func:`~common.train.fit_model`'s.
         """
         cfg = self.config
         set_threads(cfg.train.threads)
@@ -178,6 +180,7 @@ class SequenceDetector:
             cfg.train,
             self.device,
             progress=progress,
+            batch_progress=batch_progress,
         )
         if not len(enc_val):
             log.warning(

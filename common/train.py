@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -152,8 +153,13 @@ def train_epochs(
     rng: np.random.Generator,
     proximal_mu: float = 0.0,
     on_epoch: Callable[[int, EpochStats], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[EpochStats]:
-    """Train for ``epochs`` passes; FedProx adds ``mu/2·||w - w_global||²`` when ``proximal_mu > 0``."""
+    """Train for ``epochs`` passes; FedProx adds ``mu/2·||w - w_global||²`` when ``proximal_mu > 0``.
+
+    ``on_batch`` is called after every batch with the number of steps it
+    trained on (events, plus END steps): a count from the CPU, no device sync.
+    """
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     stats: list[EpochStats] = []
     for epoch in range(epochs):
@@ -183,6 +189,8 @@ def train_epochs(
                 optimizer.step()
                 state = detach_state(state)
                 totals.add(nll.detach() + config.numeric_weight * se.detach(), nll, se, n)
+            if on_batch is not None:
+                on_batch(sum(counts))
         es = totals.stats(time.perf_counter() - t0)
         stats.append(es)
         if on_epoch is not None:
@@ -224,8 +232,13 @@ def fit_model(
     device: torch.device,
     *,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    batch_progress: Callable[[int, int, int], None] | None = None,
 ) -> FitResult:
-    """Train with early stopping on held-out normal validation loss; keeps the best weights."""
+    """Train with early stopping on held-out normal validation loss; keeps the best weights.
+
+    ``progress(epoch, row)`` follows each epoch (its losses);
+    ``batch_progress(epoch, steps_per_epoch, steps)`` each batch within it.
+    """
     model.to(device)
     optimizer = make_optimizer(model, config)
     rng = np.random.default_rng(config.seed)
@@ -236,8 +249,14 @@ def fit_model(
     total_events, total_seconds = 0, 0.0
     bad_epochs = 0
     has_validation = validation is not None and len(validation) > 0
+    steps_per_epoch = int(train.lengths.sum()) + (len(train) if model.config.end_event else 0)
     for epoch in range(1, config.epochs + 1):
-        (es,) = train_epochs(model, train, config, optimizer, epochs=1, device=device, rng=rng)
+        on_batch = None
+        if batch_progress is not None:
+            on_batch = functools.partial(batch_progress, epoch, steps_per_epoch)
+        (es,) = train_epochs(
+            model, train, config, optimizer, epochs=1, device=device, rng=rng, on_batch=on_batch
+        )
         total_events += es.events
         total_seconds += es.seconds
         row = {"epoch": float(epoch), "train_loss": es.loss, "train_nll": es.event_nll}

@@ -518,3 +518,30 @@ def test_count_progress_draws_a_bar_only_on_a_terminal(
     with CountProgress(1000, desc="score", unit="event", quiet=True) as progress:
         progress(1000)
     assert capsys.readouterr().err == ""
+
+
+def test_epoch_progress_shows_each_epochs_events_on_a_terminal_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from client.console import EpochProgress
+
+    row = {"epoch": 1.0, "train_loss": 2.0, "val_loss": 2.5}
+    with EpochProgress(2, quiet=False) as progress:
+        progress.events(1, 900, 500)
+        progress(1, row)
+    assert capsys.readouterr().err == "epoch 1/2  train_loss 2.0000  val_loss 2.5000\n"  # a log: lines only
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with EpochProgress(2, quiet=False) as progress:
+        progress.events(1, 900, 500)
+        progress.events(1, 900, 400)
+        bar = progress._events
+        assert bar is not None and (bar.n, bar.total) == (900, 900)
+        progress(1, row)
+        progress.events(2, 900, 300)  # a new epoch starts the inner bar again
+        assert (bar.n, bar.total, bar.desc) == (300, 900, "epoch 2: ")
+    err = capsys.readouterr().err
+    assert "fit:" in err and "epoch 1" in err and "/900" in err
+    with EpochProgress(2, quiet=True) as progress:
+        progress.events(1, 900, 900)
+        progress(1, row)
+    assert capsys.readouterr().err == ""

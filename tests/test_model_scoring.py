@@ -283,6 +283,29 @@ def test_chunk_counts_are_the_real_steps_of_each_chunk():
     assert sum(counts) == int(batch.mask.sum())
 
 
+def test_batch_progress_counts_every_training_step_once_per_epoch_and_changes_nothing():
+    rng = np.random.default_rng(1)
+    train = encoded(
+        [[3 + int(x) % 4 for x in rng.integers(0, 9, size=int(n))] for n in rng.integers(5, 40, 30)]
+    )
+    cfg = TrainConfig(epochs=3, chunk_len=8, batch_size=4, patience=3, seed=0)
+    calls: list[tuple[int, int, int]] = []
+    quiet, reported = tiny("lstm"), tiny("lstm")
+    fit_model(quiet, train, None, cfg, CPU)
+    fit_model(reported, train, None, cfg, CPU, batch_progress=lambda *a: calls.append(a))
+    steps = int(train.lengths.sum()) + len(train)  # every event and each sequence's END step
+    assert [e for e, _, _ in calls] == sorted(e for e, _, _ in calls) and {e for e, _, _ in calls} == {
+        1,
+        2,
+        3,
+    }
+    for epoch in (1, 2, 3):
+        assert {total for e, total, _ in calls if e == epoch} == {steps}
+        assert sum(n for e, _, n in calls if e == epoch) == steps
+    for a, b in zip(quiet.state_dict().values(), reported.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # reporting draws no random numbers and moves nothing
+
+
 def test_loss_totals_match_reading_every_chunk_back():
     """Summed on the device, the totals equal Python floats added chunk by chunk (bit for bit)."""
     rng = np.random.default_rng(0)
