@@ -294,11 +294,8 @@ def test_batch_progress_counts_every_training_step_once_per_epoch_and_changes_no
     fit_model(quiet, train, None, cfg, CPU)
     fit_model(reported, train, None, cfg, CPU, batch_progress=lambda *a: calls.append(a))
     steps = int(train.lengths.sum()) + len(train)  # every event and each sequence's END step
-    assert [e for e, _, _ in calls] == sorted(e for e, _, _ in calls) and {e for e, _, _ in calls} == {
-        1,
-        2,
-        3,
-    }
+    epochs = [e for e, _, _ in calls]
+    assert epochs == sorted(epochs) and set(epochs) == {1, 2, 3}
     for epoch in (1, 2, 3):
         assert {total for e, total, _ in calls if e == epoch} == {steps}
         assert sum(n for e, _, n in calls if e == epoch) == steps
