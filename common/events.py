@@ -457,25 +457,45 @@ class EventTable:
         return EventTable(frame, **kwargs)
 
 
+def text_codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Factorize ``values`` as text: ``(codes, texts)`` with ``texts[codes]`` equal to
+    ``values.astype(str)`` row for row (missing values, which event tables never
+    hold, all read as ``"nan"``).
+
+    Each distinct value becomes one ``str`` and each row an int64 code. Converting
+    row by row instead (an Arrow-backed column to objects, or ``astype(str)``)
+    makes a new ``str`` or a fixed-width text copy per row: 50 bytes or more for
+    each of millions of events, where a few hundred distinct tokens are all there is.
+    """
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    texts = np.empty(len(uniques), dtype=object)
+    texts[:] = [str(u) for u in uniques]
+    return codes.astype(np.int64, copy=False), texts
+
+
+def as_text(values: pd.Series | np.ndarray) -> np.ndarray:
+    """``values`` as an object array of ``str`` in which equal values are one object (8 bytes a row)."""
+    codes, texts = text_codes(values)
+    return texts[codes]
+
+
 def _group(table: EventTable) -> Sequences:
     frame = table.frame
     n = len(frame)
-    seq = frame[SEQUENCE].to_numpy(dtype=object)
-    if n:
-        change = np.flatnonzero(seq[1:] != seq[:-1]) + 1
-        starts = np.concatenate([[0], change]).astype(np.int64)
-    else:
-        starts = np.zeros(0, dtype=np.int64)
+    seq_codes, seq_names = text_codes(frame[SEQUENCE])
+    starts = np.flatnonzero(sequence_starts(seq_codes)).astype(np.int64)
     offsets = np.append(starts, np.int64(n)).astype(np.int64)
-    ids = seq[starts].astype(str)
-    events = frame[EVENT].to_numpy(dtype=object)
+    ids = seq_names[seq_codes[starts]].astype(str)
+    events = as_text(frame[EVENT])
     numeric = (
         frame[list(table.numeric)].to_numpy(dtype=np.float64)
         if table.numeric
         else np.zeros((n, 0), dtype=np.float64)
     )
     context = (
-        frame[list(table.context)].to_numpy(dtype=object) if table.context else np.empty((n, 0), dtype=object)
+        np.stack([as_text(frame[c]) for c in table.context], axis=1)
+        if table.context
+        else np.empty((n, 0), dtype=object)
     )
     labels: np.ndarray | None = None
     attack_types: np.ndarray | None = None
@@ -493,7 +513,7 @@ def _group(table: EventTable) -> Sequences:
             seq_of = np.searchsorted(offsets, anomalous, side="right") - 1
             first_seq, first_idx = np.unique(seq_of, return_index=True)
             pick[first_seq] = anomalous[first_idx]
-        attack_types = frame[ATTACK_TYPE].to_numpy(dtype=object)[pick]
+        attack_types = frame[ATTACK_TYPE].take(pick).to_numpy(dtype=object)
     return Sequences(
         ids=ids,
         offsets=offsets,
@@ -521,7 +541,8 @@ def canonical_sort(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def sequence_starts(seq: np.ndarray) -> np.ndarray:
-    """Boolean mask: row starts a new sequence (input sorted by sequence)."""
+    """Boolean mask: row starts a new sequence (``seq``: sorted sequence ids, or their
+    :func:`text_codes`)."""
     start = np.ones(len(seq), dtype=bool)
     if len(seq) > 1:
         start[1:] = seq[1:] != seq[:-1]
@@ -529,7 +550,8 @@ def sequence_starts(seq: np.ndarray) -> np.ndarray:
 
 
 def gaps_within(seq: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Seconds since the previous event of the same sequence (0 at each start); input sorted."""
+    """Seconds since the previous event of the same sequence (0 at each start); input sorted,
+    ``seq`` as for :func:`sequence_starts`."""
     gap = np.zeros(len(order), dtype=np.float64)
     if len(order) > 1:
         gap[1:] = order[1:] - order[:-1]

@@ -160,10 +160,7 @@ def count_categories(values: np.ndarray, names: Sequence[str], hash_key: str) ->
     """Keyed-hashed category counts per context column (``values``: (N, C) raw strings)."""
     from common.vocab import count_tokens
 
-    return {
-        name: count_tokens(np.asarray(values[:, j], dtype=object).astype(str), hash_key)
-        for j, name in enumerate(names)
-    }
+    return {name: count_tokens(values[:, j], hash_key) for j, name in enumerate(names)}
 
 
 # --------------------------------------------------------------------------- merging

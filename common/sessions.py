@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 
 from common.errors import ConfigError, DataError
-from common.events import GAP, ORDER, SEQUENCE, EventTable, canonical_sort, gaps_within, sequence_starts
+from common.events import (
+    GAP,
+    ORDER,
+    SEQUENCE,
+    EventTable,
+    canonical_sort,
+    gaps_within,
+    sequence_starts,
+    text_codes,
+)
 
 __all__ = ["sessionize"]
 
@@ -35,8 +44,7 @@ def sessionize(
     if (gap_seconds is None) == (block_size is None):
         raise ConfigError("sessionize: give exactly one of gap_seconds or block_size")
     frame = table.frame
-    seq = frame[SEQUENCE].to_numpy(dtype=object)
-    starts = sequence_starts(seq)
+    starts = sequence_starts(text_codes(frame[SEQUENCE])[0])
     n = len(frame)
     start_pos = np.maximum.accumulate(np.where(starts, np.arange(n), 0)) if n else np.zeros(0, dtype=np.int64)
     if gap_seconds is not None:
@@ -62,5 +70,5 @@ def sessionize(
     out = frame.assign(**{SEQUENCE: ids.astype(str)})
     out = canonical_sort(out)
     if table.time_ordered:
-        out[GAP] = gaps_within(out[SEQUENCE].to_numpy(dtype=object), out[ORDER].to_numpy(np.float64))
+        out[GAP] = gaps_within(text_codes(out[SEQUENCE])[0], out[ORDER].to_numpy(np.float64))
     return table._like(out)

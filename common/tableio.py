@@ -39,6 +39,7 @@ from common.events import (
     canonical_sort,
     column_order,
     gaps_within,
+    text_codes,
 )
 
 __all__ = ["from_frame", "read_table", "write_table"]
@@ -336,7 +337,7 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
 
     frame = canonical_sort(pd.DataFrame(out))
     if time_ordered:
-        frame[GAP] = gaps_within(frame[SEQUENCE].to_numpy(dtype=object), frame[ORDER].to_numpy(np.float64))
+        frame[GAP] = gaps_within(text_codes(frame[SEQUENCE])[0], frame[ORDER].to_numpy(np.float64))
         numeric.append(GAP)
     frame = frame[column_order(frame, numeric, columns.context)]
     return EventTable(

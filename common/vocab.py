@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from cryptography.hazmat.primitives import hashes, hmac
 
+from common.events import text_codes
+
 PAD, UNK, BOS = 0, 1, 2
 #: The boundary id: as an *input* it marks the start of a sequence (BOS); as a
 #: *target* it marks its end, so a model trained with ``model.end-event`` also
@@ -44,14 +46,14 @@ class TokenHasher:
 
 
 def count_tokens(tokens: np.ndarray, hash_key: str = "") -> Counter[str]:
-    """Count event tokens, keyed-hashing them first when ``hash_key`` is set."""
-    counts = pd.Series(tokens, copy=False).value_counts(sort=False)
-    if not hash_key:
-        return Counter({str(k): int(v) for k, v in counts.items()})
-    hasher = TokenHasher(hash_key)
+    """Count event tokens as text, keyed-hashing them first when ``hash_key`` is set."""
+    codes, texts = text_codes(tokens)
+    if hash_key:
+        hasher = TokenHasher(hash_key)
+        texts = np.array([hasher(t) for t in texts], dtype=object)
     out: Counter[str] = Counter()
-    for k, v in counts.items():
-        out[hasher(str(k))] += int(v)
+    for text, n in zip(texts, np.bincount(codes, minlength=len(texts)).tolist(), strict=True):
+        out[text] += n
     return out
 
 
@@ -113,17 +115,13 @@ class Vocabulary:
 
     def encode(self, tokens: np.ndarray) -> np.ndarray:
         """Map raw tokens to ids (int64); unseen tokens become UNK."""
-        arr = np.asarray(tokens, dtype=object)
+        codes, keys = text_codes(np.asarray(tokens, dtype=object))
         if self.hash_key:
-            uniq, inverse = np.unique(arr.astype(str), return_inverse=True)
             hasher = TokenHasher(self.hash_key)
-            keys = np.array([hasher(t) for t in uniq], dtype=object)
-            ids = self._index.get_indexer(keys)
-            ids = np.where(ids < 0, UNK - len(SPECIALS), ids)[inverse]
-        else:
-            ids = self._index.get_indexer(arr.astype(str))
-            ids = np.where(ids < 0, UNK - len(SPECIALS), ids)
-        return (ids + len(SPECIALS)).astype(np.int64)
+            keys = np.array([hasher(t) for t in keys], dtype=object)
+        ids = self._index.get_indexer(keys)
+        ids = np.where(ids < 0, UNK - len(SPECIALS), ids) + len(SPECIALS)
+        return ids.astype(np.int64)[codes]
 
     def token(self, idx: int) -> str:
         """A readable name for an id (raw token where known)."""
@@ -166,8 +164,10 @@ class ContextVocabulary:
     def fit(cls, names: tuple[str, ...], values: np.ndarray, max_size: int) -> ContextVocabulary:
         cols: dict[str, list[str]] = {}
         for j, name in enumerate(names):
-            vc = pd.Series(values[:, j].astype(str)).value_counts()
-            cols[name] = sorted(vc.index[:max_size].tolist())
+            codes, texts = text_codes(values[:, j])
+            counts = np.bincount(codes, minlength=len(texts))
+            kept = sorted(range(len(texts)), key=lambda i: (-counts[i], texts[i]))[:max_size]
+            cols[name] = sorted(texts[kept].tolist())
         return cls(cols)
 
     def sizes(self) -> tuple[int, ...]:
@@ -183,11 +183,10 @@ class ContextVocabulary:
             )
         hasher = TokenHasher(self.hash_key) if self.hashed and self.columns else None
         for j, name in enumerate(self.columns):
-            col = values[:, j].astype(str)
+            codes, keys = text_codes(values[:, j])
             if hasher is not None:
-                uniq, inverse = np.unique(col, return_inverse=True)
-                col = np.array([hasher(str(u)) for u in uniq], dtype=object)[inverse]
-            out[:, j] = self._index[name].get_indexer(col) + 1
+                keys = np.array([hasher(k) for k in keys], dtype=object)
+            out[:, j] = (self._index[name].get_indexer(keys) + 1)[codes]
         return out
 
     def to_dict(self) -> dict[str, list[str]]:

@@ -19,7 +19,9 @@ from common.events import (
     MISSING,
     ColumnMap,
     EventTable,
+    as_text,
     canonical_columns,
+    text_codes,
 )
 from common.sessions import sessionize
 from common.tableio import from_frame, read_table, write_table
@@ -71,6 +73,35 @@ def test_grouping_sorts_by_sequence_then_time(user_csv: Path) -> None:
     assert g.labels is not None and list(g.labels) == [1, 0]
     assert g.attack_types is not None and list(g.attack_types) == ["exfil", ""]
     assert len(table) == 2 and table.n_events == 5 and list(g.lengths) == [3, 2]
+
+
+def test_text_codes_match_astype_str_row_for_row() -> None:
+    values = np.array(["b", 1, "a", "1", np.nan, 2.5, "b"], dtype=object)
+    codes, texts = text_codes(values)
+    assert codes.dtype == np.int64 and texts.dtype == object
+    assert texts[codes].tolist() == values.astype(str).tolist()
+    assert as_text(values).tolist() == values.astype(str).tolist()
+    empty_codes, empty_texts = text_codes(np.array([], dtype=object))
+    assert len(empty_codes) == 0 and len(empty_texts) == 0
+
+
+def test_grouped_tokens_are_one_object_per_distinct_value() -> None:
+    """An Arrow-backed column would otherwise give one new ``str`` per row (about 50 bytes each)."""
+    n = 3000
+    frame = pd.DataFrame(
+        {
+            "s": np.repeat([f"s{i}" for i in range(30)], n // 30),
+            "e": np.tile(["open", "read", "close"], n // 3),
+            "d": np.tile(["pc", "phone"], n // 2),
+        }
+    )
+    table = from_frame(frame, ColumnMap(sequence="s", event="e", context=("d",)))
+    assert str(table.frame[EVENT].dtype) == "str"
+    g = table.grouped()
+    assert len({id(e) for e in g.events}) == 3 and all(type(e) is str for e in g.events)
+    assert len({id(c) for c in g.context[:, 0]}) == 2
+    assert g.events.tolist() == table.frame[EVENT].astype(str).tolist()
+    assert g.ids.tolist() == sorted(f"s{i}" for i in range(30)) and list(g.lengths) == [n // 30] * 30
 
 
 def test_timestamps_become_epoch_seconds_and_gap_feature(user_csv: Path) -> None:

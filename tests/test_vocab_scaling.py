@@ -49,6 +49,31 @@ def test_context_vocab_unseen_is_zero():
     assert cv.sizes() == (3,)
 
 
+def test_encoding_maps_each_row_like_a_lookup_per_token():
+    rng = np.random.default_rng(0)
+    pool = np.array([f"https://example.com/page/{i}?ref=x" for i in range(40)], dtype=object)
+    train, test = pool[rng.integers(0, 30, 500)], pool[rng.integers(0, 40, 500)]
+    for key in ("", "k"):
+        v = Vocabulary.fit(train, max_size=25, hash_key=key)
+        index = {tok: i for i, tok in enumerate(v.tokens, start=3)}
+        hasher = TokenHasher(key) if key else str
+        expected = [index.get(hasher(t), UNK) for t in test]
+        assert v.encode(test).tolist() == expected
+        assert v.encode(np.array([], dtype=object)).dtype == np.int64
+    counted = count_tokens(np.array(["1", 1, "2"], dtype=object))
+    assert counted == {"1": 2, "2": 1}  # counted as text: 1 and "1" are one token
+
+
+def test_context_vocab_keeps_the_most_frequent_ties_by_name():
+    values = np.array([["b"], ["a"], ["c"], ["c"], ["b"], ["a"], ["c"], ["d"]], dtype=object)
+    cv = ContextVocabulary.fit(("x",), values, max_size=2)
+    assert cv.columns == {"x": ["a", "c"]}  # c: 3; then a and b, 2 each: a by name
+    enc = cv.encode(np.array([["a"], ["b"], ["c"]], dtype=object))
+    assert enc[:, 0].tolist() == [1, 0, 2]
+    hashed = ContextVocabulary({"x": [TokenHasher("k")("b")]}, hash_key="k")
+    assert hashed.encode(np.array([["b"], ["a"]], dtype=object))[:, 0].tolist() == [1, 0]
+
+
 def test_feature_stats_merge_exactly():
     rng = np.random.default_rng(0)
     x = rng.lognormal(3, 2, size=(1000, 2))
