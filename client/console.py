@@ -138,8 +138,8 @@ class EpochProgress(_Progress):
             self._epoch = epoch
         elif epoch != self._epoch:
             self._epoch = epoch
+            self._events.set_description(f"epoch {epoch}", refresh=False)  # reset() redraws the bar
             self._events.reset(total=per_epoch)
-            self._events.set_description(f"epoch {epoch}", refresh=False)
         self._events.update(n)
 
     def __exit__(

@@ -157,8 +157,8 @@ def train_epochs(
 ) -> list[EpochStats]:
     """Train for ``epochs`` passes; FedProx adds ``mu/2·||w - w_global||²`` when ``proximal_mu > 0``.
 
-    ``on_batch`` is called after every batch with the number of steps it
-    trained on (events, plus END steps): a count from the CPU, no device sync.
+    ``on_batch`` is called after every batch with the number of events it
+    trained on (END steps not counted): a count from the CPU, no device sync.
     """
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     stats: list[EpochStats] = []
@@ -173,6 +173,7 @@ def train_epochs(
             if config.unk_dropout > 0:
                 batch = with_unknown_inputs(batch, config.unk_dropout, rng)
             counts = chunk_counts(batch.mask, config.chunk_len)
+            n_events = sum(counts) - (len(batch.index) if model.config.end_event else 0)
             batch = batch.to(device)
             weights = sequence_weights(batch) if config.loss_weighting == "sequence" else None
             state: State | None = None
@@ -190,7 +191,7 @@ def train_epochs(
                 state = detach_state(state)
                 totals.add(nll.detach() + config.numeric_weight * se.detach(), nll, se, n)
             if on_batch is not None:
-                on_batch(sum(counts))
+                on_batch(n_events)
         es = totals.stats(time.perf_counter() - t0)
         stats.append(es)
         if on_epoch is not None:
@@ -237,7 +238,7 @@ def fit_model(
     """Train with early stopping on held-out normal validation loss; keeps the best weights.
 
     ``progress(epoch, row)`` follows each epoch (its losses);
-    ``batch_progress(epoch, steps_per_epoch, steps)`` each batch within it.
+    ``batch_progress(epoch, events_per_epoch, events)`` each batch within it.
     """
     model.to(device)
     optimizer = make_optimizer(model, config)
@@ -249,11 +250,11 @@ def fit_model(
     total_events, total_seconds = 0, 0.0
     bad_epochs = 0
     has_validation = validation is not None and len(validation) > 0
-    steps_per_epoch = int(train.lengths.sum()) + (len(train) if model.config.end_event else 0)
+    events_per_epoch = int(train.lengths.sum())
     for epoch in range(1, config.epochs + 1):
         on_batch = None
         if batch_progress is not None:
-            on_batch = functools.partial(batch_progress, epoch, steps_per_epoch)
+            on_batch = functools.partial(batch_progress, epoch, events_per_epoch)
         (es,) = train_epochs(
             model, train, config, optimizer, epochs=1, device=device, rng=rng, on_batch=on_batch
         )

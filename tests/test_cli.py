@@ -537,10 +537,12 @@ def test_epoch_progress_shows_each_epochs_events_on_a_terminal_only(
         bar = progress._events
         assert bar is not None and (bar.n, bar.total) == (900, 900)
         progress(1, row)
+        err = capsys.readouterr().err
         progress.events(2, 900, 300)  # a new epoch starts the inner bar again
         assert (bar.n, bar.total, bar.desc) == (300, 900, "epoch 2: ")
-    err = capsys.readouterr().err
+    redrawn = capsys.readouterr().err
     assert "fit:" in err and "epoch 1" in err and "/900" in err
+    assert "epoch 2" in redrawn and "epoch 1" not in redrawn  # the restarted bar never shows the old epoch
     with EpochProgress(2, quiet=True) as progress:
         progress.events(1, 900, 900)
         progress(1, row)

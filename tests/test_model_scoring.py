@@ -283,7 +283,7 @@ def test_chunk_counts_are_the_real_steps_of_each_chunk():
     assert sum(counts) == int(batch.mask.sum())
 
 
-def test_batch_progress_counts_every_training_step_once_per_epoch_and_changes_nothing():
+def test_batch_progress_counts_every_event_once_per_epoch_and_changes_nothing():
     rng = np.random.default_rng(1)
     train = encoded(
         [[3 + int(x) % 4 for x in rng.integers(0, 9, size=int(n))] for n in rng.integers(5, 40, 30)]
@@ -293,14 +293,17 @@ def test_batch_progress_counts_every_training_step_once_per_epoch_and_changes_no
     quiet, reported = tiny("lstm"), tiny("lstm")
     fit_model(quiet, train, None, cfg, CPU)
     fit_model(reported, train, None, cfg, CPU, batch_progress=lambda *a: calls.append(a))
-    steps = int(train.lengths.sum()) + len(train)  # every event and each sequence's END step
+    events = int(train.lengths.sum())  # END steps are trained on but are not events
     epochs = [e for e, _, _ in calls]
     assert epochs == sorted(epochs) and set(epochs) == {1, 2, 3}
     for epoch in (1, 2, 3):
-        assert {total for e, total, _ in calls if e == epoch} == {steps}
-        assert sum(n for e, _, n in calls if e == epoch) == steps
+        assert {total for e, total, _ in calls if e == epoch} == {events}
+        assert sum(n for e, _, n in calls if e == epoch) == events
     for a, b in zip(quiet.state_dict().values(), reported.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # reporting draws no random numbers and moves nothing
+    no_end: list[tuple[int, int, int]] = []
+    fit_model(tiny("lstm", end=False), train, None, cfg, CPU, batch_progress=lambda *a: no_end.append(a))
+    assert sum(n for e, _, n in no_end if e == 1) == events
 
 
 def test_loss_totals_match_reading_every_chunk_back():
