@@ -29,7 +29,7 @@ from common import __version__
 from common.config import DetectorConfig, ScoreConfig, parse_detector_config, to_flat
 from common.encoding import EncodedSequences, Encoder
 from common.errors import ModelFileError, NotFittedError
-from common.events import EventTable
+from common.events import EventTable, Sequences
 from common.explanation import EventExplanation, SequenceExplanation
 from common.metrics import threshold_for_contamination, threshold_for_far
 from common.model import (
@@ -74,9 +74,9 @@ class ScoredTable:
         return np.argsort(-ev, kind="stable")[:k]
 
 
-def content_groups(table: EventTable) -> np.ndarray:
+def content_groups(table: EventTable | Sequences) -> np.ndarray:
     """A group id per sequence: identical event sequences share a group."""
-    g = table.grouped()
+    g = table.grouped() if isinstance(table, EventTable) else table
     keys = np.empty(len(g.ids), dtype=object)
     for i in range(len(g.ids)):
         chunk = "\x1f".join(map(str, g.events[g.offsets[i] : g.offsets[i + 1]]))
@@ -84,13 +84,13 @@ def content_groups(table: EventTable) -> np.ndarray:
     return pd.factorize(keys)[0]
 
 
-def holdout_split(table: EventTable, fraction: float, seed: int) -> tuple[EventTable, EventTable]:
-    """Hold out about ``fraction`` of the sequences, grouped by content.
+def holdout_mask(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Which sequences to hold out (bool per sequence): about ``fraction`` of them,
+    whole content groups (:func:`content_groups`) at a time.
 
     Identical sequences go to the same side, so the validation scores that
     calibrate the threshold are not flattered by copies of training data.
     """
-    groups = content_groups(table)
     n_groups = int(groups.max()) + 1 if len(groups) else 0
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_groups)
@@ -101,7 +101,12 @@ def holdout_split(table: EventTable, fraction: float, seed: int) -> tuple[EventT
         chosen = order[:1]
     if len(chosen) == n_groups:  # never hold out everything: a single content group stays to train on
         chosen = chosen[:-1]
-    is_val = np.isin(groups, chosen)
+    return np.isin(groups, chosen)
+
+
+def holdout_split(table: EventTable, fraction: float, seed: int) -> tuple[EventTable, EventTable]:
+    """``table`` split into (fit, held out) by :func:`holdout_mask`."""
+    is_val = holdout_mask(content_groups(table), fraction, seed)
     ids = table.grouped().ids
     return table.subset(ids[~is_val]), table.subset(ids[is_val])
 
@@ -154,24 +159,26 @@ class SequenceDetector:
         """
         cfg = self.config
         set_threads(cfg.train.threads)
-        train = _normal_only(train)
+        # Selected on the grouped views: the tables' text is not copied.
+        g = _normal_sequences(train)
         if validation is None:
-            train, validation = holdout_split(train, cfg.train.validation_fraction, cfg.train.seed)
+            is_val = holdout_mask(content_groups(g), cfg.train.validation_fraction, cfg.train.seed)
+            g, g_val = g.take(np.flatnonzero(~is_val)), g.take(np.flatnonzero(is_val))
         else:
-            validation = _normal_only(validation)
-        if len(train) == 0:
+            g_val = _normal_sequences(validation)
+        if len(g) == 0:
             from common.errors import DataError
 
             raise DataError(
                 f"{train.source}: no normal training sequences to fit on "
                 f"(a model learns normal behaviour: give sequences whose label is 0, or no label column)"
             )
-        g = train.grouped()
         self.encoder_ = Encoder.fit(
             g, numeric_names=train.numeric, context_names=train.context, vocab_config=cfg.vocab
         )
         enc_train = self.encoder_.encode(g)
-        enc_val = self.encoder_.encode(validation.grouped())
+        enc_val = self.encoder_.encode(g_val)
+        del g, g_val
         self.model_ = build_model(cfg.model, self.network_shape, seed=cfg.train.seed)
         self.fit_result_ = fit_model(
             self.model_,
@@ -460,10 +467,10 @@ class SequenceDetector:
         return det
 
 
-def _normal_only(table: EventTable) -> EventTable:
+def _normal_sequences(table: EventTable) -> Sequences:
+    """The grouped view of ``table`` without its labelled anomalies."""
     g = table.grouped()
     if g.labels is None or not g.labels.any():
-        return table
-    keep = g.ids[g.labels == 0]
+        return g
     log.info("%s: dropping %d labelled anomalous sequences before fitting", table.source, int(g.labels.sum()))
-    return table.subset(keep)
+    return g.take(np.flatnonzero(g.labels == 0))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,13 @@ __all__ = [
     "ColumnMap",
     "EventTable",
     "Sequences",
+    "as_text",
     "canonical_columns",
     "canonical_sort",
     "column_order",
     "gaps_within",
     "sequence_starts",
+    "text_codes",
 ]
 
 SEQUENCE = "sequence"
@@ -295,6 +297,25 @@ class Sequences:
     def events_of(self, i: int) -> np.ndarray:
         """Event tokens of sequence ``i``."""
         return self.events[self.offsets[i] : self.offsets[i + 1]]
+
+    def take(self, index: np.ndarray) -> Sequences:
+        """The sequences at positions ``index``, in that order: a new CSR view whose arrays
+        are gathered row by row (tokens stay shared objects, so no text is copied)."""
+        index = np.asarray(index, dtype=np.int64)
+        lengths = self.lengths[index]
+        offsets = np.zeros(len(index) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        rows = np.repeat(self.offsets[index] - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+        return replace(
+            self,
+            ids=self.ids[index],
+            offsets=offsets,
+            events=self.events[rows],
+            numeric=self.numeric[rows],
+            context=self.context[rows],
+            labels=None if self.labels is None else self.labels[index],
+            attack_types=None if self.attack_types is None else self.attack_types[index],
+        )
 
 
 # --------------------------------------------------------------------------- #

@@ -547,3 +547,30 @@ def test_epoch_progress_shows_each_epochs_events_on_a_terminal_only(
         progress.events(1, 900, 900)
         progress(1, row)
     assert capsys.readouterr().err == ""
+
+
+def test_fit_selects_like_the_table_level_split(workspace: dict[str, Path]) -> None:
+    """fit() drops labelled anomalies and holds out on the grouped views, without copying the
+    table; the model equals one fitted on the tables that :func:`holdout_split` gives."""
+    import torch
+
+    from common.config import load_config_file, parse_detector_config
+    from common.detector import SequenceDetector, holdout_split
+    from common.events import CANONICAL
+    from common.tableio import from_frame
+
+    table = from_frame(make_frame(4, 40, 6, "mix"), CANONICAL)
+    g = table.grouped()
+    assert g.labels is not None and int(g.labels.sum()) == 6
+    config = parse_detector_config(load_config_file(workspace["config"]))
+    fit, held_out = holdout_split(
+        table.subset(g.ids[g.labels == 0]), config.train.validation_fraction, config.train.seed
+    )
+    assert len(fit) > 0 and len(held_out) > 0
+    direct = SequenceDetector(config).fit(table)
+    split = SequenceDetector(config).fit(fit, held_out)
+    assert direct.encoder_.to_dict() == split.encoder_.to_dict()
+    for a, b in zip(direct.model_.state_dict().values(), split.model_.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert (direct.threshold_, direct.end_weight_) == (split.threshold_, split.end_weight_)
+    np.testing.assert_array_equal(direct.validation_scores_, split.validation_scores_)

@@ -104,6 +104,21 @@ def test_grouped_tokens_are_one_object_per_distinct_value() -> None:
     assert g.ids.tolist() == sorted(f"s{i}" for i in range(30)) and list(g.lengths) == [n // 30] * 30
 
 
+def test_take_gathers_whole_sequences_in_the_order_given(user_csv: Path) -> None:
+    g = read_table(user_csv, USER_MAP).grouped()  # u1: open, read, close; u2: start, login
+    t = g.take(np.array([1, 0]))
+    assert list(t.ids) == ["u2", "u1"] and list(t.offsets) == [0, 2, 5]
+    assert list(t.events) == ["start", "login", "open", "read", "close"]
+    np.testing.assert_array_equal(t.numeric, np.concatenate([g.numeric[3:], g.numeric[:3]]))
+    assert t.context[:, 0].tolist() == ["pc", "pc", "phone", "phone", "phone"]
+    assert t.labels is not None and list(t.labels) == [0, 1]
+    assert t.attack_types is not None and list(t.attack_types) == ["", "exfil"]
+    assert (t.numeric_names, t.context_names) == (g.numeric_names, g.context_names)
+    none = g.take(np.array([], dtype=np.int64))
+    assert len(none) == 0 and none.n_events == 0 and list(none.offsets) == [0]
+    assert none.numeric.shape == (0, 2) and none.context.shape == (0, 1)
+
+
 def test_timestamps_become_epoch_seconds_and_gap_feature(user_csv: Path) -> None:
     table = read_table(user_csv, USER_MAP)
     u1 = table.frame[table.frame["sequence"] == "u1"]
