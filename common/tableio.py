@@ -254,6 +254,13 @@ def _check_columns(df: pd.DataFrame, columns: ColumnMap, source: str) -> str | N
     return LABEL if LABEL in df.columns else None
 
 
+def _used_columns(names: list[str], columns: ColumnMap, label_col: str | None) -> list[str]:
+    """The columns of ``names`` that :func:`_build` reads, in file order."""
+    used = {columns.sequence, columns.event, *columns.numeric, *columns.context, ATTACK_TYPE}
+    used |= {c for c in (columns.order, label_col) if c is not None}
+    return [n for n in names if n in used]
+
+
 def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> EventTable:
     """Validate and canonicalise ``df`` (rows in file order)."""
     label_col = _check_columns(df, columns, source)
@@ -483,13 +490,17 @@ def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:
 
     source = str(path)
     try:
-        df = pq.read_table(path).to_pandas()
+        # Only the columns the map uses, so a wide export is not loaded whole; a column that
+        # pandas stored as the index is read as a column like any other.
+        names = [str(n) for n in pq.read_schema(path).names]
+        label_col = _check_columns(pd.DataFrame(columns=names), columns, source)
+        used = _used_columns(names, columns, label_col)
+        df = pq.read_table(path, columns=used).to_pandas(ignore_metadata=True)
     except (pa.ArrowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
             f"{source}: cannot read Parquet ({first}); check that the file is a complete Parquet file"
         ) from exc
-    _check_columns(df, columns, source)
     if len(df) == 0:
         raise DataError(f"{source}: no data rows; the file has columns but no events")
     where = _Where(source, np.arange(1, len(df) + 1, dtype=np.int64), "row")

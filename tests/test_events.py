@@ -394,3 +394,22 @@ def test_error_parquet_rows_are_numbered(tmp_path: Path) -> None:
     pd.DataFrame({"sequence_id": ["s", "s"], "event": ["a", None]}).to_parquet(path)
     with pytest.raises(DataError, match=r"e\.parquet: row 2, column 'event': missing event"):
         read_table(path)
+
+
+def test_parquet_reads_only_the_mapped_columns(tmp_path: Path) -> None:
+    path = tmp_path / "wide.parquet"
+    frame = pd.DataFrame(
+        {
+            "user": ["u1", "u1", "u2"],
+            "action": ["open", "read", "open"],
+            "notes": [[1, 2], [], [3]],  # a list column: never turned into pandas objects
+            "label": [0, 0, 1],
+        }
+    )
+    frame.set_index("user").to_parquet(path)  # 'user' is stored as the pandas index
+    table = read_table(path, ColumnMap(sequence="user", event="action"))
+    assert list(table.frame.columns) == ["sequence", "order", "event", "label"]
+    g = table.grouped()
+    assert list(g.ids) == ["u1", "u2"] and g.labels is not None and list(g.labels) == [0, 1]
+    with pytest.raises(DataError, match=r"missing column 'device' \(columns present: 'action', 'notes', "):
+        read_table(path, ColumnMap(sequence="user", event="action", context=("device",)))
