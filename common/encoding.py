@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.config import VocabConfig
+from common.events import take_rows
 from common.scaling import Scaler
 from common.vocab import UNK, ContextVocabulary, Vocabulary
 
@@ -64,13 +65,7 @@ class EncodedSequences:
     def subset(self, index: np.ndarray) -> EncodedSequences:
         """Sequences at positions ``index`` (in that order)."""
         index = np.asarray(index, dtype=np.int64)
-        lengths = self.lengths[index]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        rows = (
-            np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index])
-            if len(index)
-            else np.zeros(0, dtype=np.int64)
-        )
+        offsets, rows = take_rows(self.offsets, index)
         return EncodedSequences(
             ids=self.ids[index],
             offsets=offsets,

@@ -60,6 +60,7 @@ __all__ = [
     "column_order",
     "gaps_within",
     "sequence_starts",
+    "take_rows",
     "text_codes",
 ]
 
@@ -302,10 +303,7 @@ class Sequences:
         """The sequences at positions ``index``, in that order: a new CSR view whose arrays
         are gathered row by row (tokens stay shared objects, so no text is copied)."""
         index = np.asarray(index, dtype=np.int64)
-        lengths = self.lengths[index]
-        offsets = np.zeros(len(index) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        rows = np.repeat(self.offsets[index] - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+        offsets, rows = take_rows(self.offsets, index)
         return replace(
             self,
             ids=self.ids[index],
@@ -316,6 +314,17 @@ class Sequences:
             labels=None if self.labels is None else self.labels[index],
             attack_types=None if self.attack_types is None else self.attack_types[index],
         )
+
+
+def take_rows(offsets: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For CSR ``offsets`` and sequence positions ``index``: the offsets of those sequences
+    laid end to end, and the rows to gather for them (int64 both)."""
+    index = np.asarray(index, dtype=np.int64)
+    lengths = np.diff(offsets)[index]
+    new = np.zeros(len(index) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new[1:])
+    rows = np.repeat(np.asarray(offsets, dtype=np.int64)[index] - new[:-1], lengths)
+    return new, rows + np.arange(new[-1], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- #

@@ -21,6 +21,7 @@ from common.events import (
     EventTable,
     as_text,
     canonical_columns,
+    take_rows,
     text_codes,
 )
 from common.sessions import sessionize
@@ -114,6 +115,8 @@ def test_take_gathers_whole_sequences_in_the_order_given(user_csv: Path) -> None
     assert t.labels is not None and list(t.labels) == [0, 1]
     assert t.attack_types is not None and list(t.attack_types) == ["", "exfil"]
     assert (t.numeric_names, t.context_names) == (g.numeric_names, g.context_names)
+    offsets, rows = take_rows(g.offsets, np.array([1, 0, 1]))  # a sequence may be taken twice
+    assert offsets.tolist() == [0, 2, 5, 7] and rows.tolist() == [3, 4, 0, 1, 2, 3, 4]
     none = g.take(np.array([], dtype=np.int64))
     assert len(none) == 0 and none.n_events == 0 and list(none.offsets) == [0]
     assert none.numeric.shape == (0, 2) and none.context.shape == (0, 1)
