@@ -437,8 +437,50 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
     except LookupError as exc:
         raise ConfigError(f"unknown encoding {encoding!r}; use e.g. utf-8 or latin-1") from exc
     sep = "\t" if kind.startswith(".tsv") else ","
+    compression = "gzip" if kind.endswith(".gz") else None
+    # Only the columns the map uses, so a wide export is not parsed whole. A row with no value in
+    # any of them is a blank line only if its other fields are empty too: where there are such
+    # rows, the file is read again whole to tell (the rule below counts blank lines, while a row
+    # that lacks only its sequence id and event is an error).
+    names = _csv_header(path, sep, encoding, compression)
+    used = _used_columns(names, columns, _check_columns(pd.DataFrame(columns=names), columns, source))
+    df = _read_csv(path, sep, encoding, compression, used)
+    if len(used) < len(names) and len(used) and df.isna().all(axis=1).any():
+        df = _read_csv(path, sep, encoding, compression, None)
+    lines = np.arange(2, len(df) + 2, dtype=np.int64)
+    blank = df.isna().all(axis=1).to_numpy() if len(df.columns) else np.zeros(len(df), dtype=bool)
+    n_blank = int(blank.sum())
+    if n_blank:
+        df = df.loc[~blank].reset_index(drop=True)
+        lines = lines[~blank]
+        logger.info("%s: skipped %d blank line(s)", source, n_blank)
+    if len(df) == 0 and len(df.columns):
+        _check_columns(df, columns, source)
+        raise DataError(f"{source}: no data rows; the file has a header but no events")
+    table = _build(df, columns, source, _Where(source, lines, "line"))
+    if n_blank:
+        table.repairs["blank lines skipped"] = n_blank
+    return table
+
+
+def _csv_header(path: Path, sep: str, encoding: str, compression: str | None) -> list[str]:
+    """The column names of a CSV/TSV file (as pandas names them)."""
+    return [str(c) for c in _read_csv(path, sep, encoding, compression, None, nrows=0).columns]
+
+
+def _read_csv(
+    path: Path,
+    sep: str,
+    encoding: str,
+    compression: str | None,
+    usecols: list[str] | None,
+    *,
+    nrows: int | None = None,
+) -> pd.DataFrame:
+    """``pd.read_csv`` as text, every failure turned into a :class:`DataError` naming the file."""
+    source = str(path)
     try:
-        df = pd.read_csv(
+        return pd.read_csv(
             path,
             sep=sep,
             dtype=str,
@@ -446,7 +488,9 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
             na_values=[""],
             skip_blank_lines=False,
             encoding=encoding,
-            compression="gzip" if kind.endswith(".gz") else None,
+            compression=compression,
+            usecols=usecols,
+            nrows=nrows,
         )
     except pd.errors.EmptyDataError as exc:
         raise DataError(
@@ -468,20 +512,6 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
         raise DataError(
             f"{source}: not a valid gzip file ({exc}); re-compress it or pass the plain file"
         ) from exc
-    lines = np.arange(2, len(df) + 2, dtype=np.int64)
-    blank = df.isna().all(axis=1).to_numpy() if len(df.columns) else np.zeros(len(df), dtype=bool)
-    n_blank = int(blank.sum())
-    if n_blank:
-        df = df.loc[~blank].reset_index(drop=True)
-        lines = lines[~blank]
-        logger.info("%s: skipped %d blank line(s)", source, n_blank)
-    if len(df) == 0 and len(df.columns):
-        _check_columns(df, columns, source)
-        raise DataError(f"{source}: no data rows; the file has a header but no events")
-    table = _build(df, columns, source, _Where(source, lines, "line"))
-    if n_blank:
-        table.repairs["blank lines skipped"] = n_blank
-    return table
 
 
 def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:

@@ -416,3 +416,17 @@ def test_parquet_reads_only_the_mapped_columns(tmp_path: Path) -> None:
     assert list(g.ids) == ["u1", "u2"] and g.labels is not None and list(g.labels) == [0, 1]
     with pytest.raises(DataError, match=r"missing column 'device' \(columns present: 'action', 'notes', "):
         read_table(path, ColumnMap(sequence="user", event="action", context=("device",)))
+
+
+def test_csv_reads_only_the_mapped_columns_and_still_tells_blank_lines(tmp_path: Path) -> None:
+    header = "sequence_id,note,event,extra\n"
+    path = _write(tmp_path / "wide.csv", header + "s,x,a,1\n\ns,,b,\n,,,\n")
+    table = read_table(path)
+    assert list(table.frame.columns) == ["sequence", "order", "event"]
+    assert list(table.grouped().events) == ["a", "b"] and table.repairs == {"blank lines skipped": 2}
+    # empty in every mapped column but not in the others: not a blank line, a row without its id
+    path = _write(tmp_path / "half.csv", header + "s,x,a,1\n,y,,2\n")
+    with pytest.raises(DataError, match=r"line 3, column 'sequence_id': missing sequence id"):
+        read_table(path)
+    with pytest.raises(DataError, match=r"missing column 'device' \(columns present: 'sequence_id', 'note'"):
+        read_table(path, ColumnMap(context=("device",)))
