@@ -414,7 +414,9 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
 
     Error messages give CSV/TSV rows as the file's line numbers (header = line
     1; a quoted field that spans lines shifts the count) and Parquet rows as
-    1-based row numbers. Blank lines are skipped and counted in ``repairs``.
+    1-based row numbers. Blank lines are skipped and counted in ``repairs``. Only
+    the columns ``columns`` names (and ``label`` / ``attack_type`` where present)
+    are loaded; the others are never parsed.
 
     Raises:
         DataError: file not found, unsupported type, empty, wrong encoding,
