@@ -254,8 +254,13 @@ def _check_columns(df: pd.DataFrame, columns: ColumnMap, source: str) -> str | N
     return LABEL if LABEL in df.columns else None
 
 
-def _used_columns(names: list[str], columns: ColumnMap, label_col: str | None) -> list[str]:
-    """The columns of ``names`` that :func:`_build` reads, in file order."""
+def _used_columns(names: list[str], columns: ColumnMap, source: str) -> list[str]:
+    """The columns of a file's ``names`` that :func:`_build` reads, in file order.
+
+    Raises:
+        DataError: a mapped column is not among ``names`` (the message lists them all).
+    """
+    label_col = _check_columns(pd.DataFrame(columns=names), columns, source)
     used = {columns.sequence, columns.event, *columns.numeric, *columns.context, ATTACK_TYPE}
     used |= {c for c in (columns.order, label_col) if c is not None}
     return [n for n in names if n in used]
@@ -445,19 +450,18 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
     # rows, the file is read again whole to tell (the rule below counts blank lines, while a row
     # that lacks only its sequence id and event is an error).
     names = _csv_header(path, sep, encoding, compression)
-    used = _used_columns(names, columns, _check_columns(pd.DataFrame(columns=names), columns, source))
+    used = _used_columns(names, columns, source)
     df = _read_csv(path, sep, encoding, compression, used)
-    if len(used) < len(names) and len(used) and df.isna().all(axis=1).any():
+    if len(used) < len(names) and df.isna().all(axis=1).any():
         df = _read_csv(path, sep, encoding, compression, None)
     lines = np.arange(2, len(df) + 2, dtype=np.int64)
-    blank = df.isna().all(axis=1).to_numpy() if len(df.columns) else np.zeros(len(df), dtype=bool)
+    blank = df.isna().all(axis=1).to_numpy(dtype=bool)  # the sequence and event columns are always read
     n_blank = int(blank.sum())
     if n_blank:
         df = df.loc[~blank].reset_index(drop=True)
         lines = lines[~blank]
         logger.info("%s: skipped %d blank line(s)", source, n_blank)
-    if len(df) == 0 and len(df.columns):
-        _check_columns(df, columns, source)
+    if len(df) == 0:
         raise DataError(f"{source}: no data rows; the file has a header but no events")
     table = _build(df, columns, source, _Where(source, lines, "line"))
     if n_blank:
@@ -525,8 +529,7 @@ def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:
         # Only the columns the map uses, so a wide export is not loaded whole; a column that
         # pandas stored as the index is read as a column like any other.
         names = [str(n) for n in pq.read_schema(path).names]
-        label_col = _check_columns(pd.DataFrame(columns=names), columns, source)
-        used = _used_columns(names, columns, label_col)
+        used = _used_columns(names, columns, source)
         df = pq.read_table(path, columns=used).to_pandas(ignore_metadata=True)
     except (pa.ArrowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
