@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from common.errors import ConfigError, DataError
 from common.events import (
@@ -166,19 +167,27 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, i
         dt = pd.to_datetime(s, utc=True)
         mask = dt.isna().to_numpy()
     else:
-        mask = _text(s)[1]
-        obj = s.reset_index(drop=True).astype(object).where(~mask, None)
-        zoned = obj[~mask].astype(str).str.contains(_ZONED, regex=True)
-        if zoned.any() and not zoned.all():
-            assumed_utc = int((~zoned).sum())
+        text, mask = _text(s)
+        # Text stays text (Arrow strings on pandas 3: no Python object per row);
+        # other values (numbers read as times) are parsed as pandas reads them.
+        values = text if pd.api.types.is_string_dtype(s.dtype) else s.reset_index(drop=True).astype(object)
+        values = values.where(~mask, None)
+        present = np.flatnonzero(~mask)
+        fmt = guess_datetime_format(str(values.iloc[present[0]])) if present.size else None
         with warnings.catch_warnings():
             # pandas warns when it cannot infer one format; the retry below
             # parses element by element anyway.
             warnings.simplefilter("ignore", UserWarning)
-            dt = pd.to_datetime(obj, utc=True, errors="coerce")
+            dt = pd.to_datetime(values, utc=True, errors="coerce", format=fmt)
             failed = dt.isna().to_numpy() & ~mask
+            # Values that all parse in one format either all carry a zone or none does;
+            # otherwise look at each value's zone.
+            if fmt is None or failed.any():
+                zoned = values[~mask].astype(str).str.contains(_ZONED, regex=True)
+                if zoned.any() and not zoned.all():
+                    assumed_utc = int((~zoned).sum())
             if failed.any():
-                retry = pd.to_datetime(obj[failed], utc=True, errors="coerce", format="mixed")
+                retry = pd.to_datetime(values[failed], utc=True, errors="coerce", format="mixed")
                 dt = dt.copy()
                 dt[failed] = retry
                 failed = dt.isna().to_numpy() & ~mask
@@ -186,7 +195,7 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, i
             pos = int(np.flatnonzero(failed)[0])
             raise DataError(
                 f"{where.source}: {where.at(pos)}, column {column!r}: cannot parse timestamp "
-                f"{_show(obj.iloc[pos])}; use ISO 8601 (e.g. 2024-01-31T12:00:00Z), or set time=false "
+                f"{_show(values.iloc[pos])}; use ISO 8601 (e.g. 2024-01-31T12:00:00Z), or set time=false "
                 f"if the column is a position"
             )
     if mask.any():
