@@ -10,11 +10,14 @@ An :class:`EventTable` is always in *canonical form*:
 
 * the frame is sorted by ``(sequence, order)`` (ties keep file order);
 * ``sequence`` (str), ``order`` (float64: a position, or epoch seconds when the
-  order column is a timestamp), ``event`` (str);
-* one float64 column per numeric feature and one str column per context
-  feature, named as in the source;
-* ``label`` (int8, 0/1) when the source is labelled, ``attack_type`` (str)
-  when the source has such a column;
+  order column is a timestamp), ``event`` (categorical);
+* one float64 column per numeric feature and one categorical column per
+  context feature, named as in the source;
+* ``label`` (int8, 0/1) when the source is labelled, ``attack_type``
+  (categorical) when the source has such a column;
+* categorical columns hold text categories, sorted, each one in use
+  (:func:`text_categories`): a token is stored once however many events
+  carry it, and each row holds a small integer code;
 * for timestamped tables the numeric feature ``gap_seconds`` (seconds since
   the previous event of the same sequence, 0 for the first) is added.
 
@@ -61,6 +64,7 @@ __all__ = [
     "gaps_within",
     "sequence_starts",
     "take_rows",
+    "text_categories",
     "text_codes",
 ]
 
@@ -80,6 +84,8 @@ MISSING = "<missing>"
 """Value that replaces a missing context value."""
 
 _RESERVED = frozenset({SEQUENCE, ORDER, EVENT, LABEL, ATTACK_TYPE})
+_STR = pd.Series(["x"]).dtype
+"""pandas' default dtype for text: ``str`` (Arrow-backed) on pandas 3, object on pandas 2."""
 
 
 # --------------------------------------------------------------------------- #
@@ -364,7 +370,7 @@ class EventTable:
             raise DataError(
                 f"{source}: canonical frame lacks column(s) {missing}; build tables with from_frame()"
             )
-        self.frame: pd.DataFrame = frame
+        self.frame: pd.DataFrame = _with_text_categories(frame, (EVENT, *context, ATTACK_TYPE))
         self.numeric: tuple[str, ...] = tuple(numeric)
         self.context: tuple[str, ...] = tuple(context)
         self.source: str = source
@@ -461,6 +467,15 @@ class EventTable:
             if any_attack and not t.has_attack_types:
                 f = f.assign(**{ATTACK_TYPE: ""})
             frames.append(f)
+        # One set of categories for each text column, so that concat keeps codes
+        # instead of turning the column into one Python object per row.
+        for col in (EVENT, *first.context, *([ATTACK_TYPE] if any_attack else [])):
+            parts = [text_categories(f[col]) for f in frames]
+            union = pd.api.types.union_categoricals(parts, sort_categories=True).categories
+            frames = [
+                f.assign(**{col: pd.Categorical(p, categories=union)})
+                for f, p in zip(frames, parts, strict=True)
+            ]
         frame = canonical_sort(pd.concat(frames, ignore_index=True))
         repairs: dict[str, int] = {}
         for t in tables:
@@ -501,6 +516,43 @@ def text_codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     texts = np.empty(len(uniques), dtype=object)
     texts[:] = [str(u) for u in uniques]
     return codes.astype(np.int64, copy=False), texts
+
+
+def text_categories(values: pd.Series) -> pd.Series:
+    """``values`` as a categorical of text: categories are ``str``, sorted and each in use.
+
+    The canonical form of an event table's event, context and attack-type
+    columns. Returns ``values`` itself when it is already in that form.
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cats = values.cat.categories
+        codes = values.cat.codes.to_numpy()
+        if (
+            cats.dtype == _STR
+            and cats.is_monotonic_increasing
+            and cats.is_unique
+            and (codes >= 0).all()
+            and (np.bincount(codes, minlength=len(cats)) > 0).all()
+        ):
+            return values
+    codes, texts = text_codes(values)
+    names, inverse = np.unique(texts.astype(str), return_inverse=True)
+    categorical = pd.Categorical.from_codes(
+        inverse.reshape(-1)[codes], categories=pd.Index(names, dtype=_STR), validate=False
+    )
+    return pd.Series(categorical, index=values.index, name=values.name)
+
+
+def _with_text_categories(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with ``columns`` (those it has) as :func:`text_categories`; no copy when they are."""
+    changed = {}
+    for col in columns:
+        if col in frame.columns:
+            values = frame[col]
+            canonical = text_categories(values)
+            if canonical is not values:
+                changed[col] = canonical
+    return frame.assign(**changed) if changed else frame
 
 
 def as_text(values: pd.Series | np.ndarray) -> np.ndarray:

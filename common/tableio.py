@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pandas.tseries.api import guess_datetime_format
 
 from common.errors import ConfigError, DataError
@@ -94,6 +95,17 @@ def _as_text(s: pd.Series) -> pd.Series:
     """
     if pd.api.types.is_string_dtype(s.dtype) and s.dtype != object:
         return s
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        # A dictionary-encoded column (Parquet): the categories become text, the
+        # rows keep their codes (missing ones stay missing).
+        names = _as_text(pd.Series(s.cat.categories))
+        if names.is_unique:
+            codes = s.cat.codes.to_numpy()
+            return pd.Series(
+                pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=_STR), validate=False),
+                index=s.index,
+            )
+        s = s.astype(object)
     na = s.isna().to_numpy()
     if pd.api.types.is_float_dtype(s.dtype):
         vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -112,9 +124,20 @@ def _as_text(s: pd.Series) -> pd.Series:
 def _text(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
     """(values as str with a fresh RangeIndex, mask of NA / blank values)."""
     text = _as_text(s).reset_index(drop=True)
+    if isinstance(text.dtype, pd.CategoricalDtype):  # look at each category once
+        codes = text.cat.codes.to_numpy()
+        blank_name = np.asarray(text.cat.categories.str.strip() == "", dtype=bool)
+        return text, np.append(blank_name, True)[codes]  # code -1 (missing) picks the last entry
     blank = text.str.strip().eq("")
     mask = text.isna().to_numpy(dtype=bool) | blank.fillna(False).to_numpy(dtype=bool)
     return text, mask
+
+
+def _filled(values: pd.Series, mask: np.ndarray, fill: str) -> pd.Series:
+    """``values`` with the rows in ``mask`` set to ``fill`` (a categorical gains it as a category)."""
+    if isinstance(values.dtype, pd.CategoricalDtype) and fill not in values.cat.categories:
+        values = values.cat.add_categories([fill])
+    return values.where(~mask, fill)
 
 
 def _numeric(s: pd.Series, column: str, where: _Where, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -263,6 +286,17 @@ def _check_columns(df: pd.DataFrame, columns: ColumnMap, source: str) -> str | N
     return LABEL if LABEL in df.columns else None
 
 
+def _category_columns(columns: ColumnMap) -> set[str]:
+    """Source columns read as categories: the event, context and attack-type text.
+
+    A token is then held once however many rows carry it (a CSV parser or a
+    Parquet dictionary gives codes directly, with no string per row). Columns
+    that also play another role are read as plain text.
+    """
+    other = {columns.sequence, columns.order, columns.label, LABEL, *columns.numeric}
+    return {columns.event, *columns.context, ATTACK_TYPE} - other
+
+
 def _used_columns(names: list[str], columns: ColumnMap, source: str) -> list[str]:
     """The columns of a file's ``names`` that :func:`_build` reads, in file order.
 
@@ -296,6 +330,8 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
             f"{source}: {where.at(pos)}, column {columns.event!r}: missing event; "
             f"fill it in or drop the row ({int(ev_missing.sum())} such rows)"
         )
+    if isinstance(seq_text.dtype, pd.CategoricalDtype):
+        seq_text = seq_text.astype(_STR)  # ids stay text: one per sequence, not worth codes
     out: dict[str, Any] = {
         SEQUENCE: seq_text,
     }
@@ -344,7 +380,7 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
         values, mask = _text(df[name])
         n_missing = int(mask.sum())
         if n_missing:
-            values = values.where(~mask, MISSING)
+            values = _filled(values, mask, MISSING)
             repairs[f"missing context {name!r}"] = n_missing
             logger.info(
                 "%s: %d missing value(s) in context column %r set to %r", source, n_missing, name, MISSING
@@ -354,7 +390,7 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
         out[LABEL] = _labels(df[label_col], label_col, where)
     if ATTACK_TYPE in df.columns:
         values, mask = _text(df[ATTACK_TYPE])
-        out[ATTACK_TYPE] = values.where(~mask, "")
+        out[ATTACK_TYPE] = _filled(values, mask, "")
 
     frame = canonical_sort(pd.DataFrame(out))
     if time_ordered:
@@ -447,7 +483,17 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
         raise DataError(f"{source}: is a folder, not a file; pass an event file")
     kind = _kind(path)
     if kind == ".parquet":
-        return _read_parquet(path, columns)
+        table = _read_parquet(path, columns)
+    else:
+        table = _read_delimited(path, columns, kind, encoding)
+    # Arrow keeps the memory it freed (the text as read, before it became categories) for
+    # later Arrow allocations; give it back for the training and scoring that follow.
+    pa.default_memory_pool().release_unused()
+    return table
+
+
+def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) -> EventTable:
+    source = str(path)
     try:
         "".encode(encoding)
     except LookupError as exc:
@@ -460,9 +506,11 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
     # that lacks only its sequence id and event is an error).
     names = _csv_header(path, sep, encoding, compression)
     used = _used_columns(names, columns, source)
-    df = _read_csv(path, sep, encoding, compression, used)
+    categories = _category_columns(columns)
+    dtypes = {name: ("category" if name in categories else str) for name in names}
+    df = _read_csv(path, sep, encoding, compression, used, dtypes)
     if len(used) < len(names) and df.isna().all(axis=1).any():
-        df = _read_csv(path, sep, encoding, compression, None)
+        df = _read_csv(path, sep, encoding, compression, None, dtypes)
     lines = np.arange(2, len(df) + 2, dtype=np.int64)
     blank = df.isna().all(axis=1).to_numpy(dtype=bool)  # the sequence and event columns are always read
     n_blank = int(blank.sum())
@@ -480,7 +528,7 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
 
 def _csv_header(path: Path, sep: str, encoding: str, compression: str | None) -> list[str]:
     """The column names of a CSV/TSV file (as pandas names them)."""
-    return [str(c) for c in _read_csv(path, sep, encoding, compression, None, nrows=0).columns]
+    return [str(c) for c in _read_csv(path, sep, encoding, compression, None, str, nrows=0).columns]
 
 
 def _read_csv(
@@ -489,16 +537,18 @@ def _read_csv(
     encoding: str,
     compression: str | None,
     usecols: list[str] | None,
+    dtype: Any,
     *,
     nrows: int | None = None,
 ) -> pd.DataFrame:
-    """``pd.read_csv`` as text, every failure turned into a :class:`DataError` naming the file."""
+    """``pd.read_csv`` as text (``dtype``: ``str`` or categories), every failure turned into a
+    :class:`DataError` naming the file."""
     source = str(path)
     try:
         return pd.read_csv(
             path,
             sep=sep,
-            dtype=str,
+            dtype=dtype,
             keep_default_na=False,
             na_values=[""],
             skip_blank_lines=False,
@@ -530,16 +580,22 @@ def _read_csv(
 
 
 def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     source = str(path)
     try:
         # Only the columns the map uses, so a wide export is not loaded whole; a column that
         # pandas stored as the index is read as a column like any other.
-        names = [str(n) for n in pq.read_schema(path).names]
+        schema = pq.read_schema(path)
+        names = [str(n) for n in schema.names]
         used = _used_columns(names, columns, source)
-        df = pq.read_table(path, columns=used).to_pandas(ignore_metadata=True)
+        text = (pa.types.is_string, pa.types.is_large_string)
+        dictionary = [
+            name
+            for name in sorted(_category_columns(columns) & set(used))
+            if any(is_text(schema.field(name).type) for is_text in text)
+        ]
+        df = pq.read_table(path, columns=used, read_dictionary=dictionary).to_pandas(ignore_metadata=True)
     except (pa.ArrowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(

@@ -97,7 +97,9 @@ def test_grouped_tokens_are_one_object_per_distinct_value() -> None:
         }
     )
     table = from_frame(frame, ColumnMap(sequence="s", event="e", context=("d",)))
-    assert str(table.frame[EVENT].dtype) == "str"
+    # the frame holds each token once, as a category, and a code per row
+    assert list(table.frame[EVENT].cat.categories) == ["close", "open", "read"]
+    assert list(table.frame["d"].cat.categories) == ["pc", "phone"]
     g = table.grouped()
     assert len({id(e) for e in g.events}) == 3 and all(type(e) is str for e in g.events)
     assert len({id(c) for c in g.context[:, 0]}) == 2
@@ -214,6 +216,63 @@ def test_subset_and_concat(user_csv: Path) -> None:
         table.subset(["nope"])
     with pytest.raises(DataError, match="more than one table"):
         EventTable.concat([table, u2])
+
+
+def _categories(table: EventTable, column: str) -> list[str]:
+    values = table.frame[column]
+    assert isinstance(values.dtype, pd.CategoricalDtype), f"{column} is {values.dtype}, not categorical"
+    return list(values.cat.categories)
+
+
+def test_text_columns_are_sorted_categories_in_use_on_every_path(user_csv: Path, tmp_path: Path) -> None:
+    table = read_table(user_csv, USER_MAP)
+    assert _categories(table, EVENT) == ["close", "login", "open", "read", "start"]
+    assert _categories(table, "device") == ["pc", "phone"]
+    assert _categories(table, "attack_type") == ["", "exfil"]
+    assert not isinstance(table.frame["sequence"].dtype, pd.CategoricalDtype)  # ids stay text
+    # a subset keeps only the categories its rows use
+    u2 = table.subset(["u2"])
+    assert _categories(u2, EVENT) == ["login", "start"] and _categories(u2, "attack_type") == [""]
+    # Parquet: plain text columns and dictionary-encoded ones (as write_table stores
+    # categories) read back to the same frame as the CSV
+    plain = tmp_path / "plain.parquet"
+    frame = table.frame.copy()
+    for col in (EVENT, "device", "attack_type"):
+        frame[col] = frame[col].astype(str)
+    frame.to_parquet(plain, index=False)
+    for path in (plain, write_table(table, tmp_path / "dict.parquet")):
+        back = read_table(path, canonical_columns(table))
+        pd.testing.assert_frame_equal(back.frame, table.frame)
+
+
+def test_concat_unites_the_categories(user_csv: Path) -> None:
+    table = read_table(user_csv, USER_MAP)
+    no_attacks = EventTable(
+        table.subset(["u2"]).frame.drop(columns="attack_type"),
+        numeric=table.numeric,
+        context=table.context,
+        time_ordered=True,
+    )
+    both = EventTable.concat([table.subset(["u1"]), no_attacks])
+    assert _categories(both, EVENT) == ["close", "login", "open", "read", "start"]
+    assert list(both.frame["attack_type"]) == ["", "", "exfil", "", ""]  # u1 open, read, close; u2
+    assert both.grouped().events.tolist() == table.grouped().events.tolist()
+
+
+def test_parquet_categories_keep_missing_values_and_codes_of_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "e.parquet"
+    pd.DataFrame(
+        {
+            "sequence_id": ["s", "s", "s", "t"],
+            "event": [3, 12, 3, 4],  # numbers as event ids
+            "device": ["pc", None, " ", "pc"],
+        }
+    ).to_parquet(path)
+    table = read_table(path, ColumnMap(context=("device",)))
+    assert _categories(table, EVENT) == ["12", "3", "4"]
+    assert list(table.frame["device"]) == ["pc", MISSING, MISSING, "pc"]
+    assert table.repairs == {"missing context 'device'": 2}
+    assert _categories(table, "device") == [MISSING, "pc"]  # the blank " " is gone with its rows
 
 
 # --------------------------------------------------------------------------- #
