@@ -54,6 +54,7 @@ __all__ = [
     "MISSING",
     "ORDER",
     "SEQUENCE",
+    "TEXT_DTYPE",
     "ColumnMap",
     "EventTable",
     "Sequences",
@@ -84,7 +85,7 @@ MISSING = "<missing>"
 """Value that replaces a missing context value."""
 
 _RESERVED = frozenset({SEQUENCE, ORDER, EVENT, LABEL, ATTACK_TYPE})
-_STR = pd.Series(["x"]).dtype
+TEXT_DTYPE = pd.Series(["x"]).dtype
 """pandas' default dtype for text: ``str`` (Arrow-backed) on pandas 3, object on pandas 2."""
 
 
@@ -528,7 +529,7 @@ def text_categories(values: pd.Series) -> pd.Series:
         cats = values.cat.categories
         codes = values.cat.codes.to_numpy()
         if (
-            cats.dtype == _STR
+            cats.dtype == TEXT_DTYPE
             and cats.is_monotonic_increasing
             and cats.is_unique
             and (codes >= 0).all()
@@ -538,7 +539,7 @@ def text_categories(values: pd.Series) -> pd.Series:
     codes, texts = text_codes(values)
     names, inverse = np.unique(texts.astype(str), return_inverse=True)
     categorical = pd.Categorical.from_codes(
-        inverse.reshape(-1)[codes], categories=pd.Index(names, dtype=_STR), validate=False
+        inverse.reshape(-1)[codes], categories=pd.Index(names, dtype=TEXT_DTYPE), validate=False
     )
     return pd.Series(categorical, index=values.index, name=values.name)
 

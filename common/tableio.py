@@ -36,6 +36,7 @@ from common.events import (
     MISSING,
     ORDER,
     SEQUENCE,
+    TEXT_DTYPE,
     ColumnMap,
     EventTable,
     canonical_sort,
@@ -61,8 +62,6 @@ _LABEL_WORDS = {
 _NUMERIC_NA_WORDS = frozenset({"na", "nan", "n/a", "null", "none", "-nan"})
 _SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet")
 _MAX_SHOWN = 60
-_STR = pd.Series(["x"]).dtype
-"""pandas' default dtype for text: ``str`` (Arrow-backed) on pandas 3, object on pandas 2."""
 
 
 # --------------------------------------------------------------------------- #
@@ -88,7 +87,8 @@ def _show(value: object) -> str:
 
 
 def _as_text(s: pd.Series) -> pd.Series:
-    """Values as a ``str`` Series; missing values stay NA.
+    """Values as text, a ``str`` Series (a categorical one keeps its codes and gets ``str``
+    categories); missing values stay NA.
 
     Whole-number floats (an integer column with gaps, as Parquet gives it)
     print without ``.0``.
@@ -100,10 +100,10 @@ def _as_text(s: pd.Series) -> pd.Series:
         # rows keep their codes (missing ones stay missing).
         names = _as_text(pd.Series(s.cat.categories))
         if names.is_unique:
+            categories = pd.Index(names, dtype=TEXT_DTYPE)
             codes = s.cat.codes.to_numpy()
             return pd.Series(
-                pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=_STR), validate=False),
-                index=s.index,
+                pd.Categorical.from_codes(codes, categories=categories, validate=False), index=s.index
             )
         s = s.astype(object)
     na = s.isna().to_numpy()
@@ -113,16 +113,16 @@ def _as_text(s: pd.Series) -> pd.Series:
         if present.size and np.all(np.isfinite(present)) and np.all(present == np.round(present)):
             out = np.full(len(s), None, dtype=object)
             out[~na] = present.astype(np.int64).astype(str).astype(object)
-            return pd.Series(out, index=s.index, dtype=_STR)
+            return pd.Series(out, index=s.index, dtype=TEXT_DTYPE)
     if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
-        return s.astype(_STR)
+        return s.astype(TEXT_DTYPE)
     out = s.astype(str).to_numpy(dtype=object)
     out[na] = np.nan
-    return pd.Series(out, index=s.index, dtype=_STR)
+    return pd.Series(out, index=s.index, dtype=TEXT_DTYPE)
 
 
 def _text(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    """(values as str with a fresh RangeIndex, mask of NA / blank values)."""
+    """(values as text (:func:`_as_text`) with a fresh RangeIndex, mask of NA / blank values)."""
     text = _as_text(s).reset_index(drop=True)
     if isinstance(text.dtype, pd.CategoricalDtype):  # look at each category once
         codes = text.cat.codes.to_numpy()
@@ -331,7 +331,7 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
             f"fill it in or drop the row ({int(ev_missing.sum())} such rows)"
         )
     if isinstance(seq_text.dtype, pd.CategoricalDtype):
-        seq_text = seq_text.astype(_STR)  # ids stay text: one per sequence, not worth codes
+        seq_text = seq_text.astype(TEXT_DTYPE)  # ids stay text: one per sequence, not worth codes
     out: dict[str, Any] = {
         SEQUENCE: seq_text,
     }
