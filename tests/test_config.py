@@ -29,6 +29,29 @@ def test_pyproject_defaults_match_dataclass_defaults():
     assert set(run_config) == set(to_flat(AppConfig())), "every knob needs a default in pyproject"
 
 
+def test_ci_tests_the_oldest_versions_pyproject_accepts():
+    """``.ci/floor.txt`` pins each data library at the floor of its pyproject range."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {m[1]: m[2] for d in deps if (m := re.match(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", d))}
+    pins = dict(
+        line.split("==")
+        for line in (root / ".ci" / "floor.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+
+    def release(version: str) -> tuple[int, ...]:
+        parts = [int(p) for p in version.split(".")]
+        return tuple(parts + [0] * (3 - len(parts)))
+
+    for name in ("numpy", "pandas", "pyarrow"):
+        assert release(pins[name]) == release(floors[name]), name
+
+
 def test_unknown_key_is_named_with_a_suggestion():
     with pytest.raises(ConfigError, match=r"unknown config key 'model.hiden'.*model.hidden"):
         parse_config({"model.hiden": 3})
