@@ -1,4 +1,4 @@
-"""Benchmark: detection quality on real data (ADFA-LD and HDFS), written to docs/.
+"""Benchmark: detection quality on real data (ADFA-LD, HDFS, OpenStack), written to docs/.
 
 ADFA-LD, standard split: fit on the 833 training traces (a content-grouped
 10 % held out for early stopping and threshold calibration), test on the 4,372
@@ -31,6 +31,12 @@ can be trusted.
     python -m simulations.bench_quality adfa-seeds --models lstm,gru --seeds 5 \
         --config simulations/configs/adfa-detector.toml --out docs/quality_adfa_seeds.json
 
+OpenStack (the AECID sequence files, both versions, each on Landauer et
+al.'s split: 1 % of the normal instances to train on, the other normal and
+all abnormal instances to test on): the same rows as ADFA-LD, per version.
+
+    python -m simulations.bench_quality openstack --out docs/quality_openstack.json
+
 Benchmarks, not tests: minutes on 2 CPU cores.
 """
 
@@ -57,7 +63,7 @@ from common.config import (
     to_flat,
     with_overrides,
 )
-from common.datasets import load_adfa_ld, load_hdfs, shared_data_dir
+from common.datasets import load_adfa_ld, load_hdfs, load_openstack, shared_data_dir
 from common.detector import SequenceDetector, content_groups, holdout_split
 from common.errors import DataError
 from common.events import EventTable
@@ -75,21 +81,48 @@ log = logging.getLogger("bench_quality")
 
 def adfa(src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, seed: int) -> dict[str, Any]:
     splits = load_adfa_ld(src)
+    rows = standard_split(splits["train"], splits["test"], base, kinds, epochs, seed)
+    return {"dataset": "ADFA-LD standard split", "rows": rows}
+
+
+def openstack(
+    src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, seed: int
+) -> dict[str, Any]:
+    """Both OpenStack versions, each on its own split (Landauer et al.: 1 % of the normal
+    instances to train on, the rest and every abnormal one to test on)."""
+    rows = []
+    for version in ("kalaki", "loghub"):
+        splits = load_openstack(src, version)
+        for row in standard_split(splits["train"], splits["test"], base, kinds, epochs, seed):
+            rows.append({"version": version, **row})
+    return {"dataset": "OpenStack (AECID sequences, Landauer et al.'s split)", "rows": rows}
+
+
+def standard_split(
+    fit_table: EventTable,
+    test: EventTable,
+    base: DetectorConfig,
+    kinds: list[str],
+    epochs: int | None,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """One row per model kind, aggregate and END-step use: fit on ``fit_table`` (a content-grouped
+    part held out for early stopping and calibration), score the labelled ``test``."""
     rows = []
     for kind in kinds:
         overrides: dict[str, Any] = {"model": {"kind": kind}, "train": {"seed": seed}}
         if epochs:
             overrides["train"]["epochs"] = epochs
         cfg = with_overrides(base, **overrides)
-        train, validation = holdout_split(splits["train"], cfg.train.validation_fraction, seed)
+        train, validation = holdout_split(fit_table, cfg.train.validation_fraction, seed)
         det = SequenceDetector(cfg)
         t0 = time.perf_counter()
         det.fit(train, validation)
         fit_s = time.perf_counter() - t0
-        scored = det.score_table(splits["test"])
+        scored = det.score_table(test)
         labels = scored.encoded.labels
         if labels is None:
-            raise DataError(f"{src}: the ADFA-LD test split has no labels")
+            raise DataError(f"{test.source}: the test split has no labels")
         val_events = det.score_table(validation).events
         for agg, end in _variants(cfg):
             test_ev, val_ev = (
@@ -117,6 +150,8 @@ def adfa(src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, 
                     "f1": rep["f1"],
                     "false_alarm_rate": rep["false_alarm_rate"],
                     "best_epoch": det.fit_result_.best_epoch if det.fit_result_ else None,
+                    "fit_sequences": len(train),
+                    "validation_sequences": len(validation),
                     "fit_seconds": round(fit_s, 1),
                 }
             )
@@ -128,7 +163,7 @@ def adfa(src: Path, base: DetectorConfig, kinds: list[str], epochs: int | None, 
                 rep["auroc"],
                 rep["detection_rate_at_1pct_far"],
             )
-    return {"dataset": "ADFA-LD standard split", "rows": rows}
+    return rows
 
 
 def adfa_seeds(
@@ -302,9 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("dataset", choices=["adfa", "hdfs", "adfa-coverage", "adfa-seeds"])
+    parser.add_argument("dataset", choices=["adfa", "hdfs", "openstack", "adfa-coverage", "adfa-seeds"])
     parser.add_argument("--data", type=Path, default=None, help="data folder (default: shared data)")
-    parser.add_argument("--models", default=",".join(MODEL_KINDS), help="ADFA: model kinds to compare")
+    parser.add_argument(
+        "--models", default=",".join(MODEL_KINDS), help="ADFA, OpenStack: model kinds to compare"
+    )
     parser.add_argument("--config", type=Path, default=None, help="detector config file (TOML/JSON)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--folds", type=int, default=5)
@@ -321,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         result = adfa(root, base, args.models.split(","), args.epochs, args.seed)
     elif args.dataset == "adfa-seeds":
         result = adfa_seeds(root, base, args.models.split(","), args.epochs, args.seeds, args.seed)
+    elif args.dataset == "openstack":
+        result = openstack(root, base, args.models.split(","), args.epochs, args.seed)
     elif args.dataset == "adfa-coverage":
         result = adfa_coverage(root, base, args.epochs, args.seed)
     else:
