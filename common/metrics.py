@@ -437,9 +437,10 @@ def detection_report(labels: ArrayLike, scores: ArrayLike, threshold: float) -> 
     ``detection_rate_at_1pct_far``, ``detection_rate_at_5pct_far``,
     ``n_sequences``, ``n_anomalous``. Thresholded figures use
     ``score > threshold``. Figures that are undefined for the labels given
-    (AUROC and the detection rates with a single class, AUPRC without
-    anomalies) are ``None``. The detection rates read the labels to place
-    their thresholds; they are evaluation figures, not operating points.
+    (AUROC and the detection rates with a single class, AUPRC and recall
+    without anomalies, the false-alarm rate without normal sequences) are
+    ``None``. The detection rates read the labels to place their thresholds;
+    they are evaluation figures, not operating points.
     """
     y, s = _as_pair(labels, scores)
     conf = confusion_at(y, s, threshold)
@@ -449,9 +450,9 @@ def detection_report(labels: ArrayLike, scores: ArrayLike, threshold: float) -> 
         "auroc": roc_auc(y, s) if both else None,
         "auprc": average_precision(y, s) if n_pos > 0 else None,
         "precision": float(conf.precision),
-        "recall": float(conf.recall),
+        "recall": float(conf.recall) if n_pos > 0 else None,
         "f1": float(conf.f1),
-        "false_alarm_rate": float(conf.false_alarm_rate),
+        "false_alarm_rate": float(conf.false_alarm_rate) if n_pos < y.size else None,
         "tp": conf.tp,
         "fp": conf.fp,
         "tn": conf.tn,

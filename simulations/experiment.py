@@ -48,8 +48,9 @@ simulated ClientApps use), so timings compare and results do not depend on the
 thread count.
 
 Outputs in ``--out``: ``comparison.json`` (command line, config, partitions,
-every figure), ``comparison.md`` (the table), ``auroc_per_round.png``,
-``roc.png``, ``scores.csv`` (every mode's score per pooled test sequence) and
+every figure), ``comparison.md`` (the table), ``auroc_per_round.png`` and
+``roc.png`` (``recall_per_round.png`` instead when the test set holds one class,
+as HDFS's does), ``scores.csv`` (every mode's score per pooled test sequence) and
 ``federated_metrics.jsonl`` (the run's per-round rows). Run directories go to
 ``--work-dir`` (default ``runs/experiments/<out name>``); ``--resume`` continues
 the federated run committed there (the app's own resume: only the missing
@@ -492,6 +493,14 @@ def markdown(comparison: Mapping[str, Any]) -> str:
     for mode, m, note in table_rows(res):
         lines.append(f"| {mode} | " + " | ".join(_cell(m.get(k)) for k, _ in TABLE_KEYS) + f" | {note} |")
     lines.append("")
+    if data["pooled_test"]["anomalous"] in (0, data["pooled_test"]["sequences"]):
+        lines += [
+            "The pooled test set holds one class only, so AUROC and the detection rates at fixed "
+            "false-alarm rates are undefined, and the false-alarm rate at each threshold cannot be "
+            "measured on it: compare recall only, each at the threshold its mode calibrated. "
+            "`recall_per_round.png` takes the place of the ROC and per-round AUROC plots.",
+            "",
+        ]
     lines += calibration_lines(data, cal.rate)
     if "federated" in res and "centralized" in res:
         fa, ca = res["federated"]["metrics"]["auroc"], res["centralized"]["metrics"]["auroc"]
@@ -522,38 +531,48 @@ def markdown(comparison: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_rounds(path: Path, rounds: list[dict[str, Any]], results: Mapping[str, Any], title: str) -> None:
+def plot_rounds(
+    path: Path, rounds: list[dict[str, Any]], results: Mapping[str, Any], title: str, metric: str = "auroc"
+) -> None:
+    """The federation's ``metric`` per round against the other modes' final figures.
+
+    ``metric``: ``"auroc"``, or ``"recall"`` when the test set holds one class (AUROC undefined);
+    a round's recall is at each node's own threshold, the final model's at the global one.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    name = {"auroc": "AUROC", "recall": "recall"}[metric]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     if rounds:
         xs = [int(r["round"]) for r in rounds]
-        ys = [float(r["auroc"]) if r.get("auroc") is not None else np.nan for r in rounds]
-        ax.plot(xs, ys, "o-", color="C0", label="federated (per round, histogram AUROC)")
-        if "federated" in results and results["federated"]["metrics"]["auroc"] is not None:
+        ys = [float(r[metric]) if r.get(metric) is not None else np.nan for r in rounds]
+        per_round = "histogram AUROC" if metric == "auroc" else "recall at the nodes' own thresholds"
+        ax.plot(xs, ys, "o-", color="C0", label=f"federated (per round, {per_round})")
+        if "federated" in results and results["federated"]["metrics"][metric] is not None:
+            final = "exact AUROC" if metric == "auroc" else "recall at the global threshold"
             ax.plot(
                 [xs[-1]],
-                [results["federated"]["metrics"]["auroc"]],
+                [results["federated"]["metrics"][metric]],
                 "*",
                 color="C0",
                 ms=12,
-                label="federated final model (exact AUROC)",
+                label=f"federated final model ({final})",
             )
         ax.set_xticks(xs if len(xs) <= 20 else xs[:: max(1, len(xs) // 10)])
     lines = []
     if "centralized" in results:
-        lines.append((results["centralized"]["metrics"]["auroc"], "centralized", "C1", "--"))
+        lines.append((results["centralized"]["metrics"][metric], "centralized", "C1", "--"))
     if "local" in results:
-        lines.append((results["local"]["pooled_mean"]["auroc"], "local-only mean (pooled test)", "C2", ":"))
-        lines.append((results["local"]["pooled_worst"]["auroc"], "local-only worst (pooled test)", "C3", ":"))
+        lines.append((results["local"]["pooled_mean"][metric], "local-only mean (pooled test)", "C2", ":"))
+        lines.append((results["local"]["pooled_worst"][metric], "local-only worst (pooled test)", "C3", ":"))
     for y, label, color, style in lines:
         if y is not None:
             ax.axhline(y, color=color, linestyle=style, label=f"{label}: {y:.3f}")
     ax.set_xlabel("round")
-    ax.set_ylabel("AUROC on the pooled test set")
+    ax.set_ylabel(f"{name} on the pooled test set")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -816,8 +835,12 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     title = f"{cfg.data.dataset}, {clients} clients, {cfg.data.partitioner}" + (
         f" (α={cfg.data.alpha:g})" if cfg.data.partitioner == "dirichlet" else ""
     )
-    plot_rounds(out / "auroc_per_round.png", rounds, results, title)
-    plot_roc(out / "roc.png", curves, title)
+    if comparison["data"]["pooled_test"]["anomalous"] in (0, len(parts.test)):
+        # one class only (HDFS has no normal test set): no ROC; recall per round instead of AUROC
+        plot_rounds(out / "recall_per_round.png", rounds, results, title, metric="recall")
+    else:
+        plot_rounds(out / "auroc_per_round.png", rounds, results, title)
+        plot_roc(out / "roc.png", curves, title)
     test_ev = score_cols[0][1] if score_cols else None
     if test_ev is not None:
         write_scores(out / "scores.csv", test_ev, score_cols)

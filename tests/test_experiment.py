@@ -118,3 +118,20 @@ def test_ready_configs_parse_for_the_runner_and_for_flwr_run(path: Path) -> None
     # flwr run --run-config FILE reads the same flat keys
     assert parse_config_args([str(path)]) == ours
     assert cfg.federation.min_nodes >= 2
+
+
+def test_recall_per_round_plot_for_a_one_class_test_set(tmp_path: Path) -> None:
+    """HDFS's test set is all anomalous: the per-round plot shows recall, not an undefined AUROC."""
+    from simulations.experiment import plot_rounds
+
+    rounds = [{"round": 1, "recall": 0.2, "auroc": None}, {"round": 2, "recall": 0.8, "auroc": None}]
+    results = {
+        "federated": {"metrics": {"recall": 0.9, "auroc": None}},
+        "centralized": {"metrics": {"recall": 0.85, "auroc": None}},
+        "local": {
+            "pooled_mean": {"recall": 0.4, "auroc": None},
+            "pooled_worst": {"recall": 0.1, "auroc": None},
+        },
+    }
+    plot_rounds(tmp_path / "recall_per_round.png", rounds, results, "one class", metric="recall")
+    assert (tmp_path / "recall_per_round.png").stat().st_size > 0
