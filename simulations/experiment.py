@@ -49,8 +49,9 @@ thread count.
 
 Outputs in ``--out``: ``comparison.json`` (command line, config, partitions,
 every figure), ``comparison.md`` (the table), ``auroc_per_round.png`` and
-``roc.png`` (``recall_per_round.png`` instead when the test set holds one class,
-as HDFS's does), ``scores.csv`` (every mode's score per pooled test sequence) and
+``roc.png`` (``recall_per_round.png`` instead when the test set holds anomalous
+sequences only, as HDFS's does; neither when it holds normal ones only),
+``scores.csv`` (every mode's score per pooled test sequence) and
 ``federated_metrics.jsonl`` (the run's per-round rows). Run directories go to
 ``--work-dir`` (default ``runs/experiments/<out name>``); ``--resume`` continues
 the federated run committed there (the app's own resume: only the missing
@@ -470,6 +471,14 @@ def calibration_lines(data: Mapping[str, Any], rate: float) -> list[str]:
     return [text, ""]
 
 
+def classes_in_test(data: Mapping[str, Any]) -> str:
+    """What the pooled test set holds: ``"both"`` classes, or only ``"anomalous"`` / ``"normal"``."""
+    test = data["pooled_test"]
+    if test["anomalous"] == test["sequences"]:
+        return "anomalous"
+    return "normal" if test["anomalous"] == 0 else "both"
+
+
 def markdown(comparison: Mapping[str, Any]) -> str:
     res = comparison["results"]
     data = comparison["data"]
@@ -493,12 +502,19 @@ def markdown(comparison: Mapping[str, Any]) -> str:
     for mode, m, note in table_rows(res):
         lines.append(f"| {mode} | " + " | ".join(_cell(m.get(k)) for k, _ in TABLE_KEYS) + f" | {note} |")
     lines.append("")
-    if data["pooled_test"]["anomalous"] in (0, data["pooled_test"]["sequences"]):
+    classes = classes_in_test(data)
+    if classes != "both":
+        rates = ("recall", "the false-alarm rate")
+        measurable, unmeasurable = rates if classes == "anomalous" else rates[::-1]
         lines += [
-            "The pooled test set holds one class only, so AUROC and the detection rates at fixed "
-            "false-alarm rates are undefined, and the false-alarm rate at each threshold cannot be "
-            "measured on it: compare recall only, each at the threshold its mode calibrated. "
-            "`recall_per_round.png` takes the place of the ROC and per-round AUROC plots.",
+            f"The pooled test set holds {classes} sequences only, so AUROC and the detection rates at "
+            f"fixed false-alarm rates are undefined, and {unmeasurable} at each threshold cannot be "
+            f"measured on it: compare {measurable} only, each at the threshold its mode calibrated. "
+            + (
+                "`recall_per_round.png` takes the place of the ROC and per-round AUROC plots."
+                if classes == "anomalous"
+                else "There are no ROC or per-round plots."
+            ),
             "",
         ]
     lines += calibration_lines(data, cal.rate)
@@ -835,12 +851,12 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     title = f"{cfg.data.dataset}, {clients} clients, {cfg.data.partitioner}" + (
         f" (α={cfg.data.alpha:g})" if cfg.data.partitioner == "dirichlet" else ""
     )
-    if comparison["data"]["pooled_test"]["anomalous"] in (0, len(parts.test)):
-        # one class only (HDFS has no normal test set): no ROC; recall per round instead of AUROC
-        plot_rounds(out / "recall_per_round.png", rounds, results, title, metric="recall")
-    else:
+    classes = classes_in_test(comparison["data"])
+    if classes == "both":
         plot_rounds(out / "auroc_per_round.png", rounds, results, title)
         plot_roc(out / "roc.png", curves, title)
+    elif classes == "anomalous":  # HDFS has no normal test set: no ROC; recall per round, not AUROC
+        plot_rounds(out / "recall_per_round.png", rounds, results, title, metric="recall")
     test_ev = score_cols[0][1] if score_cols else None
     if test_ev is not None:
         write_scores(out / "scores.csv", test_ev, score_cols)

@@ -135,3 +135,12 @@ def test_recall_per_round_plot_for_a_one_class_test_set(tmp_path: Path) -> None:
     }
     plot_rounds(tmp_path / "recall_per_round.png", rounds, results, "one class", metric="recall")
     assert (tmp_path / "recall_per_round.png").stat().st_size > 0
+
+
+def test_classes_in_test() -> None:
+    from simulations.experiment import classes_in_test
+
+    def held(anomalous: int) -> dict:
+        return {"pooled_test": {"sequences": 5, "anomalous": anomalous}}
+
+    assert [classes_in_test(held(a)) for a in (5, 0, 2)] == ["anomalous", "normal", "both"]
