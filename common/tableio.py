@@ -466,7 +466,8 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
     1; a quoted field that spans lines shifts the count) and Parquet rows as
     1-based row numbers. Blank lines are skipped and counted in ``repairs``. Only
     the columns ``columns`` names (and ``label`` / ``attack_type`` where present)
-    are loaded; the others are never parsed.
+    are loaded; the others are never parsed. Event, context and attack-type
+    columns are read straight into categories (each distinct text once).
 
     Raises:
         DataError: file not found, unsupported type, empty, wrong encoding,
@@ -493,6 +494,7 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
 
 
 def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) -> EventTable:
+    """A CSV or TSV file (``kind``: its suffix, from :func:`_kind`) as an event table."""
     source = str(path)
     try:
         "".encode(encoding)
