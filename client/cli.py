@@ -154,7 +154,9 @@ def _count_file(path: Path) -> tuple[int, int, int | None]:
         table = read_table(path, CANONICAL)
         return len(table), table.n_events, None
     n_seq = int(frame[SEQUENCE].nunique())
-    n_anom = int(frame.groupby(SEQUENCE)[LABEL].max().sum()) if LABEL in frame.columns else None
+    n_anom = None
+    if LABEL in frame.columns:
+        n_anom = int(frame.groupby(SEQUENCE, observed=True)[LABEL].max().sum())
     return n_seq, len(frame), n_anom
 
 

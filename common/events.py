@@ -9,15 +9,15 @@ categorical ("context") features, and optionally a 0/1 anomaly label.
 An :class:`EventTable` is always in *canonical form*:
 
 * the frame is sorted by ``(sequence, order)`` (ties keep file order);
-* ``sequence`` (str), ``order`` (float64: a position, or epoch seconds when the
-  order column is a timestamp), ``event`` (categorical);
+* ``sequence`` (categorical), ``order`` (float64: a position, or epoch seconds
+  when the order column is a timestamp), ``event`` (categorical);
 * one float64 column per numeric feature and one categorical column per
   context feature, named as in the source;
 * ``label`` (int8, 0/1) when the source is labelled, ``attack_type``
   (categorical) when the source has such a column;
 * categorical columns hold text categories, sorted, each one in use
-  (:func:`text_categories`): a token is stored once however many events
-  carry it, and each row holds a small integer code;
+  (:func:`text_categories`): a sequence id or a token is stored once however
+  many events carry it, and each row holds a small integer code;
 * for timestamped tables the numeric feature ``gap_seconds`` (seconds since
   the previous event of the same sequence, 0 for the first) is added.
 
@@ -371,7 +371,7 @@ class EventTable:
             raise DataError(
                 f"{source}: canonical frame lacks column(s) {missing}; build tables with from_frame()"
             )
-        self.frame: pd.DataFrame = _with_text_categories(frame, (EVENT, *context, ATTACK_TYPE))
+        self.frame: pd.DataFrame = _with_text_categories(frame, (SEQUENCE, EVENT, *context, ATTACK_TYPE))
         self.numeric: tuple[str, ...] = tuple(numeric)
         self.context: tuple[str, ...] = tuple(context)
         self.source: str = source
@@ -470,7 +470,7 @@ class EventTable:
             frames.append(f)
         # One set of categories for each text column, so that concat keeps codes
         # instead of turning the column into one Python object per row.
-        for col in (EVENT, *first.context, *([ATTACK_TYPE] if any_attack else [])):
+        for col in (SEQUENCE, EVENT, *first.context, *([ATTACK_TYPE] if any_attack else [])):
             parts = [text_categories(f[col]) for f in frames]
             union = pd.api.types.union_categoricals(parts, sort_categories=True).categories
             frames = [
@@ -614,7 +614,11 @@ def canonical_sort(frame: pd.DataFrame) -> pd.DataFrame:
     """Stable sort by (sequence, order); returns ``frame`` itself if sorted."""
     if len(frame) < 2:
         return frame.reset_index(drop=True)
-    codes, _ = pd.factorize(frame[SEQUENCE], sort=True)
+    seq = frame[SEQUENCE]
+    if isinstance(seq.dtype, pd.CategoricalDtype):  # by text, not by the categories' order
+        codes = text_categories(seq).cat.codes.to_numpy()
+    else:
+        codes, _ = pd.factorize(seq, sort=True)
     order = frame[ORDER].to_numpy(dtype=np.float64)
     same = codes[1:] == codes[:-1]
     if (codes[1:] >= codes[:-1]).all() and (~same | (order[1:] >= order[:-1])).all():

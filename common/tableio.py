@@ -287,14 +287,14 @@ def _check_columns(df: pd.DataFrame, columns: ColumnMap, source: str) -> str | N
 
 
 def _category_columns(columns: ColumnMap) -> set[str]:
-    """Source columns read as categories: the event, context and attack-type text.
+    """Source columns read as categories: the sequence id, event, context and attack-type text.
 
-    A token is then held once however many rows carry it (a CSV parser or a
-    Parquet dictionary gives codes directly, with no string per row). Columns
-    that also play another role are read as plain text.
+    An id or a token is then held once however many rows carry it (a CSV parser
+    or a Parquet dictionary gives codes directly, with no string per row).
+    Columns that also play another role are read as plain text.
     """
-    other = {columns.sequence, columns.order, columns.label, LABEL, *columns.numeric}
-    return {columns.event, *columns.context, ATTACK_TYPE} - other
+    other = {columns.order, columns.label, LABEL, *columns.numeric}
+    return {columns.sequence, columns.event, *columns.context, ATTACK_TYPE} - other
 
 
 def _used_columns(names: list[str], columns: ColumnMap, source: str) -> list[str]:
@@ -330,15 +330,13 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
             f"{source}: {where.at(pos)}, column {columns.event!r}: missing event; "
             f"fill it in or drop the row ({int(ev_missing.sum())} such rows)"
         )
-    if isinstance(seq_text.dtype, pd.CategoricalDtype):
-        seq_text = seq_text.astype(TEXT_DTYPE)  # ids stay text: one per sequence, not worth codes
     out: dict[str, Any] = {
         SEQUENCE: seq_text,
     }
 
     time_ordered = False
     if columns.order is None:
-        out[ORDER] = seq_text.groupby(seq_text, sort=False).cumcount().to_numpy(np.float64)
+        out[ORDER] = seq_text.groupby(seq_text, sort=False, observed=True).cumcount().to_numpy(np.float64)
     else:
         order_s = df[columns.order]
         looks_time = _looks_like_time(order_s)
@@ -466,8 +464,8 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
     1; a quoted field that spans lines shifts the count) and Parquet rows as
     1-based row numbers. Blank lines are skipped and counted in ``repairs``. Only
     the columns ``columns`` names (and ``label`` / ``attack_type`` where present)
-    are loaded; the others are never parsed. Event, context and attack-type
-    columns are read straight into categories (each distinct text once).
+    are loaded; the others are never parsed. Sequence-id, event, context and
+    attack-type columns are read straight into categories (each distinct text once).
 
     Raises:
         DataError: file not found, unsupported type, empty, wrong encoding,

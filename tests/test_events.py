@@ -229,20 +229,29 @@ def test_text_columns_are_sorted_categories_in_use_on_every_path(user_csv: Path,
     assert _categories(table, EVENT) == ["close", "login", "open", "read", "start"]
     assert _categories(table, "device") == ["pc", "phone"]
     assert _categories(table, "attack_type") == ["", "exfil"]
-    assert not isinstance(table.frame["sequence"].dtype, pd.CategoricalDtype)  # ids stay text
+    assert _categories(table, "sequence") == ["u1", "u2"]
     # a subset keeps only the categories its rows use
     u2 = table.subset(["u2"])
     assert _categories(u2, EVENT) == ["login", "start"] and _categories(u2, "attack_type") == [""]
+    assert _categories(u2, "sequence") == ["u2"]
     # Parquet: plain text columns and dictionary-encoded ones (as write_table stores
     # categories) read back to the same frame as the CSV
     plain = tmp_path / "plain.parquet"
     frame = table.frame.copy()
-    for col in (EVENT, "device", "attack_type"):
+    for col in ("sequence", EVENT, "device", "attack_type"):
         frame[col] = frame[col].astype(str)
     frame.to_parquet(plain, index=False)
     for path in (plain, write_table(table, tmp_path / "dict.parquet")):
         back = read_table(path, canonical_columns(table))
         pd.testing.assert_frame_equal(back.frame, table.frame)
+
+
+def test_sequences_sort_by_their_text_whatever_the_order_of_the_categories() -> None:
+    ids = pd.Categorical(["b", "b", "a"], categories=["b", "a"])  # a dictionary in file order
+    frame = pd.DataFrame({"sequence_id": ids, "event": ["x", "y", "z"]})
+    table = from_frame(frame)
+    assert list(table.grouped().ids) == ["a", "b"] and list(table.grouped().events) == ["z", "x", "y"]
+    assert _categories(table, "sequence") == ["a", "b"]
 
 
 def test_concat_unites_the_categories(user_csv: Path) -> None:
