@@ -528,14 +528,15 @@ def text_categories(values: pd.Series) -> pd.Series:
     if isinstance(values.dtype, pd.CategoricalDtype):
         cats = values.cat.categories
         codes = values.cat.codes.to_numpy()
-        if (
-            cats.dtype == TEXT_DTYPE
-            and cats.is_monotonic_increasing
-            and cats.is_unique
-            and (codes >= 0).all()
-            and (np.bincount(codes, minlength=len(cats)) > 0).all()
-        ):
-            return values
+        canonical = cats.dtype == TEXT_DTYPE and cats.is_monotonic_increasing and cats.is_unique
+        if canonical and (codes >= 0).all():
+            used = np.bincount(codes, minlength=len(cats)) > 0
+            if used.all():
+                return values
+            # a subset's leftovers: drop the unused categories, keep the order (no text sorted again)
+            new_code = np.cumsum(used) - 1
+            categorical = pd.Categorical.from_codes(new_code[codes], categories=cats[used], validate=False)
+            return pd.Series(categorical, index=values.index, name=values.name)
     codes, texts = text_codes(values)
     names, inverse = np.unique(texts.astype(str), return_inverse=True)
     categorical = pd.Categorical.from_codes(
