@@ -96,8 +96,8 @@ def _as_text(s: pd.Series) -> pd.Series:
     if pd.api.types.is_string_dtype(s.dtype) and s.dtype != object:
         return s
     if isinstance(s.dtype, pd.CategoricalDtype):
-        # A dictionary-encoded column (Parquet): the categories become text, the
-        # rows keep their codes (missing ones stay missing).
+        # CSV cells parsed as categories, or a Parquet dictionary: the categories
+        # become text, the rows keep their codes (missing ones stay missing).
         names = _as_text(pd.Series(s.cat.categories))
         if names.is_unique:
             categories = pd.Index(names, dtype=TEXT_DTYPE)
