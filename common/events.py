@@ -522,8 +522,8 @@ def text_codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def text_categories(values: pd.Series) -> pd.Series:
     """``values`` as a categorical of text: categories are ``str``, sorted and each in use.
 
-    The canonical form of an event table's event, context and attack-type
-    columns. Returns ``values`` itself when it is already in that form.
+    The canonical form of an event table's sequence-id, event, context and
+    attack-type columns. Returns ``values`` itself when it is already in that form.
     """
     if isinstance(values.dtype, pd.CategoricalDtype):
         cats = values.cat.categories
@@ -612,12 +612,16 @@ def _group(table: EventTable) -> Sequences:
 
 
 def canonical_sort(frame: pd.DataFrame) -> pd.DataFrame:
-    """Stable sort by (sequence, order); returns ``frame`` itself if sorted."""
+    """Stable sort by (sequence, order); returns ``frame`` itself if sorted (a categorical
+    sequence column comes back as :func:`text_categories`)."""
     if len(frame) < 2:
         return frame.reset_index(drop=True)
     seq = frame[SEQUENCE]
     if isinstance(seq.dtype, pd.CategoricalDtype):  # by text, not by the categories' order
-        codes = text_categories(seq).cat.codes.to_numpy()
+        canonical = text_categories(seq)
+        if canonical is not seq:  # keep it: the table built from this frame need not redo it
+            frame = frame.assign(**{SEQUENCE: canonical})
+        codes = canonical.cat.codes.to_numpy()
     else:
         codes, _ = pd.factorize(seq, sort=True)
     order = frame[ORDER].to_numpy(dtype=np.float64)
