@@ -5,8 +5,9 @@ Subcommands:
 * ``convert``: turn a benchmark data set (ADFA-LD, HDFS, OpenStack) into
   canonical event tables;
 * ``fit``: train a local detector on normal behaviour and calibrate its threshold;
-* ``score``: score every sequence of a file, write a per-sequence table and,
-  when labels are present, detection metrics;
+* ``score``: score every sequence of a file, write a per-sequence table (and,
+  with ``--events-out``, a per-event one) and, when labels are present,
+  detection metrics;
 * ``explain``: show why one sequence scored as it did, event by event;
 * ``report``: write a self-contained HTML report of the top anomalies.
 
@@ -50,8 +51,10 @@ from client.datafiles import (
     unused_columns,
 )
 from client.results import (
+    DEFAULT_EVENT_EXPECTED,
     TOP_EVENT_EXPECTED,
     chosen_threshold,
+    event_frame,
     labelled_metrics,
     load_model,
     print_metrics,
@@ -248,16 +251,28 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_score(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch score``: per-sequence scores (and metrics when labelled)."""
+    if args.events_out is None and args.event_expected is not None:
+        raise ConfigError("--event-expected applies to --events-out only")
+    outputs = [Path(f).resolve() for f in (args.out, args.events_out, args.metrics_json) if f is not None]
+    if len(set(outputs)) < len(outputs):
+        raise ConfigError("--out, --events-out and --metrics-json must name different files")
+    event_expected = DEFAULT_EVENT_EXPECTED if args.event_expected is None else args.event_expected
     detector, layout = load_model(args.model, args.device)
     table = read_for_model(args.data, args, detector, layout)
     describe(console, "data", table)
     threshold = chosen_threshold(detector, args.threshold)
+    expected_k = max(
+        TOP_EVENT_EXPECTED if args.top_events > 0 else 0,
+        event_expected if args.events_out is not None else 0,
+    )
     with CountProgress(table.n_events, desc="score", unit="event", quiet=console.quiet) as progress:
-        scored = detector.score_table(
-            table, expected_k=TOP_EVENT_EXPECTED if args.top_events > 0 else 0, progress=progress
-        )
+        scored = detector.score_table(table, expected_k=expected_k, progress=progress)
     frame = score_frame(detector, scored, threshold, args.top_events)
     out = write_frame(frame, args.out)
+    if args.events_out is not None:
+        events = event_frame(detector, scored, table, event_expected)
+        events_out, n_event_rows = write_frame(events, args.events_out), len(events)
+        del events
 
     n = len(frame)
     n_flagged = int(frame["flagged"].sum())
@@ -290,6 +305,8 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     elif args.metrics_json is not None:
         log.warning("%s has no labels; metrics not computed, %s not written", table.source, args.metrics_json)
     console.result(f"scores written to {out}")
+    if args.events_out is not None:
+        console.result(f"event scores written to {events_out} ({n_event_rows} rows)")
     return 0
 
 
@@ -522,10 +539,19 @@ positions are 0-based; "pos N: <end>" after the last of N events means the seque
 stopped where the model expected it to go on), and label when the data has labels. The format follows the
 suffix of --out: .parquet, .tsv(.gz) or CSV.
 
+--events-out FILE writes one row per event, each sequence's END step last: sequence_id,
+position (0-based; the END step of N events is position N, event <end>), order (the
+file's order value, a UTC timestamp for timed data), event, unseen, score, surprisal
+(nats), rank (1 = the model's top guess), expected_1..K with expected_1_p..K_p,
+residual_<feature> per numeric feature (predicted - actual, in standard deviations of the
+training data after the log transform of heavy-tailed features), and label per row when
+the data has labels. Parquet suits large files best.
+
 examples:
   seqwatch score --model models/adfa --data data/adfa/test.parquet --out scores.csv
   seqwatch score --model models/fed --data today.csv --out today.parquet --threshold global
   seqwatch score --model models/adfa --data test.parquet --out s.csv --metrics-json m.json --top-events 0
+  seqwatch score --model models/adfa --data test.parquet --out s.csv --events-out events.parquet
 """
 
 _EXPLAIN_EPILOG = """\
@@ -648,6 +674,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         metavar="N",
         help="most surprising events listed per sequence (default: 3; 0 = skip, faster)",
+    )
+    p.add_argument(
+        "--events-out",
+        metavar="FILE",
+        help="also write every event's score, one row per event (.csv, .tsv or .parquet; see below)",
+    )
+    p.add_argument(
+        "--event-expected",
+        type=_nonnegative_int,
+        metavar="K",
+        help="with --events-out: the model's K likeliest events per row, with probabilities "
+        f"(default: {DEFAULT_EVENT_EXPECTED})",
     )
     _add_data_flags(p, for_model=True)
     p.set_defaults(handler=cmd_score)

@@ -12,6 +12,7 @@ from client.datafiles import LAYOUT_FILE, DataLayout, read_data
 from common.errors import ConfigError, DataError, ModelFileError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from common.detector import ScoredTable, SequenceDetector
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 TOP_EVENT_EXPECTED = 2
 """Expected events named per surprising event in ``seqwatch score``'s ``top_events``."""
+DEFAULT_EVENT_EXPECTED = 3
+"""Expected events (with probabilities) per row of ``seqwatch score --events-out``."""
 _TOKEN_WIDTH = 40
 
 
@@ -149,6 +152,115 @@ def score_frame(
     if enc.labels is not None:
         frame["label"] = np.asarray(enc.labels).astype(np.int64)
     return frame
+
+
+def event_frame(
+    detector: SequenceDetector, scored: ScoredTable, table: EventTable, expected: int
+) -> pd.DataFrame:
+    """Per-event table: one row per event of every sequence, then its END step.
+
+    Columns: sequence_id; position (0-based; the END step of a sequence of N
+    events is position N, event ``<end>``); order (the table's order value:
+    a UTC timestamp for timestamped data, else the position column it was
+    read with; empty on END rows); event (the raw token); unseen (never seen
+    in training); score (surprisal plus any numeric part), surprisal (nats)
+    and rank (1 = the model's top guess); ``expected_1`` … ``expected_K`` with
+    their probabilities ``expected_1_p`` …; ``residual_<name>`` per numeric
+    feature (predicted − actual in the units the model reads: standard
+    deviations of the training data, after the log transform of heavy-tailed
+    features); and label (the row's label; empty on END rows) when the data
+    is labelled. ``scored`` must be ``table``'s, scored with ``expected_k >=
+    expected`` (or with every event of the vocabulary, when it has fewer).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from common.events import EVENT, LABEL, ORDER
+    from common.vocab import END, UNK
+
+    enc, ev = scored.encoded, scored.events
+    vocab = detector.encoder_.vocab
+    expected = min(expected, len(vocab))
+    if expected and (ev.expected is None or ev.expected.shape[1] < expected):
+        raise ValueError(f"event_frame() needs a table scored with expected_k >= {expected}")
+    lengths = np.diff(enc.offsets)
+    has_end = ev.end_surprisal is not None and ev.end_rank is not None
+    steps = lengths + 1 if has_end else lengths
+    step_offsets = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
+    is_event = np.ones(int(step_offsets[-1]), dtype=bool)
+    end_rows = step_offsets[1:] - 1
+    if has_end:
+        is_event[end_rows] = False
+
+    def steps_of(events: np.ndarray, ends: np.ndarray | None, fill: Any) -> np.ndarray:
+        out = np.full((len(is_event), *events.shape[1:]), fill, dtype=events.dtype)
+        out[is_event] = events
+        if has_end and ends is not None:
+            out[end_rows] = ends
+        return out
+
+    # Text columns as categoricals: a code per row, each distinct token once.
+    names, name_codes = _with_end(pd.Index([vocab.token(i) for i in range(len(vocab))]), vocab.token(END))
+    raw = table.frame[EVENT]
+    if not isinstance(raw.dtype, pd.CategoricalDtype):
+        raw = raw.astype("category")
+    event_names, event_codes = _with_end(raw.cat.categories, vocab.token(END))
+    sequence = pd.Categorical.from_codes(
+        np.repeat(np.arange(len(lengths)), steps), categories=pd.Index(np.asarray(enc.ids).astype(str))
+    )
+    position = np.arange(len(is_event), dtype=np.int64) - np.repeat(step_offsets[:-1], steps)
+    order_values = table.frame[ORDER]
+    if table.time_ordered:
+        order: Any = pd.to_datetime(
+            steps_of(order_values.to_numpy(np.float64), None, np.nan), unit="s", utc=True
+        )
+    elif pd.api.types.is_integer_dtype(order_values.dtype):
+        order = pd.array(steps_of(order_values.to_numpy(np.int64), None, 0), dtype="Int64")
+        order[~is_event] = pd.NA
+    else:
+        order = steps_of(order_values.to_numpy(np.float64), None, np.nan)
+    columns: dict[str, Any] = {
+        "sequence_id": sequence,
+        "position": position,
+        "order": order,
+        "event": pd.Categorical.from_codes(
+            steps_of(event_codes[raw.cat.codes.to_numpy(np.int64)], None, event_codes[-1]), event_names
+        ),
+        "unseen": steps_of(enc.tokens == UNK, None, False),
+        "score": steps_of(ev.score, ev.end_surprisal, np.nan),
+        "surprisal": steps_of(ev.surprisal, ev.end_surprisal, np.nan),
+        "rank": steps_of(ev.rank, ev.end_rank, 0),
+    }
+    if expected:
+        assert ev.expected is not None and ev.expected_p is not None
+        ids = steps_of(ev.expected[:, :expected], _head(ev.end_expected, expected), 0)
+        probs = steps_of(ev.expected_p[:, :expected], _head(ev.end_expected_p, expected), np.nan)
+        for j in range(expected):
+            columns[f"expected_{j + 1}"] = pd.Categorical.from_codes(name_codes[ids[:, j]], names)
+            columns[f"expected_{j + 1}_p"] = probs[:, j]
+    for j, name in enumerate(detector.encoder_.numeric_names):
+        columns[f"residual_{name}"] = steps_of(ev.residual[:, j], None, np.nan)
+    if LABEL in table.frame.columns:
+        labels = steps_of(table.frame[LABEL].to_numpy(dtype=np.int8), None, 0)
+        columns["label"] = pd.array(labels, dtype="Int8")
+        columns["label"][~is_event] = pd.NA
+    return pd.DataFrame(columns)
+
+
+def _head(values: np.ndarray | None, k: int) -> np.ndarray | None:
+    return None if values is None else values[:, :k]
+
+
+def _with_end(names: pd.Index, end: str) -> tuple[pd.Index, np.ndarray]:
+    """``names`` made unique, plus ``end``; and each name's code in the result (then ``end``'s)."""
+    import numpy as np
+    import pandas as pd
+
+    categories = names.unique()
+    if end not in categories:
+        categories = categories.append(pd.Index([end]))
+    codes = categories.get_indexer(names.append(pd.Index([end])))
+    return categories, np.asarray(codes, dtype=np.int64)
 
 
 def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:

@@ -229,6 +229,126 @@ def test_score_parquet_output_and_top_events_off(
     assert captured.err == ""
 
 
+def test_score_events_out_explains_every_sequence_score(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One row per event and END step; they add up to the sequence score and agree with ``explain``."""
+    scores_path, events_path = tmp_path / "scores.csv", tmp_path / "events.parquet"
+    base = ["score", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
+    code = main([*base, "--out", str(scores_path), "--events-out", str(events_path), "--event-expected", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    events = pd.read_parquet(events_path)
+    scores = pd.read_csv(scores_path, keep_default_na=False).set_index("sequence_id")
+    assert f"event scores written to {events_path} ({len(events)} rows)" in captured.out
+    assert list(events.columns) == [
+        "sequence_id",
+        "position",
+        "order",
+        "event",
+        "unseen",
+        "score",
+        "surprisal",
+        "rank",
+        "expected_1",
+        "expected_1_p",
+        "expected_2",
+        "expected_2_p",
+        "label",
+    ]
+    assert len(events) == scores["n_events"].sum() + len(scores)  # every event, then one END step each
+    is_end = events["event"] == "<end>"
+    assert (events.groupby("sequence_id", observed=True)["position"].max() == scores["n_events"]).all()
+    assert (
+        events.loc[is_end, "position"].to_numpy()
+        == scores.loc[events.loc[is_end, "sequence_id"], "n_events"].to_numpy()
+    ).all()
+    assert events.loc[is_end, "label"].isna().all() and events.loc[is_end, "order"].isna().all()
+    steps = events[~is_end]
+    assert (steps["order"] == steps["position"]).all()  # the file's order column holds positions
+    assert (steps["label"] == steps["sequence_id"].map(scores["label"]).astype(int)).all()
+    assert (events.groupby("sequence_id", observed=True)["unseen"].sum() == scores["unknown_events"]).all()
+    assert set(steps.loc[steps["unseen"], "event"]) <= set(ATTACK_EVENTS)
+    assert ((events["rank"] >= 1) & (events["expected_1_p"] >= events["expected_2_p"])).all()
+
+    # "mean" + END: the mean event score plus the fitted END weight times the END surprisal
+    end_weight = json.loads((workspace["model"] / "detector.json").read_text(encoding="utf-8"))["end_weight"]
+    mean = steps.groupby("sequence_id", observed=True)["score"].mean()
+    end = events[is_end].set_index("sequence_id")["surprisal"]
+    rebuilt = (mean + end_weight * end).reindex(scores.index)
+    np.testing.assert_allclose(rebuilt.to_numpy(), scores["score"].to_numpy(), rtol=1e-5)
+
+    # the same figures as `seqwatch explain`
+    explain = ["explain", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
+    code = main([*explain, "--sequence", "te020", "--json", "--top-k", "2"])
+    explained = json.loads(capsys.readouterr().out)["events"]
+    rows = events[events["sequence_id"] == "te020"]
+    assert code == 0 and len(rows) == len(explained)
+    for ev, (_, row) in zip(explained, rows.iterrows(), strict=True):
+        assert (ev["position"], ev["event"], ev["rank"], ev["unknown"]) == (
+            row["position"],
+            row["event"],
+            row["rank"],
+            row["unseen"],
+        )
+        assert ev["surprisal"] == pytest.approx(row["surprisal"], rel=1e-6)
+        assert [tok for tok, _ in ev["expected"]] == [row["expected_1"], row["expected_2"]]
+
+
+def test_score_events_out_with_timestamps_and_amounts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = make_frame(5, 30, 0, "u").drop(columns="label")
+    frame["ts"] = pd.Timestamp("2026-01-05T08:00:00Z") + pd.to_timedelta(frame["order"] * 90, unit="s")
+    frame["amount"] = np.where(frame["event"] == "write", 120.0, 3.5)
+    frame = frame.drop(columns="order")
+    data = tmp_path / "timed.csv"
+    frame.to_csv(data, index=False)
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG, encoding="utf-8")
+    flags = ["--order-col", "ts", "--numeric-cols", "amount"]
+    code = main(
+        ["fit", "--data", str(data), "--config", str(config), "--out", str(tmp_path / "m"), "-q", *flags]
+    )
+    assert code == 0, capsys.readouterr().err
+    events_path = tmp_path / "events.csv"
+    base = ["score", "--model", str(tmp_path / "m"), "--data", str(data), "--out", str(tmp_path / "s.csv")]
+    code = main([*base, "--events-out", str(events_path), "--event-expected", "0", "-q"])
+    assert code == 0, capsys.readouterr().err
+    events = pd.read_csv(events_path)
+    assert list(events.columns) == [
+        "sequence_id",
+        "position",
+        "order",
+        "event",
+        "unseen",
+        "score",
+        "surprisal",
+        "rank",
+        "residual_amount",
+        "residual_gap_seconds",
+    ]
+    steps = events[events["event"] != "<end>"]
+    # timestamps come back as UTC times; the first event of a sequence has no gap to predict
+    first = steps[steps["position"] == 0].set_index("sequence_id")["order"]
+    assert (pd.to_datetime(first) == pd.Timestamp("2026-01-05T08:00:00Z")).all()
+    assert steps.loc[steps["position"] > 0, "residual_amount"].notna().all()
+    assert (steps["score"] >= steps["surprisal"] - 1e-6).all()  # plus the numeric part
+
+
+def test_score_events_out_flag_errors(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["score", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
+    code = main([*base, "--out", str(tmp_path / "s.csv"), "--event-expected", "2"])
+    assert code == 2 and "--event-expected applies to --events-out only" in _one_error_line(
+        capsys.readouterr().err
+    )
+    code = main([*base, "--out", str(tmp_path / "s.csv"), "--events-out", str(tmp_path / "." / "s.csv")])
+    assert code == 2 and "must name different files" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "s.csv").exists()  # refused before any work
+
+
 def test_score_global_threshold_missing_is_an_error(
     workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
