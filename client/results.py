@@ -180,7 +180,7 @@ def event_frame(
 
     enc, ev = scored.encoded, scored.events
     vocab = detector.encoder_.vocab
-    expected = min(expected, len(vocab))
+    expected = min(expected, len(vocab) - 1)  # every id but PAD can come next
     if expected and (ev.expected is None or ev.expected.shape[1] < expected):
         raise ValueError(f"event_frame() needs a table scored with expected_k >= {expected}")
     lengths = np.diff(enc.offsets)

@@ -20,6 +20,7 @@ from common.batching import iter_batches
 from common.config import ScoreConfig
 from common.encoding import EncodedSequences
 from common.model import NextEventModel, State
+from common.vocab import PAD
 
 #: Padded tokens per scoring batch; bounds memory on long traces.
 SCORE_BATCH_TOKENS = 1 << 17
@@ -80,6 +81,19 @@ class EventScores:
         return step_offsets, score, rank
 
 
+def next_event_logp(logits: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of the next event (..., V) from the model's logits, in float32.
+
+    Padding is never a next event: its logit is excluded, so the distribution
+    (and every surprisal, rank and expected event drawn from it) covers real
+    events, UNK and END only. A trained model gives padding almost nothing
+    (about 2e-5 on ADFA-LD), an undertrained one sometimes lists it among its
+    guesses.
+    """
+    logits = logits.float().index_fill(-1, torch.tensor([PAD], device=logits.device), float("-inf"))
+    return torch.log_softmax(logits, dim=-1)
+
+
 @torch.no_grad()
 def score_events(
     model: NextEventModel,
@@ -99,7 +113,7 @@ def score_events(
     model.eval()
     n, s = len(data.tokens), len(data)
     f = data.numeric.shape[1]
-    k = min(expected_k, model.shape.vocab_size)
+    k = min(expected_k, model.shape.vocab_size - 1)  # every id but PAD can come next
     end = model.config.end_event
     surprisal = np.zeros(n, dtype=np.float32)
     rank = np.zeros(n, dtype=np.int32)
@@ -122,7 +136,7 @@ def score_events(
             logits, num_pred, state = model(
                 batch.tokens_in[:, sl], batch.context_in[:, sl], batch.numeric_in[:, sl], state
             )
-            logp = torch.log_softmax(logits.float(), dim=-1)  # (B, l, V)
+            logp = next_event_logp(logits)  # (B, l, V)
             tgt = batch.targets[:, sl]
             lp_t = logp.gather(-1, tgt.unsqueeze(-1))  # (B, l, 1)
             rk = (logp > lp_t).sum(-1) + 1  # (B, l)

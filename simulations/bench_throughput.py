@@ -31,7 +31,7 @@ from common.datasets import load_adfa_ld, shared_data_dir
 from common.detector import SequenceDetector
 from common.encoding import EncodedSequences
 from common.model import NextEventModel
-from common.scoring import score_events
+from common.scoring import next_event_logp, score_events
 from common.vocab import BOS
 
 log = logging.getLogger("bench_throughput")
@@ -63,7 +63,7 @@ def deeplog_scores(model: NextEventModel, data: EncodedSequences, window: int, b
         ctx = torch.zeros((*tokens.shape, c), dtype=torch.long)
         num = torch.zeros((*tokens.shape, f))
         logits, _, _ = model(tokens, ctx, num)
-        logp = torch.log_softmax(logits[:, -1], dim=-1)
+        logp = next_event_logp(logits[:, -1])
         y = torch.from_numpy(ys[start : start + batch])
         out[start : start + len(y)] = -logp.gather(1, y.unsqueeze(1)).squeeze(1).numpy()
     return out

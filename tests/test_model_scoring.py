@@ -124,6 +124,24 @@ def test_scoring_progress_counts_every_event_once_per_batch() -> None:
     assert len(calls) == 3  # 5 sequences, 2 per batch
 
 
+def test_padding_is_never_a_next_event():
+    """A model that puts most of its mass on PAD: scoring renormalises over the other ids."""
+    model = tiny("lstm", vocab=8)
+    with torch.no_grad():
+        model.event_head.bias[PAD] += 50.0  # an absurdly likely PAD
+    data = encoded([[3, 4, 5, 6], [7, 3]])
+    ev = score_events(model, data, ScoreConfig(), CPU, expected_k=20)
+    assert ev.expected is not None and ev.expected.shape[1] == 7  # all 8 ids but PAD
+    assert not (ev.expected == PAD).any() and not (ev.end_expected == PAD).any()
+    np.testing.assert_allclose(ev.expected_p.sum(1), 1.0, rtol=1e-5)  # a distribution over the rest
+    assert (ev.surprisal < 10).all() and (ev.rank <= 7).all()
+    logits = torch.randn(2, 3, 8)
+    logp = scoring.next_event_logp(logits)
+    assert torch.isneginf(logp[..., PAD]).all()
+    ref = torch.log_softmax(logits[..., 1:], dim=-1)
+    torch.testing.assert_close(logp[..., 1:], ref)
+
+
 def test_end_step_leaves_event_scores_unchanged():
     """The END step is one more causal step: the events before it score as without it."""
     with_end = tiny("lstm", end=True)
