@@ -42,6 +42,7 @@ SCORE_COLUMNS = [
     "top_events",
     "label",
 ]
+EVENT_COLUMNS = ["sequence_id", "position", "order", "event", "unseen", "score", "surprisal", "rank"]
 METRIC_KEYS = {
     "auroc",
     "auprc",
@@ -241,21 +242,8 @@ def test_score_events_out_explains_every_sequence_score(
     events = pd.read_parquet(events_path)
     scores = pd.read_csv(scores_path, keep_default_na=False).set_index("sequence_id")
     assert f"event scores written to {events_path} ({len(events)} rows)" in captured.out
-    assert list(events.columns) == [
-        "sequence_id",
-        "position",
-        "order",
-        "event",
-        "unseen",
-        "score",
-        "surprisal",
-        "rank",
-        "expected_1",
-        "expected_1_p",
-        "expected_2",
-        "expected_2_p",
-        "label",
-    ]
+    expected = ["expected_1", "expected_1_p", "expected_2", "expected_2_p"]
+    assert list(events.columns) == [*EVENT_COLUMNS, *expected, "label"]
     assert len(events) == scores["n_events"].sum() + len(scores)  # every event, then one END step each
     is_end = events["event"] == "<end>"
     assert (events.groupby("sequence_id", observed=True)["position"].max() == scores["n_events"]).all()
@@ -316,18 +304,7 @@ def test_score_events_out_with_timestamps_and_amounts(
     code = main([*base, "--events-out", str(events_path), "--event-expected", "0", "-q"])
     assert code == 0, capsys.readouterr().err
     events = pd.read_csv(events_path)
-    assert list(events.columns) == [
-        "sequence_id",
-        "position",
-        "order",
-        "event",
-        "unseen",
-        "score",
-        "surprisal",
-        "rank",
-        "residual_amount",
-        "residual_gap_seconds",
-    ]
+    assert list(events.columns) == [*EVENT_COLUMNS, "residual_amount", "residual_gap_seconds"]
     steps = events[events["event"] != "<end>"]
     # timestamps come back as UTC times; the first event of a sequence has no gap to predict
     first = steps[steps["position"] == 0].set_index("sequence_id")["order"]
