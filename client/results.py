@@ -225,7 +225,7 @@ def event_frame(
         "order": order,
         "event": pd.Categorical.from_codes(
             steps_of(event_codes[raw.cat.codes.to_numpy(np.int64)], None, event_codes[-1]), event_names
-        ),
+        ).remove_unused_categories(),
         "unseen": steps_of(enc.tokens == UNK, None, False),
         "score": steps_of(ev.score, ev.end_surprisal, np.nan),
         "surprisal": steps_of(ev.surprisal, ev.end_surprisal, np.nan),
@@ -236,7 +236,9 @@ def event_frame(
         ids = steps_of(ev.expected[:, :expected], _head(ev.end_expected, expected), 0)
         probs = steps_of(ev.expected_p[:, :expected], _head(ev.end_expected_p, expected), np.nan)
         for j in range(expected):
-            columns[f"expected_{j + 1}"] = pd.Categorical.from_codes(name_codes[ids[:, j]], names)
+            columns[f"expected_{j + 1}"] = pd.Categorical.from_codes(
+                name_codes[ids[:, j]], names
+            ).remove_unused_categories()
             columns[f"expected_{j + 1}_p"] = probs[:, j]
     for j, name in enumerate(detector.encoder_.numeric_names):
         columns[f"residual_{name}"] = steps_of(ev.residual[:, j], None, np.nan)
