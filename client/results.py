@@ -183,21 +183,8 @@ def event_frame(
     expected = min(expected, len(vocab) - 1)  # every id but PAD can come next
     if expected and (ev.expected is None or ev.expected.shape[1] < expected):
         raise ValueError(f"event_frame() needs a table scored with expected_k >= {expected}")
-    lengths = np.diff(enc.offsets)
-    has_end = ev.end_surprisal is not None and ev.end_rank is not None
-    steps = lengths + 1 if has_end else lengths
-    step_offsets = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
-    is_event = np.ones(int(step_offsets[-1]), dtype=bool)
-    end_rows = step_offsets[1:] - 1
-    if has_end:
-        is_event[end_rows] = False
-
-    def steps_of(events: np.ndarray, ends: np.ndarray | None, fill: Any) -> np.ndarray:
-        out = np.full((len(is_event), *events.shape[1:]), fill, dtype=events.dtype)
-        out[is_event] = events
-        if has_end and ends is not None:
-            out[end_rows] = ends
-        return out
+    step_offsets, is_event = ev.step_layout()
+    steps = np.diff(step_offsets)
 
     # Text columns as categoricals: a code per row, each distinct token once.
     names, name_codes = _with_end(pd.Index([vocab.token(i) for i in range(len(vocab))]), vocab.token(END))
@@ -206,44 +193,44 @@ def event_frame(
         raw = raw.astype("category")
     event_names, event_codes = _with_end(raw.cat.categories, vocab.token(END))
     sequence = pd.Categorical.from_codes(
-        np.repeat(np.arange(len(lengths)), steps), categories=pd.Index(np.asarray(enc.ids).astype(str))
+        np.repeat(np.arange(len(steps)), steps), categories=pd.Index(np.asarray(enc.ids).astype(str))
     )
     position = np.arange(len(is_event), dtype=np.int64) - np.repeat(step_offsets[:-1], steps)
     order_values = table.frame[ORDER]
     if table.time_ordered:
         order: Any = pd.to_datetime(
-            steps_of(order_values.to_numpy(np.float64), None, np.nan), unit="s", utc=True
+            ev.on_steps(order_values.to_numpy(np.float64), None, np.nan), unit="s", utc=True
         )
     elif pd.api.types.is_integer_dtype(order_values.dtype):
-        order = pd.array(steps_of(order_values.to_numpy(np.int64), None, 0), dtype="Int64")
+        order = pd.array(ev.on_steps(order_values.to_numpy(np.int64), None, 0), dtype="Int64")
         order[~is_event] = pd.NA
     else:
-        order = steps_of(order_values.to_numpy(np.float64), None, np.nan)
+        order = ev.on_steps(order_values.to_numpy(np.float64), None, np.nan)
     columns: dict[str, Any] = {
         "sequence_id": sequence,
         "position": position,
         "order": order,
         "event": pd.Categorical.from_codes(
-            steps_of(event_codes[raw.cat.codes.to_numpy(np.int64)], None, event_codes[-1]), event_names
+            ev.on_steps(event_codes[raw.cat.codes.to_numpy(np.int64)], None, event_codes[-1]), event_names
         ).remove_unused_categories(),
-        "unseen": steps_of(enc.tokens == UNK, None, False),
-        "score": steps_of(ev.score, ev.end_surprisal, np.nan),
-        "surprisal": steps_of(ev.surprisal, ev.end_surprisal, np.nan),
-        "rank": steps_of(ev.rank, ev.end_rank, 0),
+        "unseen": ev.on_steps(enc.tokens == UNK, None, False),
+        "score": ev.on_steps(ev.score, ev.end_surprisal, np.nan),
+        "surprisal": ev.on_steps(ev.surprisal, ev.end_surprisal, np.nan),
+        "rank": ev.on_steps(ev.rank, ev.end_rank, 0),
     }
     if expected:
         assert ev.expected is not None and ev.expected_p is not None
-        ids = steps_of(ev.expected[:, :expected], _head(ev.end_expected, expected), 0)
-        probs = steps_of(ev.expected_p[:, :expected], _head(ev.end_expected_p, expected), np.nan)
+        ids = ev.on_steps(ev.expected[:, :expected], _head(ev.end_expected, expected), 0)
+        probs = ev.on_steps(ev.expected_p[:, :expected], _head(ev.end_expected_p, expected), np.nan)
         for j in range(expected):
             columns[f"expected_{j + 1}"] = pd.Categorical.from_codes(
                 name_codes[ids[:, j]], names
             ).remove_unused_categories()
             columns[f"expected_{j + 1}_p"] = probs[:, j]
     for j, name in enumerate(detector.encoder_.numeric_names):
-        columns[f"residual_{name}"] = steps_of(ev.residual[:, j], None, np.nan)
+        columns[f"residual_{name}"] = ev.on_steps(ev.residual[:, j], None, np.nan)
     if LABEL in table.frame.columns:
-        labels = steps_of(table.frame[LABEL].to_numpy(dtype=np.int8), None, 0)
+        labels = ev.on_steps(table.frame[LABEL].to_numpy(dtype=np.int8), None, 0)
         columns["label"] = pd.array(labels, dtype="Int8")
         columns["label"][~is_event] = pd.NA
     return pd.DataFrame(columns)

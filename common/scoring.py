@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,19 +67,41 @@ class EventScores:
     def of(self, i: int) -> slice:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
 
+    @property
+    def has_end(self) -> bool:
+        """Whether every sequence has an END step (an end-of-sequence model scored it)."""
+        return self.end_surprisal is not None and self.end_rank is not None
+
+    def step_layout(self) -> tuple[np.ndarray, np.ndarray]:
+        """(step offsets (S+1,), is_event mask over all steps): each sequence's events, then
+        its END step when :attr:`has_end` (without one, the events' own layout)."""
+        if not self.has_end:
+            return self.offsets, np.ones(int(self.offsets[-1]), dtype=bool)
+        step_offsets = self.offsets + np.arange(len(self.offsets))
+        is_event = np.ones(int(step_offsets[-1]), dtype=bool)
+        is_event[step_offsets[1:] - 1] = False
+        return step_offsets, is_event
+
+    def on_steps(self, events: np.ndarray, ends: np.ndarray | None, fill: Any = 0) -> np.ndarray:
+        """Per-event values (N, ...) laid out over all steps (:meth:`step_layout`): the END
+        steps get ``ends`` (S, ...), or ``fill`` when it is None."""
+        if not self.has_end:
+            return events
+        _, is_event = self.step_layout()
+        out = np.full((len(is_event), *events.shape[1:]), fill, dtype=events.dtype)
+        out[is_event] = events
+        if ends is not None:
+            out[~is_event] = ends
+        return out
+
     def steps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(offsets, score, rank) over all steps: each sequence's events, then its END step."""
-        if self.end_surprisal is None or self.end_rank is None:
-            return self.offsets, self.score, self.rank
-        step_offsets = self.offsets + np.arange(len(self.offsets))
-        end_rows = step_offsets[1:] - 1
-        is_event = np.ones(int(step_offsets[-1]), dtype=bool)
-        is_event[end_rows] = False
-        score = np.empty(len(is_event), dtype=self.score.dtype)
-        rank = np.empty(len(is_event), dtype=self.rank.dtype)
-        score[is_event], score[end_rows] = self.score, self.end_surprisal
-        rank[is_event], rank[end_rows] = self.rank, self.end_rank
-        return step_offsets, score, rank
+        step_offsets, _ = self.step_layout()
+        return (
+            step_offsets,
+            self.on_steps(self.score, self.end_surprisal),
+            self.on_steps(self.rank, self.end_rank),
+        )
 
 
 def next_event_logp(logits: torch.Tensor) -> torch.Tensor:
