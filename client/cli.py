@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from client.datafiles import (
     LAYOUT_FILE,
     ORDER_CANDIDATES,
     SEQUENCE_CANDIDATES,
+    beside_column_map,
     describe,
     read_data,
     unused_columns,
@@ -114,6 +116,55 @@ def _nonnegative_float(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def _rate(text: str) -> float:
+    """A rate strictly between 0 and 1 (``--false-alarm-rate``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.01 for 1 %), got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; CUDA only where a CUDA device is present."""
+    if text not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", text):
+        raise argparse.ArgumentTypeError(f"use auto, cpu, cuda or cuda:N, not {text!r}")
+    if text.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA device is available here; use auto or cpu")
+    return text
+
+
+# --------------------------------------------------------------------------- output checks
+
+#: What ``write_frame`` writes, by file name ending.
+_TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet")
+
+
+def _check_table_output(path: str | None, flag: str) -> None:
+    """Refuse, before any work, an output table that cannot be written as asked."""
+    if path is None:
+        return
+    p = Path(path)
+    if not p.name.lower().endswith(_TABLE_SUFFIXES):
+        raise ConfigError(f"{flag} {path}: name a {', '.join(_TABLE_SUFFIXES)} file")
+    _check_file_output(path, flag)
+
+
+def _check_file_output(path: str | None, flag: str) -> None:
+    if path is not None and Path(path).is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; name a file")
+
+
+def _check_dir_output(path: str, flag: str) -> None:
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"{flag} {path}: is a file; name a folder (it is created if missing)")
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -196,8 +247,12 @@ def build_config(args: argparse.Namespace) -> DetectorConfig:
 
 def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch fit``: train a local detector and calibrate its threshold."""
+    _check_dir_output(args.out, "--out")
     config = build_config(args)
     train, layout = read_data(args.data, args)
+    beside = beside_column_map(args.data) if args.columns is None else None
+    if beside is not None:
+        console.info(f"columns from {beside}, the column map beside the data")
     describe(console, "training data", train)
     unused = unused_columns(args.data, layout.columns, args.encoding)
     if unused:
@@ -256,11 +311,14 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     outputs = [Path(f).resolve() for f in (args.out, args.events_out, args.metrics_json) if f is not None]
     if len(set(outputs)) < len(outputs):
         raise ConfigError("--out, --events-out and --metrics-json must name different files")
+    _check_table_output(args.out, "--out")
+    _check_table_output(args.events_out, "--events-out")
+    _check_file_output(args.metrics_json, "--metrics-json")
     event_expected = DEFAULT_EVENT_EXPECTED if args.event_expected is None else args.event_expected
     detector, layout = load_model(args.model, args.device)
+    threshold, threshold_name = chosen_threshold(detector, args.threshold)
     table = read_for_model(args.data, args, detector, layout)
     describe(console, "data", table)
-    threshold = chosen_threshold(detector, args.threshold)
     expected_k = max(
         TOP_EVENT_EXPECTED if args.top_events > 0 else 0,
         event_expected if args.events_out is not None else 0,
@@ -278,7 +336,7 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     n_flagged = int(frame["flagged"].sum())
     share = f" ({100.0 * n_flagged / n:.1f}%)" if n else ""
     console.result(
-        f"flagged {n_flagged} of {n} sequences{share} at {args.threshold} threshold {threshold:.6g}"
+        f"flagged {n_flagged} of {n} sequences{share} at {threshold_name} threshold {threshold:.6g}"
     )
     stats = scored.encoded.stats
     n_unknown = int(stats.get("unknown_events", 0))
@@ -294,7 +352,7 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     if stats.get("unknown_context"):
         console.info(f"unknown context values: {int(stats['unknown_context'])}")
 
-    metrics = labelled_metrics(scored, threshold, args.threshold)
+    metrics = labelled_metrics(scored, threshold, threshold_name)
     if metrics is not None:
         print_metrics(console, metrics)
         if args.metrics_json is not None:
@@ -313,6 +371,7 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch explain``: per-event surprisal of one sequence."""
     detector, layout = load_model(args.model, args.device)
+    threshold, _ = chosen_threshold(detector, args.threshold)
     table = read_for_model(args.data, args, detector, layout)
     ids = [str(x) for x in table.grouped().ids]
     if args.sequence not in set(ids):
@@ -323,7 +382,6 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
             f"{table.source}: no sequence with id {args.sequence!r} ({len(ids)} sequences; {hint})"
         )
     explanation = detector.explain(table, args.sequence, top_k=args.top_k)
-    threshold = chosen_threshold(detector, args.threshold)
     explanation = dataclasses.replace(
         explanation, threshold=threshold, flagged=bool(explanation.score > threshold)
     )
@@ -340,14 +398,15 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
     from common.report import write_report
 
+    _check_dir_output(args.out, "--out")
     detector, layout = load_model(args.model, args.device)
+    threshold, threshold_name = chosen_threshold(detector, args.threshold)
     table = read_for_model(args.data, args, detector, layout)
     describe(console, "data", table)
-    threshold = chosen_threshold(detector, args.threshold)
     with CountProgress(table.n_events, desc="score", unit="event", quiet=console.quiet) as progress:
         scored = detector.score_table(table, expected_k=_EXPLAIN_EXPECTED, progress=progress)
     frame = score_frame(detector, scored, threshold, top_events=3)
-    metrics = labelled_metrics(scored, threshold, args.threshold)
+    metrics = labelled_metrics(scored, threshold, threshold_name)
     order = np.argsort(-np.nan_to_num(scored.scores, nan=-np.inf), kind="stable")[: args.top]
     explanations = [detector.explanation(scored, int(i)) for i in order]
     explanations = [
@@ -474,6 +533,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--device",
         default="auto",
+        type=_device,
         metavar="{auto,cpu,cuda,cuda:N}",
         help="where to run the model (default: auto = CUDA when available)",
     )
@@ -506,8 +566,8 @@ commands read without column flags.
 
 examples:
   seqwatch convert adfa-ld --src ../shared/data/adfa-ld --out data/adfa
-  seqwatch convert hdfs --src ../shared/data/hdfs --out data/hdfs --format csv
-  seqwatch convert openstack --src ../shared/data/openstack --out data/os --version loghub
+  seqwatch convert hdfs --src ../shared/data/hdfs-deeplog --out data/hdfs --format csv
+  seqwatch convert openstack --src ../shared/data/openstack-aecid --out data/os --version loghub
 """
 
 _FIT_EPILOG = """\
@@ -522,6 +582,8 @@ The --config file holds flat dotted keys (or tables) such as:
   [train]
   epochs = 8
 A pyproject.toml with a [tool.flwr.app.config] table works too. Flags override it.
+On a host shared with other busy processes, cap the CPU threads with
+train.threads = N (0, the default, lets PyTorch use every core).
 
 examples:
   seqwatch fit --data data/adfa/train.parquet --out models/adfa
@@ -537,7 +599,7 @@ threshold), threshold, n_events, unknown_events (events never seen in training),
 top_events (the most surprising events, e.g. "pos 17: open (expected read, write)";
 positions are 0-based; "pos N: <end>" after the last of N events means the sequence
 stopped where the model expected it to go on), and label when the data has labels. The format follows the
-suffix of --out: .parquet, .tsv(.gz) or CSV.
+suffix of --out: .parquet, .tsv(.gz) or .csv(.gz); other suffixes are refused.
 
 --events-out FILE writes one row per event, each sequence's END step last: sequence_id,
 position (0-based; the END step of N events is position N, event <end>), order (the
@@ -566,8 +628,9 @@ examples:
 """
 
 _REPORT_EPILOG = """\
-Writes OUT/report.html with its PNG figures (score distribution; ROC and PR curves when
-labelled) and OUT/scores.csv with every sequence's score.
+Writes OUT/report.html with its figures embedded (score distribution; ROC and PR curves
+when labelled), so the HTML file can be sent on its own; the same figures as PNG files
+beside it; and OUT/scores.csv with every sequence's score.
 
 examples:
   seqwatch report --model models/adfa --data data/adfa/test.parquet --out report/
@@ -638,13 +701,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=_positive_int, metavar="N", help="most training epochs (train.epochs)")
     g.add_argument(
         "--device",
+        type=_device,
         metavar="{auto,cpu,cuda,cuda:N}",
         help="where to train (train.device; default auto = CUDA when available)",
     )
     g.add_argument("--seed", type=int, metavar="N", help="random seed (train.seed)")
     g.add_argument(
         "--false-alarm-rate",
-        type=float,
+        type=_rate,
         metavar="F",
         help="target false-alarm rate of the threshold on normal validation data, e.g. 0.01 "
         "(calibration.false-alarm-rate; turns contamination off)",
@@ -713,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_nonnegative_int,
         default=40,
         metavar="N",
-        help="show at most the N most anomalous events (default: 40; 0 = all)",
+        help="show at most the N most anomalous events (default: 40; 0 = all); --json lists every event",
     )
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
     _add_data_flags(p, for_model=True)

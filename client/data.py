@@ -38,6 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from client.datafiles import COLUMN_FILES, beside_column_map
 from common.config import DataConfig
 from common.errors import ConfigError, DataError
 from common.events import (
@@ -54,7 +55,6 @@ from common.events import (
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".parquet", ".csv", ".csv.gz", ".tsv", ".tsv.gz")
-COLUMN_FILES = ("columns.json", "columns.toml")
 _RESERVED = {SEQUENCE, ORDER, EVENT, LABEL, ATTACK_TYPE, GAP}
 
 
@@ -113,10 +113,9 @@ def _header(path: Path) -> tuple[list[str], dict[str, bool]]:
 
 def infer_columns(path: Path) -> ColumnMap:
     """Column map of a canonical event file (see the module docstring)."""
-    folder = path.parent
-    for name in COLUMN_FILES:
-        if (folder / name).is_file():
-            return ColumnMap.from_file(folder / name)
+    beside = beside_column_map(path)
+    if beside is not None:
+        return ColumnMap.from_file(beside)
     header, numeric = _header(path)
     missing = [c for c in (SEQUENCE, EVENT) if c not in header]
     if missing:

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 LAYOUT_FILE = "columns.json"
 """File in a model directory, written by ``seqwatch fit``: how the training data was read."""
-_LAYOUT_FORMAT = "seqwatch-data-layout"
+
+COLUMN_FILES = ("columns.json", "columns.toml")
+"""Column map files read from beside an event file (as a federation node reads its data-path)."""
 
 SEQUENCE_CANDIDATES = ("sequence", "sequence_id")
 """Header names tried, in order, for the sequence-id column."""
@@ -47,8 +49,10 @@ class DataLayout:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``fit`` writes to :data:`LAYOUT_FILE`)."""
+        from common.events import DATA_LAYOUT_FORMAT
+
         return {
-            "format": _LAYOUT_FORMAT,
+            "format": DATA_LAYOUT_FORMAT,
             "format_version": 1,
             "columns": self.columns.to_dict(),
             "session_gap": self.session_gap,
@@ -62,9 +66,9 @@ class DataLayout:
         Raises:
             ModelFileError: the data is not a layout written by ``seqwatch fit``.
         """
-        from common.events import ColumnMap
+        from common.events import DATA_LAYOUT_FORMAT, ColumnMap
 
-        if not isinstance(data, dict) or data.get("format") != _LAYOUT_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != DATA_LAYOUT_FORMAT:
             raise ModelFileError(
                 f"{source}: not a seqwatch data layout file; delete it or re-run 'seqwatch fit'"
             )
@@ -77,7 +81,7 @@ class DataLayout:
             raise ModelFileError(f"{source}: damaged data layout ({exc}); re-run 'seqwatch fit'") from exc
 
 
-def _read_header(path: Path, encoding: str) -> list[str] | None:
+def read_header(path: Path, encoding: str) -> list[str] | None:
     """Column names of an event file, or None when they cannot be read (``read_table`` then says why)."""
     name = path.name.lower()
     try:
@@ -112,6 +116,12 @@ def _shown(header: list[str]) -> str:
     return ", ".join(repr(c) for c in header[:20]) + (", ..." if len(header) > 20 else "")
 
 
+def beside_column_map(path: str | Path) -> Path | None:
+    """The column map file beside ``path`` (:data:`COLUMN_FILES`, first found), or None."""
+    folder = Path(path).parent
+    return next((folder / n for n in COLUMN_FILES if (folder / n).is_file()), None)
+
+
 def resolve_columns(
     path: str | Path,
     args: argparse.Namespace,
@@ -123,9 +133,11 @@ def resolve_columns(
 
     Precedence, per role: a flag (``--event-col`` ...), else the ``--columns``
     file when given (it replaces detection), else the map ``fit`` saved with
-    the model (``saved``, when its column is in the file), else detection from
-    the file's header. Feature columns default to ``saved``'s, else to
-    ``features`` (the model's numeric and context feature names).
+    the model (``saved``, when its column is in the file), else a column map
+    beside the file (:func:`beside_column_map`, as a federation node reads its
+    data; it replaces detection), else detection from the file's header.
+    Feature columns default to ``saved``'s, else to ``features`` (the model's
+    numeric and context feature names).
 
     Raises:
         ConfigError: an invalid map or ``--columns`` file.
@@ -144,11 +156,12 @@ def resolve_columns(
         "label": args.label_col,
     }
     given = {k: v for k, v in flags.items() if v is not None}
-    if args.columns is not None:
-        base = ColumnMap.from_file(args.columns)
+    columns_file = args.columns if args.columns is not None or saved is not None else beside_column_map(path)
+    if columns_file is not None:
+        base = ColumnMap.from_file(columns_file)
         return dataclasses.replace(base, **given) if given else base
 
-    header = _read_header(path, args.encoding)
+    header = read_header(path, args.encoding)
     found: dict[str, Any] = {}
     for role, candidates, flag in (
         ("sequence", SEQUENCE_CANDIDATES, "--sequence-col"),
@@ -159,7 +172,7 @@ def resolve_columns(
         value = _pick(header, [getattr(saved, role) if saved else None, *candidates])
         if value is None:
             header = header or []
-            looked = [*([getattr(saved, role)] if saved else []), *candidates]
+            looked = list(dict.fromkeys([*([getattr(saved, role)] if saved else []), *candidates]))
             raise DataError(
                 f"{path}: no {role} column found (looked for {', '.join(repr(c) for c in looked)}; "
                 f"columns present: {_shown(header)}); name it with {flag}"
@@ -235,7 +248,7 @@ def unused_columns(path: str | Path, columns: ColumnMap, encoding: str = "utf-8"
     """
     from common.events import ATTACK_TYPE, GAP, LABEL
 
-    header = _read_header(Path(path), encoding)
+    header = read_header(Path(path), encoding)
     if header is None:
         return []
     used = {columns.sequence, columns.event, columns.order, *columns.numeric, *columns.context}

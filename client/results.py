@@ -67,14 +67,21 @@ def read_for_model(
     return table
 
 
-def chosen_threshold(detector: SequenceDetector, which: str) -> float:
+def chosen_threshold(detector: SequenceDetector, which: str) -> tuple[float, str]:
+    """The threshold ``--threshold`` asks for, and what it is: ``local`` or ``global``.
+
+    The coordinator's final model (``runs/<name>/model``) carries only the
+    federation's threshold, so its own threshold is named ``global`` too.
+    """
+    glob = detector.global_threshold_
     if which == "global":
-        if detector.global_threshold_ is None:
+        if glob is None:
             raise ConfigError(
                 "this model has no global threshold (it was trained locally); use --threshold local"
             )
-        return float(detector.global_threshold_)
-    return float(detector.threshold_)
+        return float(glob), "global"
+    own = float(detector.threshold_)
+    return own, "global" if glob is not None and own == float(glob) else "local"
 
 
 def _short(token: object) -> str:

@@ -14,13 +14,15 @@
   - ``--superlink`` is ``HOST:PORT`` (``--probe``: the SuperLink answers TLS with a
     certificate that the CA signed for that host name);
   - ``--port`` (the SuperNode's local runtime API) is free;
+  - the hash key (``--hash-key-file`` or ``--hash-key``, at most one; else ``$SEQWATCH_HASH_KEY_FILE``
+    or ``$SEQWATCH_HASH_KEY``) is not empty and its file not world-accessible;
 
 * ``start``: the same checks, then ``exec flower-supernode --root-certificates CA
   --superlink ADDR --auth-supernode-private-key KEY --port PORT --node-config
   "data-path='...' hash-key='...' output-dir='...'"`` (``--dry-run`` prints it;
   ``--node-config-file FILE`` writes the node config to a 0600 TOML file and passes
-  that instead, which keeps the hash key out of the process list); arguments after
-  ``--`` go to ``flower-supernode`` unchanged;
+  that instead, which keeps the hash key out of the process list; with ``--dry-run`` it
+  only says what it would write); arguments after ``--`` go to ``flower-supernode`` unchanged;
 * ``demo-data``: write synthetic train/test tables for institution *k* of *n*
   (the data of the simulation's ``synthetic`` data set), for trying a deployment out.
 """
@@ -40,9 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import DataConfig
+from common.errors import ConfigError, SeqwatchError
 
 PROG = "seqwatch-node"
 _EXIT_PROBLEMS = 2
+HASH_KEY_ENV = "SEQWATCH_HASH_KEY"
+HASH_KEY_FILE_ENV = "SEQWATCH_HASH_KEY_FILE"
+PORT_ENV = "SEQWATCH_NODE_PORT"
 
 
 @dataclass
@@ -201,6 +207,8 @@ def check_key(
 
 def check_data(data_path: Path, report: Report) -> None:
     from client.data import SUFFIXES, _find, infer_columns
+    from client.datafiles import beside_column_map, read_header
+    from common.events import LABEL
 
     if not data_path.exists():
         report.bad(f"data-path {data_path}: no such folder")
@@ -231,10 +239,34 @@ def check_data(data_path: Path, report: Report) -> None:
         except Exception as exc:
             report.bad(f"data-path {path}: {exc}")
             continue
+        header = read_header(path, "utf-8")
+        col_map = beside_column_map(path)
+        if header is not None and col_map is not None:
+            named = (cols.sequence, cols.event, cols.order, *cols.numeric, *cols.context, cols.label)
+            missing = [c for c in named if c is not None and c not in header]
+            if missing:
+                report.bad(
+                    f"data-path {path}: the column map {col_map} names column(s) {missing} that the file "
+                    f"lacks (columns: {header}); fix the map or the file's header"
+                )
+                continue
+        # a map without "label" still reads a column named 'label' (common.tableio)
+        label = cols.label or (LABEL if header is not None and LABEL in header else None)
+        by_name = " (by name; the column map names none)" if label and not cols.label and col_map else ""
         report.good(
             f"data {path.name}: sequence {cols.sequence!r}, event {cols.event!r}, "
-            f"label {cols.label!r}, numeric {list(cols.numeric)}, context {list(cols.context)}"
+            f"label {label!r}{by_name}, numeric {list(cols.numeric)}, context {list(cols.context)}"
         )
+        if path == test and label is None and header is not None:
+            fix = (
+                f'add "label": "COLUMN" to the column map {col_map}'
+                if col_map
+                else f"write the labels (0 normal, 1 anomalous) in a {LABEL!r} column"
+            )
+            report.warn(
+                f"data-path {path}: no label column in use; this node will report no detection "
+                f"figures ({fix})"
+            )
     if test is None:
         report.warn(f"data-path {data_path}: no test table; this node reports no detection figures")
 
@@ -319,12 +351,119 @@ def node_config_value(value: str, what: str) -> str:
 # --------------------------------------------------------------------------- argv
 
 
-def hash_key(args: argparse.Namespace) -> str:
-    if args.hash_key_file:
-        return Path(args.hash_key_file).expanduser().read_text(encoding="utf-8").strip()
+def port_number(text: str) -> int:
+    """argparse type of ``--port``: an integer 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
+
+
+def node_port(args: argparse.Namespace) -> int | None:
+    """``--port``, else ``$SEQWATCH_NODE_PORT`` (unset, empty or 0: None, a free port)."""
+    if args.port is not None:
+        return int(args.port)
+    raw = os.environ.get(PORT_ENV, "").strip()
+    if raw in ("", "0"):
+        return None
+    try:
+        return port_number(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"${PORT_ENV}: {exc}; fix or unset it (unset: a free port)") from None
+
+
+def hash_key_source(args: argparse.Namespace) -> tuple[str, Path | None, str | None] | None:
+    """Where the hash key comes from: ``(name, file, value)`` with one of file/value; None: no key.
+
+    A flag wins over the environment; both flags (or, without flags, both variables) are refused.
+    """
+    if args.hash_key_file is not None and args.hash_key is not None:
+        raise ConfigError(
+            "--hash-key and --hash-key-file both given; give one (prefer --hash-key-file: "
+            "--hash-key shows the key in the process list)"
+        )
+    if args.hash_key_file is not None:
+        return "--hash-key-file", Path(args.hash_key_file).expanduser(), None
     if args.hash_key is not None:
-        return str(args.hash_key)
-    return os.environ.get("SEQWATCH_HASH_KEY", "")
+        return "--hash-key", None, str(args.hash_key)
+    env_file, env_key = os.environ.get(HASH_KEY_FILE_ENV), os.environ.get(HASH_KEY_ENV)
+    if env_file is not None and env_key is not None:
+        raise ConfigError(
+            f"${HASH_KEY_FILE_ENV} and ${HASH_KEY_ENV} are both set; unset one "
+            "(or give --hash-key-file, which wins over both)"
+        )
+    if env_file is not None:
+        if not env_file.strip():
+            raise ConfigError(
+                f"${HASH_KEY_FILE_ENV} is set but empty; set it to the hash key file or unset it"
+            )
+        return f"${HASH_KEY_FILE_ENV}", Path(env_file).expanduser(), None
+    if env_key is not None:
+        return f"${HASH_KEY_ENV}", None, env_key
+    return None
+
+
+def hash_key(args: argparse.Namespace) -> str:
+    """The shared hash key ("" when none is given); ConfigError when a given one is empty or unreadable."""
+    source = hash_key_source(args)
+    if source is None:
+        return ""
+    name, path, value = source
+    if path is not None:
+        if not path.is_file():
+            problem = "not a file" if path.exists() else "no such file"
+            raise ConfigError(f"hash key file {path} ({name}): {problem}")
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"hash key file {path} ({name}): cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"hash key file {path} ({name}): not UTF-8 text") from None
+        if not value:
+            raise ConfigError(
+                f"hash key file {path} ({name}) is empty; write the institutions' shared hash key into it "
+                "(was it written from an unset variable?)"
+            )
+        return value
+    assert value is not None
+    if not value.strip():
+        raise ConfigError(
+            f"{name} is empty; give the institutions' shared hash key (or leave {name} out to run "
+            "without one: tokens are then NOT protected)"
+        )
+    return value
+
+
+def check_hash_key(args: argparse.Namespace, report: Report) -> str:
+    """Check the hash key like the private key (it is a secret too); return it ("" when none or bad)."""
+    try:
+        source = hash_key_source(args)
+        key = hash_key(args)
+    except ConfigError as exc:
+        report.bad(str(exc))
+        return ""
+    if source is None:
+        report.warn(
+            f"no hash key (--hash-key-file, --hash-key, ${HASH_KEY_FILE_ENV} or ${HASH_KEY_ENV}): the run "
+            "config's vocab.hash-key or the public simulation key is used; tokens are then NOT protected"
+        )
+        return ""
+    name, path, _ = source
+    if path is None:
+        report.good(f"hash key: given by {name}")
+        return key
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & stat.S_IRWXO:
+        report.bad(
+            f"hash key file {path}: mode {mode:04o} lets every user read the shared secret; run "
+            f"'chmod 600 {path}' (0640 with a dedicated group for containers)"
+        )
+        return ""
+    report.good(f"hash key file {path}: mode {mode:04o}")
+    return key
 
 
 def node_config(args: argparse.Namespace) -> dict[str, str]:
@@ -386,16 +525,7 @@ def run_checks(args: argparse.Namespace, port: int | None) -> Report:
     check_superlink(args.superlink, ca, args.probe and not report.errors, report)
     if port is not None:
         check_port(args.host, port, report)
-    try:
-        key_text = hash_key(args)
-    except OSError as exc:
-        report.bad(f"--hash-key-file: {exc}")
-        key_text = ""
-    if not key_text:
-        report.warn(
-            "no hash key (--hash-key-file, --hash-key or $SEQWATCH_HASH_KEY): the run config's "
-            "vocab.hash-key or the public simulation key is used; tokens are then NOT protected"
-        )
+    key_text = check_hash_key(args, report)
     try:
         inline_node_config(node_config(args) if key_text else {"x": "y"})
     except ValueError as exc:
@@ -417,7 +547,7 @@ def print_report(report: Report, *, quiet: bool = False) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    report = run_checks(args, args.port)
+    report = run_checks(args, node_port(args))
     print_report(report, quiet=args.quiet)
     if report.errors:
         print(
@@ -429,7 +559,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    port = args.port if args.port is not None else free_port(args.host)
+    port = node_port(args)
+    if port is None:
+        port = free_port(args.host)
     report = run_checks(args, port)
     print_report(report, quiet=args.quiet)
     if report.errors:
@@ -437,7 +569,13 @@ def cmd_start(args: argparse.Namespace) -> int:
         return _EXIT_PROBLEMS
     conf = node_config(args)
     if args.node_config_file:
-        conf_arg = str(write_node_config_toml(Path(args.node_config_file).expanduser().resolve(), conf))
+        conf_path = Path(args.node_config_file).expanduser().resolve()
+        if args.dry_run:  # a dry run writes nothing
+            keys = ", ".join("hash-key=***" if k == "hash-key" else f"{k}={v}" for k, v in conf.items())
+            print(f"would write (mode 0600) {conf_path}: {keys}", flush=True)
+            conf_arg = str(conf_path)
+        else:
+            conf_arg = str(write_node_config_toml(conf_path, conf))
     else:
         conf_arg = inline_node_config(conf)
     argv = supernode_argv(args, port, conf_arg)
@@ -500,15 +638,18 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--public-key",
         default=env("SEQWATCH_NODE_PUBLIC_KEY"),
-        help="the registered public key (default: KEY.pub unless --registry is given)",
+        help="the registered public key ($SEQWATCH_NODE_PUBLIC_KEY; default: KEY.pub unless --registry "
+        "is given)",
     )
     g.add_argument(
         "--registry",
         default=env("SEQWATCH_REGISTRY"),
-        help="the coordinator's institutions.json to compare the key with",
+        help="the coordinator's institutions.json to compare the key with ($SEQWATCH_REGISTRY)",
     )
     g.add_argument(
-        "--name", default=env("SEQWATCH_NODE_NAME"), help="this institution's name in the registry"
+        "--name",
+        default=env("SEQWATCH_NODE_NAME"),
+        help="this institution's name in the registry ($SEQWATCH_NODE_NAME)",
     )
     g.add_argument(
         "--data-path",
@@ -521,25 +662,26 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
         default=env("SEQWATCH_OUTPUT_DIR", "seqwatch-output"),
         help="where the local report is written ($SEQWATCH_OUTPUT_DIR, default ./seqwatch-output)",
     )
+    # the hash key and the port are read from the environment when used (hash_key_source, node_port):
+    # a flag wins over the variables, and a mistyped variable is one error line, not a --help crash
     g.add_argument(
         "--hash-key-file",
-        default=env("SEQWATCH_HASH_KEY_FILE"),
-        help="file holding the institutions' shared hash key ($SEQWATCH_HASH_KEY_FILE)",
+        help=f"file holding the institutions' shared hash key, not world-readable (${HASH_KEY_FILE_ENV})",
     )
     g.add_argument(
         "--hash-key",
-        help="the shared hash key itself (visible in the process list; prefer a file or $SEQWATCH_HASH_KEY)",
+        help=f"the shared hash key itself (${HASH_KEY_ENV}; visible in the process list: prefer a file); "
+        "give at most one of --hash-key and --hash-key-file",
     )
     g.add_argument(
         "--host",
         default=env("SEQWATCH_NODE_HOST", "127.0.0.1"),
-        help="bind address of the SuperNode's runtime API (default 127.0.0.1)",
+        help="bind address of the SuperNode's runtime API ($SEQWATCH_NODE_HOST, default 127.0.0.1)",
     )
     g.add_argument(
         "--port",
-        type=int,
-        default=int(env("SEQWATCH_NODE_PORT", "0")) or None,
-        help="port of the SuperNode's runtime API (default: a free port)",
+        type=port_number,
+        help=f"port 1-65535 of the SuperNode's runtime API (${PORT_ENV}; default: a free port)",
     )
     g.add_argument("--probe", action="store_true", help="also try a TLS handshake with the SuperLink")
     g.add_argument("-q", "--quiet", action="store_true", help="print problems only")
@@ -550,10 +692,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Check an institution's SuperNode set-up and start it."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    p = sub.add_parser("check", help="check the set-up (exit 2 when anything is wrong)")
+    p = sub.add_parser(
+        "check",
+        help="check the set-up (exit 2 when anything is wrong)",
+        description="Check the set-up: CA, key, registration, data, output folder, SuperLink address, "
+        "port and hash key; one line per problem, exit 2 when anything is wrong.",
+    )
     _node_flags(p)
     p.set_defaults(handler=cmd_check)
-    p = sub.add_parser("start", help="check, then exec flower-supernode (arguments after -- are passed on)")
+    p = sub.add_parser(
+        "start",
+        help="check, then exec flower-supernode (arguments after -- are passed on)",
+        description="Run the checks of 'check', then replace this process with flower-supernode "
+        "(--dry-run: print the command and write nothing); arguments after -- are passed on.",
+    )
     _node_flags(p)
     p.add_argument(
         "--isolation",
@@ -568,7 +720,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     p.set_defaults(handler=cmd_start)
-    p = sub.add_parser("demo-data", help="synthetic train/test tables for institution K of N")
+    p = sub.add_parser(
+        "demo-data",
+        help="synthetic train/test tables for institution K of N",
+        description="Write synthetic train/test event tables for institution K of N (the simulation's "
+        "synthetic data set) into DIR, to try a deployment out.",
+    )
     p.add_argument("--institution", type=int, required=True, metavar="K", help="0-based institution index")
     p.add_argument("--of", type=int, default=3, metavar="N", help="number of institutions (default 3)")
     data_defaults = DataConfig()
@@ -585,7 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=seed,
         help=f"generator seed (default {seed}, as data.seed in a simulation)",
     )
-    p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    p.add_argument(
+        "--format", choices=("parquet", "csv"), default="parquet", help="table format (default: parquet)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="the institution's data-path")
     p.set_defaults(handler=cmd_demo_data)
     return parser
@@ -605,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.extra = extra
     try:
         return int(args.handler(args))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SeqwatchError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return _EXIT_PROBLEMS
     except KeyboardInterrupt:

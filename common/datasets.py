@@ -95,7 +95,7 @@ def _locate(src: str | Path, names: tuple[str, ...], subdirs: tuple[str, ...]) -
             return folder
     raise DataError(
         f"{src}: none of {', '.join(names)} found here"
-        + (f" or in {'/'.join(subdirs)}/" if subdirs else "")
+        + (f" or in {', '.join(f'{d}/' for d in subdirs)}" if subdirs else "")
         + "; pass the data set's folder"
     )
 

@@ -85,6 +85,8 @@ MISSING = "<missing>"
 """Value that replaces a missing context value."""
 
 _RESERVED = frozenset({SEQUENCE, ORDER, EVENT, LABEL, ATTACK_TYPE})
+DATA_LAYOUT_FORMAT = "seqwatch-data-layout"
+"""``format`` of the ``columns.json`` that ``seqwatch fit`` saves with a model (column map + sessions)."""
 TEXT_DTYPE = pd.Series(["x"]).dtype
 """pandas' default dtype for text: ``str`` (Arrow-backed) on pandas 3, object on pandas 2."""
 
@@ -161,6 +163,8 @@ class ColumnMap:
 
         The file holds the keys of this class at top level (or inside one
         ``columns`` table). Lists are accepted for ``numeric`` and ``context``.
+        The ``columns.json`` that ``seqwatch fit`` saves in a model directory
+        (:data:`DATA_LAYOUT_FORMAT`) is read as the column map it holds.
 
         Raises:
             ConfigError: the file is missing or unparseable, or a key is
@@ -182,8 +186,9 @@ class ColumnMap:
             raise ConfigError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
-        if isinstance(data, dict) and set(data) == {"columns"} and isinstance(data["columns"], dict):
-            data = data["columns"]
+        wrapped = isinstance(data, dict) and isinstance(data.get("columns"), dict)
+        if wrapped and (set(data) == {"columns"} or data.get("format") == DATA_LAYOUT_FORMAT):
+            data = data["columns"]  # one [columns] table, or a model's columns.json
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a table of keys, got {type(data).__name__}")
         return cls.from_dict(data, source=str(path))

@@ -15,9 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.vocab import END, SPECIALS
+
 __all__ = ["EventExplanation", "SequenceExplanation"]
 
 _MAX_EVENT_WIDTH = 40
+END_TOKEN = SPECIALS[END]
+"""How the END step appears as an event (``<end>``)."""
 _HIGHLIGHT_MARK = ">>"
 
 
@@ -174,18 +178,22 @@ class SequenceExplanation:
         marked = {id(ev) for ev in self.top_events(highlight)}
         if max_events > 0 and len(self.events) > max_events:
             keep = {id(ev) for ev in self.top_events(max_events)}
-            shown = [ev for ev in self.events if id(ev) in keep]
-            lines.append(f"  showing the {len(shown)} most anomalous of {len(self.events)} events")
+            shown_at = [i for i, ev in enumerate(self.events) if id(ev) in keep]
+            n_events = len(self.events) - self.has_end_step
+            of = f"{n_events} events" + (" and the END step" if self.has_end_step else "")
+            lines.append(f"  showing the {len(shown_at)} most anomalous of {of}")
         else:
-            shown = list(self.events)
+            shown_at = list(range(len(self.events)))
+        shown = [self.events[i] for i in shown_at]
 
         width = max(len(_printable(ev.event)) for ev in shown)
         pos_width = max(len(str(ev.position)) for ev in shown)
-        prev_pos: int | None = None
-        for ev in shown:
-            if prev_pos is not None and ev.position > prev_pos + 1:
-                lines.append(f"   {'':>{pos_width}}  … {ev.position - prev_pos - 1} event(s) omitted")
-            prev_pos = ev.position
+        gap_line = f"   {'':>{pos_width}}  … {{}} omitted"
+        prev = -1
+        for i, ev in zip(shown_at, shown, strict=True):
+            if i > prev + 1:
+                lines.append(gap_line.format(self._steps_text(prev + 1, i)))
+            prev = i
             mark = _HIGHLIGHT_MARK if id(ev) in marked else " " * len(_HIGHLIGHT_MARK)
             parts = [
                 f"{mark} {ev.position:>{pos_width}}  {_printable(ev.event):<{width}}",
@@ -206,4 +214,19 @@ class SequenceExplanation:
             if not math.isclose(ev.score, ev.surprisal, rel_tol=1e-9, abs_tol=1e-9):
                 parts.append(f"score {_fmt(ev.score, 2)}")
             lines.append("  ".join(parts).rstrip())
+        if prev < len(self.events) - 1:
+            lines.append(gap_line.format(self._steps_text(prev + 1, len(self.events))))
         return "\n".join(lines)
+
+    @property
+    def has_end_step(self) -> bool:
+        """Whether the last entry is the END step (the model's end-of-sequence prediction)."""
+        return bool(self.events) and self.events[-1].event == END_TOKEN
+
+    def _steps_text(self, start: int, stop: int) -> str:
+        """``"3 event(s)"`` / ``"2 event(s) and the END step"`` for ``events[start:stop]``."""
+        end = self.has_end_step and stop == len(self.events)
+        n = stop - start - end
+        if n == 0:
+            return "the END step"
+        return f"{n} event(s)" + (" and the END step" if end else "")

@@ -12,6 +12,7 @@ so importing this module is cheap.
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import html
 import json
@@ -415,6 +416,11 @@ def _card(key: str, value: str) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+def _data_uri(png: Path) -> str:
+    """A PNG file as a ``data:`` URI, so that the HTML needs no file beside it."""
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+
 def write_report(
     out_dir: str | Path,
     scores: pd.DataFrame,
@@ -442,7 +448,8 @@ def write_report(
 
     Figures: ``score_distribution.png`` always (when any score is finite),
     ``roc_curve.png`` and ``pr_curve.png`` when labels of both classes are
-    present. All user-supplied text is HTML-escaped.
+    present. They are written beside the HTML and embedded in it too, so
+    ``report.html`` can be sent on its own. All user-supplied text is HTML-escaped.
 
     Raises:
         DataError: a required column is missing or labels are not 0/1.
@@ -494,7 +501,9 @@ def write_report(
     if metrics:
         body += ["<h2>Metrics</h2>", _metrics_html(metrics)]
     if figures:
-        imgs = "".join(f'<img src="{_e(name)}" alt="{_e(alt)}">' for name, alt in figures)
+        imgs = "".join(
+            f'<img src="{_data_uri(out / name)}" alt="{_e(alt)}" title="{_e(name)}">' for name, alt in figures
+        )
         body += ["<h2>Figures</h2>", f'<div class="figs">{imgs}</div>']
     if n:
         body += [f"<h2>Highest scores (top {min(n, TOP_SEQUENCES)})</h2>", _top_sequences_html(df, labels)]

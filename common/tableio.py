@@ -218,8 +218,8 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, i
             pos = int(np.flatnonzero(failed)[0])
             raise DataError(
                 f"{where.source}: {where.at(pos)}, column {column!r}: cannot parse timestamp "
-                f"{_show(values.iloc[pos])}; use ISO 8601 (e.g. 2024-01-31T12:00:00Z), or set time=false "
-                f"if the column is a position"
+                f"{_show(values.iloc[pos])}; use ISO 8601 (e.g. 2024-01-31T12:00:00Z), or, if the column "
+                f'is a position, read it as one (seqwatch: --no-time; a column map: "time": false)'
             )
     if mask.any():
         pos = int(np.flatnonzero(mask)[0])

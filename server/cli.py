@@ -389,7 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_add_institution)
 
     p = sub.add_parser("list", help="list the registered institutions")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print every entry as JSON (public key, SHA256 fingerprint, key files, date added, node id)",
+    )
     p.set_defaults(handler=cmd_list)
 
     p = sub.add_parser("flwr-config", help="write the TLS connection into $FLWR_HOME/config.toml")

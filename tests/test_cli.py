@@ -335,6 +335,113 @@ def test_score_global_threshold_missing_is_an_error(
     assert "no global threshold" in _one_error_line(capsys.readouterr().err)
 
 
+def test_outputs_and_flags_are_checked_before_any_work(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad output path or flag is one error line before the data is read or a model trained."""
+    a_file, a_dir = tmp_path / "afile", tmp_path / "adir"
+    a_file.write_text("x", encoding="utf-8")
+    a_dir.mkdir()
+    missing_data = str(tmp_path / "not-read.csv")  # never reached: the checks come first
+    model, config = str(workspace["model"]), str(workspace["config"])
+    cases = [
+        (
+            ["fit", "--data", missing_data, "--config", config, "--out", str(a_file)],
+            "is a file; name a folder",
+        ),
+        (["score", "--model", model, "--data", missing_data, "--out", str(a_dir)], "name a .csv, .csv.gz"),
+        (
+            ["score", "--model", model, "--data", missing_data, "--out", str(tmp_path / "s.xlsx")],
+            "name a .csv",
+        ),
+        (
+            [
+                *["score", "--model", model, "--data", missing_data],
+                "--out",
+                "x.csv",
+                "--metrics-json",
+                str(a_dir),
+            ],
+            "--metrics-json",
+        ),
+        (
+            ["report", "--model", model, "--data", missing_data, "--out", str(a_file)],
+            "is a file; name a folder",
+        ),
+        (
+            ["score", "--model", model, "--data", missing_data, "--out", "s.csv", "--threshold", "global"],
+            "no global threshold",
+        ),
+        (
+            ["explain", "--model", model, "--data", missing_data, "--sequence", "x", "--threshold", "global"],
+            "no global threshold",
+        ),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        line = _one_error_line(capsys.readouterr().err)
+        assert needle in line and "not-read.csv" not in line, (argv, line)
+    assert a_file.read_text(encoding="utf-8") == "x" and not any(a_dir.iterdir())
+    # flags with a range are refused by the parser, naming the flag
+    code = main(["fit", "--data", missing_data, "--out", str(tmp_path / "m"), "--false-alarm-rate", "2"])
+    assert code == 2
+    assert "argument --false-alarm-rate: must be between 0 and 1" in capsys.readouterr().err
+    code = main(["score", "--model", model, "--data", missing_data, "--out", "s.csv", "--device", "gpu"])
+    assert code == 2
+    assert "argument --device: use auto, cpu, cuda or cuda:N, not 'gpu'" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["fit", "--data", missing_data, "--out", str(tmp_path / "m"), "--device", "cuda"]) == 2
+        assert "argument --device: cuda: no CUDA device is available here" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_column_map_beside_the_data_and_a_models_layout_file(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fit reads a columns.json beside its data, as a node does; --columns takes a model's columns.json."""
+    frame = make_frame(5, 30, 0, "u").rename(columns={"sequence": "user", "event": "action"})
+    frame["channel"] = np.where(np.arange(len(frame)) % 2 == 0, "web", "app")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    frame.to_csv(data_dir / "train.csv", index=False)
+    beside = {"sequence": "user", "event": "action", "order": "order", "context": ["channel"]}
+    (data_dir / "columns.json").write_text(json.dumps(beside), encoding="utf-8")
+    config = str(workspace["config"])
+    code = main(
+        ["fit", "--data", str(data_dir / "train.csv"), "--config", config, "--out", str(tmp_path / "m")]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (
+        f"columns from {data_dir / 'columns.json'}" in captured.out and "columns not used" not in captured.out
+    )
+    layout = json.loads((tmp_path / "m" / LAYOUT_FILE).read_text(encoding="utf-8"))
+    assert layout["columns"]["context"] == ["channel"]
+    # the model's own columns.json (a data layout, not a plain column map) works as --columns
+    elsewhere = tmp_path / "elsewhere.csv"
+    frame.to_csv(elsewhere, index=False)
+    argv = ["fit", "--data", str(elsewhere), "--config", config, "--out", str(tmp_path / "m2")]
+    code = main([*argv, "--columns", str(tmp_path / "m" / LAYOUT_FILE)])
+    assert code == 0, capsys.readouterr().err
+    assert (
+        json.loads((tmp_path / "m2" / LAYOUT_FILE).read_text(encoding="utf-8"))["columns"]
+        == layout["columns"]
+    )
+
+
+def test_threshold_is_named_for_what_it_is(workspace: dict[str, Path]) -> None:
+    """A coordinator's model carries only the federation's threshold: it is called global."""
+    from client.results import chosen_threshold, load_model
+
+    detector, _ = load_model(workspace["model"], "cpu")
+    assert chosen_threshold(detector, "local") == (detector.threshold_, "local")
+    detector.global_threshold_ = detector.threshold_
+    assert chosen_threshold(detector, "local") == (detector.threshold_, "global")
+    assert chosen_threshold(detector, "global") == (detector.threshold_, "global")
+
+
 def test_save_load_round_trip_gives_identical_scores(
     workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

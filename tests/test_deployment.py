@@ -256,6 +256,7 @@ def test_node_start_dry_run_builds_the_supernode_command(
 
     key_file = tmp_path / "hash.key"
     key_file.write_text('it\'s a "secret" key\n')
+    key_file.chmod(0o600)  # a world-readable hash key file is refused, as a private key is
     opts = {**node_setup, "--hash-key-file": str(key_file)}
     assert supernode.main(_node("start", opts, "--dry-run", "--port", "9555")) == 2  # both quote kinds
     assert "must not contain both" in capsys.readouterr().err
@@ -280,6 +281,160 @@ def test_node_start_dry_run_builds_the_supernode_command(
     # the TOML variant keeps the key out of the process list and parses to the same config
     toml = supernode.write_node_config_toml(tmp_path / "node.toml", supernode.node_config(args))
     assert _mode(toml) == 0o600 and parse_config_args([str(toml)]) == conf
+
+
+@pytest.fixture
+def no_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seqwatch-node tests below read no SEQWATCH_* settings of whoever runs them."""
+    for name in list(os.environ):
+        if name.startswith("SEQWATCH_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "flags", "env", "message"),
+    [
+        (" \n", 0o600, ["--hash-key-file", "{key}"], {}, "hash key file {key} (--hash-key-file) is empty"),
+        ("", 0o600, [], {"SEQWATCH_HASH_KEY_FILE": "{key}"}, "({dollar}SEQWATCH_HASH_KEY_FILE) is empty"),
+        (None, None, ["--hash-key", ""], {}, "--hash-key is empty"),
+        (None, None, [], {"SEQWATCH_HASH_KEY": " "}, "{dollar}SEQWATCH_HASH_KEY is empty"),
+        ("k\n", 0o644, ["--hash-key-file", "{key}"], {}, "mode 0644 lets every user read the shared secret"),
+        ("k\n", 0o600, ["--hash-key", "k", "--hash-key-file", "{key}"], {}, "both given; give one"),
+        ("k\n", 0o600, [], {"SEQWATCH_HASH_KEY": "k", "SEQWATCH_HASH_KEY_FILE": "{key}"}, "are both set"),
+        (None, None, ["--hash-key-file", "{key}"], {}, "hash key file {key} (--hash-key-file): no such file"),
+    ],
+)
+@pytest.mark.usefixtures("no_env_defaults")
+def test_node_hash_key_given_but_unusable_is_an_error(
+    node_setup: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    content: str | None,
+    mode: int | None,
+    flags: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    key = tmp_path / "hash.key"
+    if content is not None and mode is not None:
+        key.write_text(content)
+        key.chmod(mode)
+    fmt = {"key": str(key), "dollar": "$"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(**fmt))
+    args = [x.format(**fmt) for x in flags]
+    for cmd, extra in (("check", ()), ("start", ("--dry-run",))):
+        assert supernode.main(_node(cmd, node_setup, *args, *extra)) == 2
+        captured = capsys.readouterr()
+        errors = [line for line in captured.err.splitlines() if ": error: " in line]
+        assert len(errors) == 1 and message.format(**fmt) in errors[0], errors
+        assert "would run" not in captured.out and "Traceback" not in captured.err
+
+
+@pytest.mark.usefixtures("no_env_defaults")
+def test_node_hash_key_flag_wins_over_the_environment(
+    node_setup: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "hash.key"
+    key.write_text("from the file\n")
+    key.chmod(0o640)  # group-readable, as the private key may be
+    monkeypatch.setenv("SEQWATCH_HASH_KEY", "from the environment")
+    args = supernode.build_parser().parse_args(_node("start", node_setup, "--hash-key-file", str(key)))
+    assert supernode.node_config(args)["hash-key"] == "from the file"
+    monkeypatch.delenv("SEQWATCH_HASH_KEY")
+    monkeypatch.setenv("SEQWATCH_HASH_KEY_FILE", str(key))
+    args = supernode.build_parser().parse_args(_node("start", node_setup, "--hash-key", "the flag"))
+    assert supernode.node_config(args)["hash-key"] == "the flag"
+    assert supernode.main(_node("check", node_setup, "-q")) == 0  # the 0640 file from the environment
+
+
+@pytest.mark.usefixtures("no_env_defaults")
+def test_node_start_dry_run_writes_no_node_config_file(
+    node_setup: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "hash.key"
+    key.write_text("top secret\n")
+    key.chmod(0o600)
+    conf = tmp_path / "node.toml"
+    opts = {**node_setup, "--hash-key-file": str(key), "--node-config-file": str(conf)}
+    assert supernode.main(_node("start", opts, "--dry-run", "--port", "9555")) == 0
+    out = capsys.readouterr().out
+    assert not conf.exists()
+    assert f"would write (mode 0600) {conf}: " in out and "hash-key=***" in out
+    assert f"--node-config {conf}" in out and "top secret" not in out
+
+
+@pytest.mark.usefixtures("no_env_defaults")
+def test_node_ports_are_checked_when_parsed(
+    node_setup: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for port in ("70000", "0", "http"):
+        assert supernode.main(_node("check", node_setup, "--port", port)) == 2
+        err = capsys.readouterr().err
+        assert "argument --port: " in err and "not a port number (1-65535)" in err and "Traceback" not in err
+    monkeypatch.setenv("SEQWATCH_NODE_PORT", "abc")
+    assert supernode.main(["check", "--help"]) == 0  # a mistyped variable does not break --help
+    assert "$SEQWATCH_NODE_PORT" in capsys.readouterr().out
+    for cmd in ("check", "start"):
+        assert supernode.main(_node(cmd, node_setup, "--dry-run" if cmd == "start" else "-q")) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [
+            "seqwatch-node: error: $SEQWATCH_NODE_PORT: 'abc' is not a port number (1-65535); "
+            "fix or unset it (unset: a free port)"
+        ]
+    monkeypatch.setenv("SEQWATCH_NODE_PORT", "65536")
+    assert supernode.main(_node("check", node_setup, "-q")) == 2
+    assert "$SEQWATCH_NODE_PORT: 65536 is not a port number" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("no_env_defaults")
+def test_node_check_says_which_label_column_the_node_reads(
+    node_setup: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pandas as pd
+
+    from client.data import deployment_data
+
+    data = tmp_path / "csv"
+    demo = ["demo-data", "--institution", "0", "--of", "3", "--users", "30", "--format", "csv"]
+    assert supernode.main([*demo, "--out", str(data)]) == 0
+    col_map = data / "columns.json"
+    col_map.write_text(json.dumps({"sequence": "sequence", "event": "event", "order": "order"}))
+    opts = {**node_setup, "--data-path": str(data)}
+    assert supernode.main(_node("check", opts)) == 0
+    captured = capsys.readouterr()
+    assert "data test.csv: sequence 'sequence', event 'event', label 'label' (by name" in captured.out
+    assert "detection figures" not in captured.err
+    test = deployment_data(str(data)).test
+    assert test is not None and test.has_labels  # a map without "label" still reads the 'label' column
+    frame = pd.read_csv(data / "test.csv")
+    frame.drop(columns=["label", "attack_type"]).to_csv(data / "test.csv", index=False)
+    assert supernode.main(_node("check", opts, "-q")) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if ": warning: data-path" in line]
+    assert len(warnings) == 1 and "will report no detection figures" in warnings[0], warnings
+    assert f'add "label": "COLUMN" to the column map {col_map}' in warnings[0]
+    col_map.write_text(json.dumps({"sequence": "sequence", "event": "event", "label": "is_attack"}))
+    assert supernode.main(_node("check", opts, "-q")) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert len(errors) == 2 and all("names column(s) ['is_attack'] that the file lacks" in e for e in errors)
+
+
+def test_node_help_describes_commands_and_lists_every_environment_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import inspect
+    import re
+
+    names = set(re.findall(r"\"(SEQWATCH_[A-Z_]+)\"", inspect.getsource(supernode)))
+    assert {"SEQWATCH_NODE_PUBLIC_KEY", "SEQWATCH_NODE_PORT", "SEQWATCH_HASH_KEY"} <= names
+    described = {"check": "one line per problem", "start": "write nothing", "demo-data": "synthetic"}
+    for cmd, words in described.items():
+        assert supernode.main([cmd, "--help"]) == 0
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert words in out.split("options:")[0], out
+        if cmd != "demo-data":
+            assert not [n for n in sorted(names) if f"${n}" not in out], out
 
 
 def test_dropout_record_counts_failed_and_missing_replies(tmp_path: Path) -> None:

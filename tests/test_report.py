@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,22 @@ def test_explanation_text_and_dict() -> None:
     assert hash(expl.events[0]) == hash(restored.events[0])
 
 
+def test_explanation_text_counts_every_omitted_step() -> None:
+    """Gaps before the first, between and after the last shown event are summarised; END is named."""
+    base = _explanation()
+    expl = dataclasses.replace(base, events=(*base.events, _event(8, "<end>", 0.1)))
+    lines = expl.to_text(max_events=2).splitlines()
+    assert "showing the 2 most anomalous of 8 events and the END step" in lines[1]
+    omitted = [line.split("…")[1].strip() for line in lines if "omitted" in line]
+    assert omitted == [
+        "3 event(s) omitted",
+        "1 event(s) omitted",
+        "2 event(s) and the END step omitted",
+    ]
+    assert "the END step omitted" in expl.to_text(max_events=8).splitlines()[-1]
+    assert "omitted" not in expl.to_text(max_events=0)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -99,7 +117,8 @@ def test_report_labelled(tmp_path: Path) -> None:
     doc = path.read_text(encoding="utf-8")
     for png in ("score_distribution.png", "roc_curve.png", "pr_curve.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f'src="{png}"' in doc
+        embedded = base64.b64encode((out / png).read_bytes()).decode("ascii")
+        assert f'src="data:image/png;base64,{embedded}"' in doc and f'title="{png}"' in doc
     assert "<script>" not in doc and "&lt;script&gt;" in doc
     assert "<b>login</b>" not in doc and "&lt;b&gt;login&lt;/b&gt;" in doc
     assert "detection_rate_at_1pct_far" in doc and "<h2>Metrics</h2>" in doc
