@@ -75,6 +75,7 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger(__name__)
 
 
+_THREADS_NOTE = "0 = PyTorch's default, every core; fewer is faster where busy processes share the cores"
 #: Expected events kept per step for the report's explanations.
 _EXPLAIN_EXPECTED = 3
 _EXIT_USAGE = 2
@@ -240,6 +241,8 @@ def build_config(args: argparse.Namespace) -> DetectorConfig:
         changes.setdefault("train", {})["device"] = args.device
     if args.seed is not None:
         changes.setdefault("train", {})["seed"] = args.seed
+    if args.threads is not None:
+        changes.setdefault("train", {})["threads"] = args.threads
     if args.false_alarm_rate is not None:
         changes["calibration"] = {"false_alarm_rate": args.false_alarm_rate, "contamination": 0.0}
     return with_overrides(config, **changes) if changes else config
@@ -315,7 +318,7 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     _check_table_output(args.events_out, "--events-out")
     _check_file_output(args.metrics_json, "--metrics-json")
     event_expected = DEFAULT_EVENT_EXPECTED if args.event_expected is None else args.event_expected
-    detector, layout = load_model(args.model, args.device)
+    detector, layout = load_model(args.model, args.device, args.threads)
     threshold, threshold_name = chosen_threshold(detector, args.threshold)
     table = read_for_model(args.data, args, detector, layout)
     describe(console, "data", table)
@@ -370,7 +373,7 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch explain``: per-event surprisal of one sequence."""
-    detector, layout = load_model(args.model, args.device)
+    detector, layout = load_model(args.model, args.device, args.threads)
     threshold, _ = chosen_threshold(detector, args.threshold)
     table = read_for_model(args.data, args, detector, layout)
     ids = [str(x) for x in table.grouped().ids]
@@ -399,7 +402,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from common.report import write_report
 
     _check_dir_output(args.out, "--out")
-    detector, layout = load_model(args.model, args.device)
+    detector, layout = load_model(args.model, args.device, args.threads)
     threshold, threshold_name = chosen_threshold(detector, args.threshold)
     table = read_for_model(args.data, args, detector, layout)
     describe(console, "data", table)
@@ -538,6 +541,12 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         help="where to run the model (default: auto = CUDA when available)",
     )
     g.add_argument(
+        "--threads",
+        type=_nonnegative_int,
+        metavar="N",
+        help=f"CPU threads (default: as when fitted; {_THREADS_NOTE})",
+    )
+    g.add_argument(
         "--threshold",
         choices=("local", "global"),
         default="local",
@@ -582,8 +591,9 @@ The --config file holds flat dotted keys (or tables) such as:
   [train]
   epochs = 8
 A pyproject.toml with a [tool.flwr.app.config] table works too. Flags override it.
-On a host shared with other busy processes, cap the CPU threads with
-train.threads = N (0, the default, lets PyTorch use every core).
+On a host shared with other busy processes, cap the CPU threads with --threads N
+(train.threads; 0, the default, lets PyTorch use every core). score, explain and
+report take --threads too.
 
 examples:
   seqwatch fit --data data/adfa/train.parquet --out models/adfa
@@ -706,6 +716,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to train (train.device; default auto = CUDA when available)",
     )
     g.add_argument("--seed", type=int, metavar="N", help="random seed (train.seed)")
+    g.add_argument(
+        "--threads",
+        type=_nonnegative_int,
+        metavar="N",
+        help=f"CPU threads (train.threads, saved with the model; default {_THREADS_NOTE})",
+    )
     g.add_argument(
         "--false-alarm-rate",
         type=_rate,

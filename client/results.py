@@ -26,8 +26,12 @@ DEFAULT_EVENT_EXPECTED = 3
 _TOKEN_WIDTH = 40
 
 
-def load_model(model_dir: str | Path, device: str | None) -> tuple[SequenceDetector, DataLayout | None]:
+def load_model(
+    model_dir: str | Path, device: str | None, threads: int | None = None
+) -> tuple[SequenceDetector, DataLayout | None]:
     """Load a detector and the data layout ``fit`` saved with it (None for federated models).
+
+    ``device`` / ``threads`` (None: as saved) say where and on how many CPU threads it runs here.
 
     Raises:
         ModelFileError: the directory is missing or not a seqwatch model.
@@ -39,7 +43,7 @@ def load_model(model_dir: str | Path, device: str | None) -> tuple[SequenceDetec
         raise ModelFileError(f"{p}: is a file, not a model directory")
     from common.detector import SequenceDetector
 
-    detector = SequenceDetector.load(p, device=device)
+    detector = SequenceDetector.load(p, device=device, threads=threads)
     layout_path = p / LAYOUT_FILE
     layout: DataLayout | None = None
     if layout_path.is_file():

@@ -422,8 +422,14 @@ class SequenceDetector:
         return out
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | None = None) -> SequenceDetector:
-        """Load a model directory written by :meth:`save` (or by the federation)."""
+    def load(
+        cls, path: str | Path, *, device: str | None = None, threads: int | None = None
+    ) -> SequenceDetector:
+        """Load a model directory written by :meth:`save` (or by the federation).
+
+        ``device`` and ``threads`` replace the saved ``train.device`` and
+        ``train.threads``: where and with how many CPU threads this host runs it.
+        """
         p = Path(path)
         for name in (WEIGHTS_FILE, META_FILE, ENCODER_FILE):
             if not (p / name).is_file():
@@ -440,6 +446,8 @@ class SequenceDetector:
         flat.setdefault("model.end-event", False)
         if device is not None:
             flat["train.device"] = device
+        if threads is not None:
+            flat["train.threads"] = threads
         config = parse_detector_config(flat)
         encoder = Encoder.from_dict(enc_data, hash_key=config.vocab.hash_key)
         shape = NetworkShape(

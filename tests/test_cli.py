@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -429,6 +430,36 @@ def test_column_map_beside_the_data_and_a_models_layout_file(
         json.loads((tmp_path / "m2" / LAYOUT_FILE).read_text(encoding="utf-8"))["columns"]
         == layout["columns"]
     )
+
+
+@pytest.fixture
+def torch_threads() -> Iterator[None]:
+    """Restore this process's torch thread count after a test that sets it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_threads_flag_is_saved_by_fit_and_overrides_at_scoring(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from client.results import load_model
+
+    argv = ["fit", "--data", str(workspace["train"]), "--config", str(workspace["config"]), "-q"]
+    assert main([*argv, "--out", str(tmp_path / "m"), "--threads", "2"]) == 0, capsys.readouterr().err
+    assert load_model(tmp_path / "m", "cpu")[0].config.train.threads == 2
+    assert load_model(tmp_path / "m", "cpu", 1)[0].config.train.threads == 1
+    base = ["score", "--model", str(tmp_path / "m"), "--data", str(workspace["test"]), "-q"]
+    assert main([*base, "--out", str(tmp_path / "a.csv")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b.csv"), "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    import torch
+
+    assert torch.get_num_threads() == 1  # the last command's --threads
 
 
 def test_threshold_is_named_for_what_it_is(workspace: dict[str, Path]) -> None:
