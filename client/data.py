@@ -168,13 +168,13 @@ def _data_key(data: DataConfig) -> tuple[Any, ...]:
 @lru_cache(maxsize=2)
 def _benchmark(dataset: str) -> tuple[EventTable, EventTable | None]:
     """(train, test) of a shared benchmark data set."""
-    from common.datasets import load_adfa_ld, load_hdfs, load_openstack, shared_data_dir
+    from common.datasets import load_adfa_ld, load_hdfs, load_openstack, shared_data_dir, shared_data_missing
 
     root = shared_data_dir()
     if root is None:
         raise DataError(
-            f"data.dataset = {dataset!r} needs the shared data folder; set SEQWATCH_SHARED_DATA to it "
-            f"(in the environment of the first 'flwr run', which starts the local SuperLink)"
+            f"data.dataset = {dataset!r} needs the shared data folder: {shared_data_missing()} (with "
+            f"flwr run: in the environment of the first 'flwr run', which starts the local SuperLink)"
         )
     if dataset == "adfa-ld":
         splits = load_adfa_ld(root)

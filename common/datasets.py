@@ -70,14 +70,26 @@ _ADFA_SPLITS = {
 _INT_TOKENS = re.compile(r"\s*\d+(?:\s+\d+)*\s*")
 
 
+def _shared_data_candidate() -> Path:
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
 def shared_data_dir() -> Path | None:
     """The shared data folder, or None when it is absent.
 
     Uses ``$SEQWATCH_SHARED_DATA`` when set, else ``<repo>/../shared/data``.
     """
-    env = os.environ.get(ENV_VAR)
-    candidate = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    candidate = _shared_data_candidate()
     return candidate if candidate.is_dir() else None
+
+
+def shared_data_missing() -> str:
+    """Why :func:`shared_data_dir` found nothing, naming the folder it looked at and what to do."""
+    where = _shared_data_candidate()
+    if os.environ.get(ENV_VAR):
+        return f"${ENV_VAR} = {str(where)!r} is not a folder; point it at the shared data folder"
+    return f"no shared data folder at {where}; set ${ENV_VAR} to it"
 
 
 # --------------------------------------------------------------------------- #

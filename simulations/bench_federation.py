@@ -54,7 +54,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from simulations.cli import output_file, positive_int, run_main
+
 log = logging.getLogger("simulations.bench_federation")
+PROG = "python -m simulations.bench_federation"
 
 TINY: dict[str, Any] = {
     "model.kind": "lstm",
@@ -239,16 +242,22 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m simulations.bench_federation", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--out", default="docs/bench_federation.json")
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument(
-        "--memory-clients", default="10,50,100", help="comma-separated client counts (1 round each)"
+        "--out",
+        type=Path,
+        default=Path("docs/bench_federation.json"),
+        help="JSON output (default: docs/bench_federation.json, relative to the current folder)",
     )
-    p.add_argument("--overhead-clients", type=int, default=10)
-    p.add_argument("--overhead-rounds", type=int, default=3)
-    p.add_argument("--users-per-client", type=int, default=8)
+    p.add_argument(
+        "--memory-clients",
+        type=_client_counts,
+        default=[10, 50, 100],
+        help="comma-separated client counts (1 round each; default 10,50,100)",
+    )
+    p.add_argument("--overhead-clients", type=positive_int, default=10, help="clients of the overhead runs")
+    p.add_argument("--overhead-rounds", type=positive_int, default=3, help="rounds of the overhead runs")
+    p.add_argument("--users-per-client", type=positive_int, default=8, help="synthetic users per client")
     p.add_argument("--interval", type=float, default=0.5, help="memory sampling interval (s)")
     p.add_argument("--timeout", type=float, default=1500.0, help="seconds per flwr run")
     p.add_argument("--work-dir", help="scratch folder (default: a temporary folder, removed afterwards)")
@@ -256,12 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _client_counts(text: str) -> list[int]:
+    """argparse type of ``--memory-clients``: ``"10,50"`` -> ``[10, 50]`` (each > 0; empty: none)."""
+    return [positive_int(x.strip()) for x in text.split(",") if x.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Entry point: a user mistake is one error line and exit 2 (:func:`simulations.cli.run_main`)."""
+    return run_main(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    output_file(args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("flwr").propagate = False
-    memory_clients = [int(x) for x in args.memory_clients.split(",") if x.strip()]
+    memory_clients: list[int] = args.memory_clients
     work = (
         Path(args.work_dir).resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="bench-federation-"))
     )
@@ -318,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     result["seconds"] = round(time.monotonic() - t0, 1)
     result["summary"] = headline(result)
-    out = Path(args.out)
+    out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     o = result["overhead"]

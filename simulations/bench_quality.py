@@ -46,7 +46,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,7 @@ from common.config import (
     to_flat,
     with_overrides,
 )
-from common.datasets import load_adfa_ld, load_hdfs, load_openstack, shared_data_dir
+from common.datasets import load_adfa_ld, load_hdfs, load_openstack, shared_data_dir, shared_data_missing
 from common.detector import SequenceDetector, content_groups, holdout_split
 from common.errors import DataError
 from common.events import EventTable
@@ -75,6 +74,7 @@ from common.scoring import (
     end_weight_from_moments,
     spread_moments,
 )
+from simulations.cli import output_file, positive_int, run_main
 
 log = logging.getLogger("bench_quality")
 
@@ -333,40 +333,65 @@ def _no_end(events: EventScores) -> EventScores:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+PROG = "python -m simulations.bench_quality"
+
+
+def _model_kinds(text: str) -> list[str]:
+    """argparse type of ``--models``: comma-separated model kinds, checked before any work."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in MODEL_KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(MODEL_KINDS)}")
+    return kinds
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("dataset", choices=["adfa", "hdfs", "openstack", "adfa-coverage", "adfa-seeds"])
     parser.add_argument("--data", type=Path, default=None, help="data folder (default: shared data)")
     parser.add_argument(
-        "--models", default=",".join(MODEL_KINDS), help="ADFA, OpenStack: model kinds to compare"
+        "--models",
+        type=_model_kinds,
+        default=list(MODEL_KINDS),
+        help=f"ADFA, OpenStack: model kinds to compare, comma-separated (default: {','.join(MODEL_KINDS)})",
     )
     parser.add_argument("--config", type=Path, default=None, help="detector config file (TOML/JSON)")
-    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override train.epochs")
+    parser.add_argument("--folds", type=positive_int, default=5, help="HDFS: folds of the normal sessions")
     parser.add_argument("--seed", type=int, default=0, help="seed (adfa-seeds: the first of --seeds)")
-    parser.add_argument("--seeds", type=int, default=5, help="adfa-seeds: number of seeds")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    parser.add_argument("--seeds", type=positive_int, default=5, help="adfa-seeds: number of seeds")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="also write the JSON here (e.g. docs/quality_adfa.json)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: a user mistake is one error line and exit 2 (:func:`simulations.cli.run_main`)."""
+    return run_main(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    output_file(args.out)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = args.data or shared_data_dir()
     if root is None:
-        parser.error("shared data not found: pass --data or set SEQWATCH_SHARED_DATA")
+        raise DataError(f"{shared_data_missing()}, or pass --data")
     base = parse_detector_config(load_config_file(args.config)) if args.config else DetectorConfig()
     if args.dataset == "adfa":
-        result = adfa(root, base, args.models.split(","), args.epochs, args.seed)
+        result = adfa(root, base, args.models, args.epochs, args.seed)
     elif args.dataset == "adfa-seeds":
-        result = adfa_seeds(root, base, args.models.split(","), args.epochs, args.seeds, args.seed)
+        result = adfa_seeds(root, base, args.models, args.epochs, args.seeds, args.seed)
     elif args.dataset == "openstack":
-        result = openstack(root, base, args.models.split(","), args.epochs, args.seed)
+        result = openstack(root, base, args.models, args.epochs, args.seed)
     elif args.dataset == "adfa-coverage":
         result = adfa_coverage(root, base, args.epochs, args.seed)
     else:
         result = hdfs(root, base, args.folds, args.epochs, args.seed)
-    result["command"] = "python -m simulations.bench_quality " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    result["command"] = f"{PROG} " + " ".join(argv)
     result["config"] = to_flat(base)
     text = json.dumps(result, indent=2)
     print(text)

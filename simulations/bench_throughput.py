@@ -27,12 +27,14 @@ import numpy as np
 import torch
 
 from common.config import DetectorConfig, with_overrides
-from common.datasets import load_adfa_ld, shared_data_dir
+from common.datasets import load_adfa_ld, shared_data_dir, shared_data_missing
 from common.detector import SequenceDetector
 from common.encoding import EncodedSequences
+from common.errors import DataError
 from common.model import NextEventModel
 from common.scoring import next_event_logp, score_events
 from common.vocab import BOS
+from simulations.cli import output_file, positive_int, run_main
 
 log = logging.getLogger("bench_throughput")
 
@@ -69,23 +71,42 @@ def deeplog_scores(model: NextEventModel, data: EncodedSequences, window: int, b
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+PROG = "python -m simulations.bench_throughput"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, default=None, help="ADFA-LD folder (default: shared data)")
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs before timing (default 2)")
-    parser.add_argument("--window", type=int, default=10)
-    parser.add_argument("--window-batch", type=int, default=1024)
+    parser.add_argument(
+        "--epochs", type=positive_int, default=2, help="training epochs before timing (default 2)"
+    )
+    parser.add_argument(
+        "--window", type=positive_int, default=10, help="the DeepLog-style scorer's window (default 10)"
+    )
+    parser.add_argument(
+        "--window-batch", type=positive_int, default=1024, help="windows per forward pass (default 1024)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: a user mistake is one error line and exit 2 (:func:`simulations.cli.run_main`)."""
+    return run_main(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    output_file(args.out)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     src = args.data or shared_data_dir()
     if src is None:
-        parser.error("ADFA-LD not found: pass --data or set SEQWATCH_SHARED_DATA")
+        raise DataError(f"ADFA-LD not found: {shared_data_missing()}, or pass --data")
     splits = load_adfa_ld(src)
     cfg = with_overrides(DetectorConfig(), train={"epochs": args.epochs, "patience": args.epochs})
     detector = SequenceDetector(cfg)

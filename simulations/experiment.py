@@ -85,8 +85,10 @@ from common.config import AppConfig, load_config_file, parse_config, to_flat, wi
 from common.errors import ConfigError
 from common.events import EventTable
 from common.metrics import unresolved_rate
+from simulations.cli import LOG_LEVELS, log_level, output_folder, positive_int, run_main, setup_logging
 
 log = logging.getLogger("simulations.experiment")
+PROG = "python -m simulations.experiment"
 
 MODES = ("federated", "centralized", "local")
 ENGINES = ("inprocess", "flower")
@@ -673,21 +675,23 @@ def _versions() -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m simulations.experiment",
+        prog=PROG,
         description="Compare federated, centralized and local-only training on the same partitions.",
     )
     p.add_argument("--config", required=True, help="TOML run config (flat dotted keys, as flwr run takes)")
     p.add_argument("--out", required=True, help="output folder (comparison.json, .md, plots)")
     p.add_argument(
-        "--clients", type=int, help="simulated clients (default: federation.min-nodes of the config)"
+        "--clients", type=positive_int, help="simulated clients (default: federation.min-nodes of the config)"
     )
-    p.add_argument("--rounds", type=int, help="federation.num-server-rounds")
-    p.add_argument("--local-epochs", type=int, help="federation.local-epochs")
+    p.add_argument("--rounds", type=positive_int, help="federation.num-server-rounds")
+    p.add_argument("--local-epochs", type=positive_int, help="federation.local-epochs")
     p.add_argument("--strategy", help="federation.strategy")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run-config key (repeatable)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     p.add_argument("--engine", choices=ENGINES, default="inprocess", help="how the federation runs")
-    p.add_argument("--central-epochs", type=int, help="epochs of centralized/local-only (default rounds x E)")
+    p.add_argument(
+        "--central-epochs", type=positive_int, help="epochs of centralized/local-only (default rounds x E)"
+    )
     p.add_argument("--work-dir", help="run directories (default runs/experiments/<out name>)")
     p.add_argument(
         "--resume",
@@ -697,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--flower-timeout", type=float, default=3600.0, help="seconds for flwr run (--engine flower)"
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", type=log_level, default="INFO", help=f"one of {', '.join(LOG_LEVELS)}")
     return p
 
 
@@ -711,9 +715,15 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ConfigError(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
-    out = Path(args.out).resolve()
-    work_dir = Path(args.work_dir or Path("runs") / "experiments" / out.name).resolve()
+    out = output_folder(args.out)
+    work_dir = output_folder(args.work_dir or Path("runs") / "experiments" / out.name, "--work-dir")
     flat = run_config_of(args)
+    if "data.dataset" not in flat:
+        raise ConfigError(
+            f"{args.config}: no data.dataset, so this is not an experiment config (a detector config for "
+            f"'seqwatch fit --config' or bench_quality?); experiment configs name their data set, as "
+            f"simulations/configs/{{adfa,hdfs,openstack,synthetic}}.toml do"
+        )
     clients = args.clients or int(flat.get("federation.min-nodes", 2))
     if clients < 1:
         raise ConfigError("--clients must be >= 1")
@@ -723,8 +733,6 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     cfg = parse_config(flat)  # refuses unknown or mistyped keys, as flwr run would
     fed = cfg.federation
     epochs = args.central_epochs or fed.num_server_rounds * fed.local_epochs
-    out.mkdir(parents=True, exist_ok=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
     set_torch_threads(cfg)
     log.info(
         "experiment: %s, %d clients (%s), modes %s, engine %s, %d rounds x %d local epochs, %d epochs",
@@ -739,6 +747,8 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     )
 
     parts = build_partitions(cfg, clients)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is there: a failed start leaves nothing
+    work_dir.mkdir(parents=True, exist_ok=True)
     g = parts.test.grouped()
     test_labels = np.zeros(len(g.ids), dtype=np.int8) if g.labels is None else np.asarray(g.labels, np.int8)
     pooled_print = fingerprint(np.asarray(g.ids), test_labels)
@@ -756,9 +766,14 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     timings: dict[str, float] = {}
     if "federated" in modes:
         t = time.monotonic()
-        results["federated"], ev, rounds = run_federated(
-            flat, cfg, parts, clients, work_dir, args.engine, args.flower_timeout, args.resume
-        )
+        try:
+            results["federated"], ev, rounds = run_federated(
+                flat, cfg, parts, clients, work_dir, args.engine, args.flower_timeout, args.resume
+            )
+        except ConfigError as exc:
+            if not args.resume:
+                raise
+            raise ConfigError(f"{exc} (here: drop --resume, or give another --work-dir)") from exc
         timings["federated"] = time.monotonic() - t
         curves.append(("federated", ev, {"color": "C0", "lw": 2}))
         score_cols.append(("federated", ev))
@@ -864,16 +879,18 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     return comparison
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    level = "INFO"
-    if "--log-level" in argv:
-        level = argv[argv.index("--log-level") + 1]
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _main(argv: list[str]) -> int:
+    level = build_parser().parse_known_args(argv)[0].log_level  # logging is set up before run() parses
+    setup_logging(level)
     logging.getLogger("flwr").propagate = False  # Flower's logger has its own console handler
     comparison = run(argv)
     print(markdown(comparison))  # the final table, for the console
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: a user mistake is one error line and exit 2 (:func:`simulations.cli.run_main`)."""
+    return run_main(PROG, _main, argv)
 
 
 if __name__ == "__main__":

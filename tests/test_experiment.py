@@ -144,3 +144,45 @@ def test_classes_in_test() -> None:
         return {"pooled_test": {"sequences": 5, "anomalous": anomalous}}
 
     assert [classes_in_test(held(a)) for a in (5, 0, 2)] == ["anomalous", "normal", "both"]
+
+
+def test_user_mistakes_are_one_line_and_leave_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each mistake: one 'error:' line, exit 2, no traceback, and no output folder created."""
+    from simulations.experiment import main
+
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / "tiny.toml"
+    good.write_text(TINY_TOML)
+    detector = tmp_path / "detector.toml"
+    detector.write_text('[score]\naggregate = "max"\n')
+    bad_key = tmp_path / "bad.toml"
+    bad_key.write_text(TINY_TOML + '"train.learning-rate" = 0.1\n')
+    adfa = tmp_path / "adfa.toml"
+    adfa.write_text(TINY_TOML.replace('"synthetic"', '"adfa-ld"', 1).replace('"natural"', '"iid"', 1))
+    monkeypatch.setenv("SEQWATCH_SHARED_DATA", str(tmp_path / "nodata"))
+    out = tmp_path / "out"
+    cases = [
+        (["--config", str(bad_key)], "unknown config key 'train.learning-rate'"),
+        (["--config", str(detector)], "no data.dataset, so this is not an experiment config"),
+        (["--config", str(tmp_path / "missing.toml")], "missing.toml"),
+        (["--config", str(good), "--set", "foo"], "--set 'foo': use KEY=VALUE"),
+        (["--config", str(good), "--modes", "fed"], "--modes: unknown ['fed']"),
+        (["--config", str(adfa)], f"SEQWATCH_SHARED_DATA = '{tmp_path / 'nodata'}' is not a folder"),
+    ]
+    for argv, needle in cases:
+        assert main([*argv, "--out", str(out)]) == 2, argv
+        err = capsys.readouterr().err
+        lines = [
+            line for line in err.splitlines() if line.startswith("python -m simulations.experiment: error:")
+        ]
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, (argv, err)
+        assert not out.exists() and not (tmp_path / "runs").exists(), argv
+    assert main(["--config", str(good), "--out", str(good)]) == 2
+    assert "is a file; name a folder" in capsys.readouterr().err
+    for flag in ("--rounds", "--clients", "--central-epochs"):
+        assert main(["--config", str(good), "--out", str(out), flag, "0"]) == 2
+        assert f"argument {flag}: must be > 0" in capsys.readouterr().err
+    assert main(["--config", str(good), "--out", str(out), "--log-level", "bogus"]) == 2
+    assert "argument --log-level: use one of DEBUG" in capsys.readouterr().err
