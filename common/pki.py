@@ -63,6 +63,42 @@ class PkiError(SeqwatchError):
     """A key, certificate or registry problem the coordinator can fix."""
 
 
+#: A DNS host name: dot-separated labels of letters, digits, '-' and '_' (compose service names).
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_RE = re.compile(rf"(?=[^\s]{{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+#: Certificate validity accepted from ``--days`` (1 day to 100 years).
+MAX_DAYS = 36500
+
+
+def validate_host(host: str) -> str:
+    """An IP address (IPv6 without brackets, e.g. ``::``) or a DNS host name; returned unchanged."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_RE.fullmatch(host):
+            raise PkiError(
+                f"host {host!r}: neither an IP address nor a host name "
+                "(e.g. 0.0.0.0, ::, superlink.example.org)"
+            ) from None
+    return host
+
+
+def validate_port(port: str | int) -> int:
+    """A TCP port, 1-65535 (``--port``, the PORT of ``HOST:PORT``)."""
+    text = str(port).strip()
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 0 < int(text) < 65536:
+        raise PkiError(f"port {port!r}: not a port number (1-65535)")
+    return int(text)
+
+
+def validate_days(days: str | int) -> int:
+    """A certificate validity in days: a whole number from 1 to :data:`MAX_DAYS`."""
+    text = str(days).strip()
+    if not re.fullmatch(r"[0-9]{1,6}", text) or not 0 < int(text) <= MAX_DAYS:
+        raise PkiError(f"days {days!r}: give the validity as a whole number of days, 1-{MAX_DAYS}")
+    return int(text)
+
+
 def validate_address(address: str) -> tuple[str, int]:
     """``host:port`` / ``[v6]:port`` without a scheme; returns (host, port)."""
     if "://" in address:
@@ -71,10 +107,35 @@ def validate_address(address: str) -> tuple[str, int]:
     if not m:
         raise PkiError(f"address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:8000 or [::1]:8000")
     host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if not 0 < port < 65536:
-        raise PkiError(f"address {address!r}: port must be 1-65535")
+    try:
+        if m.group(1) is not None and not isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
+            raise ValueError
+    except ValueError:
+        raise PkiError(f"address {address!r}: [...] must hold an IPv6 address, e.g. [::1]:8000") from None
+    try:
+        validate_host(host)
+        port = validate_port(m.group(2) or m.group(4))
+    except PkiError as exc:
+        raise PkiError(f"address {address!r}: {exc}") from None
     return host, port
+
+
+def validity_problem(cert: x509.Certificate, *, within_days: int = 0) -> str | None:
+    """Why ``cert`` is unusable now (expired, not yet valid) or expires within ``within_days``.
+
+    None when it is valid for at least ``within_days`` more days.
+    """
+    now = _now()
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if now < start:
+        return f"is not valid before {start:%Y-%m-%d %H:%M} UTC (check this machine's clock)"
+    if now >= end:
+        return f"expired on {end:%Y-%m-%d %H:%M} UTC"
+    left = end - now
+    if left < dt.timedelta(days=within_days):
+        days = "less than a day" if left.days == 0 else f"{left.days} day{'' if left.days == 1 else 's'}"
+        return f"expires in {days} ({end:%Y-%m-%d %H:%M} UTC)"
+    return None
 
 
 # --------------------------------------------------------------------------- files
@@ -242,6 +303,7 @@ class Federation:
         self, *, common_name: str = "seqwatch federation CA", days: int = 3650, force: bool = False
     ) -> Path:
         """Federation CA: P-384 key + self-signed certificate (CA:TRUE, pathlen 0)."""
+        days = validate_days(days)
         _check_free([self.ca_key, self.ca_cert], force)
         key = new_ec_key()
         now = _now()
@@ -300,9 +362,16 @@ class Federation:
         """SuperLink certificate + key signed by the CA, for every --san (IPs and DNS names)."""
         if not sans:
             raise ConfigError("give at least one --san (the addresses SuperNodes and flwr use)")
+        days = validate_days(days)
         names = [parse_san(s) for s in sans]
         _check_free([self.server_key, self.server_cert], force)
         ca_cert, ca_key = self._load_ca()
+        problem = validity_problem(ca_cert)
+        if problem is not None:
+            raise PkiError(
+                f"{self.ca_cert}: the CA certificate {problem}; refusing to sign with it (a new CA: "
+                "init-ca --force, then a new server-cert; every institution needs the new ca.crt)"
+            )
         key = new_ec_key()
         now = _now()
         cn = next((str(s) for s in sans if not _is_ip(s)), str(sans[0]))
@@ -370,20 +439,29 @@ class Federation:
                 f"institution {name!r} is already in {self.registry_path}; use --force to replace its key"
             )
         _check_free(paths, force)
+        key: ec.EllipticCurvePrivateKey | None = None
         if public_key is not None:
             pub = load_ssh_public(public_key)
-            if force:
-                self.private_key(name).unlink(missing_ok=True)
         else:
             key = new_ec_key()
             pub = key.public_key()
-            write_private(self.private_key(name), openssh_private(key))
         if not isinstance(pub.curve, ec.SECP384R1 | ec.SECP256R1 | ec.SECP521R1):
             raise PkiError(f"{public_key}: EC curve {pub.curve.name} is not a NIST curve Flower accepts")
+        fingerprint = ssh_fingerprint(pub)
+        for other, entry in sorted(registry["institutions"].items()):
+            if other != name and entry.get("fingerprint") == fingerprint:
+                raise PkiError(
+                    f"{public_key}: this public key ({fingerprint}) is already registered as institution "
+                    f"{other!r}; every institution needs its own key pair (ask {name} for its own public key)"
+                )
+        if key is not None:
+            write_private(self.private_key(name), openssh_private(key))
+        elif force:
+            self.private_key(name).unlink(missing_ok=True)
         write_public(self.public_key(name), openssh_public(pub, name))
         registry["institutions"][name] = {
             "public_key": openssh_public(pub, name).decode().strip(),
-            "fingerprint": ssh_fingerprint(pub),
+            "fingerprint": fingerprint,
             "key_file": str(self.private_key(name)) if public_key is None else None,
             "public_key_file": str(self.public_key(name)),
             "added": _now().strftime("%Y-%m-%dT%H:%M:%SZ"),

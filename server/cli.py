@@ -1,7 +1,7 @@
 """``seqwatch-coordinator``: the federation coordinator's tooling (``python -m server.cli`` works too).
 
-Subcommands (all take ``--dir DIR``, the federation folder, default
-``$SEQWATCH_FEDERATION_DIR`` or ``./federation``; see :mod:`common.pki` for its layout):
+Subcommands (all take ``--dir DIR``, before or after the subcommand: the federation folder,
+default ``$SEQWATCH_FEDERATION_DIR`` or ``./federation``; see :mod:`common.pki` for its layout):
 
 * ``init-ca``: the federation CA (key + self-signed certificate);
 * ``server-cert --san 127.0.0.1 --san superlink.example.org``: the SuperLink's
@@ -18,7 +18,10 @@ Subcommands (all take ``--dir DIR``, the federation folder, default
 * ``superlink-command``: print the ``flower-superlink`` command line with TLS and
   SuperNode authentication for this folder (``server/scripts/start-superlink.sh`` runs it).
 
-Errors print one line ``seqwatch-coordinator: error: ...`` and exit with status 2.
+Errors print one line ``seqwatch-coordinator: error: ...`` and exit with status 2. Hosts, ports,
+addresses, connection names and ``--days`` are checked when the arguments are parsed, by the same
+validators everywhere (:func:`common.pki.validate_host` / ``validate_port`` / ``validate_address`` /
+``validate_days``), so ``--print`` variants accept nothing the real commands would refuse.
 """
 
 from __future__ import annotations
@@ -32,15 +35,27 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common.errors import SeqwatchError
-from common.pki import DEFAULT_SANS, Federation, PkiError, load_cert, validate_address
+from common.pki import (
+    DEFAULT_SANS,
+    Federation,
+    PkiError,
+    load_cert,
+    validate_address,
+    validate_days,
+    validate_host,
+    validate_port,
+    validity_problem,
+)
 
 PROG = "seqwatch-coordinator"
 DEFAULT_DIR_ENV = "SEQWATCH_FEDERATION_DIR"
 DEFAULT_PORT = 8000
+#: ``show`` flags certificates that expire within this many days.
+EXPIRY_WARNING_DAYS = 30
 
 
 def _flwr_bin(name: str) -> str:
@@ -70,6 +85,13 @@ address = ":local:"
 """
 
 
+def validate_connection_name(name: str) -> str:
+    """A ``[superlink.NAME]`` connection name of ``$FLWR_HOME/config.toml``."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise PkiError(f"connection name {name!r}: use letters, digits, '_' and '-'")
+    return name
+
+
 def connection_block(name: str, address: str, root_certificates: Path) -> str:
     return (
         f"[superlink.{name}]\n"
@@ -88,8 +110,7 @@ def write_flwr_connection(
     force: bool = False,
 ) -> Path:
     """Add ``[superlink.NAME]`` (TLS, CA file) to ``home/config.toml``; other content is kept verbatim."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        raise PkiError(f"connection name {name!r}: use letters, digits, '_' and '-'")
+    validate_connection_name(name)
     validate_address(address)
     path = home / "config.toml"
     text = path.read_text(encoding="utf-8") if path.is_file() else _DEFAULT_CONFIG
@@ -200,6 +221,20 @@ def _register_result(output: str) -> tuple[int | None, str]:
     return None, " ".join(line.strip() for line in output.strip().splitlines()[-3:])
 
 
+def register_failure(returncode: int, problem: str, connection: str) -> str:
+    """What went wrong with ``flwr supernode register`` and what to check.
+
+    With ``--format json`` flwr 1.42 reports most errors (SuperLink down, TLS failure) as JSON and
+    exits 0: the exit status is shown only when it is not 0.
+    """
+    status = f" (exit status {returncode})" if returncode != 0 else ""
+    return (
+        f"flwr supernode register failed{status}: {problem.rstrip('.') or 'no error message'}; check that "
+        f"the SuperLink is running and reachable through connection '{connection}' "
+        f"(flwr supernode list {connection})"
+    )
+
+
 def inside_flower_app(path: Path) -> Path | None:
     """The Flower app folder (pyproject.toml with [tool.flwr.app]) that holds ``path``, if any."""
     for folder in (path, *path.parents):
@@ -298,10 +333,8 @@ def cmd_register(args: argparse.Namespace, fed: Federation) -> int:
             print(f"{name}: already registered (public key already in use)")
         else:
             failed += 1
-            print(
-                f"{PROG}: error: {name}: flwr supernode register failed (exit {proc.returncode}): {problem}",
-                file=sys.stderr,
-            )
+            why = register_failure(proc.returncode, problem, args.connection)
+            print(f"{PROG}: error: {name}: {why}", file=sys.stderr)
     return 2 if failed else 0
 
 
@@ -323,7 +356,11 @@ def cmd_superlink_command(args: argparse.Namespace, fed: Federation) -> int:
 
 
 def cmd_show(args: argparse.Namespace, fed: Federation) -> int:
-    """Subjects, SANs and expiry of the CA and SuperLink certificates."""
+    """Subjects, SANs and expiry of the CA and SuperLink certificates (expired or expiring soon: said so)."""
+    renew = {
+        fed.ca_cert: "renew: init-ca --force, server-cert --force, new ca.crt to every institution",
+        fed.server_cert: "renew: server-cert --force with the same --san values, restart the SuperLink",
+    }
     for p in (fed.ca_cert, fed.server_cert):
         if not p.is_file():
             print(f"{p}: missing")
@@ -336,14 +373,67 @@ def cmd_show(args: argparse.Namespace, fed: Federation) -> int:
             san_text = ", ".join(str(getattr(s, "value", s)) for s in sans)
         except Exception:
             san_text = "-"
+        problem = validity_problem(cert, within_days=EXPIRY_WARNING_DAYS)
+        status = ""
+        if problem is not None:
+            status = f"  ** certificate {problem}" + (f"; {renew[p]}" if "expire" in problem else "") + " **"
         print(
             f"{p.name}: {cert.subject.rfc4514_string()}  valid until {cert.not_valid_after_utc:%Y-%m-%d}  "
-            f"SANs: {san_text}"
+            f"SANs: {san_text}{status}"
         )
     return 0
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def arg_type(check: Callable[[str], object], name: str) -> Callable[[str], str]:
+    """An argparse ``type=`` from a :mod:`common.pki` validator: the text if ``check`` accepts it."""
+
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except SeqwatchError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    parse.__name__ = name
+    return parse
+
+
+def int_arg_type(check: Callable[[str], int], name: str) -> Callable[[str], int]:
+    """An argparse ``type=`` returning the validator's integer (ports, days)."""
+
+    def parse(text: str) -> int:
+        try:
+            return check(text)
+        except SeqwatchError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
+
+
+#: The argparse types every subcommand uses for these values: one validator each (common.pki,
+#: validate_connection_name above), so every subcommand, --print or not, checks them alike.
+HOST = arg_type(validate_host, "host")
+ADDRESS = arg_type(validate_address, "address")
+CONNECTION = arg_type(validate_connection_name, "connection")
+PORT = int_arg_type(validate_port, "port")
+DAYS = int_arg_type(validate_days, "days")
+
+
+def _dir_flag() -> argparse.ArgumentParser:
+    """``--dir``, accepted after the subcommand too (the value given there wins)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"federation folder (default: ${DEFAULT_DIR_ENV} or ./federation); keep it out of the app "
+        "folder that 'flwr run' packs",
+    )
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,41 +444,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dir",
+        metavar="DIR",
         default=os.environ.get(DEFAULT_DIR_ENV, "federation"),
         help=f"federation folder (default: ${DEFAULT_DIR_ENV} or ./federation); keep it out of the app "
-        "folder that 'flwr run' packs",
+        "folder that 'flwr run' packs; also accepted after the subcommand",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = [_dir_flag()]
 
-    p = sub.add_parser("init-ca", help="create the federation CA (key + self-signed certificate)")
+    p = sub.add_parser(
+        "init-ca", parents=common, help="create the federation CA (key + self-signed certificate)"
+    )
     p.add_argument("--cn", default="seqwatch federation CA", help="CA common name")
-    p.add_argument("--days", type=int, default=3650, help="validity in days (default: 3650)")
+    p.add_argument("--days", type=DAYS, default=3650, help="validity in days, 1-36500 (default: 3650)")
     p.add_argument("--force", action="store_true", help="replace an existing CA")
     p.set_defaults(handler=cmd_init_ca)
 
-    p = sub.add_parser("server-cert", help="SuperLink TLS certificate + key signed by the CA")
+    p = sub.add_parser("server-cert", parents=common, help="SuperLink TLS certificate + key signed by the CA")
     p.add_argument(
         "--san",
         action="append",
         metavar="ADDR",
         help="IP address or DNS name the SuperLink is reached at (repeat; default: 127.0.0.1, localhost)",
     )
-    p.add_argument("--days", type=int, default=825, help="validity in days (default: 825)")
+    p.add_argument(
+        "--days",
+        type=DAYS,
+        default=825,
+        help="validity in days, 1-36500, never beyond the CA's (default: 825)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing certificate and key")
     p.set_defaults(handler=cmd_server_cert)
 
-    p = sub.add_parser("add-institution", help="SuperNode key pair (OpenSSH ECDSA P-384) + registry entry")
+    p = sub.add_parser(
+        "add-institution", parents=common, help="SuperNode key pair (OpenSSH ECDSA P-384) + registry entry"
+    )
     p.add_argument("name", help="institution name (also the key file name and the SuperNode name)")
     p.add_argument(
         "--public-key",
         type=Path,
         metavar="FILE",
-        help="register the institution's own OpenSSH ECDSA public key instead of generating a key pair",
+        help="register the institution's own OpenSSH ECDSA public key instead of generating a key pair "
+        "(refused if another institution has it)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing institution's key")
     p.set_defaults(handler=cmd_add_institution)
 
-    p = sub.add_parser("list", help="list the registered institutions")
+    p = sub.add_parser("list", parents=common, help="list the registered institutions")
     p.add_argument(
         "--json",
         action="store_true",
@@ -396,10 +498,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_list)
 
-    p = sub.add_parser("flwr-config", help="write the TLS connection into $FLWR_HOME/config.toml")
-    p.add_argument("--connection", default="seqwatch", help="connection name (default: seqwatch)")
+    p = sub.add_parser(
+        "flwr-config", parents=common, help="write the TLS connection into $FLWR_HOME/config.toml"
+    )
     p.add_argument(
-        "--address", required=True, help="SuperLink address HOST:PORT as in the certificate's SANs"
+        "--connection", type=CONNECTION, default="seqwatch", help="connection name (default: seqwatch)"
+    )
+    p.add_argument(
+        "--address",
+        type=ADDRESS,
+        required=True,
+        help="SuperLink address HOST:PORT as in the certificate's SANs",
     )
     p.add_argument("--flwr-home", help="Flower home (default: $FLWR_HOME or ~/.flwr)")
     p.add_argument("--default", action="store_true", help="make it the default connection")
@@ -407,15 +516,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print", action="store_true", help="only print the TOML snippet")
     p.set_defaults(handler=cmd_flwr_config)
 
-    p = sub.add_parser("register", help="flwr supernode register every institution with the SuperLink")
+    p = sub.add_parser(
+        "register", parents=common, help="flwr supernode register every institution with the SuperLink"
+    )
     p.add_argument("names", nargs="*", metavar="NAME", help="institutions (default: all in the registry)")
-    p.add_argument("--connection", default="seqwatch", help="flwr connection name (default: seqwatch)")
+    p.add_argument(
+        "--connection", type=CONNECTION, default="seqwatch", help="flwr connection name (default: seqwatch)"
+    )
     p.add_argument("--print", action="store_true", help="only print the commands")
     p.set_defaults(handler=cmd_register)
 
-    p = sub.add_parser("superlink-command", help="print the flower-superlink command (TLS + node auth)")
-    p.add_argument("--host", default="0.0.0.0", help="bind address (default: 0.0.0.0)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    p = sub.add_parser(
+        "superlink-command", parents=common, help="print the flower-superlink command (TLS + node auth)"
+    )
+    p.add_argument("--host", type=HOST, default="0.0.0.0", help="bind address (default: 0.0.0.0)")
+    p.add_argument("--port", type=PORT, default=DEFAULT_PORT, help=f"port 1-65535 (default: {DEFAULT_PORT})")
     p.add_argument("--database", help="SQLite state file (default: in memory; registrations are lost)")
     p.add_argument("--log-file", help="SuperLink log file")
     p.add_argument(
@@ -432,7 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_superlink_command)
 
-    p = sub.add_parser("show", help="show the CA and SuperLink certificates")
+    p = sub.add_parser(
+        "show",
+        parents=common,
+        help=f"show the CA and SuperLink certificates (flags expired ones and those expiring within "
+        f"{EXPIRY_WARNING_DAYS} days)",
+    )
     p.set_defaults(handler=cmd_show)
     return parser
 

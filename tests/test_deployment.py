@@ -169,6 +169,271 @@ def test_superlink_command_and_script_flags(fed: Federation) -> None:
         subprocess.run(["bash", "-n", str(path)], check=True)
 
 
+def _error_lines(err: str) -> list[str]:
+    """The ``error:`` lines of stderr; a traceback would fail the callers' one-line checks."""
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if "error:" in line]
+
+
+def test_start_superlink_script_help_and_a_failing_subcommand(fed: Federation, tmp_path: Path) -> None:
+    script = str(REPO / "server" / "scripts" / "start-superlink.sh")
+    env = {**os.environ, "PYTHON": sys.executable, "SEQWATCH_FEDERATION_DIR": str(fed.root)}
+    for flag in ("--help", "-h"):
+        proc = subprocess.run(["bash", script, flag], env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0 and proc.stdout.startswith("usage: "), proc
+        assert "--database FILE" in proc.stdout and not proc.stderr
+    # a failing superlink-command stops the script with its one-line error: nothing is eval'ed or run
+    for args, dir_, message in (
+        (["--port", "99999"], fed.root, "argument --port: port '99999': not a port number (1-65535)"),
+        (["--host", "not host"], fed.root, "argument --host: host 'not host': neither an IP address"),
+        ([], tmp_path / "empty", "ca.crt: missing; run init-ca and server-cert first"),
+    ):
+        proc = subprocess.run(
+            ["bash", script, *args],
+            env={**env, "SEQWATCH_FEDERATION_DIR": str(dir_)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        errors = _error_lines(proc.stderr)
+        assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc
+        assert "command not found" not in proc.stderr and "starting:" not in proc.stderr
+
+
+@pytest.mark.parametrize("days", ["-5", "0", "1.5", "ten", "99999999"])
+@pytest.mark.parametrize("command", ["init-ca", "server-cert"])
+def test_days_must_be_a_positive_whole_number(
+    fed: Federation, capsys: pytest.CaptureFixture[str], command: str, days: str
+) -> None:
+    capsys.readouterr()
+    before = fed.ca_cert.read_bytes(), fed.server_cert.read_bytes()
+    assert coordinator.main(["--dir", str(fed.root), command, "--force", "--days", days]) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and f"argument --days: days '{days}': give the validity" in errors[0]
+    assert (fed.ca_cert.read_bytes(), fed.server_cert.read_bytes()) == before
+    with pytest.raises(PkiError, match="whole number of days"):  # the library checks it too
+        (fed.init_ca if command == "init-ca" else fed.server_cert_issue)(days=-5, force=True)
+
+
+def test_expired_ca_signs_nothing_and_show_flags_expiry(
+    fed: Federation, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime as dt
+
+    from common import pki
+
+    real_now = pki._now()
+    d = ["--dir", str(fed.root)]
+    capsys.readouterr()
+    assert coordinator.main([*d, "show"]) == 0
+    assert "**" not in capsys.readouterr().out  # a fresh CA and certificate: nothing to flag
+
+    monkeypatch.setattr(pki, "_now", lambda: real_now + dt.timedelta(days=3651))  # the CA has expired
+    before = fed.server_cert.read_bytes()
+    assert coordinator.main([*d, "server-cert", "--force"]) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert (
+        len(errors) == 1 and "the CA certificate expired on" in errors[0] and "refusing to sign" in errors[0]
+    )
+    assert fed.server_cert.read_bytes() == before
+    assert coordinator.main([*d, "show"]) == 0
+    ca_line, server_line = capsys.readouterr().out.splitlines()
+    assert (
+        ca_line.startswith("ca.crt:")
+        and "** certificate expired on" in ca_line
+        and "init-ca --force" in ca_line
+    )
+    assert server_line.startswith("server.pem:") and "** certificate expired on" in server_line
+
+    monkeypatch.setattr(pki, "_now", lambda: real_now + dt.timedelta(days=3640))  # CA: 10 days left
+    assert coordinator.main([*d, "show"]) == 0
+    ca_line, server_line = capsys.readouterr().out.splitlines()
+    assert "** certificate expires in 9 days" in ca_line and "expired on" in server_line
+
+    monkeypatch.setattr(pki, "_now", lambda: real_now - dt.timedelta(days=1))  # a clock behind the CA
+    assert coordinator.main([*d, "server-cert", "--force"]) == 2
+    assert "the CA certificate is not valid before" in capsys.readouterr().err
+
+
+def test_a_public_key_is_registered_under_one_name_only(
+    fed: Federation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = ["--dir", str(fed.root)]
+    assert coordinator.main([*d, "add-institution", "alpha"]) == 0
+    own = tmp_path / "alpha-copy.pub"
+    shutil.copy(fed.public_key("alpha"), own)
+    capsys.readouterr()
+    assert coordinator.main([*d, "add-institution", "delta", "--public-key", str(own)]) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    fingerprint = fed.read_registry()["institutions"]["alpha"]["fingerprint"]
+    assert len(errors) == 1 and f"({fingerprint}) is already registered as institution 'alpha'" in errors[0]
+    assert fed.institution_names() == ["alpha"] and not fed.public_key("delta").exists()
+    # the same institution may re-register its own key (--force)
+    assert coordinator.main([*d, "add-institution", "alpha", "--force", "--public-key", str(own)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--connection", "bad name", "--address", "127.0.0.1:8000"], "connection name 'bad name': use"),
+        (["--address", "127.0.0.1"], "address '127.0.0.1': expected HOST:PORT"),
+        (["--address", "127.0.0.1:99999"], "port '99999': not a port number (1-65535)"),
+        (["--address", "bad!host:8000"], "host 'bad!host': neither an IP address nor a host name"),
+        (["--address", "https://x:1"], "without a scheme"),
+    ],
+)
+def test_flwr_config_print_checks_what_writing_checks(
+    fed: Federation,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+) -> None:
+    home = ["--flwr-home", str(tmp_path / "home")]
+    capsys.readouterr()
+    for extra in (["--print"], []):
+        assert coordinator.main(["--dir", str(fed.root), "flwr-config", *home, *flags, *extra]) == 2
+        out, err = capsys.readouterr()
+        errors = _error_lines(err)
+        assert not out and len(errors) == 1 and message in errors[0], (extra, err)
+    assert not (tmp_path / "home").exists()
+    good = ["--dir", str(fed.root), "flwr-config", *home, "--address", "[::1]:8000", "--print"]
+    assert coordinator.main(good) == 0 and 'address = "[::1]:8000"' in capsys.readouterr().out
+
+
+def test_hosts_and_ports_are_checked_alike_everywhere(
+    fed: Federation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = ["--dir", str(fed.root)]
+    cases = [
+        (["superlink-command", "--port", "99999"], "port '99999': not a port number (1-65535)"),
+        (["superlink-command", "--port", "0"], "port '0': not a port number (1-65535)"),
+        (["flwr-config", "--address", "h:0", "--print"], "port '0': not a port number (1-65535)"),
+        (["superlink-command", "--host", "not host"], "host 'not host': neither an IP address nor a host"),
+        (["flwr-config", "--address", "a/b:80", "--print"], "expected HOST:PORT"),
+        (["flwr-config", "--address", "a,b:80", "--print"], "host 'a,b': neither an IP address nor a host"),
+        (["register", "--connection", "a b", "--print"], "connection name 'a b': use letters"),
+    ]
+    capsys.readouterr()
+    for argv, message in cases:
+        assert coordinator.main([*d, *argv]) == 2, argv
+        out, err = capsys.readouterr()
+        errors = _error_lines(err)
+        assert not out and len(errors) == 1 and message in errors[0], (argv, err)
+    assert coordinator.main([*d, "superlink-command", "--host", "::", "--port", "65535"]) == 0
+    assert "--host :: --port 65535" in capsys.readouterr().out
+    # one validator per value, shared by every subcommand's parser
+    types = {
+        (action.dest, action.type)
+        for sub in _subparsers(coordinator.build_parser()).values()
+        for action in sub._actions
+        if action.dest in ("host", "port", "address", "connection", "days")
+    }
+    assert {t for _, t in types} == {
+        coordinator.HOST,
+        coordinator.PORT,
+        coordinator.ADDRESS,
+        coordinator.CONNECTION,
+        coordinator.DAYS,
+    }
+
+
+def _subparsers(parser: Any) -> dict[str, Any]:
+    import argparse
+
+    (action,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize(
+    ("returncode", "output", "status", "problem"),
+    [
+        (
+            0,
+            '{"success": false, "error-message": "Connection to the SuperLink is unavailable."}',
+            None,
+            "register failed: Connection to the SuperLink is unavailable; check that the SuperLink is "
+            "running and reachable through connection 'prod' (flwr supernode list prod)",
+        ),
+        (1, "Error: No such option: --format", "(exit status 1)", "No such option: --format"),
+    ],
+)
+def test_register_failure_shows_the_real_exit_status(
+    fed: Federation,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    returncode: int,
+    output: str,
+    status: str | None,
+    problem: str,
+) -> None:
+    fed.add_institution("alpha")
+    monkeypatch.setattr(coordinator, "_flwr_bin", lambda name: name)
+    monkeypatch.setattr(
+        subprocess,
+        "run",
+        lambda argv, **kw: subprocess.CompletedProcess(argv, returncode, stdout=output, stderr=""),
+    )
+    capsys.readouterr()
+    assert coordinator.main(["--dir", str(fed.root), "register", "--connection", "prod"]) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and errors[0].startswith("seqwatch-coordinator: error: alpha: flwr supernode")
+    assert problem in errors[0]
+    assert ("exit" in errors[0]) == (status is not None) and (status is None or status in errors[0])
+    assert fed.read_registry()["institutions"]["alpha"]["node_id"] is None
+
+
+def test_dir_is_accepted_after_the_subcommand_and_shown_in_every_help(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert coordinator.main(["init-ca", "--dir", str(first), "--days", "30"]) == 0
+    assert (first / "ca.crt").is_file()
+    # given on both sides, the one after the subcommand wins
+    assert coordinator.main(["--dir", str(first), "init-ca", "--dir", str(second)]) == 0
+    assert (second / "ca.crt").is_file()
+    assert coordinator.main(["server-cert", "--dir", str(second), "--san", "127.0.0.1"]) == 0
+    capsys.readouterr()
+    assert coordinator.main(["list", "--dir", str(second), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {}
+    subs = _subparsers(coordinator.build_parser())
+    assert set(subs) >= {"init-ca", "server-cert", "add-institution", "list", "flwr-config", "register"}
+    for name, sub in subs.items():
+        assert "--dir DIR" in sub.format_help(), name
+    assert coordinator.main(["show", "--help"]) == 0
+    assert "--dir DIR" in capsys.readouterr().out
+
+
+def test_docker_docs_build_the_cuda_image_and_keep_keys_outside_the_app() -> None:
+    import re
+
+    import yaml
+
+    docker = REPO / "docker"
+    readme = (docker / "README.md").read_text()
+    snippets = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", readme, re.S)]
+    gpu = [
+        svc
+        for snippet in snippets
+        for svc in (snippet.get("services") or snippet).values()
+        if str(svc.get("image", "")).endswith("-cuda")
+    ]
+    assert gpu, "no GPU snippet in docker/README.md"
+    for svc in gpu:  # the whole build replaced: the x-executor anchor builds the CPU Dockerfile
+        build = svc["build"]
+        assert build["dockerfile"] == "docker/Dockerfile.cuda" and build["context"] == ".."
+        assert (REPO / build["dockerfile"]).is_file() and "AS superexec" in (
+            REPO / build["dockerfile"]
+        ).read_text()
+    # the TLS walk-through and overlay use $SEQWATCH_FEDERATION_DIR (outside the app folder), as the runbook
+    tls = (docker / "compose.tls.yml").read_text()
+    assert "../federation" not in readme and "../federation" not in tls
+    assert "${SEQWATCH_FEDERATION_DIR:-" not in tls and "${SEQWATCH_FEDERATION_DIR:?" in tls
+    assert 'export SEQWATCH_FEDERATION_DIR="$HOME/seqwatch-federation"' in readme
+    runbook = (REPO / "docs" / "runbook-coordinator.md").read_text()
+    assert "export SEQWATCH_FEDERATION_DIR=$HOME/seqwatch-federation" in runbook
+
+
 @pytest.fixture
 def node_setup(tmp_path: Path, fed: Federation) -> dict[str, str]:
     fed.add_institution("alpha")
