@@ -33,7 +33,6 @@ import dataclasses
 import difflib
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -65,6 +64,7 @@ from client.results import (
     write_frame,
 )
 from common import __version__
+from common.argtypes import nonnegative_float, nonnegative_int, positive_int
 from common.errors import ConfigError, DataError, SeqwatchError
 
 if TYPE_CHECKING:
@@ -87,36 +87,6 @@ _EXIT_INTERRUPTED = 130
 def _csv_names(text: str) -> tuple[str, ...]:
     """``"a, b"`` -> ``("a", "b")``; an empty string gives ``()`` (explicitly no columns)."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def _rate(text: str) -> float:
@@ -516,13 +486,13 @@ def _add_data_flags(p: argparse.ArgumentParser, *, for_model: bool) -> None:
     g.add_argument(
         "--session-gap",
         metavar="SECONDS",
-        type=_nonnegative_float,
+        type=nonnegative_float,
         help="cut sequences after this many seconds of inactivity (needs timestamps; 0 = off)",
     )
     g.add_argument(
         "--block-size",
         metavar="N",
-        type=_nonnegative_int,
+        type=nonnegative_int,
         help="cut sequences into consecutive blocks of N events (0 = off; not with --session-gap)",
     )
 
@@ -542,7 +512,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--threads",
-        type=_nonnegative_int,
+        type=nonnegative_int,
         metavar="N",
         help=f"CPU threads (default: as when fitted; {_THREADS_NOTE})",
     )
@@ -708,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("lstm", "gru", "rnn", "cnn-lstm"),
         help="network kind (model.kind)",
     )
-    g.add_argument("--epochs", type=_positive_int, metavar="N", help="most training epochs (train.epochs)")
+    g.add_argument("--epochs", type=positive_int, metavar="N", help="most training epochs (train.epochs)")
     g.add_argument(
         "--device",
         type=_device,
@@ -718,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, metavar="N", help="random seed (train.seed)")
     g.add_argument(
         "--threads",
-        type=_nonnegative_int,
+        type=nonnegative_int,
         metavar="N",
         help=f"CPU threads (train.threads, saved with the model; default {_THREADS_NOTE})",
     )
@@ -750,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--top-events",
-        type=_nonnegative_int,
+        type=nonnegative_int,
         default=3,
         metavar="N",
         help="most surprising events listed per sequence (default: 3; 0 = skip, faster)",
@@ -762,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--event-expected",
-        type=_nonnegative_int,
+        type=nonnegative_int,
         metavar="K",
         help="with --events-out: the model's K likeliest events per row, with probabilities "
         f"(default: {DEFAULT_EVENT_EXPECTED})",
@@ -783,14 +753,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequence", required=True, metavar="ID", help="sequence id to explain")
     p.add_argument(
         "--top-k",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         metavar="K",
         help="expected events shown per step (default: 3)",
     )
     p.add_argument(
         "--max-events",
-        type=_nonnegative_int,
+        type=nonnegative_int,
         default=40,
         metavar="N",
         help="show at most the N most anomalous events (default: 40; 0 = all); --json lists every event",
@@ -812,7 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="directory for report.html and its figures")
     p.add_argument(
         "--top",
-        type=_nonnegative_int,
+        type=nonnegative_int,
         default=10,
         metavar="N",
         help="anomalies explained in detail (default: 10)",

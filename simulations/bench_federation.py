@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument(
         "--out",
-        type=Path,
+        type=output_file,
         default=Path("docs/bench_federation.json"),
         help="JSON output (default: docs/bench_federation.json, relative to the current folder)",
     )
@@ -272,13 +272,11 @@ def _client_counts(text: str) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: a user mistake is one error line and exit 2 (:func:`simulations.cli.run_main`)."""
-    return run_main(PROG, _main, argv)
+    return run_main(PROG, _bench, argv, log_format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _main(argv: list[str]) -> int:
+def _bench(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    output_file(args.out)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("flwr").propagate = False
     memory_clients: list[int] = args.memory_clients
     work = (

@@ -363,20 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed (adfa-seeds: the first of --seeds)")
     parser.add_argument("--seeds", type=positive_int, default=5, help="adfa-seeds: number of seeds")
     parser.add_argument(
-        "--out", type=Path, default=None, help="also write the JSON here (e.g. docs/quality_adfa.json)"
+        "--out", type=output_file, default=None, help="also write the JSON here (e.g. docs/quality_adfa.json)"
     )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a user mistake is one error line and exit 2 (:func:`simulations.cli.run_main`)."""
-    return run_main(PROG, _main, argv)
+    return run_main(PROG, _run, argv)
 
 
-def _main(argv: list[str]) -> int:
+def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    output_file(args.out)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = args.data or shared_data_dir()
     if root is None:
         raise DataError(f"{shared_data_missing()}, or pass --data")

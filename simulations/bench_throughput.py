@@ -89,19 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--window-batch", type=positive_int, default=1024, help="windows per forward pass (default 1024)"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--out", type=output_file, default=None, help="write the figures as JSON here")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: a user mistake is one error line and exit 2 (:func:`simulations.cli.run_main`)."""
-    return run_main(PROG, _main, argv)
+    """Entry point: one error line and exit 2 for a user mistake (:func:`simulations.cli.run_main`)."""
+    return run_main(PROG, _measure, argv)
 
 
-def _main(argv: list[str]) -> int:
+def _measure(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    output_file(args.out)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     src = args.data or shared_data_dir()

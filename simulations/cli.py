@@ -14,16 +14,30 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from common.argtypes import positive_int
 from common.errors import ConfigError, SeqwatchError
+
+__all__ = ["log_level", "output_file", "output_folder", "positive_int", "run_main", "setup_logging"]
 
 _EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def run_main(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None) -> int:
-    """Run ``body(argv)``; the project's errors and OS errors become one line and exit 2."""
+def run_main(
+    prog: str,
+    body: Callable[[list[str]], int],
+    argv: Sequence[str] | None,
+    *,
+    log_format: str | None = "%(message)s",
+) -> int:
+    """Run ``body(argv)``; the project's errors and OS errors become one line and exit 2.
+
+    ``log_format``: set up INFO logging in that format first (None: ``body`` does it).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    if log_format is not None:
+        setup_logging("INFO", log_format)
     try:
         return body(args)
     except SystemExit as exc:  # argparse: usage errors (2, message already printed) and --help (0)
@@ -34,17 +48,6 @@ def run_main(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return _EXIT_INTERRUPTED
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def log_level(text: str) -> str:
@@ -69,8 +72,9 @@ def output_folder(path: str | Path, flag: str = "--out") -> Path:
     return p
 
 
-def output_file(path: Path | None, flag: str = "--out") -> Path | None:
-    """A file to write: refused (before any work) when it is an existing folder."""
-    if path is not None and path.is_dir():
-        raise ConfigError(f"{flag} {path}: is a folder; name a file")
+def output_file(text: str) -> Path:
+    """argparse type of an output file: refused (before any work) when it is an existing folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder; name a file")
     return path

@@ -890,7 +890,7 @@ def _main(argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: a user mistake is one error line and exit 2 (:func:`simulations.cli.run_main`)."""
-    return run_main(PROG, _main, argv)
+    return run_main(PROG, _main, argv, log_format=None)  # _main sets the level from --log-level
 
 
 if __name__ == "__main__":
