@@ -456,17 +456,24 @@ def table_rows(results: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], st
     return rows
 
 
-def calibration_lines(data: Mapping[str, Any], rate: float) -> list[str]:
+def calibration_lines(data: Mapping[str, Any], rate: float, modes: Sequence[str] = MODES) -> list[str]:
     """How many normal validation sequences set each mode's threshold, and whether they resolve ``rate``."""
     pooled = data.get("pooled_validation_sequences")
     per_client = [int(c["validation_sequences"]) for c in data.get("clients", [])]
     if pooled is None or not per_client:
         return []
-    text = (
-        f"Thresholds are calibrated on {pooled} pooled normal validation sequences (federated, "
-        f"centralized) and on {min(per_client)}–{max(per_client)} per client (local-only)."
-    )
-    for who, n in (("Pooled", int(pooled)), ("Smallest client", min(per_client))):
+    parts, checks = [], []
+    pooled_modes = [m for m in modes if m != "local"]
+    if pooled_modes:
+        parts.append(f"on {pooled} pooled normal validation sequences ({', '.join(pooled_modes)})")
+        checks.append(("Pooled", int(pooled)))
+    if "local" in modes:
+        parts.append(f"on {min(per_client)}–{max(per_client)} per client (local-only)")
+        checks.append(("Smallest client", min(per_client)))
+    if not parts:
+        return []
+    text = f"Thresholds are calibrated {' and '.join(parts)}."
+    for who, n in checks:
         note = unresolved_rate(n, rate)
         if note:
             text += f" {who}: {note}."
@@ -519,7 +526,7 @@ def markdown(comparison: Mapping[str, Any]) -> str:
             ),
             "",
         ]
-    lines += calibration_lines(data, cal.rate)
+    lines += calibration_lines(data, cal.rate, comparison["modes"])
     if "federated" in res and "centralized" in res:
         fa, ca = res["federated"]["metrics"]["auroc"], res["centralized"]["metrics"]["auroc"]
         if fa is not None and ca is not None:

@@ -186,3 +186,15 @@ def test_user_mistakes_are_one_line_and_leave_nothing_behind(
         assert f"argument {flag}: must be > 0" in capsys.readouterr().err
     assert main(["--config", str(good), "--out", str(out), "--log-level", "bogus"]) == 2
     assert "argument --log-level: use one of DEBUG" in capsys.readouterr().err
+
+
+def test_calibration_lines_name_only_the_modes_that_ran() -> None:
+    from simulations.experiment import calibration_lines
+
+    data = {"pooled_validation_sequences": 400, "clients": [{"validation_sequences": 150}] * 2}
+    (central, _) = calibration_lines(data, 0.01, ["centralized"])
+    assert "(centralized)" in central and "per client" not in central
+    (local, _) = calibration_lines(data, 0.01, ["local"])
+    assert "pooled" not in local and "150–150 per client (local-only)" in local
+    (every, _) = calibration_lines(data, 0.01)
+    assert "(federated, centralized) and on 150–150 per client (local-only)" in every
