@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -340,7 +341,20 @@ def with_overrides(config: DetectorConfig, **sections: Mapping[str, Any]) -> Det
 
     ``with_overrides(cfg, model={"kind": "gru"})``.
     """
-    changes = {s: dataclasses.replace(getattr(config, s), **v) for s, v in sections.items()}
+    changes: dict[str, Any] = {}
+    section_names = [f.name for f in fields(config)]
+    for section, values in sections.items():
+        if section not in section_names:
+            raise ConfigError(f"unknown config section {section!r} (known: {', '.join(section_names)})")
+        current: Any = getattr(config, section)
+        names = {f.name for f in fields(current)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(f'{section}.{k}' for k in unknown)} "
+                f"(known in {section}: {', '.join(sorted(names))})"
+            )
+        changes[section] = dataclasses.replace(current, **values)
     return dataclasses.replace(config, **changes)
 
 
@@ -349,17 +363,28 @@ def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
         raise ConfigError(f"config key '{key}' = {value!r}: choose one of {', '.join(options)}")
 
 
+def _finite(key: str, value: float) -> None:
+    """A real, finite number (a bool, a string or infinity is refused, naming ``key``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be finite, got {value!r}")
+
+
 def _positive(key: str, value: float) -> None:
+    _finite(key, value)
     if not value > 0:
         raise ConfigError(f"config key '{key}' must be > 0, got {value!r}")
 
 
 def _nonnegative(key: str, value: float) -> None:
+    _finite(key, value)
     if not value >= 0:
         raise ConfigError(f"config key '{key}' must be >= 0, got {value!r}")
 
 
 def _unit(key: str, value: float, *, closed: bool) -> None:
+    _finite(key, value)
     ok = 0 <= value <= 1 if closed else 0 <= value < 1
     if not ok:
         raise ConfigError(f"config key '{key}' must be in [0, 1{']' if closed else ')'}, got {value!r}")

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from common import __version__
@@ -129,7 +131,8 @@ class SequenceDetector:
 
     @property
     def is_fitted(self) -> bool:
-        return hasattr(self, "threshold_")
+        """Whether the detector has a model, an encoder and a threshold (fitted or loaded)."""
+        return all(hasattr(self, a) for a in ("model_", "encoder_", "threshold_"))
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
@@ -208,6 +211,8 @@ class SequenceDetector:
         ``end_weight`` is given (e.g. the federation's), then ``threshold_`` by
         :meth:`calibrate` on the resulting scores.
         """
+        if not hasattr(self, "model_"):
+            self._check_fitted()
         cfg = self.config.score
         set_threads(self.config.train.threads)
         self.model_.to(self.device)
@@ -230,6 +235,9 @@ class SequenceDetector:
 
     @property
     def network_shape(self) -> NetworkShape:
+        """The sizes the fitted encoder gives the network."""
+        if not hasattr(self, "encoder_"):
+            self._check_fitted()
         return shape_of(self.encoder_)
 
     def calibrate(self, normal_scores: np.ndarray) -> float:
@@ -316,11 +324,14 @@ class SequenceDetector:
         t = self.threshold_ if threshold is None else threshold
         return (scores > t).astype(np.int8)
 
-    def explain(self, table: EventTable, sequence_id: str, top_k: int = 3) -> SequenceExplanation:
-        """Per-event surprisal of one sequence, with the top-``k`` expected events at each step."""
+    def explain(self, table: EventTable, sequence_id: object, top_k: int = 3) -> SequenceExplanation:
+        """Per-event surprisal of one sequence, with the top-``k`` expected events at each step.
+
+        ``sequence_id`` is compared as text, as ids are read (``3`` finds ``"3"``).
+        """
         self._check_fitted()
         ids = table.grouped().ids
-        hits = np.nonzero(ids == sequence_id)[0]
+        hits = np.nonzero(ids.astype(str) == str(sequence_id))[0]
         if len(hits) == 0:
             from common.errors import DataError
 
@@ -417,7 +428,14 @@ class SequenceDetector:
             "validation_scores": self.validation_scores_.tolist(),
             "history": self.fit_result_.history if self.fit_result_ else [],
         }
-        (out / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        meta_path = out / META_FILE
+        if self.config.vocab.hash_key:  # the institutions' shared secret is in the config: owner only
+            meta_path.unlink(missing_ok=True)
+            fd = os.open(meta_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(meta, indent=1))
+        else:
+            meta_path.write_text(json.dumps(meta, indent=1), encoding="utf-8")
         (out / ENCODER_FILE).write_text(json.dumps(self.encoder_.to_dict()), encoding="utf-8")
         return out
 
@@ -439,40 +457,61 @@ class SequenceDetector:
             enc_data = json.loads((p / ENCODER_FILE).read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ModelFileError(f"{p}: unreadable model metadata ({exc})") from exc
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise ModelFileError(f"{p / META_FILE}: unsupported model format {meta.get('format')!r}")
-        flat = dict(meta["config"])
-        # models saved before the END step existed were trained without it
-        flat.setdefault("model.end-event", False)
-        if device is not None:
-            flat["train.device"] = device
-        if threads is not None:
-            flat["train.threads"] = threads
-        config = parse_detector_config(flat)
-        encoder = Encoder.from_dict(enc_data, hash_key=config.vocab.hash_key)
-        shape = NetworkShape(
-            vocab_size=int(meta["shape"]["vocab_size"]),
-            context_sizes=tuple(int(x) for x in meta["shape"]["context_sizes"]),
-            n_numeric=int(meta["shape"]["n_numeric"]),
-        )
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ModelFileError(f"{p / META_FILE}: not a seqwatch model ({found!r}, expected {FORMAT!r})")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ModelFileError(
+                f"{p / META_FILE}: model format version {meta.get('format_version')!r}; this seqwatch "
+                f"reads version {FORMAT_VERSION}: re-train the model with this version"
+            )
+        try:
+            flat = dict(meta["config"])
+            # models saved before the END step existed were trained without it
+            flat.setdefault("model.end-event", False)
+            if device is not None:
+                flat["train.device"] = device
+            if threads is not None:
+                flat["train.threads"] = threads
+            config = parse_detector_config(flat)
+            encoder = Encoder.from_dict(enc_data, hash_key=config.vocab.hash_key)
+            shape = NetworkShape(
+                vocab_size=int(meta["shape"]["vocab_size"]),
+                context_sizes=tuple(int(x) for x in meta["shape"]["context_sizes"]),
+                n_numeric=int(meta["shape"]["n_numeric"]),
+            )
+            threshold = float(meta["threshold"])
+            validation_scores = np.asarray(meta.get("validation_scores", []), dtype=np.float64)
+            global_threshold = meta.get("global_threshold")
+            end_weight = meta.get("end_weight")
+            global_threshold = None if global_threshold is None else float(global_threshold)
+            end_weight = None if end_weight is None else float(end_weight)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ModelFileError(
+                f"{p}: damaged model metadata ({type(exc).__name__}: {exc}); re-save or re-train the model"
+            ) from exc
+        if shape_of(encoder) != shape:
+            raise ModelFileError(
+                f"{p}: {ENCODER_FILE} implies sizes {shape_of(encoder)}, {META_FILE} says {shape}; "
+                f"the files come from different models: re-save or re-train the model"
+            )
         model = NextEventModel(config.model, shape)
         try:
             model.load_state_dict(load_file(str(p / WEIGHTS_FILE)))
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, SafetensorError) as exc:
             raise ModelFileError(
-                f"{p / WEIGHTS_FILE}: weights do not match the saved config ({exc})"
+                f"{p / WEIGHTS_FILE}: unreadable, or weights that do not match the saved config ({exc})"
             ) from exc
         model.eval()
-        det = cls.from_parts(
+        return cls.from_parts(
             config,
             encoder,
             model,
-            threshold=float(meta["threshold"]),
-            validation_scores=np.asarray(meta.get("validation_scores", []), dtype=np.float64),
-            global_threshold=meta.get("global_threshold"),
-            end_weight=meta.get("end_weight"),
+            threshold=threshold,
+            validation_scores=validation_scores,
+            global_threshold=global_threshold,
+            end_weight=end_weight,
         )
-        return det
 
 
 def _normal_sequences(table: EventTable) -> Sequences:

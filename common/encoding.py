@@ -15,7 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.config import VocabConfig
-from common.events import take_rows
+from common.errors import DataError
+from common.events import GAP, take_rows
 from common.scaling import Scaler
 from common.vocab import UNK, ContextVocabulary, Vocabulary
 
@@ -35,6 +36,10 @@ class GroupedEvents(Protocol):
     def context(self) -> np.ndarray: ...
     @property
     def labels(self) -> np.ndarray | None: ...
+    @property
+    def numeric_names(self) -> tuple[str, ...]: ...
+    @property
+    def context_names(self) -> tuple[str, ...]: ...
 
 
 @dataclass
@@ -74,6 +79,24 @@ class EncodedSequences:
             numeric=self.numeric[rows],
             labels=None if self.labels is None else self.labels[index],
         )
+
+
+def _by_name(values: np.ndarray, have: tuple[str, ...], want: tuple[str, ...], kind: str) -> np.ndarray:
+    """The columns ``want`` of ``values`` (whose columns are named ``have``), in that order."""
+    if tuple(have) == tuple(want):
+        return values
+    missing = [n for n in want if n not in have]
+    if missing:
+        hint = (
+            f"; {GAP!r} comes from timestamps: read the order column as time"
+            if GAP in missing and kind == "numeric"
+            else ""
+        )
+        raise DataError(
+            f"the model reads {kind} feature(s) {list(want)}, the table has {list(have)}: missing "
+            f"{missing}; name them in the column map ({kind}=...){hint}"
+        )
+    return values[:, [list(have).index(n) for n in want]]
 
 
 class Encoder:
@@ -124,13 +147,24 @@ class Encoder:
         return cls(vocab, ctx, scaler)
 
     def encode(self, grouped: GroupedEvents) -> EncodedSequences:
+        """Ids, category ids and scaled numbers of ``grouped``'s events.
+
+        Feature columns are matched to the fitted ones by name, in any order;
+        columns the encoder was not fitted on are ignored.
+
+        Raises:
+            DataError: a feature the encoder was fitted on is missing.
+        """
         tokens = self.vocab.encode(grouped.events)
+        raw_context = _by_name(grouped.context, grouped.context_names, self.context_names, "context")
         context = (
-            self.context.encode(grouped.context)
+            self.context.encode(raw_context)
             if self.context.columns
             else np.zeros((len(tokens), 0), dtype=np.int64)
         )
-        numeric = self.scaler.transform(grouped.numeric)
+        numeric = self.scaler.transform(
+            _by_name(grouped.numeric, grouped.numeric_names, self.numeric_names, "numeric")
+        )
         stats = {
             "events": len(tokens),
             "unknown_events": int((tokens == UNK).sum()),

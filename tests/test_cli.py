@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -810,3 +810,77 @@ def test_fit_selects_like_the_table_level_split(workspace: dict[str, Path]) -> N
         assert torch.equal(a, b)
     assert (direct.threshold_, direct.end_weight_) == (split.threshold_, split.end_weight_)
     np.testing.assert_array_equal(direct.validation_scores_, split.validation_scores_)
+
+
+def test_damaged_model_directories_are_one_error_line(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Garbled weights or metadata, or files of different models: a ModelFileError, never another error."""
+    import shutil
+
+    from common.detector import SequenceDetector
+    from common.errors import ModelFileError
+
+    def damaged(name: str, edit: Callable[[Path], None]) -> Path:
+        d = tmp_path / name
+        shutil.copytree(workspace["model"], d)
+        edit(d)
+        return d
+
+    def meta(change: Callable[[dict], object]) -> Callable[[Path], None]:
+        def edit(d: Path) -> None:
+            data = json.loads((d / "detector.json").read_text(encoding="utf-8"))
+            (d / "detector.json").write_text(json.dumps(change(data)), encoding="utf-8")
+
+        return edit
+
+    cases = {
+        "garbage-weights": lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 64),
+        "empty-weights": lambda d: (d / "model.safetensors").write_bytes(b""),
+        "meta-list": meta(lambda m: []),
+        "no-threshold": meta(lambda m: {k: v for k, v in m.items() if k != "threshold"}),
+        "text-threshold": meta(lambda m: {**m, "threshold": "abc"}),
+        "null-threshold": meta(lambda m: {**m, "threshold": None}),
+        "old-version": meta(lambda m: {**m, "format_version": 0}),
+        "other-shape": meta(
+            lambda m: {**m, "shape": {**m["shape"], "vocab_size": m["shape"]["vocab_size"] + 1}}
+        ),
+        "empty-encoder": lambda d: (d / "encoder.json").write_text("{}", encoding="utf-8"),
+    }
+    for name, edit in cases.items():
+        d = damaged(name, edit)
+        with pytest.raises(ModelFileError):
+            SequenceDetector.load(d)
+        out = str(tmp_path / f"{name}.csv")
+        assert main(["score", "--model", str(d), "--data", str(workspace["test"]), "--out", out]) == 2, name
+        line = _one_error_line(capsys.readouterr().err)
+        assert str(d) in line, (name, line)
+
+
+def test_library_contract_edges(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """Unfitted use raises NotFittedError; ids compare as text; a hash key is saved owner-only."""
+    import stat
+
+    from common.config import with_overrides
+    from common.detector import SequenceDetector
+    from common.errors import NotFittedError
+    from common.events import CANONICAL
+    from common.tableio import read_table
+
+    fresh = SequenceDetector()
+    for use in (lambda: fresh.network_shape, lambda: fresh.fit_scoring(None)):  # type: ignore[arg-type]
+        with pytest.raises(NotFittedError):
+            use()
+    fresh.calibrate(np.array([1.0, 2.0]))  # a threshold alone does not make a fitted detector
+    assert not fresh.is_fitted
+    detector = SequenceDetector.load(workspace["model"])
+    frame = pd.read_csv(workspace["test"])
+    frame["sequence"] = pd.factorize(frame["sequence"])[0]  # integer ids: read as text
+    frame.to_csv(tmp_path / "int_ids.csv", index=False)
+    table = read_table(tmp_path / "int_ids.csv", CANONICAL)
+    assert detector.explain(table, 0).sequence_id == "0"
+    keyed = SequenceDetector(with_overrides(detector.config, vocab={"hash_key": "s3cret"}))
+    keyed.__dict__.update({k: v for k, v in detector.__dict__.items() if k.endswith("_")})
+    saved = keyed.save(tmp_path / "keyed")
+    assert stat.S_IMODE((saved / "detector.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((detector.save(tmp_path / "plain") / "detector.json").stat().st_mode) != 0o600

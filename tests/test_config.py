@@ -91,3 +91,20 @@ def test_config_file_nested_and_dotted(tmp_path):
 def test_with_overrides():
     cfg = with_overrides(DetectorConfig(), model={"kind": "cnn-lstm"}, train={"epochs": 1})
     assert cfg.model.kind == "cnn-lstm" and cfg.train.epochs == 1
+
+
+def test_direct_construction_and_overrides_name_the_bad_key():
+    """Library users building configs in Python get a ConfigError naming the key, not a TypeError."""
+    import math
+
+    from common.config import ModelConfig, TrainConfig
+
+    for build, key in (
+        (lambda: TrainConfig(lr=math.inf), "train.lr"),
+        (lambda: TrainConfig(lr=math.nan), "train.lr"),
+        (lambda: ModelConfig(hidden="64"), "model.hidden"),  # type: ignore[arg-type]
+        (lambda: with_overrides(DetectorConfig(), model={"hiddn": 4}), "model.hiddn"),
+        (lambda: with_overrides(DetectorConfig(), modle={"hidden": 4}), "modle"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            build()

@@ -102,3 +102,57 @@ def test_scaler_round_trip_dict():
     s = Scaler.fit(("gap_seconds",), np.array([[0.0], [10.0], [100.0]]))
     s2 = Scaler.from_dict(s.to_dict())
     np.testing.assert_allclose(s.transform(np.array([[5.0]])), s2.transform(np.array([[5.0]])))
+
+
+def test_encoder_matches_features_by_name_not_position():
+    """The same rows read with the feature columns in another order encode identically;
+    a feature the encoder was fitted on and the table lacks is a DataError naming it."""
+    import dataclasses
+
+    import pandas as pd
+
+    from common.config import VocabConfig
+    from common.encoding import Encoder
+    from common.errors import DataError
+    from common.events import ColumnMap
+    from common.tableio import from_frame
+
+    rng = np.random.default_rng(0)
+    n = 60
+    frame = pd.DataFrame(
+        {
+            "user": np.repeat([f"u{i}" for i in range(6)], 10),
+            "ts": np.tile(np.arange(10), 6),
+            "action": rng.choice(["login", "pay", "view"], n),
+            "amount": rng.gamma(2.0, 50.0, n),
+            "fee": rng.gamma(1.0, 1.0, n),
+            "device": rng.choice(["phone", "laptop"], n),
+            "channel": rng.choice(["web", "app", "branch"], n),
+        }
+    )
+    cols = ColumnMap(
+        sequence="user",
+        event="action",
+        order="ts",
+        time=False,
+        numeric=("amount", "fee"),
+        context=("device", "channel"),
+    )
+    fitted_on = from_frame(frame, cols).grouped()
+    enc = Encoder.fit(
+        fitted_on,
+        numeric_names=("amount", "fee"),
+        context_names=("device", "channel"),
+        vocab_config=VocabConfig(),
+    )
+    base = enc.encode(fitted_on)
+    swapped = dataclasses.replace(cols, numeric=("fee", "amount"), context=("channel", "device"))
+    other = enc.encode(from_frame(frame, swapped).grouped())
+    np.testing.assert_array_equal(other.numeric, base.numeric)
+    np.testing.assert_array_equal(other.context, base.context)
+    with pytest.raises(DataError, match=r"missing \['fee'\]"):
+        enc.encode(from_frame(frame, dataclasses.replace(cols, numeric=("amount",))).grouped())
+    with pytest.raises(
+        DataError, match=r"context feature\(s\) \['device', 'channel'\].*missing \['device'\]"
+    ):
+        enc.encode(from_frame(frame, dataclasses.replace(cols, context=("channel",))).grouped())
