@@ -45,6 +45,7 @@ class ModelConfig:
     end_event: bool = True
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _choice("model.kind", self.kind, MODEL_KINDS)
         _positive("model.embed-dim", self.embed_dim)
         _positive("model.context-dim", self.context_dim)
@@ -75,6 +76,7 @@ class TrainConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _positive("train.epochs", self.epochs)
         _positive("train.batch-size", self.batch_size)
         _positive("train.lr", self.lr)
@@ -109,6 +111,7 @@ class ScoreConfig:
     fit_end_weight: bool = True
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _choice("score.aggregate", self.aggregate, AGGREGATES)
         _nonnegative("score.end-weight", self.end_weight)
         _positive("score.window", self.window)
@@ -126,6 +129,7 @@ class VocabConfig:
     hash_key: str = ""
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _positive("vocab.max-size", self.max_size)
         _positive("vocab.min-count", self.min_count)
 
@@ -138,6 +142,7 @@ class CalibrationConfig:
     contamination: float = 0.0
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _unit("calibration.false-alarm-rate", self.false_alarm_rate, closed=False)
         _unit("calibration.contamination", self.contamination, closed=False)
 
@@ -171,6 +176,7 @@ class FederationConfig:
     round_timeout: float = 600.0
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _positive("federation.num-server-rounds", self.num_server_rounds)
         _choice("federation.strategy", self.strategy, STRATEGIES)
         _positive("federation.local-epochs", self.local_epochs)
@@ -195,6 +201,7 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _choice("data.dataset", self.dataset, ("synthetic", "adfa-ld", "hdfs", "openstack"))
         _choice("data.partitioner", self.partitioner, ("iid", "dirichlet", "natural"))
         _positive("data.alpha", self.alpha)
@@ -240,6 +247,28 @@ T = TypeVar("T")
 
 def _key(section: str, name: str) -> str:
     return f"{section}.{name.replace('_', '-')}"
+
+
+_SCALAR_FIELDS: dict[str, tuple[tuple[str, str, type], ...]] = {}
+
+
+def _scalar_fields(cls: type) -> tuple[tuple[str, str, type], ...]:
+    """(key, field name, type) of ``cls``'s bool/int/float/str fields (worked out once per class)."""
+    if cls.__name__ not in _SCALAR_FIELDS:
+        section = next(name for name, c in _APP_SECTIONS.items() if c is cls)
+        hints = get_type_hints(cls)
+        _SCALAR_FIELDS[cls.__name__] = tuple(
+            (_key(section, f.name), f.name, hints[f.name])
+            for f in fields(cls)
+            if hints[f.name] in (bool, int, float, str)
+        )
+    return _SCALAR_FIELDS[cls.__name__]
+
+
+def _check_types(obj: Any) -> None:
+    """Each field of a config section has its declared type (configs built in Python are checked too)."""
+    for key, name, kind in _scalar_fields(type(obj)):
+        _coerce(key, getattr(obj, name), kind)
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

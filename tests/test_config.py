@@ -103,6 +103,8 @@ def test_direct_construction_and_overrides_name_the_bad_key():
         (lambda: TrainConfig(lr=math.inf), "train.lr"),
         (lambda: TrainConfig(lr=math.nan), "train.lr"),
         (lambda: ModelConfig(hidden="64"), "model.hidden"),  # type: ignore[arg-type]
+        (lambda: TrainConfig(epochs=2.5), "train.epochs"),  # type: ignore[arg-type]
+        (lambda: TrainConfig(device=None), "train.device"),  # type: ignore[arg-type]
         (lambda: with_overrides(DetectorConfig(), model={"hiddn": 4}), "model.hiddn"),
         (lambda: with_overrides(DetectorConfig(), modle={"hidden": 4}), "modle"),
     ):
