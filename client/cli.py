@@ -64,7 +64,7 @@ from client.results import (
     write_frame,
 )
 from common import __version__
-from common.argtypes import nonnegative_float, nonnegative_int, positive_int
+from common.argtypes import file_to_write, folder_to_write, nonnegative_float, nonnegative_int, positive_int
 from common.errors import ConfigError, DataError, SeqwatchError
 
 if TYPE_CHECKING:
@@ -125,17 +125,7 @@ def _check_table_output(path: str | None, flag: str) -> None:
     p = Path(path)
     if not p.name.lower().endswith(_TABLE_SUFFIXES):
         raise ConfigError(f"{flag} {path}: name a {', '.join(_TABLE_SUFFIXES)} file")
-    _check_file_output(path, flag)
-
-
-def _check_file_output(path: str | None, flag: str) -> None:
-    if path is not None and Path(path).is_dir():
-        raise ConfigError(f"{flag} {path}: is a folder; name a file")
-
-
-def _check_dir_output(path: str, flag: str) -> None:
-    if Path(path).exists() and not Path(path).is_dir():
-        raise ConfigError(f"{flag} {path}: is a file; name a folder (it is created if missing)")
+    file_to_write(path, flag)
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -220,7 +210,7 @@ def build_config(args: argparse.Namespace) -> DetectorConfig:
 
 def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch fit``: train a local detector and calibrate its threshold."""
-    _check_dir_output(args.out, "--out")
+    folder_to_write(args.out, "--out")
     config = build_config(args)
     train, layout = read_data(args.data, args)
     beside = beside_column_map(args.data) if args.columns is None else None
@@ -286,7 +276,8 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError("--out, --events-out and --metrics-json must name different files")
     _check_table_output(args.out, "--out")
     _check_table_output(args.events_out, "--events-out")
-    _check_file_output(args.metrics_json, "--metrics-json")
+    if args.metrics_json is not None:
+        file_to_write(args.metrics_json, "--metrics-json")
     event_expected = DEFAULT_EVENT_EXPECTED if args.event_expected is None else args.event_expected
     detector, layout = load_model(args.model, args.device, args.threads)
     threshold, threshold_name = chosen_threshold(detector, args.threshold)
@@ -371,7 +362,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
     from common.report import write_report
 
-    _check_dir_output(args.out, "--out")
+    folder_to_write(args.out, "--out")
     detector, layout = load_model(args.model, args.device, args.threads)
     threshold, threshold_name = chosen_threshold(detector, args.threshold)
     table = read_for_model(args.data, args, detector, layout)

@@ -38,7 +38,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from client.datafiles import COLUMN_FILES, beside_column_map
 from common.config import DataConfig
 from common.errors import ConfigError, DataError
 from common.events import (
@@ -113,6 +112,8 @@ def _header(path: Path) -> tuple[list[str], dict[str, bool]]:
 
 def infer_columns(path: Path) -> ColumnMap:
     """Column map of a canonical event file (see the module docstring)."""
+    from client.datafiles import COLUMN_FILES, beside_column_map
+
     beside = beside_column_map(path)
     if beside is not None:
         return ColumnMap.from_file(beside)

@@ -1,13 +1,18 @@
-"""argparse types shared by every command line of the project (``seqwatch``, the researcher's commands).
+"""What every command line of the project (``seqwatch``, the researcher's commands) checks alike.
 
-Each turns a flag's text into a value or raises :class:`argparse.ArgumentTypeError`,
-which argparse prints as one ``error: argument --flag: ...`` line with exit status 2.
+The argparse types turn a flag's text into a value or raise
+:class:`argparse.ArgumentTypeError`, which argparse prints as one
+``error: argument --flag: ...`` line with exit status 2. The output checks
+refuse, before any work, a path that cannot be written as asked.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
+
+from common.errors import ConfigError
 
 
 def positive_int(text: str) -> int:
@@ -42,3 +47,27 @@ def _whole(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def folder_to_write(path: str | Path, flag: str = "") -> Path:
+    """``path`` as a folder to write into (created later if missing).
+
+    Raises:
+        ConfigError: ``path`` is an existing file.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {path}".strip() + ": is a file; name a folder (it is created if missing)")
+    return p
+
+
+def file_to_write(path: str | Path, flag: str = "") -> Path:
+    """``path`` as a file to write.
+
+    Raises:
+        ConfigError: ``path`` is an existing folder.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path}".strip() + ": is a folder; name a file")
+    return p

@@ -393,9 +393,7 @@ def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
 
 
 def _finite(key: str, value: float) -> None:
-    """A real, finite number (a bool, a string or infinity is refused, naming ``key``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    """Not infinite or NaN (its type was checked by :func:`_check_types`)."""
     if not math.isfinite(value):
         raise ConfigError(f"config key '{key}' must be finite, got {value!r}")
 

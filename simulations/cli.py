@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from common.argtypes import positive_int
+from common.argtypes import file_to_write, folder_to_write, positive_int
 from common.errors import ConfigError, SeqwatchError
 
 __all__ = ["log_level", "output_file", "output_folder", "positive_int", "run_main", "setup_logging"]
@@ -63,18 +63,15 @@ def setup_logging(level: str = "INFO", fmt: str = "%(asctime)s %(levelname)s %(n
 
 
 def output_folder(path: str | Path, flag: str = "--out") -> Path:
-    """A folder to write into: refused (before any work) when empty or an existing file."""
+    """A folder to write into, resolved: refused (before any work) when empty or an existing file."""
     if not str(path).strip():
         raise ConfigError(f"{flag}: give a folder name")
-    p = Path(path).expanduser().resolve()
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"{flag} {path}: is a file; name a folder (it is created if missing)")
-    return p
+    return folder_to_write(Path(path).expanduser(), flag).resolve()
 
 
 def output_file(text: str) -> Path:
     """argparse type of an output file: refused (before any work) when it is an existing folder."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: is a folder; name a file")
-    return path
+    try:
+        return file_to_write(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
