@@ -210,7 +210,9 @@ def build_config(args: argparse.Namespace) -> DetectorConfig:
 
 def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch fit``: train a local detector and calibrate its threshold."""
-    folder_to_write(args.out, "--out")
+    from common.detector import SequenceDetector, check_model_folder
+
+    check_model_folder(args.out, "--out")
     config = build_config(args)
     train, layout = read_data(args.data, args)
     beside = beside_column_map(args.data) if args.columns is None else None
@@ -228,7 +230,6 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
         validation, _ = read_data(args.validation, args, saved=layout)
         describe(console, "validation data", validation)
 
-    from common.detector import SequenceDetector
     from common.metrics import unresolved_rate
     from common.scoring import MIN_SPREAD_SEQUENCES, end_weight_is_fitted
 

@@ -77,8 +77,17 @@ def prepare(node: NodeData, validation_fraction: float, seed: int) -> LocalData:
 
         raise DataError(f"{node.source}: no normal training sequences")
     fit, val = holdout_split(train, validation_fraction, seed)
-    if len(fit) == 0:  # one content group only: train and validate on the same sequences
-        log.warning("%s: too few distinct sequences to hold out validation data", node.source)
+    if len(fit) == 0 or len(val) == 0:  # nothing to hold out: train and validate on the same sequences
+        why = (
+            "train.validation-fraction = 0"
+            if validation_fraction <= 0
+            else "too few distinct sequences to hold out validation data"
+        )
+        log.warning(
+            "%s: %s: early stopping and the threshold use the training sequences themselves",
+            node.source,
+            why,
+        )
         fit, val = train, train
     return LocalData(train=fit, validation=val, test=node.test, source=node.source)
 

@@ -352,14 +352,13 @@ def node_config_value(value: str, what: str) -> str:
 
 
 def port_number(text: str) -> int:
-    """argparse type of ``--port``: an integer 1-65535."""
+    """argparse type of ``--port``: an integer 1-65535 (:func:`common.pki.validate_port`)."""
+    from common.pki import PkiError, validate_port
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
-    return value
+        return validate_port(text)
+    except PkiError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def node_port(args: argparse.Namespace) -> int | None:

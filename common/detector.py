@@ -92,7 +92,10 @@ def holdout_mask(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
     Identical sequences go to the same side, so the validation scores that
     calibrate the threshold are not flattered by copies of training data.
+    A ``fraction`` of 0 holds out nothing.
     """
+    if fraction <= 0:
+        return np.zeros(len(groups), dtype=bool)
     n_groups = int(groups.max()) + 1 if len(groups) else 0
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_groups)
@@ -111,6 +114,25 @@ def holdout_split(table: EventTable, fraction: float, seed: int) -> tuple[EventT
     is_val = holdout_mask(content_groups(table), fraction, seed)
     ids = table.grouped().ids
     return table.subset(ids[~is_val]), table.subset(ids[is_val])
+
+
+def check_model_folder(path: str | Path, flag: str = "") -> Path:
+    """``path`` as a folder a model may be saved into: new, empty, or an earlier model's.
+
+    Raises:
+        ModelFileError: ``path`` is a file, or a folder holding files other
+            than a seqwatch model's (saving there would mix the two).
+    """
+    p = Path(path)
+    where = f"{flag} {path}".strip()
+    if p.exists() and not p.is_dir():
+        raise ModelFileError(f"{where}: is a file; name a folder for the model (it is created if missing)")
+    if p.is_dir() and not (p / META_FILE).is_file() and any(p.iterdir()):
+        raise ModelFileError(
+            f"{where}: the folder holds other files and no seqwatch model; name a new or empty folder "
+            f"(an earlier model's folder is replaced)"
+        )
+    return p
 
 
 class SequenceDetector:
@@ -193,12 +215,18 @@ class SequenceDetector:
             batch_progress=batch_progress,
         )
         if not len(enc_val):
+            if validation is not None:
+                why = f"{validation.source} has none"
+            elif cfg.train.validation_fraction <= 0:
+                why = "train.validation-fraction = 0 holds none out"
+            else:
+                why = f"all {len(enc_train)} training sequences have the same content"
             log.warning(
-                "%s: no normal validation sequences (all %d training sequences have the same content, "
-                "or the validation table has none): the END weight and the threshold are fitted on the "
-                "training sequences themselves, so expect more false alarms than the target",
+                "%s: no normal validation sequences (%s): early stopping, the END weight and the "
+                "threshold use the training sequences themselves, so expect more false alarms than "
+                "the target",
                 train.source,
-                len(enc_train),
+                why,
             )
         self.fit_scoring(enc_val if len(enc_val) else enc_train)
         return self
@@ -406,9 +434,13 @@ class SequenceDetector:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write a model directory: safetensors weights and JSON for everything else (no pickle)."""
+        """Write a model directory: safetensors weights and JSON for everything else (no pickle).
+
+        ``path`` is created if missing; an earlier model directory is replaced,
+        any other non-empty folder refused (:func:`check_model_folder`).
+        """
         self._check_fitted()
-        out = Path(path)
+        out = check_model_folder(path)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
         save_file(state, str(out / WEIGHTS_FILE))
@@ -426,7 +458,7 @@ class SequenceDetector:
             "end_weight": self.end_weight_,
             "global_threshold": self.global_threshold_,
             "validation_scores": self.validation_scores_.tolist(),
-            "history": self.fit_result_.history if self.fit_result_ else [],
+            "fit": dataclasses.asdict(self.fit_result_) if self.fit_result_ else None,
         }
         meta_path = out / META_FILE
         if self.config.vocab.hash_key:  # the institutions' shared secret is in the config: owner only
@@ -486,6 +518,7 @@ class SequenceDetector:
             end_weight = meta.get("end_weight")
             global_threshold = None if global_threshold is None else float(global_threshold)
             end_weight = None if end_weight is None else float(end_weight)
+            fit_result = _fit_result_from(meta.get("fit"))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise ModelFileError(
                 f"{p}: damaged model metadata ({type(exc).__name__}: {exc}); re-save or re-train the model"
@@ -503,7 +536,7 @@ class SequenceDetector:
                 f"{p / WEIGHTS_FILE}: unreadable, or weights that do not match the saved config ({exc})"
             ) from exc
         model.eval()
-        return cls.from_parts(
+        det = cls.from_parts(
             config,
             encoder,
             model,
@@ -512,6 +545,23 @@ class SequenceDetector:
             global_threshold=global_threshold,
             end_weight=end_weight,
         )
+        det.fit_result_ = fit_result
+        return det
+
+
+def _fit_result_from(saved: object) -> FitResult | None:
+    """The saved training summary (None for models trained by a federation or before it was saved)."""
+    if saved is None:
+        return None
+    if not isinstance(saved, dict):
+        raise TypeError(f"'fit' is a {type(saved).__name__}, not a table")
+    return FitResult(
+        best_epoch=int(saved["best_epoch"]),
+        best_val_loss=float(saved["best_val_loss"]),
+        history=[{str(k): float(v) for k, v in row.items()} for row in saved["history"]],
+        train_events_per_second=float(saved["train_events_per_second"]),
+        monitored=str(saved["monitored"]),
+    )
 
 
 def _normal_sequences(table: EventTable) -> Sequences:

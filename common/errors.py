@@ -20,8 +20,12 @@ class ConfigError(SeqwatchError):
     """A configuration key is missing, unknown or of the wrong type."""
 
 
-class NotFittedError(SeqwatchError, RuntimeError):
-    """A detector was used before ``fit`` (or ``load``)."""
+class NotFittedError(SeqwatchError, ValueError, AttributeError):
+    """A detector was used before ``fit`` (or ``load``).
+
+    A ``ValueError`` and an ``AttributeError``, as scikit-learn's (and so
+    PyOD's) ``NotFittedError`` is: code written for those catches it.
+    """
 
 
 class ModelFileError(SeqwatchError):

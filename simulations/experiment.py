@@ -712,9 +712,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(argv: Sequence[str]) -> dict[str, Any]:
-    """Run the comparison; returns what ``comparison.json`` holds."""
-    args = build_parser().parse_args(list(argv))
+def run(argv: Sequence[str], args: argparse.Namespace | None = None) -> dict[str, Any]:
+    """Run the comparison; returns what ``comparison.json`` holds.
+
+    ``args``: ``argv`` already parsed by :func:`build_parser` (``argv`` is still recorded).
+    """
+    args = args if args is not None else build_parser().parse_args(list(argv))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     git_info = _git()  # at the start: the code that is about to run
     t0 = time.monotonic()
@@ -887,10 +890,10 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def _main(argv: list[str]) -> int:
-    level = build_parser().parse_known_args(argv)[0].log_level  # logging is set up before run() parses
-    setup_logging(level)
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
     logging.getLogger("flwr").propagate = False  # Flower's logger has its own console handler
-    comparison = run(argv)
+    comparison = run(argv, args)
     print(markdown(comparison))  # the final table, for the console
     return 0
 

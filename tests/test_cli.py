@@ -611,6 +611,21 @@ def test_fit_without_anything_to_hold_out_says_what_it_calibrated_on(
     assert "give sequences whose label is 0" in _one_error_line(capsys.readouterr().err)
 
 
+def test_validation_fraction_zero_holds_nothing_out(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "no-holdout.toml"
+    config.write_text(TINY_CONFIG + "validation-fraction = 0.0\n", encoding="utf-8")
+    code = main(
+        ["fit", "--data", str(workspace["train"]), "--config", str(config), "--out", str(tmp_path / "m")]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    n_train = pd.read_csv(workspace["train"])["sequence"].nunique()
+    assert f"on {n_train} normal training sequences" in captured.out
+    assert "train.validation-fraction = 0 holds none out" in captured.err
+
+
 def test_missing_model_dir_is_one_line(
     workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -855,6 +870,34 @@ def test_damaged_model_directories_are_one_error_line(
         assert main(["score", "--model", str(d), "--data", str(workspace["test"]), "--out", out]) == 2, name
         line = _one_error_line(capsys.readouterr().err)
         assert str(d) in line, (name, line)
+
+
+def test_saved_model_keeps_its_training_summary_and_save_never_mixes_folders(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from common.detector import SequenceDetector
+    from common.errors import ModelFileError, NotFittedError
+
+    with pytest.raises(NotFittedError) as raised:
+        SequenceDetector().predict(None)  # type: ignore[arg-type]
+    # as scikit-learn's
+    assert isinstance(raised.value, ValueError) and isinstance(raised.value, AttributeError)
+
+    detector = SequenceDetector.load(workspace["model"])
+    fit = detector.fit_result_
+    assert fit is not None and fit.monitored == "validation" and len(fit.history) >= fit.best_epoch >= 1
+    assert SequenceDetector.load(detector.save(tmp_path / "again")).fit_result_ == fit
+    detector.save(tmp_path / "again")  # an earlier model's folder is replaced
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(ModelFileError, match="holds other files and no seqwatch model"):
+        detector.save(busy)
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+    # the CLI says so before it reads or trains anything
+    code = main(["fit", "--data", str(tmp_path / "absent.csv"), "--out", str(busy)])
+    assert code == 2
+    assert "--out " + str(busy) + ": the folder holds other files" in _one_error_line(capsys.readouterr().err)
 
 
 def test_library_contract_edges(workspace: dict[str, Path], tmp_path: Path) -> None:

@@ -140,6 +140,15 @@ def test_setup_handler_reports_counts_of_the_training_split(shared: dict[str, An
     assert rep.has_test and rep.key_source == "simulation-default"
 
 
+def test_prepare_without_a_hold_out_validates_on_the_training_split(caplog: pytest.LogCaptureFixture) -> None:
+    app_cfg = parse_config(dict(SIM))
+    node = node_data(sim_nodes(2)[0], app_cfg.data)
+    with caplog.at_level("WARNING"):
+        data = local.prepare(node, 0.0, 0)
+    assert data.validation is data.train and len(data.train) == len(node.train)
+    assert "train.validation-fraction = 0" in caplog.text
+
+
 def test_train_handler_replies_weights_and_training_events(shared: dict[str, Any]) -> None:
     content = RecordDict(
         {

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -645,12 +646,12 @@ def test_node_ports_are_checked_when_parsed(
         assert supernode.main(_node(cmd, node_setup, "--dry-run" if cmd == "start" else "-q")) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert lines == [
-            "seqwatch-node: error: $SEQWATCH_NODE_PORT: 'abc' is not a port number (1-65535); "
+            "seqwatch-node: error: $SEQWATCH_NODE_PORT: port 'abc': not a port number (1-65535); "
             "fix or unset it (unset: a free port)"
         ]
     monkeypatch.setenv("SEQWATCH_NODE_PORT", "65536")
     assert supernode.main(_node("check", node_setup, "-q")) == 2
-    assert "$SEQWATCH_NODE_PORT: 65536 is not a port number" in capsys.readouterr().err
+    assert "$SEQWATCH_NODE_PORT: port '65536': not a port number" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("no_env_defaults")
@@ -1178,6 +1179,24 @@ def test_three_round_run_every_institution_reports(deployment: Deployment) -> No
         assert report.is_file() and (dep.output(name) / "scores.csv").is_file(), name
     assert "final detection quality of run 'full'" in out
     print(f"deployment 3 rounds: {took:.1f} s wall; per round {[r['seconds'] for r in rows]}")
+
+
+@pytest.mark.integration
+def test_a_failed_run_makes_run_sh_exit_non_zero(deployment: Deployment) -> None:
+    """flwr run exits 0 when the ServerApp fails; run.sh reads the run's status and does not."""
+    dep = deployment
+    argv = dep.run_argv("broken", rounds=1, min_nodes=3)
+    argv[-1] += " model.kind='transformer'"  # the ServerApp refuses it when it parses the run config
+    res = subprocess.run(
+        argv, cwd=dep.root, env=dep.env, capture_output=True, text=True, timeout=300, check=False
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-4000:]
+    assert "model.kind" in res.stdout, out[-4000:]  # the ServerApp's error, streamed
+    last = res.stderr.strip().splitlines()[-1]
+    pattern = r"run\.sh: run \d+ ended finished:failed.*; its log: '.*flwr log \d+ .* --show'"
+    assert re.fullmatch(pattern, last), last
+    assert not (dep.root / "runs" / "broken" / "metrics.jsonl").exists()
 
 
 @pytest.mark.integration
