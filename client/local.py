@@ -16,6 +16,7 @@ calibration; the labelled test table (if any) serves detection metrics.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,13 +31,14 @@ from client.data import NodeData
 from common.config import DetectorConfig, with_overrides
 from common.detector import SequenceDetector, holdout_split
 from common.encoding import Encoder
+from common.errors import TrainingError
 from common.events import EventTable
 from common.metrics import Confusion, confusion_at, detection_report, histogram_counts, unresolved_rate
 from common.model import NextEventModel, resolve_device, set_threads, shape_of
 from common.protocol import SetupStats, count_categories, key_fingerprint
 from common.scaling import FeatureStats
 from common.scoring import score_events, spread_moments
-from common.train import evaluate_loss, make_optimizer, train_epochs
+from common.train import diverged_message, evaluate_loss, make_optimizer, train_epochs
 from common.vocab import UNK, count_tokens
 
 log = logging.getLogger(__name__)
@@ -195,6 +197,9 @@ def train_round(
     stats = train_epochs(
         model, enc, cfg.train, optimizer, epochs=epochs, device=device, rng=rng, proximal_mu=proximal_mu
     )
+    for epoch, es in enumerate(stats, start=1):
+        if not math.isfinite(es.loss):
+            raise TrainingError(diverged_message(epoch, cfg.train))
     return TrainOutcome(
         state=cpu_state(model),
         loss=float(stats[-1].loss) if stats else float("nan"),

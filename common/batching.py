@@ -105,6 +105,26 @@ def make_batch(data: EncodedSequences, index: np.ndarray, *, end: bool = False) 
     )
 
 
+def _cut_back(lengths: np.ndarray, order: np.ndarray, i: int, low: int, size: int, budget: int) -> int:
+    """The largest batch size in [low, size] from position ``i`` of ``order`` (sorted by length)
+    whose padded size (count × its longest) stays within ``budget``; ``low`` at least."""
+    n = len(order)
+
+    def padded(g: int) -> int:
+        return g * max(int(lengths[order[min(i + g, n) - 1]]), 1)
+
+    if size <= low or padded(size) <= budget:
+        return size
+    lo, hi = low, size - 1  # padded() grows with g: bisect for the last size within budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if padded(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def batch_indices(
     lengths: np.ndarray,
     batch_size: int,
@@ -119,7 +139,10 @@ def batch_indices(
     ``len(batch) * longest <= max_tokens`` (at least one sequence). With
     ``fill_tokens``, a batch of short sequences holds more of them, up to
     ``fill_tokens // longest``, so that short-session data (log sessions of
-    ~20 events) is not trained a few hundred events at a time.
+    ~20 events) is not trained a few hundred events at a time. That size is
+    estimated from the first ``batch_size`` of them; where the sequences it
+    adds are much longer (a mix of very short and very long ones), the batch
+    is cut back so that it never pads to more than twice ``fill_tokens``.
     """
     n = len(lengths)
     if n == 0:
@@ -133,6 +156,7 @@ def batch_indices(
         if fill_tokens is not None:
             longest = max(int(lengths[order[min(i + size, n) - 1]]), 1)
             size = max(size, fill_tokens // longest)
+            size = _cut_back(lengths, order, i, batch_size, size, 2 * fill_tokens)
         if max_tokens is not None:
             longest = max(int(lengths[order[min(i + batch_size, n) - 1]]), 1)
             size = max(1, min(batch_size, max_tokens // longest))

@@ -506,7 +506,7 @@ class SequenceDetector:
             if threads is not None:
                 flat["train.threads"] = threads
             config = parse_detector_config(flat)
-            encoder = Encoder.from_dict(enc_data, hash_key=config.vocab.hash_key)
+            encoder = Encoder.from_dict(enc_data, hash_key=config.vocab.hash_key, need_key=True)
             shape = NetworkShape(
                 vocab_size=int(meta["shape"]["vocab_size"]),
                 context_sizes=tuple(int(x) for x in meta["shape"]["context_sizes"]),

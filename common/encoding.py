@@ -15,10 +15,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.config import VocabConfig
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from common.events import GAP, take_rows
-from common.scaling import Scaler
-from common.vocab import UNK, ContextVocabulary, Vocabulary
+from common.scaling import FeatureStats, Scaler
+from common.vocab import UNK, ContextVocabulary, Vocabulary, key_fingerprint
 
 
 class GroupedEvents(Protocol):
@@ -107,10 +107,15 @@ class Encoder:
         vocab: Vocabulary,
         context: ContextVocabulary,
         scaler: Scaler,
+        *,
+        key_print: str = "",
     ) -> None:
         self.vocab = vocab
         self.context = context
         self.scaler = scaler
+        #: Fingerprint (:func:`~common.vocab.key_fingerprint`) of the hash key of the tokens and
+        #: categories; "" when they are not hashed.
+        self.key_print = key_print or (key_fingerprint(vocab.hash_key) if vocab.hash_key else "")
 
     @property
     def numeric_names(self) -> tuple[str, ...]:
@@ -143,7 +148,13 @@ class Encoder:
             vocab.learn_names(grouped.events)
         ctx = ContextVocabulary.fit(context_names, grouped.context, vocab_config.max_size)
         if scaler is None:
-            scaler = Scaler.fit(numeric_names, grouped.numeric)
+            stats = FeatureStats.compute(numeric_names, grouped.numeric)
+            if stats.unobserved():
+                raise DataError(
+                    f"numeric feature(s) {list(stats.unobserved())} have no value in the training data: "
+                    f"fill them in, or leave them out (--numeric-cols / the column map)"
+                )
+            scaler = Scaler.from_stats(stats)
         return cls(vocab, ctx, scaler)
 
     def encode(self, grouped: GroupedEvents) -> EncodedSequences:
@@ -189,13 +200,35 @@ class Encoder:
         }
         if self.context.hashed:
             out["context_hashed"] = True
+        if self.key_print:
+            out["key_fingerprint"] = self.key_print
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], hash_key: str = "") -> Encoder:
+    def from_dict(cls, data: Mapping[str, Any], hash_key: str = "", *, need_key: bool = False) -> Encoder:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: the tokens are hashed and ``hash_key`` is another key than
+                theirs, or (``need_key``: the encoder is to encode data) no key is given.
+        """
         hashed = bool(data.get("context_hashed", False))
+        saved_print = str(data.get("key_fingerprint", ""))
+        keyed = bool(saved_print) or bool(dict(data["vocab"]).get("hashed", False))
+        if hash_key and saved_print and key_fingerprint(hash_key) != saved_print:
+            raise ConfigError(
+                "vocab.hash-key differs from the key this model's events were hashed with; "
+                "give the key it was trained with"
+            )
+        if need_key and keyed and not hash_key:
+            raise ConfigError(
+                "this model's events are keyed-hashed and no vocab.hash-key is set, so every event "
+                "would be unknown; set vocab.hash-key (in the model's detector.json) to the key it "
+                "was trained with"
+            )
         return cls(
             Vocabulary.from_dict(data["vocab"], hash_key=hash_key),
             ContextVocabulary(data["context"], hash_key=hash_key if hashed else "", hashed=hashed),
             Scaler.from_dict(data["scaler"]),
+            key_print=saved_print,
         )

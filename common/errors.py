@@ -30,3 +30,7 @@ class NotFittedError(SeqwatchError, ValueError, AttributeError):
 
 class ModelFileError(SeqwatchError):
     """A saved model directory is missing files or is inconsistent."""
+
+
+class TrainingError(SeqwatchError):
+    """Training could not produce a usable model (the loss diverged)."""

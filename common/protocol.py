@@ -38,7 +38,7 @@ from common.config import VocabConfig
 from common.encoding import Encoder
 from common.errors import ConfigError
 from common.scaling import FeatureStats, Scaler
-from common.vocab import ContextVocabulary, TokenHasher, Vocabulary
+from common.vocab import ContextVocabulary, Vocabulary, key_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,6 @@ SIMULATION_HASH_KEY = "seqwatch-simulation-key:not-a-secret"
 """Hash key used when neither node config ``hash-key`` nor run config
 ``vocab.hash-key`` is set. It is public: fine for simulations, no protection
 in a real deployment (clients warn when they fall back to it)."""
-
-_FINGERPRINT_INPUT = "\x00seqwatch hash-key fingerprint v1"
 
 #: Name of the ConfigRecord that carries the shared encoder in every message after set-up.
 ENCODER_RECORD = "encoder"
@@ -59,11 +57,6 @@ ENC_NUMERIC_NAMES = "enc.numeric-names"
 ENC_MEAN = "enc.mean"
 ENC_STD = "enc.std"
 ENC_FINGERPRINT = "enc.key-fingerprint"
-
-
-def key_fingerprint(hash_key: str) -> str:
-    """A keyed hash of a fixed string: equal fingerprints mean equal keys (the key is not revealed)."""
-    return TokenHasher(hash_key)(_FINGERPRINT_INPUT)
 
 
 def resolve_hash_key(node_key: object, run_key: str) -> tuple[str, str]:
@@ -104,7 +97,7 @@ class SetupStats:
             "numeric-names": list(self.numeric.names),
             "stats-count": [float(x) for x in self.numeric.count],
             "stats-sum": [float(x) for x in self.numeric.total],
-            "stats-sum-sq": [float(x) for x in self.numeric.total_sq],
+            "stats-sq-dev": [float(x) for x in self.numeric.sq_dev],
             "n-sequences": int(self.n_sequences),
             "n-events": int(self.n_events),
             "key-fingerprint": self.key_fingerprint,
@@ -139,8 +132,14 @@ class SetupStats:
                 names,
                 np.asarray(data["stats-count"], dtype=np.float64).reshape(len(names)),
                 np.asarray(data["stats-sum"], dtype=np.float64).reshape(len(names)),
-                np.asarray(data["stats-sum-sq"], dtype=np.float64).reshape(len(names)),
+                np.asarray(data["stats-sq-dev"], dtype=np.float64).reshape(len(names)),
             )
+            if any(c < 0 for c in counts) or any(v < 0 for c in context_counts.values() for v in c.values()):
+                raise ValueError("negative counts")
+            if not all(np.isfinite(a).all() for a in (stats.count, stats.total, stats.sq_dev)):
+                raise ValueError("numeric statistics that are not finite")
+            if (stats.count < 0).any() or (stats.sq_dev < 0).any():
+                raise ValueError("negative numeric statistics")
             return cls(
                 token_counts=Counter(dict(zip(tokens, counts, strict=True))),
                 context_names=context_names,
@@ -206,6 +205,11 @@ def merge_context(
     return out
 
 
+def _agreed_order(orders: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
+    """The column order every node reports, or the names sorted when the orders differ."""
+    return orders[0] if all(o == orders[0] for o in orders) else tuple(sorted(orders[0]))
+
+
 def merge_setup(reports: Sequence[SetupStats], vocab: VocabConfig) -> SharedSetup:
     """Merge the nodes' statistics into the shared encoder.
 
@@ -222,29 +226,38 @@ def merge_setup(reports: Sequence[SetupStats], vocab: VocabConfig) -> SharedSetu
         )
     first = reports[0]
     for r in reports[1:]:
-        if r.numeric.names != first.numeric.names or r.context_names != first.context_names:
+        same_numeric = set(r.numeric.names) == set(first.numeric.names)
+        if not same_numeric or set(r.context_names) != set(first.context_names):
             raise ConfigError(
                 "set-up: nodes disagree on feature columns: numeric "
                 f"{list(first.numeric.names)} vs {list(r.numeric.names)}, context "
                 f"{list(first.context_names)} vs {list(r.context_names)}; all institutions must "
                 f"export the same columns"
             )
+    # the nodes' column order when they agree on one, else by name (nodes encode by name either way)
+    numeric_order = _agreed_order([r.numeric.names for r in reports])
+    context_order = _agreed_order([r.context_names for r in reports])
     tokens: Counter[str] = Counter()
     for r in reports:
         tokens.update(r.token_counts)
     shared_vocab = Vocabulary.from_counts(tokens, max_size=vocab.max_size, min_count=vocab.min_count)
     context = ContextVocabulary(
-        merge_context((r.context_counts for r in reports), first.context_names, vocab.max_size),
+        merge_context((r.context_counts for r in reports), context_order, vocab.max_size),
         hashed=True,
     )
-    stats = FeatureStats.merge_all(r.numeric for r in reports)
+    stats = FeatureStats.merge_all(r.numeric.reordered(numeric_order) for r in reports)
+    if stats.unobserved():
+        raise ConfigError(
+            f"set-up: no node has a single value of numeric feature(s) {list(stats.unobserved())}; "
+            f"fill them in or leave them out of the institutions' column maps"
+        )
     scaler = Scaler.from_stats(stats)
     if not shared_vocab.tokens:
         raise ConfigError(
             f"set-up: no event token reaches vocab.min-count = {vocab.min_count} across the nodes"
         )
     return SharedSetup(
-        encoder=Encoder(shared_vocab, context, scaler),
+        encoder=Encoder(shared_vocab, context, scaler, key_print=first.key_fingerprint),
         key_fingerprint=first.key_fingerprint,
         n_nodes=len(reports),
         n_sequences=sum(r.n_sequences for r in reports),
@@ -296,6 +309,7 @@ def encoder_from_config(data: Mapping[str, Any], hash_key: str) -> Encoder:
         Vocabulary(tokens=tokens, hash_key=hash_key),
         ContextVocabulary(columns, hash_key=hash_key, hashed=True),
         Scaler(numeric, mean, std),
+        key_print=expected,
     )
 
 

@@ -1,8 +1,11 @@
 """Numeric feature scaling with statistics that several parties can merge exactly.
 
-Each party computes (count, sum, sum of squares) per feature after a fixed,
-data-independent transform; merging is addition. Heavy-tailed features
-(amounts, durations, time gaps) go through ``sign(x)·log1p(|x|)`` first.
+Each party computes (count, sum, sum of squared deviations from its own mean)
+per feature after a fixed, data-independent transform; merging is Chan et
+al.'s pairwise formula, exact up to float rounding, and unlike a raw sum of
+squares it keeps the spread of a feature with a large offset (epoch
+milliseconds, say). Heavy-tailed features (amounts, durations, time gaps) go
+through ``sign(x)·log1p(|x|)`` first. Infinite values count as missing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def transform_kind(name: str) -> str:
 
 def _transform(values: np.ndarray, kinds: tuple[str, ...]) -> np.ndarray:
     out = np.array(values, dtype=np.float64, copy=True)
+    out[np.isinf(out)] = np.nan  # no scale fits an infinity: it is a missing value
     for j, kind in enumerate(kinds):
         if kind == "log":
             out[:, j] = np.sign(out[:, j]) * np.log1p(np.abs(out[:, j]))
@@ -37,7 +41,8 @@ class FeatureStats:
     names: tuple[str, ...]
     count: np.ndarray
     total: np.ndarray
-    total_sq: np.ndarray
+    #: Sum of squared deviations from this part's own mean, per feature.
+    sq_dev: np.ndarray
 
     @classmethod
     def empty(cls, names: tuple[str, ...]) -> FeatureStats:
@@ -48,15 +53,35 @@ class FeatureStats:
     def compute(cls, names: tuple[str, ...], values: np.ndarray) -> FeatureStats:
         x = _transform(values, tuple(transform_kind(n) for n in names))
         ok = ~np.isnan(x)
-        x0 = np.where(ok, x, 0.0)
-        return cls(names, ok.sum(0).astype(np.float64), x0.sum(0), (x0 * x0).sum(0))
+        count = ok.sum(0).astype(np.float64)
+        total = np.where(ok, x, 0.0).sum(0)
+        mean = total / np.maximum(count, 1.0)
+        dev = np.where(ok, x - mean, 0.0)
+        return cls(names, count, total, (dev * dev).sum(0))
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / np.maximum(self.count, 1.0)
 
     def merge(self, other: FeatureStats) -> FeatureStats:
+        """Both parts' statistics as one (Chan et al.'s pairwise update of the squared deviations)."""
         if self.names != other.names:
             raise ValueError(f"cannot merge statistics of {self.names} and {other.names}")
-        return FeatureStats(
-            self.names, self.count + other.count, self.total + other.total, self.total_sq + other.total_sq
-        )
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        between = np.where(n > 0, delta * delta * self.count * other.count / np.maximum(n, 1.0), 0.0)
+        return FeatureStats(self.names, n, self.total + other.total, self.sq_dev + other.sq_dev + between)
+
+    def unobserved(self) -> tuple[str, ...]:
+        """Features without a single (finite) value."""
+        return tuple(n for n, c in zip(self.names, self.count, strict=True) if c == 0)
+
+    def reordered(self, names: tuple[str, ...]) -> FeatureStats:
+        """The same statistics with the features in the order ``names`` (the same set)."""
+        if sorted(names) != sorted(self.names):
+            raise ValueError(f"cannot reorder statistics of {self.names} as {names}")
+        at = [self.names.index(n) for n in names]
+        return FeatureStats(tuple(names), self.count[at], self.total[at], self.sq_dev[at])
 
     @classmethod
     def merge_all(cls, parts: Iterable[FeatureStats]) -> FeatureStats:
@@ -67,7 +92,7 @@ class FeatureStats:
         return out
 
     def to_dict(self) -> dict[str, list[float]]:
-        return {"count": self.count.tolist(), "sum": self.total.tolist(), "sum_sq": self.total_sq.tolist()}
+        return {"count": self.count.tolist(), "sum": self.total.tolist(), "sq_dev": self.sq_dev.tolist()}
 
 
 class Scaler:
@@ -83,8 +108,7 @@ class Scaler:
     def from_stats(cls, stats: FeatureStats) -> Scaler:
         n = np.maximum(stats.count, 1.0)
         mean = stats.total / n
-        var = np.maximum(stats.total_sq / n - mean * mean, 0.0)
-        std = np.sqrt(var)
+        std = np.sqrt(np.maximum(stats.sq_dev / n, 0.0))
         return cls(stats.names, mean, np.where(std > 1e-8, std, 1.0))
 
     @classmethod

@@ -262,6 +262,29 @@ def end_weight_from_moments(moments: np.ndarray | list[float], config: ScoreConf
     return float(np.sqrt(var_b / var_e))
 
 
+#: Step scores up to this size go through one running sum over all sequences; a
+#: sequence with a larger (or non-finite) one has its windows summed on their own,
+#: so that its value cannot cost the others' window sums their precision.
+_RUNNING_SUM_LIMIT = 1e4
+
+
+def _window_sums(values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, w: int) -> np.ndarray:
+    """At each step that ends a full window of ``w`` steps of its sequence, the window's sum
+    (other steps: undefined). Each window holds only its own steps' values."""
+    seq_of = np.repeat(np.arange(len(lengths)), lengths)
+    large = ~(np.abs(values) <= _RUNNING_SUM_LIMIT)  # NaN and infinities too
+    apart = np.unique(seq_of[large])
+    safe = np.where(np.isin(seq_of, apart), 0.0, values) if apart.size else values
+    cs = np.concatenate([[0.0], np.cumsum(safe)])
+    ends = np.arange(len(values))
+    sums = cs[ends + 1] - cs[np.maximum(ends + 1 - w, 0)]
+    for i in apart:
+        if lengths[i] >= w:
+            lo, hi = int(offsets[i]), int(offsets[i + 1])
+            sums[lo + w - 1 : hi] = np.lib.stride_tricks.sliding_window_view(values[lo:hi], w).sum(axis=1)
+    return sums
+
+
 def _aggregate_steps(
     offsets: np.ndarray, step_score: np.ndarray, step_rank: np.ndarray, config: ScoreConfig
 ) -> np.ndarray:
@@ -283,13 +306,11 @@ def _aggregate_steps(
     if config.aggregate == "mean":
         return means
     w = config.window
-    cs = np.concatenate([[0.0], np.cumsum(values)])
     pos = np.arange(len(values)) - np.repeat(offsets[:-1], lengths)  # position in its sequence
-    full = pos >= w - 1
     lowest = config.aggregate == "window-min"
     win = np.full(len(values), np.inf if lowest else -np.inf)
-    ends = np.nonzero(full)[0]
-    win[ends] = (cs[ends + 1] - cs[ends + 1 - w]) / w
+    ends = np.nonzero(pos >= w - 1)[0]
+    win[ends] = _window_sums(values, offsets, lengths, w)[ends] / w
     reduce = np.minimum if lowest else np.maximum
     out[nonempty] = reduce.reduceat(win, starts)
     short = lengths < w

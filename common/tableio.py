@@ -140,11 +140,23 @@ def _filled(values: pd.Series, mask: np.ndarray, fill: str) -> pd.Series:
     return values.where(~mask, fill)
 
 
-def _numeric(s: pd.Series, column: str, where: _Where, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Parse a column as float64. Returns (values, missing mask).
+def _numeric(
+    s: pd.Series, column: str, where: _Where, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse a column as float64. Returns (values, missing mask, infinite mask).
 
-    Raises DataError at the first text value.
+    Infinite values ("inf", 1e999) become NaN and are in both masks: no
+    score or scaler can use them. Raises DataError at the first text value.
     """
+    vals, mask = _parse_numbers(s, column, where, what)
+    infinite = np.isinf(vals)
+    if infinite.any():
+        vals = np.where(infinite, np.nan, vals)
+        mask = mask | infinite
+    return vals, mask, infinite
+
+
+def _parse_numbers(s: pd.Series, column: str, where: _Where, what: str) -> tuple[np.ndarray, np.ndarray]:
     if pd.api.types.is_bool_dtype(s.dtype):
         s = s.astype(np.float64)
     if pd.api.types.is_numeric_dtype(s.dtype):
@@ -341,8 +353,9 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
         order_s = df[columns.order]
         looks_time = _looks_like_time(order_s)
         is_time = looks_time if columns.time is None else columns.time
+        infinite = None
         if is_time and not looks_time:
-            order, mask = _numeric(order_s, columns.order, where, "epoch seconds")
+            order, mask, infinite = _numeric(order_s, columns.order, where, "epoch seconds")
         elif is_time:
             order, assumed_utc = _timestamps(order_s, columns.order, where)
             mask = np.zeros(len(order), dtype=bool)
@@ -355,7 +368,13 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
                     columns.order,
                 )
         else:
-            order, mask = _numeric(order_s, columns.order, where, "position")
+            order, mask, infinite = _numeric(order_s, columns.order, where, "position")
+        if infinite is not None and infinite.any():
+            pos = int(np.flatnonzero(infinite)[0])
+            raise DataError(
+                f"{source}: {where.at(pos)}, column {columns.order!r}: infinite order value; "
+                f"give a finite number"
+            )
         if mask.any():
             pos = int(np.flatnonzero(mask)[0])
             raise DataError(
@@ -368,8 +387,12 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
 
     numeric = [n for n in columns.numeric if not (time_ordered and n == GAP)]
     for name in numeric:
-        vals, mask = _numeric(df[name], name, where, "numeric feature")
-        n_missing = int(mask.sum())
+        vals, mask, infinite = _numeric(df[name], name, where, "numeric feature")
+        n_infinite = int(infinite.sum())
+        if n_infinite:
+            repairs[f"infinite numeric {name!r} (kept as missing)"] = n_infinite
+            logger.info("%s: %d infinite value(s) in numeric column %r kept as NaN", source, n_infinite, name)
+        n_missing = int(mask.sum()) - n_infinite
         if n_missing:
             repairs[f"missing numeric {name!r}"] = n_missing
             logger.info("%s: %d missing value(s) in numeric column %r kept as NaN", source, n_missing, name)

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from common.batching import Batch, iter_batches
 from common.config import TrainConfig
 from common.encoding import EncodedSequences
+from common.errors import TrainingError
 from common.model import NextEventModel, State, detach_state
 from common.vocab import BOS, UNK
 
@@ -52,6 +54,14 @@ class FitResult:
     train_events_per_second: float = 0.0
     #: What early stopping watched: "validation", or "training" when there was no validation data.
     monitored: str = "validation"
+
+
+def diverged_message(epoch: int, config: TrainConfig) -> str:
+    """What to say when the training loss stops being a number."""
+    return (
+        f"training diverged: the loss was not finite in epoch {epoch}; lower train.lr "
+        f"(now {config.lr:g}) or check the numeric features for extreme values"
+    )
 
 
 def chunk_loss(
@@ -260,6 +270,11 @@ def fit_model(
         )
         total_events += es.events
         total_seconds += es.seconds
+        if not math.isfinite(es.loss):
+            if best_epoch == 0:
+                raise TrainingError(diverged_message(epoch, config))
+            log.warning("%s; keeping the weights of epoch %d", diverged_message(epoch, config), best_epoch)
+            break
         row = {"epoch": float(epoch), "train_loss": es.loss, "train_nll": es.event_nll}
         if validation is not None and has_validation:
             vs = evaluate_loss(model, validation, config, device)

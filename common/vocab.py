@@ -45,6 +45,14 @@ class TokenHasher:
         return {t: self(t) for t in set(tokens)}
 
 
+_FINGERPRINT_INPUT = "\x00seqwatch hash-key fingerprint v1"
+
+
+def key_fingerprint(hash_key: str) -> str:
+    """A keyed hash of a fixed string: equal fingerprints mean equal keys (the key is not revealed)."""
+    return TokenHasher(hash_key)(_FINGERPRINT_INPUT)
+
+
 def count_tokens(tokens: np.ndarray, hash_key: str = "") -> Counter[str]:
     """Count event tokens as text, keyed-hashing them first when ``hash_key`` is set."""
     codes, texts = text_codes(tokens)

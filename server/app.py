@@ -18,8 +18,10 @@ The phases (message types in :mod:`client.app`):
    last round's evaluation already fitted it under the same weights and nodes), then
    ``query.calib_hist``: the global threshold at
    ``calibration.false-alarm-rate`` from the summed validation histograms on
-   the fixed log-spaced edges :func:`common.protocol.round_edges` (no node
-   reveals its largest score);
+   the fixed log-spaced edges :func:`common.protocol.round_edges` (fixed, so
+   that no node has to send its largest score to agree them; the counts still
+   place each validation score within one bin, about 0.4 % wide for the default
+   ``federation.histogram-bins``: fewer bins reveal less);
 4. **final report** — ``query.report``: every node writes its local report; the
    server sums the counts into ``final.json``, saves the global model to
    ``<run>/model`` and logs a summary table.
@@ -58,6 +60,7 @@ from common.protocol import (
     round_edges,
 )
 from common.scoring import N_SPREAD_MOMENTS, end_weight_from_moments, end_weight_is_fitted
+from server.replies import Check, metrics_problem, usable
 from server.rundir import RunDir
 from server.strategy import (
     CONFUSION_KEYS,
@@ -115,25 +118,36 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
 
 
 def ask_all(
-    grid: Grid, message_type: str, content: RecordDict, node_ids: Sequence[int], timeout: float
+    grid: Grid,
+    message_type: str,
+    content: RecordDict,
+    node_ids: Sequence[int],
+    timeout: float,
+    check: Check | None = None,
 ) -> list[Message]:
     """Send one message per node and return the successful replies (failures are logged).
+
+    ``check`` (:mod:`server.replies`) drops replies the server cannot use, as failures.
 
     Raises:
         RuntimeError: no node replied successfully.
     """
     messages = [Message(content, dst_node_id=n, message_type=message_type) for n in node_ids]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
-    ok = [r for r in replies if not r.has_error()]
     for r in replies:
         if r.has_error():
             log.warning("%s: node %d failed: %s", message_type, r.metadata.src_node_id, r.error.reason)
     missing = len(node_ids) - len(replies)
     if missing:
         log.warning("%s: %d node(s) did not reply within %.0f s", message_type, missing, timeout)
+    dropped: list[str] = []
+    if check is not None:
+        replies, dropped = usable(replies, check, message_type)
+    ok = [r for r in replies if not r.has_error()]
     if not ok:
-        reasons = "; ".join(str(r.error.reason) for r in replies if r.has_error()) or "no replies"
-        raise RuntimeError(f"{message_type}: no node replied successfully ({reasons})")
+        reasons = [str(r.error.reason) for r in replies if r.has_error()] + dropped
+        why = "; ".join(reasons) or "no replies"
+        raise RuntimeError(f"{message_type}: no node replied successfully ({why})")
     return ok
 
 
@@ -141,13 +155,31 @@ def _metrics(msg: Message) -> MetricRecord:
     return next(iter(msg.content.metric_records.values()))
 
 
+def _setup_problem(msg: Message) -> str | None:
+    """What is wrong with a ``query.setup`` reply, or None."""
+    record = msg.content.config_records.get("setup")
+    if record is None:
+        return "no 'setup' record"
+    try:
+        SetupStats.from_config(dict(record))
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _bins(histogram_bins: int) -> int:
+    """Counts in a histogram on :func:`round_edges` for ``federation.histogram-bins``."""
+    return len(round_edges(histogram_bins)) - 1
+
+
 # --------------------------------------------------------------------------- phases
 
 
 def _redacted(cfg: AppConfig) -> dict[str, Any]:
+    """The run config as flat keys, the hash key replaced by its fingerprint (a changed key shows)."""
     flat = to_flat(cfg)
     if flat.get("vocab.hash-key"):
-        flat["vocab.hash-key"] = "<set>"
+        flat["vocab.hash-key"] = f"<set, fingerprint {key_fingerprint(str(flat['vocab.hash-key']))[:12]}>"
     return flat
 
 
@@ -159,7 +191,8 @@ def setup_phase(grid: Grid, cfg: AppConfig, run: RunDir) -> tuple[Encoder, str, 
     """Collect the nodes' hashed statistics, merge them, build the initial model, write setup.json."""
     fed = cfg.federation
     nodes = wait_for_nodes(grid, fed.min_nodes, fed.round_timeout)
-    replies = ask_all(grid, "query.setup", RecordDict({"config": ConfigRecord({})}), nodes, fed.round_timeout)
+    ask = RecordDict({"config": ConfigRecord({})})
+    replies = ask_all(grid, "query.setup", ask, nodes, fed.round_timeout, _setup_problem)
     reports = [SetupStats.from_config(dict(r.content.config_records["setup"])) for r in replies]
     shared = merge_setup(reports, cfg.detector.vocab)
     encoder = shared.encoder
@@ -268,12 +301,12 @@ def training_phase(
         ) -> dict[str, float]:
             """The federation's END weight under this round's global weights, for its evaluation."""
             try:
-                weight, n_val = federation_end_weight(round_grid, cfg, enc_conf, round_arrays, nodes)
+                weight, n_val, replied = federation_end_weight(round_grid, cfg, enc_conf, round_arrays, nodes)
             except RuntimeError as exc:
                 log.warning("round END weight: %s; nodes fit their own this round", exc)
                 return {}
             if spread_memo is not None:
-                spread_memo.remember(round_arrays, nodes, weight, n_val)
+                spread_memo.remember(round_arrays, replied, weight, n_val)
             return {"end-weight": weight}
 
     strategy.setup_recording(  # type: ignore[attr-defined]
@@ -283,6 +316,7 @@ def training_phase(
         total_rounds=fed.num_server_rounds,
         extra_records={ENCODER_RECORD: ConfigRecord(enc_conf)},
         evaluate_config=round_end_weight,
+        histogram_bins=_bins(fed.histogram_bins),
     )
     if strategy_state is not None and strategy_before == fed.strategy and strategy_state.is_file():
         strategy.load_strategy_state(run.load_checkpoint(strategy_state))  # type: ignore[attr-defined]
@@ -336,19 +370,26 @@ class EndWeightMemo:
 
 def federation_end_weight(
     grid: Grid, cfg: AppConfig, enc_conf: dict[str, Any], arrays: ArrayRecord, nodes: Sequence[int]
-) -> tuple[float, int]:
-    """(END weight, validation sequences) from the summed spread moments of the nodes' validation scores."""
+) -> tuple[float, int, tuple[int, ...]]:
+    """(END weight, validation sequences, the nodes that replied) from the summed spread moments
+    of the nodes' validation scores."""
     content = RecordDict(
         {"arrays": arrays, ENCODER_RECORD: ConfigRecord(enc_conf), "config": ConfigRecord({})}
     )
-    parts = [
-        part
-        for r in ask_all(grid, "query.calib_spread", content, nodes, cfg.federation.round_timeout)
-        if len(part := as_floats(_metrics(r).get("spread-moments"))) == N_SPREAD_MOMENTS
-    ]
+
+    def check(msg: Message) -> str | None:
+        return metrics_problem(msg, vectors={"spread-moments": N_SPREAD_MOMENTS}) or (
+            "'spread-moments' counts a negative number of sequences"
+            if as_floats(_metrics(msg)["spread-moments"])[0] < 0
+            else None
+        )
+
+    replies = ask_all(grid, "query.calib_spread", content, nodes, cfg.federation.round_timeout, check)
+    parts = [as_floats(_metrics(r)["spread-moments"]) for r in replies]
     # exactly rounded sums: the same weight whatever order the replies came in
     moments = np.array([math.fsum(p[i] for p in parts) for i in range(N_SPREAD_MOMENTS)])
-    return end_weight_from_moments(moments, cfg.detector.score), int(moments[0])
+    replied = tuple(int(r.metadata.src_node_id) for r in replies)
+    return end_weight_from_moments(moments, cfg.detector.score), int(moments[0]), replied
 
 
 def calibration_phase(
@@ -371,7 +412,7 @@ def calibration_phase(
     if cfg.detector.model.end_event and end_weight_is_fitted(score):
         known = spread_memo.lookup(arrays, nodes) if spread_memo is not None else None
         if known is None:
-            end_weight, n_val = federation_end_weight(grid, cfg, enc_conf, arrays, nodes)
+            end_weight, n_val, _ = federation_end_weight(grid, cfg, enc_conf, arrays, nodes)
         else:
             end_weight, n_val = known
         log.info(
@@ -388,7 +429,14 @@ def calibration_phase(
             "config": ConfigRecord({"hist-bins": fed.histogram_bins, "end-weight": end_weight}),
         }
     )
-    hists = ask_all(grid, "query.calib_hist", content, nodes, fed.round_timeout)
+    bins = _bins(fed.histogram_bins)
+
+    def check(msg: Message) -> str | None:
+        return metrics_problem(msg, histograms=("hist",), bins=bins) or (
+            "an empty 'hist'" if not _metrics(msg)["hist"] else None
+        )
+
+    hists = ask_all(grid, "query.calib_hist", content, nodes, fed.round_timeout, check)
     counts = np.asarray(sum_lists(as_ints(_metrics(r).get("hist")) for r in hists), dtype=np.int64)
     rate = cal.rate
     threshold = threshold_from_histogram(counts, edges, rate)
@@ -441,7 +489,17 @@ def report_phase(
     content = RecordDict(
         {"arrays": arrays, ENCODER_RECORD: ConfigRecord(enc_conf), "config": ConfigRecord(conf)}
     )
-    replies = ask_all(grid, "query.report", content, nodes, fed.round_timeout)
+    report_counts = tuple(f"{p}-{k}" for p in ("local", "global") for k in CONFUSION_KEYS)
+
+    def check(msg: Message) -> str | None:
+        return metrics_problem(
+            msg,
+            counts=("test-sequences", "test-events", "unknown-events", *report_counts),
+            histograms=("hist-normal", "hist-anomalous"),
+            bins=_bins(fed.histogram_bins),
+        )
+
+    replies = ask_all(grid, "query.report", content, nodes, fed.round_timeout, check)
     ms = [_metrics(r) for r in replies]
     normal = sum_lists(as_ints(m.get("hist-normal")) for m in ms)
     anomalous = sum_lists(as_ints(m.get("hist-anomalous")) for m in ms)

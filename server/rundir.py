@@ -21,10 +21,11 @@ arrays are plain ``numpy`` dicts.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,15 +221,11 @@ class RunDir:
     def append_metrics(self, row: Mapping[str, Any]) -> None:
         """Append one row to metrics.jsonl and metrics.csv (header written with the first row)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        clean = {k: _plain(v) for k, v in row.items()}
-        with open(self.metrics_jsonl, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(clean) + "\n")
         new = not self.metrics_csv.is_file() or self.metrics_csv.stat().st_size == 0
+        with open(self.metrics_jsonl, "a", encoding="utf-8") as fh:
+            fh.write(_jsonl([row]))
         with open(self.metrics_csv, "a", encoding="utf-8", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: "" if clean.get(k) is None else clean.get(k) for k in METRIC_COLUMNS})
+            fh.write(_csv([row], header=new))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_jsonl.is_file():
@@ -245,14 +242,30 @@ class RunDir:
     def truncate_metrics(self, last_round: int) -> None:
         """Keep only rows of rounds ``<= last_round`` (rows of an uncommitted round are dropped)."""
         rows = [r for r in self.read_metrics() if int(r.get("round", 0)) <= last_round]
-        for p in (self.metrics_jsonl, self.metrics_csv):
-            p.unlink(missing_ok=True)
-        for r in rows:
-            self.append_metrics(r)
+        # each file replaced whole: an interruption leaves the old rows or the new ones, never fewer
+        atomic_write_bytes(self.metrics_jsonl, _jsonl(rows).encode("utf-8"))
+        atomic_write_bytes(self.metrics_csv, _csv(rows, header=True).encode("utf-8"))
 
     # -- final ----------------------------------------------------------------------------
     def save_final(self, data: Mapping[str, Any]) -> None:
         atomic_write_json(self.final_path, dict(data))
+
+
+def _jsonl(rows: Iterable[Mapping[str, Any]]) -> str:
+    """``rows`` as metrics.jsonl lines."""
+    return "".join(json.dumps({k: _plain(v) for k, v in r.items()}) + "\n" for r in rows)
+
+
+def _csv(rows: Iterable[Mapping[str, Any]], *, header: bool) -> str:
+    """``rows`` as metrics.csv lines (:data:`METRIC_COLUMNS`), with the header line when asked."""
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    for r in rows:
+        clean = {k: _plain(v) for k, v in r.items()}
+        writer.writerow({k: "" if clean.get(k) is None else clean.get(k) for k in METRIC_COLUMNS})
+    return out.getvalue()
 
 
 def _plain(value: Any) -> Any:

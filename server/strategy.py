@@ -43,6 +43,7 @@ from flwr.serverapp.strategy import (
 
 from common.config import FederationConfig
 from common.metrics import Confusion, roc_auc_from_histograms
+from server.replies import arrays_problem, metrics_problem, usable
 from server.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -227,8 +228,11 @@ class RecordingMixin:
         on_round: Callable[[int, dict[str, Any]], None] | None = None,
         extra_records: Mapping[str, ConfigRecord] | None = None,
         evaluate_config: Callable[[ArrayRecord, Grid, list[int]], Mapping[str, float]] | None = None,
+        histogram_bins: int | None = None,
     ) -> None:
         self.run = run
+        #: Bins of the evaluate replies' histograms (``len(round_edges(hist-bins)) - 1``); None: unchecked.
+        self.histogram_bins = histogram_bins
         self.extra_records = dict(extra_records or {})
         self.evaluate_config = evaluate_config
         self._evaluate_extra: dict[str, float] = {}
@@ -266,8 +270,9 @@ class RecordingMixin:
             self._evaluate_extra = dict(self.evaluate_config(arrays, grid, nodes))
             key = self.configrecord_key  # type: ignore[attr-defined]
             for msg in out:
-                for name, value in self._evaluate_extra.items():
-                    msg.content.config_records[key][name] = value
+                # a copy per message: the strategy hands the same record to every message and round,
+                # so writing into it would carry this round's entries into the next ones
+                msg.content[key] = ConfigRecord({**msg.content.config_records[key], **self._evaluate_extra})
         return out
 
     def _with_extra(self, messages: Iterable[Message]) -> list[Message]:
@@ -283,14 +288,28 @@ class RecordingMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rnd = server_round + self.round_offset
-        replies = sorted(replies, key=reply_order)
-        failures = sum(1 for m in replies if m.has_error())
+        weight_key = self.weighted_by_key  # type: ignore[attr-defined]
+
+        def check(msg: Message) -> str | None:
+            return arrays_problem(msg, self.global_arrays) or metrics_problem(
+                msg, positive=(weight_key,), numbers=("train-loss",)
+            )
+
+        replies, dropped = usable(
+            sorted(replies, key=reply_order), check, f"round {rnd} train", same_metric_keys=True
+        )
+        failures = sum(1 for m in replies if m.has_error()) + len(dropped)
         self._replied["train"] = {int(m.metadata.src_node_id) for m in replies if not m.has_error()}
+        if not self._replied["train"]:
+            reasons = [str(m.error.reason) for m in replies if m.has_error()] + dropped
+            raise RuntimeError(
+                f"round {rnd}: no node returned a usable update ({'; '.join(reasons) or 'no replies'}); "
+                f"the run stops here, rounds 1-{rnd - 1} are kept: fix the cause and start the run again "
+                f"with the same federation.run-name to resume"
+            )
         arrays, metrics = super().aggregate_train(rnd, replies)  # type: ignore[misc]
         if arrays is not None:
             self.global_arrays = arrays
-        else:
-            log.warning("round %d: no update aggregated (%d failed replies); weights kept", rnd, failures)
         row: dict[str, Any] = {"train-failures": failures}
         if metrics is not None:
             row.update({k: v for k, v in metrics.items()})
@@ -301,8 +320,20 @@ class RecordingMixin:
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         rnd = server_round + self.round_offset
-        replies = list(replies)
-        failures = sum(1 for m in replies if m.has_error())
+        weight_key = self.weighted_by_key  # type: ignore[attr-defined]
+
+        def check(msg: Message) -> str | None:
+            return metrics_problem(
+                msg,
+                counts=(weight_key, *CONFUSION_KEYS),
+                nan_numbers=("val-loss",),
+                histograms=(HIST_NORMAL, HIST_ANOMALOUS),
+                bins=self.histogram_bins,
+                optional=(*CONFUSION_KEYS, HIST_NORMAL, HIST_ANOMALOUS),  # a node without test data
+            )
+
+        replies, dropped = usable(replies, check, f"round {rnd} evaluate", same_metric_keys=True)
+        failures = sum(1 for m in replies if m.has_error()) + len(dropped)
         self._replied["evaluate"] = {int(m.metadata.src_node_id) for m in replies if not m.has_error()}
         metrics = super().aggregate_evaluate(rnd, replies)  # type: ignore[misc]
         row: dict[str, Any] = {

@@ -203,6 +203,14 @@ def test_repairs_are_counted_not_dropped(tmp_path: Path) -> None:
         "missing context 'device'": 2,
         "blank lines skipped": 1,
     }
+    # an infinity is no number a model can scale: kept as missing, counted on its own
+    path = _write(tmp_path / "inf.csv", "sequence_id,event,bytes\ns,a,inf\ns,b,-1e999\ns,c,\ns,d,4\n")
+    table = read_table(path, ColumnMap(numeric=("bytes",)))
+    assert np.isnan(table.frame["bytes"].iloc[:3]).all() and table.frame["bytes"].iloc[3] == 4
+    assert table.repairs == {"infinite numeric 'bytes' (kept as missing)": 2, "missing numeric 'bytes'": 1}
+    path = _write(tmp_path / "inf_order.csv", "sequence_id,event,pos\ns,a,1\ns,b,inf\n")
+    with pytest.raises(DataError, match=r"line 3, column 'pos': infinite order value"):
+        read_table(path, ColumnMap(order="pos", time=False))
 
 
 def test_subset_and_concat(user_csv: Path) -> None:

@@ -118,7 +118,7 @@ def test_setup_stats_survive_the_wire(parts: list[EventTable]) -> None:
     assert back.token_counts == s.token_counts
     assert back.context_counts == s.context_counts
     assert back.numeric.names == s.numeric.names
-    np.testing.assert_array_equal(back.numeric.total_sq, s.numeric.total_sq)
+    np.testing.assert_array_equal(back.numeric.sq_dev, s.numeric.sq_dev)
     assert back.key_fingerprint == s.key_fingerprint
 
 
@@ -131,6 +131,32 @@ def test_merge_refuses_different_keys_and_columns(parts: list[EventTable]) -> No
         merge_setup([stats_of(parts[0]), odd], VocabConfig())
     with pytest.raises(ConfigError, match="no node"):
         merge_setup([], VocabConfig())
+
+
+def test_merge_takes_the_same_columns_in_another_order(parts: list[EventTable]) -> None:
+    """Column maps follow each file's header; nodes encode by name, so the order may differ."""
+    reports = [stats_of(p) for p in parts]
+    names = reports[1].numeric.names
+    reports[1].numeric = reports[1].numeric.reordered(names[::-1])
+    reports[1].context_names = reports[1].context_names[::-1]
+    shared = merge_setup(reports, VocabConfig())
+    assert shared.encoder.numeric_names == tuple(sorted(names))  # the orders differ: by name
+    whole = pooled(parts).grouped()
+    fitted = Scaler.fit(whole.numeric_names, whole.numeric)
+    by_name = [fitted.names.index(n) for n in shared.encoder.numeric_names]
+    np.testing.assert_allclose(shared.encoder.scaler.mean, fitted.mean[by_name], rtol=1e-10)
+    np.testing.assert_allclose(shared.encoder.scaler.std, fitted.std[by_name], rtol=1e-10)
+    same = merge_setup([stats_of(p) for p in parts], VocabConfig())
+    assert same.encoder.numeric_names == names[::-1][::-1]  # the nodes agree: their order
+
+
+def test_setup_reply_with_negative_or_non_finite_statistics_is_malformed(parts: list[EventTable]) -> None:
+    good = stats_of(parts[0]).to_config()
+    for key, value in (("token-counts", -1), ("stats-sum", float("nan"))):
+        bad = dict(good)
+        bad[key] = [value] * len(good[key])
+        with pytest.raises(ConfigError, match="malformed set-up reply"):
+            SetupStats.from_config(bad)
 
 
 def test_hash_key_resolution() -> None:
@@ -239,6 +265,95 @@ def test_aggregate_does_not_depend_on_the_order_replies_arrive_in(tmp_path) -> N
     assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
+def _node(msg: Message, node_id: int) -> Message:
+    """``msg``'s content as node ``node_id``'s reply."""
+    asked = Message(RecordDict(), dst_node_id=node_id, message_type=msg.metadata.message_type)
+    return Message(msg.content, reply_to=asked)
+
+
+def test_unusable_train_replies_are_dropped_as_failures(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    """NaN weights, other shapes or keys and impossible counts never reach the average."""
+    run = RunDir(tmp_path / "run")
+    run.reset()
+    strategy = strategy_of(RecordingMixin, FederationConfig(min_nodes=1))
+    init = {"w": np.zeros(3, np.float32)}
+    strategy.setup_recording(run, initial_arrays=ArrayRecord({k: Array(v) for k, v in init.items()}))
+    good = _node(_train_reply({"w": np.ones(3, np.float32)}, 1.0, 10), 1)
+    bad = {
+        2: _train_reply({"w": np.array([np.nan, 0, 0], np.float32)}, 1.0, 10),
+        3: _train_reply({"w": np.ones(1, np.float32)}, 1.0, 10),
+        4: _train_reply({"w": np.ones(3, np.float32)}, 1.0, -90),
+        5: _train_reply({"v": np.ones(3, np.float32)}, 1.0, 10),
+        6: _train_reply({"w": np.ones(3, np.float64)}, 1.0, 10),
+        7: _train_reply({"w": np.ones(3, np.float32)}, float("inf"), 10),
+    }
+    replies = [good, *(_node(m, n) for n, m in bad.items())]
+    with caplog.at_level("WARNING"):
+        arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None
+    np.testing.assert_array_equal(arrays["w"].numpy(), 1.0)  # the good reply alone
+    assert metrics["train-events"] == 10
+    assert strategy._train_row["train-failures"] == 6
+    for needle in ("NaN or infinite", "(1,)", "-90", "other keys", "float64", "'train-loss' is inf"):
+        assert needle in caplog.text, needle
+    assert strategy._replied["train"] == {1}
+    # nothing usable at all: the round is not committed, the run stops with the reasons
+    with pytest.raises(RuntimeError, match=r"round 2: no node returned a usable update \(node 2: .*NaN"):
+        strategy.aggregate_train(2, [_node(_train_reply({"w": np.full(3, np.nan, np.float32)}, 1.0, 5), 2)])
+    assert run.read_state() is None
+
+
+def test_unusable_evaluate_replies_are_dropped(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    run = RunDir(tmp_path / "run")
+    run.reset()
+    strategy = strategy_of(RecordingMixin, FederationConfig(min_nodes=1))
+    edges = round_edges(5)
+    strategy.setup_recording(
+        run, initial_arrays=ArrayRecord({"w": Array(np.zeros(2, np.float32))}), histogram_bins=len(edges) - 1
+    )
+    s, y = np.r_[np.ones(8), np.full(2, 9.0)], np.r_[np.zeros(8), np.ones(2)]
+    good = _node(_eval_reply(s, y, 4.0, edges), 1)
+    short = _node(_eval_reply(s, y, 4.0, edges), 2)
+    short.content.metric_records["metrics"]["hist-normal"] = [5]
+    negative = _node(_eval_reply(s, y, 4.0, edges), 3)
+    negative.content.metric_records["metrics"]["fp"] = -3
+    with caplog.at_level("WARNING"):
+        ev = strategy.aggregate_evaluate(1, [good, short, negative])
+    assert ev is not None and ev["eval-nodes"] == 1 and ev["tp"] == confusion_at(y, s, 4.0).tp
+    assert "has 1 bins" in caplog.text and "'fp' = -3" in caplog.text
+    row = run.read_metrics()[0]
+    assert row["eval-failures"] == 2 and strategy._replied["evaluate"] == {1}
+
+
+def test_calibration_uses_only_well_formed_histograms(caplog: pytest.LogCaptureFixture) -> None:
+    """A histogram of another length (or with NaN) would move the global threshold or stop the server."""
+    from common.config import parse_config
+    from server.app import calibration_phase
+
+    cfg = parse_config({"federation.histogram-bins": 5, "model.end-event": False, "federation.min-nodes": 1})
+    edges = round_edges(5)
+    rng = np.random.default_rng(0)
+    good = [int(x) for x in np.histogram(rng.gamma(2.0, 1.0, 300), edges)[0]]
+
+    class Replies(StubGrid):
+        def get_node_ids(self) -> list[int]:
+            return [1, 2, 3]
+
+        def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def,override]
+            hists = {1: good, 2: [5], 3: [float("nan")] * len(good)}
+            return [
+                Message(RecordDict({"m": MetricRecord({"hist": hists[m.metadata.dst_node_id]})}), reply_to=m)
+                for m in messages
+            ]
+
+    with caplog.at_level("WARNING"):
+        out = calibration_phase(Replies(), cfg, {}, ArrayRecord({}))
+    assert out["nodes"] == 1 and out["global_threshold"] == threshold_from_histogram(
+        good, edges, cfg.detector.calibration.rate
+    )
+    assert "node 2: 'hist' has 1 bins" in caplog.text and "node 3: 'hist' holds nan" in caplog.text
+
+
 @pytest.mark.parametrize("name", ["fedavg", "fedmedian", "fedadam", "krum"])
 def test_recording_hooks_write_checkpoint_metrics_and_state(tmp_path, name: str) -> None:
     run = RunDir(tmp_path / "run")
@@ -334,6 +449,9 @@ def test_evaluate_config_callback_reaches_every_evaluate_message_and_the_round_r
     np.testing.assert_array_equal(asked[0][1], 7.0)  # under the weights being evaluated
     assert all(m.content["config"]["end-weight"] == 0.375 for m in msgs)
     assert all(m.content["config"]["hist-bins"] == 5 for m in msgs)
+    shared = ConfigRecord({"hist-bins": 5})  # the strategy hands one record to every round
+    strategy.configure_evaluate(1, init, shared, Grid1())
+    assert "end-weight" not in shared  # a round that fits no weight sends none
     edges = round_edges(5)
     s, y = np.r_[np.ones(8), np.full(2, 9.0)], np.r_[np.zeros(8), np.ones(2)]
     strategy.aggregate_evaluate(1, [_eval_reply(s, y, 4.0, edges), _eval_reply(s, y, 4.0, edges)])

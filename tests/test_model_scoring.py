@@ -16,7 +16,7 @@ from common.scoring import (
     score_events,
     spread_moments,
 )
-from common.train import LossTotals, chunk_counts, evaluate_loss, fit_model
+from common.train import EpochStats, LossTotals, chunk_counts, evaluate_loss, fit_model
 from common.vocab import BOS, END, PAD
 
 CPU = torch.device("cpu")
@@ -82,6 +82,14 @@ def test_batches_group_by_length_and_respect_token_budget():
     short = np.full(100, 10)
     assert [len(b) for b in batch_indices(short, 8, fill_tokens=400)] == [40, 40, 20]
     assert [len(b) for b in batch_indices(np.full(10, 100), 8, fill_tokens=400)] == [8, 2]
+    # very short and very long sequences mixed: the estimate from the first 8 would take in
+    # 100 more, 4 of them 3,000 long; the batch is cut back to twice the fill budget
+    mixed = np.r_[np.full(8, 2), np.full(200, 3000)]
+    sizes = [len(b) for b in batch_indices(mixed, 8, fill_tokens=400)]
+    assert sizes[0] == 8 and sum(sizes) == len(mixed)  # 8 × 2, the next would pad to 9 × 3000
+    assert all(
+        len(b) * mixed[b].max() <= 800 or len(b) <= 8 for b in batch_indices(mixed, 8, fill_tokens=400)
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -198,6 +206,22 @@ def test_aggregates():
     ]
 
 
+@pytest.mark.parametrize("bad", [np.inf, 3e16])
+def test_one_huge_event_score_leaves_other_sequences_windows_alone(bad: float) -> None:
+    """Window sums come from each window's own steps, not one running sum over every sequence."""
+    rng = np.random.default_rng(0)
+    score = rng.gamma(2.0, 1.0, 40).astype(np.float64)
+    offsets = np.array([0, 10, 20, 30, 40])
+    clean = EventScores(offsets, score, np.ones(40), np.zeros((40, 0)), score)
+    spoiled = dataclasses.replace(clean, score=np.where(np.arange(40) == 2, bad, score))
+    for agg in ("window", "window-min"):
+        cfg = ScoreConfig(aggregate=agg, window=3)
+        got, want = aggregate(spoiled, cfg), aggregate(clean, cfg)
+        np.testing.assert_allclose(got[1:], want[1:], rtol=1e-12)  # the other sequences, exactly
+        brute = [np.mean(score[i : i + 3]) for i in range(3, 8)]  # sequence 0's windows without step 2
+        assert got[0] >= bad / 3 if agg == "window" else got[0] == pytest.approx(min(brute))
+
+
 def _ended(n_seq: int, seed: int) -> EventScores:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, 30, size=n_seq)
@@ -281,6 +305,28 @@ def test_training_learns_a_cycle_and_flags_a_break(kind):
     s_broken = aggregate(score_events(model, broken, sc, CPU), sc)[0]
     s_fine = aggregate(score_events(model, fine, sc, CPU), sc)[0]
     assert s_broken > s_fine + 0.5
+
+
+def test_diverged_training_is_an_error_or_keeps_the_last_good_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common import train as train_module
+    from common.errors import TrainingError
+
+    normal = [[3 + (i + s) % 4 for i in range(16)] for s in range(16)]
+    data = encoded(normal)
+    cfg = TrainConfig(epochs=4, lr=0.01, chunk_len=8, batch_size=8, patience=4, seed=0)
+    with pytest.raises(TrainingError, match=r"diverged.*epoch 1.*train.lr"):
+        fit_model(tiny(), data, None, dataclasses.replace(cfg, lr=1e30), CPU)
+    real = train_module.train_epochs
+    calls = {"n": 0}
+
+    def nan_in_epoch_3(*args: object, **kwargs: object) -> list[EpochStats]:
+        (es,) = real(*args, **kwargs)  # type: ignore[arg-type]
+        calls["n"] += 1
+        return [dataclasses.replace(es, loss=float("nan")) if calls["n"] == 3 else es]
+
+    monkeypatch.setattr(train_module, "train_epochs", nan_in_epoch_3)
+    res = fit_model(tiny(), data, None, cfg, CPU)
+    assert res.best_epoch == 2 and len(res.history) == 2  # epoch 3 diverged: stopped, epoch 2 kept
 
 
 def test_padding_never_enters_the_loss():

@@ -156,3 +156,62 @@ def test_encoder_matches_features_by_name_not_position():
         DataError, match=r"context feature\(s\) \['device', 'channel'\].*missing \['device'\]"
     ):
         enc.encode(from_frame(frame, dataclasses.replace(cols, context=("channel",))).grouped())
+
+
+def test_scaler_keeps_the_spread_of_a_feature_with_a_large_offset():
+    """A raw sum of squares loses all precision at 1.7e12 ± 1e3 (epoch milliseconds, say)."""
+    rng = np.random.default_rng(0)
+    x = 1.7e12 + rng.normal(0.0, 1000.0, size=(3000, 1))
+    whole = Scaler.fit(("t",), x)
+    np.testing.assert_allclose(whole.std, x.std(), rtol=1e-9)
+    merged = Scaler.from_stats(
+        FeatureStats.merge_all(FeatureStats.compute(("t",), x[i::3]) for i in range(3))
+    )
+    np.testing.assert_allclose(merged.std, x.std(), rtol=1e-6)
+    assert abs(float(whole.transform(x).std()) - 1.0) < 1e-3
+
+
+def test_infinite_numbers_are_missing_and_unobserved_features_are_refused():
+    import pandas as pd
+
+    from common.config import VocabConfig
+    from common.encoding import Encoder
+    from common.errors import DataError
+    from common.events import ColumnMap
+    from common.tableio import from_frame
+
+    s = Scaler.fit(("amount",), np.array([[1.0], [np.inf], [3.0]]))
+    assert np.isfinite(s.mean).all() and np.isnan(s.transform(np.array([[-np.inf]]))).all()
+    frame = pd.DataFrame(
+        {"user": ["a", "a", "b", "b"], "action": ["x", "y", "x", "y"], "temp": [np.nan] * 4, "ok": [1.0] * 4}
+    )
+    cols = ColumnMap(sequence="user", event="action", numeric=("temp", "ok"))
+    with pytest.raises(DataError, match=r"\['temp'\] have no value in the training data"):
+        Encoder.fit(
+            from_frame(frame, cols).grouped(),
+            numeric_names=("temp", "ok"),
+            context_names=(),
+            vocab_config=VocabConfig(),
+        )
+
+
+def test_a_hashed_vocabulary_needs_its_own_key_to_encode():
+    """Without the key, or with another, every event would silently be unknown."""
+    import pandas as pd
+
+    from common.config import VocabConfig
+    from common.encoding import Encoder
+    from common.errors import ConfigError
+    from common.events import ColumnMap
+    from common.tableio import from_frame
+
+    frame = pd.DataFrame({"user": np.repeat(["a", "b", "c"], 3), "action": ["login", "pay", "logout"] * 3})
+    g = from_frame(frame, ColumnMap(sequence="user", event="action")).grouped()
+    enc = Encoder.fit(g, numeric_names=(), context_names=(), vocab_config=VocabConfig(hash_key="k1"))
+    data = enc.to_dict()
+    assert Encoder.from_dict(data, "k1", need_key=True).encode(g).stats["unknown_events"] == 0
+    with pytest.raises(ConfigError, match="differs from the key"):
+        Encoder.from_dict(data, "k2")
+    with pytest.raises(ConfigError, match=r"no vocab\.hash-key is set"):
+        Encoder.from_dict(data, need_key=True)
+    Encoder.from_dict(data)  # a server that only holds the encoder needs no key
