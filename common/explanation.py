@@ -89,6 +89,14 @@ def _sort_key(ev: EventExplanation) -> tuple[float, float, int]:
     return (-score, -surprisal, ev.position)
 
 
+def _residual_text(name: str, residual: float) -> str:
+    """``amount 5.2σ below expected``: the residual is predicted − actual, in standard deviations."""
+    if not math.isfinite(residual):
+        return f"{_printable(name, 24)} missing"
+    side = "below" if residual > 0 else "above"
+    return f"{_printable(name, 24)} {abs(residual):.1f}σ {side} expected"
+
+
 def _printable(text: str, width: int = _MAX_EVENT_WIDTH) -> str:
     """One-line, terminal-safe rendering of a token, shortened to ``width`` characters."""
     out = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
@@ -208,8 +216,7 @@ class SequenceExplanation:
                 )
             if ev.numeric_residuals:
                 parts.append(
-                    "residuals: "
-                    + ", ".join(f"{_printable(k, 24)} {v:+.1f}σ" for k, v in ev.numeric_residuals.items())
+                    "numbers: " + ", ".join(_residual_text(k, v) for k, v in ev.numeric_residuals.items())
                 )
             if not math.isclose(ev.score, ev.surprisal, rel_tol=1e-9, abs_tol=1e-9):
                 parts.append(f"score {_fmt(ev.score, 2)}")

@@ -98,9 +98,14 @@ class FeatureStats:
 class Scaler:
     """Standardises transformed features; missing values become 0 (the mean)."""
 
-    def __init__(self, names: tuple[str, ...], mean: np.ndarray, std: np.ndarray) -> None:
+    def __init__(
+        self, names: tuple[str, ...], mean: np.ndarray, std: np.ndarray, kinds: tuple[str, ...] | None = None
+    ) -> None:
         self.names = tuple(names)
-        self.kinds = tuple(transform_kind(n) for n in self.names)
+        #: The transform of each feature (:func:`transform_kind` unless given, e.g. as saved).
+        self.kinds = tuple(kinds) if kinds is not None else tuple(transform_kind(n) for n in self.names)
+        if len(self.kinds) != len(self.names) or not set(self.kinds) <= {"log", "identity"}:
+            raise ValueError(f"transforms {self.kinds} do not fit features {self.names}")
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)
 
@@ -123,8 +128,20 @@ class Scaler:
         return ((x - self.mean) / self.std).astype(np.float32)
 
     def to_dict(self) -> dict[str, object]:
-        return {"names": list(self.names), "mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {
+            "names": list(self.names),
+            "kinds": list(self.kinds),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Scaler:
-        return cls(tuple(data["names"]), np.array(data["mean"]), np.array(data["std"]))  # type: ignore[arg-type]
+        """Inverse of :meth:`to_dict`; the saved transforms are kept (older files: by name)."""
+        kinds = data.get("kinds")
+        return cls(
+            tuple(data["names"]),  # type: ignore[arg-type]
+            np.array(data["mean"]),
+            np.array(data["std"]),
+            None if kinds is None else tuple(str(k) for k in kinds),  # type: ignore[attr-defined]
+        )

@@ -102,6 +102,12 @@ def test_scaler_round_trip_dict():
     s = Scaler.fit(("gap_seconds",), np.array([[0.0], [10.0], [100.0]]))
     s2 = Scaler.from_dict(s.to_dict())
     np.testing.assert_allclose(s.transform(np.array([[5.0]])), s2.transform(np.array([[5.0]])))
+    # the transform is saved with the model: a later change of the name rule leaves it alone
+    assert s.to_dict()["kinds"] == ["log"] and Scaler.from_dict(
+        {**s.to_dict(), "kinds": ["identity"]}
+    ).kinds == ("identity",)
+    older = {k: v for k, v in s.to_dict().items() if k != "kinds"}  # files saved before: by name
+    assert Scaler.from_dict(older).kinds == ("log",)
 
 
 def test_encoder_matches_features_by_name_not_position():
