@@ -150,6 +150,18 @@ class ColumnMap:
         both = set(self.numeric) & set(self.context)
         if both:
             raise ConfigError(f"column(s) {sorted(both)} listed as both numeric and context; pick one")
+        roles = {"sequence": self.sequence, "event": self.event, "order": self.order, "label": self.label}
+        named = [(role, col) for role, col in roles.items() if col is not None]
+        for i, (role, col) in enumerate(named):
+            for other, col2 in named[i + 1 :]:
+                if col == col2:
+                    raise ConfigError(f"column {col!r} is both the {role} and the {other} column; pick one")
+            if col in self.numeric or col in self.context:
+                # the label as a feature would hand the model the answer; the others are read as such
+                raise ConfigError(
+                    f"column {col!r} is the {role} column and also listed as a feature; leave it out of "
+                    f"the numeric/context columns"
+                )
         for name in (*self.numeric, *self.context):
             if name in _RESERVED:
                 raise ConfigError(

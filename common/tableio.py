@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 import warnings
 import zlib
 from pathlib import Path
@@ -209,6 +210,19 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, i
         values = values.where(~mask, None)
         present = np.flatnonzero(~mask)
         fmt = guess_datetime_format(str(values.iloc[present[0]])) if present.size else None
+        first = str(values.iloc[present[0]]) if present.size else ""
+        # no format pandas can name: look for a year in the text
+        has_year = ("%Y" in fmt or "%y" in fmt) if fmt is not None else bool(re.search(r"\d{4}", first))
+        if present.size and not has_year:
+            pos = int(present[0])
+            raise DataError(
+                f"{where.source}: {where.at(pos)}, column {column!r}: timestamp {_show(values.iloc[pos])} "
+                f"has no full year{'' if fmt and '%d' in fmt else ' (or no date)'}, so events around a new "
+                f"year (or "
+                f"midnight) would be put in the wrong order; write full dates, e.g. ISO 8601 "
+                f"2024-01-31T12:00:00Z"
+            )
+        fmt = _day_month_order(values, mask, fmt, column, where)
         with warnings.catch_warnings():
             # pandas warns when it cannot infer one format; the retry below
             # parses element by element anyway.
@@ -241,6 +255,38 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, i
         )
     epoch = pd.Timestamp("1970-01-01", tz="UTC")
     return (dt - epoch).dt.total_seconds().to_numpy(dtype=np.float64), assumed_utc
+
+
+def _day_month_order(
+    values: pd.Series, mask: np.ndarray, fmt: str | None, column: str, where: _Where
+) -> str | None:
+    """The format a column of numeric dates is read in, day/month order decided once for the column.
+
+    The guess comes from the first value and reads ``05/01/2024`` month first;
+    when other values only parse day first (``13/01/2024``), the whole column
+    is read day first, never some values one way and some the other. A column
+    that parses neither way whole is an error naming a value of each kind.
+    """
+    if fmt is None or not fmt.startswith(("%d", "%m")) or "%d" not in fmt or "%m" not in fmt:
+        return fmt  # no numeric day and month leading the date (ISO 8601 is unambiguous)
+    swapped = fmt.replace("%d", "\0").replace("%m", "%d").replace("\0", "%m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fails = pd.to_datetime(values, utc=True, errors="coerce", format=fmt).isna().to_numpy() & ~mask
+        if not fails.any():
+            return fmt
+        fails_swapped = (
+            pd.to_datetime(values, utc=True, errors="coerce", format=swapped).isna().to_numpy() & ~mask
+        )
+    if not fails_swapped.any():
+        logger.info("%s: dates in %r read as %s (every value parses so)", where.source, column, swapped)
+        return swapped
+    a, b = int(np.flatnonzero(fails)[0]), int(np.flatnonzero(fails_swapped)[0])
+    raise DataError(
+        f"{where.source}: column {column!r}: dates in two day/month orders ({where.at(b)}: "
+        f"{_show(values.iloc[b])} reads only as {fmt}, {where.at(a)}: {_show(values.iloc[a])} only as "
+        f"{swapped}); write ISO 8601 dates (2024-01-31T12:00:00Z)"
+    )
 
 
 def _labels(s: pd.Series, column: str, where: _Where) -> np.ndarray:
@@ -529,11 +575,13 @@ def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) ->
     # that lacks only its sequence id and event is an error).
     names = _csv_header(path, sep, encoding, compression)
     used = _used_columns(names, columns, source)
-    categories = _category_columns(columns)
-    dtypes = {name: ("category" if name in categories else str) for name in names}
-    df = _read_csv(path, sep, encoding, compression, used, dtypes)
+    df = _read_csv(path, sep, encoding, compression, used, str)
     if len(used) < len(names) and df.isna().all(axis=1).any():
-        df = _read_csv(path, sep, encoding, compression, None, dtypes)
+        df = _read_csv(path, sep, encoding, compression, None, str)
+    # Read as text, then made categories: the parser's own "category" type turns categories that
+    # all look like numbers into numbers, so ids "01" and "1" (or events "1.10" and "1.1") would merge.
+    for name in _category_columns(columns) & set(df.columns):
+        df[name] = df[name].astype("category")
     lines = np.arange(2, len(df) + 2, dtype=np.int64)
     blank = df.isna().all(axis=1).to_numpy(dtype=bool)  # the sequence and event columns are always read
     n_blank = int(blank.sum())

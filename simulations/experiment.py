@@ -192,12 +192,39 @@ def build_partitions(cfg: AppConfig, n_clients: int) -> Partitions:
             f"data.dataset = {cfg.data.dataset!r} gives some clients no test data; "
             f"the comparison needs a labelled test share on every client"
         )
+    train_all = EventTable.concat([c.train for c in clients])
     return Partitions(
         clients=clients,
-        train=EventTable.concat([c.train for c in clients]),
-        validation=EventTable.concat([c.validation for c in clients]),
+        train=train_all,
+        validation=without_copies(EventTable.concat([c.validation for c in clients]), train_all),
         test=EventTable.concat(tests),
     )
+
+
+def without_copies(validation: EventTable, train: EventTable) -> EventTable:
+    """``validation`` without the sequences whose content is also in ``train``.
+
+    Each client holds out whole content groups of its own data, but a sequence held
+    out by one client can be a copy of one that another client trains on; pooled for
+    the centralized detector, such copies would flatter its early stopping and lower
+    its threshold (HDFS: about half the pooled validation sessions).
+    """
+    from common.detector import content_groups
+
+    if len(validation) == 0 or len(train) == 0:
+        return validation
+    both = EventTable.concat([train, validation])
+    group_of = dict(zip(both.grouped().ids.tolist(), content_groups(both).tolist(), strict=True))
+    seen = {group_of[i] for i in train.grouped().ids.tolist()}
+    keep = np.array([group_of[i] not in seen for i in validation.grouped().ids.tolist()], dtype=bool)
+    dropped = int((~keep).sum())
+    if dropped:
+        log.info(
+            "pooled validation: %d of %d sequences copy a training sequence; left out", dropped, len(keep)
+        )
+    if keep.all():
+        return validation
+    return validation.subset(validation.grouped().ids[keep])
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -213,6 +213,41 @@ def test_repairs_are_counted_not_dropped(tmp_path: Path) -> None:
         read_table(path, ColumnMap(order="pos", time=False))
 
 
+def test_text_that_looks_like_numbers_stays_text(tmp_path: Path) -> None:
+    """Ids "01" and "1", events "1.10" and "1.1", devices "007" and "7" are different values."""
+    path = _write(
+        tmp_path / "ids.csv",
+        "sequence_id,event,device\n01,1.10,007\n1,1.1,7\n007,2,007\n7,2.0,x\nTrue,a,b\ntrue,a,b\n",
+    )
+    table = read_table(path, ColumnMap(context=("device",)))
+    g = table.grouped()
+    assert sorted(g.ids) == ["007", "01", "1", "7", "True", "true"]
+    first = {str(i): k for k, i in enumerate(g.ids)}
+    events = {i: str(g.events[g.offsets[k]]) for i, k in first.items()}
+    devices = {i: str(g.context[g.offsets[k], 0]) for i, k in first.items()}
+    assert (events["01"], events["1"], events["7"]) == ("1.10", "1.1", "2.0")
+    assert (devices["01"], devices["1"]) == ("007", "7")
+
+
+def test_day_month_order_is_decided_once_per_column(tmp_path: Path) -> None:
+    columns = ColumnMap(order="ts")
+    # 05/01 alone reads month first; 13/01 only day first: the whole column is day first
+    path = _write(
+        tmp_path / "dmy.csv", "sequence_id,event,ts\ns,x,05/01/2024\ns,y,13/01/2024\ns,z,06/01/2024\n"
+    )
+    table = read_table(path, columns)
+    assert list(table.frame["event"].astype(str)) == ["x", "z", "y"]
+    assert list(table.frame[GAP]) == [0.0, 86400.0, 7 * 86400.0]
+    both = _write(tmp_path / "both.csv", "sequence_id,event,ts\ns,x,05/13/2024\ns,y,13/01/2024\n")
+    orders = r"two day/month orders.*'05/13/2024' reads only as %m/%d/%Y.*'13/01/2024' only as %d/%m/%Y"
+    with pytest.raises(DataError, match=orders):
+        read_table(both, columns)
+    for stamp in ("Dec 31 23:59:59", "23:59:59"):  # no year: a new year would sort first
+        path = _write(tmp_path / "noyear.csv", f"sequence_id,event,ts\ns,x,{stamp}\n")
+        with pytest.raises(DataError, match="has no full year"):
+            read_table(path, columns)
+
+
 def test_subset_and_concat(user_csv: Path) -> None:
     table = read_table(user_csv, USER_MAP)
     u2 = table.subset(["u2"])
@@ -358,6 +393,11 @@ def test_column_map_unknown_and_mistyped_keys(tmp_path: Path) -> None:
     path.write_text(json.dumps({"time": "yes"}))
     with pytest.raises(ConfigError, match="'time'"):
         ColumnMap.from_file(path)
+    # one column in two roles: the label as a feature would hand the model the answer
+    with pytest.raises(ConfigError, match="'is_attack' is the label column and also listed as a feature"):
+        ColumnMap(label="is_attack", numeric=("is_attack",))
+    with pytest.raises(ConfigError, match="'sid' is both the sequence and the event column"):
+        ColumnMap(sequence="sid", event="sid")
 
 
 # --------------------------------------------------------------------------- #

@@ -198,3 +198,24 @@ def test_calibration_lines_name_only_the_modes_that_ran() -> None:
     assert "pooled" not in local and "150–150 per client (local-only)" in local
     (every, _) = calibration_lines(data, 0.01)
     assert "(federated, centralized) and on 150–150 per client (local-only)" in every
+
+
+def test_pooled_validation_leaves_out_copies_of_training_sequences() -> None:
+    """A sequence one client holds out may copy one another client trains on."""
+    import pandas as pd
+
+    from common.events import ColumnMap
+    from common.tableio import from_frame
+    from simulations.experiment import without_copies
+
+    def table(rows: dict[str, list[str]]):  # type: ignore[no-untyped-def]
+        frame = pd.DataFrame(
+            [(sid, ev) for sid, events in rows.items() for ev in events], columns=["sequence_id", "event"]
+        )
+        return from_frame(frame, ColumnMap())
+
+    train = table({"t1": ["a", "b"], "t2": ["c"]})
+    validation = table({"v1": ["a", "b"], "v2": ["a"], "v3": ["c"], "v4": ["b", "a"]})
+    kept = without_copies(validation, train)
+    assert sorted(kept.grouped().ids.tolist()) == ["v2", "v4"]
+    assert without_copies(table({"v2": ["a"]}), train).grouped().ids.tolist() == ["v2"]
