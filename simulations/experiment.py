@@ -155,8 +155,12 @@ class Partitions:
 
     clients: list[Any]  # client.local.LocalData
     train: EventTable
+    #: Every client's held-out validation sequences: what the federation calibrates on.
     validation: EventTable
     test: EventTable
+    #: ``validation`` without copies of any client's training sequences: the centralized
+    #: detector's, whose training set holds every client's (:func:`without_copies`).
+    central_validation: EventTable
 
     def summary(self) -> list[dict[str, Any]]:
         rows = []
@@ -193,11 +197,13 @@ def build_partitions(cfg: AppConfig, n_clients: int) -> Partitions:
             f"the comparison needs a labelled test share on every client"
         )
     train_all = EventTable.concat([c.train for c in clients])
+    validation_all = EventTable.concat([c.validation for c in clients])
     return Partitions(
         clients=clients,
         train=train_all,
-        validation=without_copies(EventTable.concat([c.validation for c in clients]), train_all),
+        validation=validation_all,
         test=EventTable.concat(tests),
+        central_validation=without_copies(validation_all, train_all),
     )
 
 
@@ -375,7 +381,7 @@ def _fit_info(det: Any, seconds: float, epochs: int) -> dict[str, Any]:
 
 
 def run_centralized(cfg: AppConfig, parts: Partitions, epochs: int) -> tuple[dict[str, Any], Evaluation]:
-    det, secs = fit_detector(cfg, epochs, parts.train, parts.validation)
+    det, secs = fit_detector(cfg, epochs, parts.train, parts.central_validation)
     ev = evaluate(det, parts.test, det.threshold_)
     log.info(
         "centralized: AUROC %.4f (best epoch %s)", ev.report["auroc"] or math.nan, det.fit_result_.best_epoch
@@ -490,10 +496,20 @@ def calibration_lines(data: Mapping[str, Any], rate: float, modes: Sequence[str]
     if pooled is None or not per_client:
         return []
     parts, checks = [], []
-    pooled_modes = [m for m in modes if m != "local"]
-    if pooled_modes:
-        parts.append(f"on {pooled} pooled normal validation sequences ({', '.join(pooled_modes)})")
+    central = int(data.get("centralized_validation_sequences", pooled))
+    if "federated" in modes and "centralized" in modes and central == pooled:
+        parts.append(f"on {pooled} pooled normal validation sequences (federated, centralized)")
         checks.append(("Pooled", int(pooled)))
+    else:
+        if "federated" in modes:
+            parts.append(f"on {pooled} pooled normal validation sequences (federated)")
+            checks.append(("Pooled", int(pooled)))
+        if "centralized" in modes:
+            copies = f", the pooled ones less {pooled - central} copies of training sequences"
+            parts.append(
+                f"on {central} normal validation sequences (centralized{copies if central < pooled else ''})"
+            )
+            checks.append(("Centralized", central))
     if "local" in modes:
         parts.append(f"on {min(per_client)}–{max(per_client)} per client (local-only)")
         checks.append(("Smallest client", min(per_client)))
@@ -877,6 +893,7 @@ def run(argv: Sequence[str], args: argparse.Namespace | None = None) -> dict[str
             "clients": parts.summary(),
             "pooled_train_sequences": len(parts.train),
             "pooled_validation_sequences": len(parts.validation),
+            "centralized_validation_sequences": len(parts.central_validation),
             "pooled_test": {
                 "sequences": len(parts.test),
                 "anomalous": int(test_labels.sum()),

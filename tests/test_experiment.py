@@ -198,6 +198,9 @@ def test_calibration_lines_name_only_the_modes_that_ran() -> None:
     assert "pooled" not in local and "150–150 per client (local-only)" in local
     (every, _) = calibration_lines(data, 0.01)
     assert "(federated, centralized) and on 150–150 per client (local-only)" in every
+    (apart, _) = calibration_lines({**data, "centralized_validation_sequences": 350}, 0.01)
+    assert "on 400 pooled normal validation sequences (federated)" in apart
+    assert "on 350 normal validation sequences (centralized, the pooled ones less 50 copies" in apart
 
 
 def test_pooled_validation_leaves_out_copies_of_training_sequences() -> None:
