@@ -162,6 +162,11 @@ class ColumnMap:
                     f"column {col!r} is the {role} column and also listed as a feature; leave it out of "
                     f"the numeric/context columns"
                 )
+        if GAP in self.context:
+            raise ConfigError(
+                f"context column {GAP!r} has the name of the time-gap feature seqwatch computes; "
+                f"rename it in the file (or list it as numeric)"
+            )
         for name in (*self.numeric, *self.context):
             if name in _RESERVED:
                 raise ConfigError(

@@ -15,6 +15,7 @@ silently.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import logging
 import re
@@ -432,6 +433,14 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
     out[EVENT] = ev_text
 
     numeric = [n for n in columns.numeric if not (time_ordered and n == GAP)]
+    if time_ordered and GAP in df.columns:
+        logger.warning(
+            "%s: the file's own column %r is not read: with timestamps, %r is the gap seqwatch computes "
+            "from them (rename the column to use it as a feature)",
+            source,
+            GAP,
+            GAP,
+        )
     for name in numeric:
         vals, mask, infinite = _numeric(df[name], name, where, "numeric feature")
         n_infinite = int(infinite.sum())
@@ -598,8 +607,24 @@ def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) ->
 
 
 def _csv_header(path: Path, sep: str, encoding: str, compression: str | None) -> list[str]:
-    """The column names of a CSV/TSV file (as pandas names them)."""
-    return [str(c) for c in _read_csv(path, sep, encoding, compression, None, str, nrows=0).columns]
+    """The column names of a CSV/TSV file (as pandas names them).
+
+    Raises:
+        DataError: two columns have the same name (pandas would quietly call the second
+            ``name.1``, and the map would read the first).
+    """
+    names = [str(c) for c in _read_csv(path, sep, encoding, compression, None, str, nrows=0).columns]
+    opener = gzip.open if compression == "gzip" else open
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    with opener(path, "rt", encoding=codec, errors="replace", newline="") as fh:  # type: ignore[operator]
+        reader = csv.reader(fh, delimiter=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL)
+        raw = next(reader, [])
+    seen: set[str] = set()
+    for name in raw:
+        if name in seen:
+            raise DataError(f"{path}: header names column {name!r} twice; rename one of them")
+        seen.add(name)
+    return names
 
 
 def _read_csv(
@@ -619,6 +644,9 @@ def _read_csv(
         return pd.read_csv(
             path,
             sep=sep,
+            # TSV has no quoting: a value starting with a quote ('"GET /x') is text, not the
+            # start of a field spanning lines
+            quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL,
             dtype=dtype,
             keep_default_na=False,
             na_values=[""],
@@ -692,8 +720,27 @@ def write_table(table: EventTable, path: str | Path) -> Path:
     name = path.name.lower()
     if name.endswith(".parquet"):
         frame.to_parquet(path, index=False)
+    elif name.endswith((".tsv", ".tsv.gz")):
+        # TSV holds every value as it is, quotes too (read_table reads it so): no value may hold a
+        # tab or a line break
+        for col in frame.columns:
+            if pd.api.types.is_numeric_dtype(frame[col].dtype):
+                continue
+            text = frame[col].astype(str)
+            bad = text.str.contains("[\t\r\n]", regex=True).to_numpy(dtype=bool)
+            if bad.any():
+                raise DataError(
+                    f"{table.source}: column {col!r} holds {_show(text.iloc[int(np.flatnonzero(bad)[0])])}, "
+                    f"with a tab or line break, which a TSV file cannot hold; write CSV or Parquet"
+                )
+        frame.to_csv(
+            path,
+            index=False,
+            sep="\t",
+            quoting=csv.QUOTE_NONE,
+            compression="gzip" if name.endswith(".gz") else None,
+        )
     else:
-        sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-        frame.to_csv(path, index=False, sep=sep, compression="gzip" if name.endswith(".gz") else None)
+        frame.to_csv(path, index=False, compression="gzip" if name.endswith(".gz") else None)
     logger.debug("wrote %d events of %s to %s", len(frame), table.source, path)
     return path

@@ -546,3 +546,20 @@ def test_csv_reads_only_the_mapped_columns_and_still_tells_blank_lines(tmp_path:
         read_table(path)
     with pytest.raises(DataError, match=r"missing column 'device' \(columns present: 'sequence_id', 'note'"):
         read_table(path, ColumnMap(context=("device",)))
+
+
+def test_tsv_values_are_taken_as_they_are_and_headers_name_each_column_once(tmp_path: Path) -> None:
+    # a TSV value that starts with a quote is text; it does not swallow the lines after it
+    path = _write(tmp_path / "q.tsv", 'sequence_id\tevent\na\t"GET /x\na\tlogin\nb\tlogout"\nb\tok\n')
+    table = read_table(path, ColumnMap())
+    assert [str(e) for e in table.grouped().events] == ['"GET /x', "login", 'logout"', "ok"]
+    back = read_table(write_table(table, tmp_path / "out.tsv"), CANONICAL)
+    assert [str(e) for e in back.grouped().events] == ['"GET /x', "login", 'logout"', "ok"]
+    tab = from_frame(pd.DataFrame({"sequence_id": ["a"], "event": ["x\ty"]}), ColumnMap())
+    with pytest.raises(DataError, match="tab or line break"):
+        write_table(tab, tmp_path / "tab.tsv")
+    dup = _write(tmp_path / "dup.csv", "sequence_id,event,event\na,x,y\n")
+    with pytest.raises(DataError, match="header names column 'event' twice"):
+        read_table(dup, ColumnMap())
+    with pytest.raises(ConfigError, match="'gap_seconds' has the name of the time-gap feature"):
+        ColumnMap(order="ts", context=("gap_seconds",))
