@@ -35,7 +35,8 @@ only as their type (a data error's text could quote raw data).
 
 Node config: ``data-path`` (deployment data, see :mod:`client.data`),
 ``hash-key`` (the institutions' shared secret; else run config
-``vocab.hash-key``, else the public simulation key), ``output-dir`` (local report).
+``vocab.hash-key``, else, in a simulation only, the public simulation key), ``output-dir``
+(local report).
 """
 
 from __future__ import annotations
@@ -98,13 +99,15 @@ def load_node(context: Context) -> Node:
     app_config = parse_config(context.run_config)
     key, source = resolve_hash_key(context.node_config.get("hash-key"), app_config.detector.vocab.hash_key)
     simulation = is_simulation(context.node_config)
+    if source == "simulation-default" and not simulation:
+        # the simulation key is public: the coordinator could hash a dictionary of event names with it
+        raise ConfigError(
+            "no hash key (node config 'hash-key', e.g. seqwatch-node --hash-key-file, or run config "
+            "'vocab.hash-key'): this node does not send event tokens hashed with the public simulation key"
+        )
     if source == "simulation-default" and not _warned_default_key:
         _warned_default_key = True
-        log.warning(
-            "no hash key set (node config 'hash-key' or run config 'vocab.hash-key'): using the public "
-            "simulation key; hashed tokens are NOT protected%s",
-            "" if simulation else " — set a shared secret key for a real deployment",
-        )
+        log.info("no hash key set: simulated nodes use the public simulation key")
     cfg = local.local_config(app_config.detector, key, simulation=simulation)
     node = node_data(context.node_config, app_config.data)
     data = local.prepare(node, cfg.train.validation_fraction, cfg.train.seed)

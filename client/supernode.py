@@ -447,7 +447,8 @@ def check_hash_key(args: argparse.Namespace, report: Report) -> str:
     if source is None:
         report.warn(
             f"no hash key (--hash-key-file, --hash-key, ${HASH_KEY_FILE_ENV} or ${HASH_KEY_ENV}): the run "
-            "config's vocab.hash-key or the public simulation key is used; tokens are then NOT protected"
+            "config's vocab.hash-key must then hold the key, or this node refuses every run (the public "
+            "simulation key would let the coordinator read your event tokens)"
         )
         return ""
     name, path, _ = source

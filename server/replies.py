@@ -91,34 +91,26 @@ def metrics_problem(
     missing = [k for k in named if k not in record and k not in optional]
     if missing:
         return f"no {', '.join(repr(k) for k in missing)} in its metrics"
-    m = {k: record[k] for k in named if k in record}  # only what is present is checked below
-    counts, positive, numbers, nan_numbers, histograms = (
-        [k for k in keys if k in m] for keys in (counts, positive, numbers, nan_numbers, histograms)
-    )
-    vectors = {k: n for k, n in (vectors or {}).items() if k in m}
-    for key in counts:
-        if bad := _count_problem(key, m[key]):
-            return bad
-    for key in positive:
-        if bad := _count_problem(key, m[key], positive=True):
-            return bad
-    for key in numbers:
-        if bad := _number_problem(key, m[key]):
-            return bad
-    for key in nan_numbers:
-        if bad := _number_problem(key, m[key], allow_nan=True):
-            return bad
-    for key in histograms:
-        if bad := _counts_problem(key, m[key], bins):
-            return bad
-    for key, length in (vectors or {}).items():
-        value = m[key]
-        if not isinstance(value, list) or len(value) != length:
-            return f"'{key}' is not a list of {length} numbers"
-        for v in value:
-            if bad := _number_problem(key, v):
+    lengths = dict(vectors or {})
+    checks: list[tuple[Sequence[str], Callable[[str, object], str | None]]] = [
+        (counts, _count_problem),
+        (positive, lambda k, v: _count_problem(k, v, positive=True)),
+        (numbers, _number_problem),
+        (nan_numbers, lambda k, v: _number_problem(k, v, allow_nan=True)),
+        (histograms, lambda k, v: _counts_problem(k, v, bins)),
+        (list(lengths), lambda k, v: _vector_problem(k, v, lengths[k])),
+    ]
+    for keys, check in checks:
+        for key in keys:
+            if key in record and (bad := check(key, record[key])):
                 return bad
     return None
+
+
+def _vector_problem(key: str, value: object, length: int) -> str | None:
+    if not isinstance(value, list) or len(value) != length:
+        return f"'{key}' is not a list of {length} numbers"
+    return next((bad for v in value if (bad := _number_problem(key, v))), None)
 
 
 def arrays_problem(msg: Message, expected: ArrayRecord) -> str | None:

@@ -586,3 +586,16 @@ def test_every_strategy_runs_a_round_in_process(tmp_path: Path, strategy: str) -
     assert SequenceDetector.load(tmp_path / strategy / "model").is_fitted
     if strategy == "fedadam":
         assert (tmp_path / strategy / "checkpoints/round-0001.strategy.safetensors").is_file()
+
+
+def test_a_deployment_node_without_a_hash_key_refuses_to_run(tmp_path: Path) -> None:
+    """Outside a simulation the public simulation key would let the coordinator read event names."""
+    from client.app import load_node
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no hash key"):
+        load_node(context_for(dict(SIM), {"data-path": str(tmp_path)}))
+    # with a key the node goes on to its data (here: none, so a data error, not the key)
+    with pytest.raises(Exception, match="train") as raised:
+        load_node(context_for(dict(SIM), {"data-path": str(tmp_path), "hash-key": "s3cret"}))
+    assert not isinstance(raised.value, ConfigError) or "hash key" not in str(raised.value)
