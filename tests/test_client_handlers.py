@@ -228,7 +228,7 @@ def _mean_bin(counts: list[float]) -> float:
 def test_handler_errors_do_not_leak_data(tmp_path: Path) -> None:
     bad = tmp_path / "train.csv"
     bad.write_text("sequence,order,event,label\ns1,0,zqsecret_tok,0\ns1,1,zqsecret_tok,zqsecretlabel\n")
-    ctx = context_for(dict(TINY), {"data-path": str(tmp_path)})
+    ctx = context_for(dict(TINY), {"data-path": str(tmp_path), "hash-key": "k"})
     with pytest.raises(RuntimeError) as info:
         client_app.setup(instruction(RecordDict({}), "query.setup"), ctx)
     assert "zqsecret" not in str(info.value) and "DataError" in str(info.value)
