@@ -258,6 +258,29 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, i
     return (dt - epoch).dt.total_seconds().to_numpy(dtype=np.float64), assumed_utc
 
 
+#: Beyond this, float64 cannot tell neighbouring integers apart.
+_EXACT_FLOAT_INTEGERS = 2**53
+
+
+def _exact_positions(raw: pd.Series, parsed: np.ndarray) -> np.ndarray:
+    """Integer positions larger than 2^53 (nanosecond epochs, say) in an order that float64 keeps.
+
+    ``parsed`` (float64) would round neighbours onto one value and leave their order to the
+    file; the integers are read exactly and shifted to start at 0 (or, spanning more than
+    2^53 themselves, replaced by their rank), which keeps every comparison.
+    """
+    if parsed.size == 0 or np.abs(parsed).max() < _EXACT_FLOAT_INTEGERS:
+        return parsed
+    exact = pd.to_numeric(raw.reset_index(drop=True), errors="coerce")
+    if not pd.api.types.is_integer_dtype(exact.dtype):
+        return parsed  # not all whole numbers that fit int64: as parsed
+    values = exact.to_numpy(dtype=np.int64)
+    span = int(values.max()) - int(values.min())
+    if span < _EXACT_FLOAT_INTEGERS:
+        return (values - values.min()).astype(np.float64)
+    return np.unique(values, return_inverse=True)[1].astype(np.float64)
+
+
 def _day_month_order(
     values: pd.Series, mask: np.ndarray, fmt: str | None, column: str, where: _Where
 ) -> str | None:
@@ -416,6 +439,8 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
                 )
         else:
             order, mask, infinite = _numeric(order_s, columns.order, where, "position")
+            if not mask.any():
+                order = _exact_positions(order_s, order)
         if infinite is not None and infinite.any():
             pos = int(np.flatnonzero(infinite)[0])
             raise DataError(

@@ -563,3 +563,21 @@ def test_tsv_values_are_taken_as_they_are_and_headers_name_each_column_once(tmp_
         read_table(dup, ColumnMap())
     with pytest.raises(ConfigError, match="'gap_seconds' has the name of the time-gap feature"):
         ColumnMap(order="ts", context=("gap_seconds",))
+
+
+def test_integer_positions_beyond_float_precision_keep_their_order(tmp_path: Path) -> None:
+    """Nanosecond epochs as positions: float64 would make neighbours equal and keep file order."""
+    path = _write(
+        tmp_path / "ns.csv",
+        "sequence_id,event,pos\ns,second,1700000000000000100\ns,first,1700000000000000000\n"
+        "s,third,1700000000000000200\n",
+    )
+    table = read_table(path, ColumnMap(order="pos", time=False))
+    assert [str(e) for e in table.grouped().events] == ["first", "second", "third"]
+    pq = tmp_path / "ns.parquet"
+    pd.read_csv(path).to_parquet(pq)  # int64 in Parquet: the same
+    assert [str(e) for e in read_table(pq, ColumnMap(order="pos", time=False)).grouped().events] == [
+        "first",
+        "second",
+        "third",
+    ]
