@@ -178,6 +178,13 @@ def _parse_numbers(s: pd.Series, column: str, where: _Where, what: str) -> tuple
         mask = mask.copy()
         mask[bad_idx[words]] = True
         bad_idx = bad_idx[~words]
+        # what pandas' parser gives up on but Python reads (pandas 2 turns "1e999" into NaN, not inf)
+        again = np.array([_python_float(obj.iloc[i]) for i in bad_idx], dtype=np.float64)
+        readable = ~np.isnan(again)
+        if readable.any():
+            parsed = parsed.copy()
+            parsed[bad_idx[readable]] = again[readable]
+            bad_idx = bad_idx[~readable]
         if bad_idx.size:
             pos = int(bad_idx[0])
             raise DataError(
@@ -186,6 +193,14 @@ def _parse_numbers(s: pd.Series, column: str, where: _Where, what: str) -> tuple
                 + (f" ({bad_idx.size} such rows)" if bad_idx.size > 1 else "")
             )
     return parsed, mask
+
+
+def _python_float(value: object) -> float:
+    """``float(value)``, NaN when it is no number."""
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        return float("nan")
 
 
 #: A time of day followed by a zone: ``Z``, ``UTC``/``GMT`` or an offset such as ``+02:00``.
