@@ -89,7 +89,7 @@ def _sort_key(ev: EventExplanation) -> tuple[float, float, int]:
     return (-score, -surprisal, ev.position)
 
 
-def _residual_text(name: str, residual: float) -> str:
+def residual_text(name: str, residual: float) -> str:
     """``amount 5.2σ below expected``: the residual is predicted − actual, in standard deviations."""
     if not math.isfinite(residual):
         return f"{_printable(name, 24)} missing"
@@ -216,7 +216,7 @@ class SequenceExplanation:
                 )
             if ev.numeric_residuals:
                 parts.append(
-                    "numbers: " + ", ".join(_residual_text(k, v) for k, v in ev.numeric_residuals.items())
+                    "numbers: " + ", ".join(residual_text(k, v) for k, v in ev.numeric_residuals.items())
                 )
             if not math.isclose(ev.score, ev.surprisal, rel_tol=1e-9, abs_tol=1e-9):
                 parts.append(f"score {_fmt(ev.score, 2)}")

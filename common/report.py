@@ -27,7 +27,7 @@ import numpy as np
 
 from common import metrics as _metrics
 from common.errors import DataError
-from common.explanation import EventExplanation, SequenceExplanation
+from common.explanation import EventExplanation, SequenceExplanation, residual_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -341,7 +341,7 @@ def _events_html(expl: SequenceExplanation, scale: float) -> str:
 def _top_events_table(expl: SequenceExplanation) -> str:
     rows = []
     for ev in expl.top_events(TOP_EVENTS):
-        residuals = ", ".join(f"{k} {v:+.2f}σ" for k, v in ev.numeric_residuals.items())
+        residuals = ", ".join(residual_text(k, v) for k, v in ev.numeric_residuals.items())
         rows.append(
             "<tr>"
             f'<td class="num">{ev.position}</td>'
@@ -358,7 +358,7 @@ def _top_events_table(expl: SequenceExplanation) -> str:
         return '<p class="muted">No events.</p>'
     head = (
         "<tr><th>pos</th><th>event</th><th>surprisal (nats)</th><th>rank</th><th>unseen</th>"
-        "<th>expected instead</th><th>numeric residuals</th><th>event score</th></tr>"
+        "<th>expected instead</th><th>numbers</th><th>event score</th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"
 
