@@ -170,11 +170,15 @@ class SharedSetup:
     """The merged set-up: the shared encoder and a summary for ``setup.json``."""
 
     encoder: Encoder
-    key_fingerprint: str
     n_nodes: int
     n_sequences: int
     n_events: int
     nodes_with_test: int
+
+    @property
+    def key_fingerprint(self) -> str:
+        """Fingerprint of the nodes' hash key (the encoder's)."""
+        return self.encoder.key_print
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -258,7 +262,6 @@ def merge_setup(reports: Sequence[SetupStats], vocab: VocabConfig) -> SharedSetu
         )
     return SharedSetup(
         encoder=Encoder(shared_vocab, context, scaler, key_print=first.key_fingerprint),
-        key_fingerprint=first.key_fingerprint,
         n_nodes=len(reports),
         n_sequences=sum(r.n_sequences for r in reports),
         n_events=sum(r.n_events for r in reports),

@@ -111,10 +111,8 @@ class Scaler:
 
     @classmethod
     def from_stats(cls, stats: FeatureStats) -> Scaler:
-        n = np.maximum(stats.count, 1.0)
-        mean = stats.total / n
-        std = np.sqrt(np.maximum(stats.sq_dev / n, 0.0))
-        return cls(stats.names, mean, np.where(std > 1e-8, std, 1.0))
+        std = np.sqrt(np.maximum(stats.sq_dev / np.maximum(stats.count, 1.0), 0.0))
+        return cls(stats.names, stats.mean, np.where(std > 1e-8, std, 1.0))
 
     @classmethod
     def fit(cls, names: tuple[str, ...], values: np.ndarray) -> Scaler:

@@ -233,10 +233,9 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, i
             pos = int(present[0])
             raise DataError(
                 f"{where.source}: {where.at(pos)}, column {column!r}: timestamp {_show(values.iloc[pos])} "
-                f"has no full year{'' if fmt and '%d' in fmt else ' (or no date)'}, so events around a new "
-                f"year (or "
-                f"midnight) would be put in the wrong order; write full dates, e.g. ISO 8601 "
-                f"2024-01-31T12:00:00Z"
+                f"has no full year{'' if fmt and '%d' in fmt else ' (or no date)'}, so events around a "
+                f"new year (or midnight) would be put in the wrong order; write full dates, e.g. "
+                f"ISO 8601 2024-01-31T12:00:00Z"
             )
         fmt = _day_month_order(values, mask, fmt, column, where)
         with warnings.catch_warnings():
@@ -764,9 +763,12 @@ def write_table(table: EventTable, path: str | Path) -> Path:
         # TSV holds every value as it is, quotes too (read_table reads it so): no value may hold a
         # tab or a line break
         for col in frame.columns:
-            if pd.api.types.is_numeric_dtype(frame[col].dtype):
+            values = frame[col]
+            if pd.api.types.is_numeric_dtype(values.dtype):
                 continue
-            text = frame[col].astype(str)
+            if isinstance(values.dtype, pd.CategoricalDtype):  # each distinct value once
+                values = pd.Series(values.cat.categories)
+            text = values.astype(str)
             bad = text.str.contains("[\t\r\n]", regex=True).to_numpy(dtype=bool)
             if bad.any():
                 raise DataError(
