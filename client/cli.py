@@ -577,7 +577,7 @@ suffix of --out: .parquet, .tsv(.gz) or .csv(.gz); other suffixes are refused.
 position (0-based; the END step of N events is position N, event <end>), order (the
 file's order value, a UTC timestamp for timed data), event, unseen, score, surprisal
 (nats), rank (1 = the model's top guess), expected_1..K with expected_1_p..K_p,
-residual_<feature> per numeric feature (predicted - actual, in standard deviations of the
+residual_<feature> per numeric feature (actual - expected, in standard deviations of the
 training data after the log transform of heavy-tailed features), and label per row when
 the data has labels. Parquet suits large files best.
 

@@ -82,7 +82,10 @@ class DataLayout:
 
 
 def read_header(path: Path, encoding: str) -> list[str] | None:
-    """Column names of an event file, or None when they cannot be read (``read_table`` then says why)."""
+    """Column names of an event file as ``read_table`` reads them (:func:`~common.tableio.clean_header`),
+    or None when they cannot be read (``read_table`` then says why)."""
+    from common.tableio import clean_header
+
     name = path.name.lower()
     try:
         if not path.is_file():
@@ -92,16 +95,18 @@ def read_header(path: Path, encoding: str) -> list[str] | None:
             import pyarrow.parquet as pq
 
             try:
-                return [str(n) for n in pq.read_schema(path).names]
+                names = [str(n) for n in pq.read_schema(path).names]
             except (pa.ArrowException, OSError, ValueError):
                 return None
-        import pandas as pd
+        else:
+            import pandas as pd
 
-        sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-        frame = pd.read_csv(path, sep=sep, nrows=0, encoding=encoding, compression="infer")
-        return [str(c) for c in frame.columns]
+            sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
+            frame = pd.read_csv(path, sep=sep, nrows=0, encoding=encoding, compression="infer")
+            names = [str(c) for c in frame.columns]
     except (OSError, ValueError, UnicodeError, LookupError, EOFError):
         return None
+    return list(clean_header(names).values())
 
 
 def _pick(header: list[str] | None, candidates: Sequence[str | None]) -> str | None:

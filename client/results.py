@@ -177,7 +177,7 @@ def event_frame(
     in training); score (surprisal plus any numeric part), surprisal (nats)
     and rank (1 = the model's top guess); ``expected_1`` … ``expected_K`` with
     their probabilities ``expected_1_p`` …; ``residual_<name>`` per numeric
-    feature (predicted − actual in the units the model reads: standard
+    feature (actual − expected in the units the model reads: standard
     deviations of the training data, after the log transform of heavy-tailed
     features); and label (the row's label; empty on END rows) when the data
     is labelled. ``scored`` must be ``table``'s, scored with ``expected_k >=

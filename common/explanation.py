@@ -36,7 +36,8 @@ class EventExplanation:
         rank: rank of the actual event among the model's predictions (1 = top guess).
         expected: the model's top-k tokens with their probabilities, most likely first.
         unknown: True when the token was never seen in training.
-        numeric_residuals: z-score residuals of the numeric features (may be empty).
+        numeric_residuals: residuals of the numeric features, actual − expected in
+            standard deviations (positive: above what the model expected; may be empty).
         score: the event's total anomaly score (surprisal plus any numeric part).
     """
 
@@ -90,10 +91,10 @@ def _sort_key(ev: EventExplanation) -> tuple[float, float, int]:
 
 
 def residual_text(name: str, residual: float) -> str:
-    """``amount 5.2σ below expected``: the residual is predicted − actual, in standard deviations."""
+    """``amount 5.2σ above expected``: the residual is actual − expected, in standard deviations."""
     if not math.isfinite(residual):
         return f"{_printable(name, 24)} missing"
-    side = "below" if residual > 0 else "above"
+    side = "above" if residual > 0 else "below"
     return f"{_printable(name, 24)} {abs(residual):.1f}σ {side} expected"
 
 

@@ -312,7 +312,7 @@ def _event_title(ev: EventExplanation) -> str:
     if ev.expected:
         lines.append("expected instead: " + ev.expected_text())
     if ev.numeric_residuals:
-        lines.append("residuals: " + ", ".join(f"{k} {v:+.2f}σ" for k, v in ev.numeric_residuals.items()))
+        lines.append("numbers: " + ", ".join(residual_text(k, v) for k, v in ev.numeric_residuals.items()))
     if not math.isclose(ev.score, ev.surprisal, rel_tol=1e-9, abs_tol=1e-9):
         lines.append(f"event score {_num(ev.score)}")
     return "\n".join(lines)

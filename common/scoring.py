@@ -42,7 +42,7 @@ class EventScores:
 
     surprisal: (N,)   -log p(actual event | prefix), nats
     rank:      (N,)   1 + number of events the model found more likely
-    residual:  (N, F) (predicted - actual) numeric value in scaled units (NaN if missing)
+    residual:  (N, F) (actual - predicted) numeric value in scaled units (NaN if missing)
     score:     (N,)   surprisal + numeric_weight · ½‖residual‖²
     expected:  (N, k) ids of the k events the model found most likely (k = 0 unless asked)
     expected_p:(N, k) their probabilities
@@ -177,7 +177,7 @@ def score_events(
                 expected[dst], expected_p[dst] = top_i[ev_b, ev_t], top_p[ev_b, ev_t]
                 end_expected[end_dst], end_expected_p[end_dst] = top_i[end_b, end_t], top_p[end_b, end_t]
             if num_pred is not None:
-                res = (num_pred - batch.numeric_target[:, sl]).cpu().numpy()
+                res = (batch.numeric_target[:, sl] - num_pred).cpu().numpy()
                 residual[dst] = res[ev_b, ev_t]
         if progress is not None:
             progress(int(n_events.sum()))

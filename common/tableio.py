@@ -8,9 +8,10 @@
 Bad input raises :class:`~common.errors.DataError` with one line that names
 the file, the line (or row), the column and what to do. Values that can be
 repaired (a missing context value, a missing numeric value, a blank line, a
-timestamp without a time zone among others that have one, read as UTC) are
-repaired and counted in :attr:`EventTable.repairs`; nothing is dropped
-silently.
+timestamp without a time zone among others that have one, read as UTC, spaces
+around an id, event or context value) are repaired and counted in
+:attr:`EventTable.repairs`; nothing is dropped silently. A file's column names
+are read without surrounding spaces (:func:`clean_header`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from common.events import (
     text_codes,
 )
 
-__all__ = ["from_frame", "read_table", "write_table"]
+__all__ = ["clean_header", "from_frame", "read_table", "write_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,48 @@ def _filled(values: pd.Series, mask: np.ndarray, fill: str) -> pd.Series:
     if isinstance(values.dtype, pd.CategoricalDtype) and fill not in values.cat.categories:
         values = values.cat.add_categories([fill])
     return values.where(~mask, fill)
+
+
+def _stripped(values: pd.Series) -> tuple[pd.Series, int]:
+    """``values`` without surrounding whitespace (``" login"`` is ``"login"``), and how many rows changed.
+
+    A categorical column strips each category once; categories that become
+    equal merge.
+    """
+    if not isinstance(values.dtype, pd.CategoricalDtype):
+        stripped = values.str.strip()
+        n = int((stripped != values).fillna(False).sum())
+        return (stripped if n else values), n
+    categories = values.cat.categories
+    names = np.asarray(categories.str.strip(), dtype=object)
+    changed = names != np.asarray(categories, dtype=object)
+    if not changed.any():
+        return values, 0
+    codes = values.cat.codes.to_numpy()
+    n = int(np.append(changed, False)[codes].sum())  # code -1 (missing) picks the last entry
+    merged, uniques = pd.factorize(names)
+    new_codes = np.where(codes >= 0, merged[codes], -1)
+    out = pd.Categorical.from_codes(new_codes, categories=pd.Index(uniques, dtype=TEXT_DTYPE), validate=False)
+    return pd.Series(out, index=values.index).cat.remove_unused_categories(), n
+
+
+def _strip_counted(values: pd.Series, column: str, repairs: dict[str, int]) -> pd.Series:
+    """:func:`_stripped`, the rows it changed counted in ``repairs`` under ``column``."""
+    values, n = _stripped(values)
+    if n:
+        repairs[f"surrounding spaces stripped from {column!r}"] = n
+    return values
+
+
+def clean_header(names: list[str]) -> dict[str, str]:
+    """Each column name of a file and the name seqwatch reads it by: without surrounding
+    whitespace (a hand-written ``id, event, amount`` header), unless two names would then be
+    one, or a name would be empty (those keep their own)."""
+    stripped = [n.strip() for n in names]
+    counts: dict[str, int] = {}
+    for n in stripped:
+        counts[n] = counts.get(n, 0) + 1
+    return {n: s if s and counts[s] == 1 else n for n, s in zip(names, stripped, strict=True)}
 
 
 def _numeric(
@@ -426,6 +469,8 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
             f"{source}: {where.at(pos)}, column {columns.event!r}: missing event; "
             f"fill it in or drop the row ({int(ev_missing.sum())} such rows)"
         )
+    seq_text = _strip_counted(seq_text, columns.sequence, repairs)
+    ev_text = _strip_counted(ev_text, columns.event, repairs)
     out: dict[str, Any] = {
         SEQUENCE: seq_text,
     }
@@ -500,12 +545,12 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
             logger.info(
                 "%s: %d missing value(s) in context column %r set to %r", source, n_missing, name, MISSING
             )
-        out[name] = values
+        out[name] = _strip_counted(values, name, repairs)
     if label_col is not None:
         out[LABEL] = _labels(df[label_col], label_col, where)
     if ATTACK_TYPE in df.columns:
         values, mask = _text(df[ATTACK_TYPE])
-        out[ATTACK_TYPE] = _filled(values, mask, "")
+        out[ATTACK_TYPE] = _stripped(_filled(values, mask, ""))[0]
 
     frame = canonical_sort(pd.DataFrame(out))
     if time_ordered:
@@ -622,10 +667,13 @@ def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) ->
     # rows, the file is read again whole to tell (the rule below counts blank lines, while a row
     # that lacks only its sequence id and event is an error).
     names = _csv_header(path, sep, encoding, compression)
-    used = _used_columns(names, columns, source)
-    df = _read_csv(path, sep, encoding, compression, used, str)
+    header = clean_header(names)
+    used = _used_columns(list(header.values()), columns, source)
+    usecols = [name for name, clean in header.items() if clean in used]
+    df = _read_csv(path, sep, encoding, compression, usecols, str)
     if len(used) < len(names) and df.isna().all(axis=1).any():
         df = _read_csv(path, sep, encoding, compression, None, str)
+    df = df.rename(columns=header)
     # Read as text, then made categories: the parser's own "category" type turns categories that
     # all look like numbers into numbers, so ids "01" and "1" (or events "1.10" and "1.1") would merge.
     for name in _category_columns(columns) & set(df.columns):
@@ -725,15 +773,18 @@ def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:
         # Only the columns the map uses, so a wide export is not loaded whole; a column that
         # pandas stored as the index is read as a column like any other.
         schema = pq.read_schema(path)
-        names = [str(n) for n in schema.names]
-        used = _used_columns(names, columns, source)
+        header = clean_header([str(n) for n in schema.names])
+        used = _used_columns(list(header.values()), columns, source)
+        usecols = [name for name, clean in header.items() if clean in used]
         text = (pa.types.is_string, pa.types.is_large_string)
+        categories = _category_columns(columns)
         dictionary = [
             name
-            for name in sorted(_category_columns(columns) & set(used))
-            if any(is_text(schema.field(name).type) for is_text in text)
+            for name in usecols
+            if header[name] in categories and any(is_text(schema.field(name).type) for is_text in text)
         ]
-        df = pq.read_table(path, columns=used, read_dictionary=dictionary).to_pandas(ignore_metadata=True)
+        table = pq.read_table(path, columns=usecols, read_dictionary=dictionary)
+        df = table.to_pandas(ignore_metadata=True).rename(columns=header)
     except (pa.ArrowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(

@@ -25,7 +25,7 @@ from common.events import (
     text_codes,
 )
 from common.sessions import sessionize
-from common.tableio import from_frame, read_table, write_table
+from common.tableio import clean_header, from_frame, read_table, write_table
 
 USER_MAP = ColumnMap(sequence="user", event="action", order="ts", numeric=("bytes",), context=("device",))
 
@@ -227,6 +227,34 @@ def test_text_that_looks_like_numbers_stays_text(tmp_path: Path) -> None:
     devices = {i: str(g.context[g.offsets[k], 0]) for i, k in first.items()}
     assert (events["01"], events["1"], events["7"]) == ("1.10", "1.1", "2.0")
     assert (devices["01"], devices["1"]) == ("007", "7")
+
+
+def test_surrounding_spaces_are_stripped_and_counted(tmp_path: Path) -> None:
+    """A hand-written ``id, event`` file: header names and text values lose surrounding spaces,
+    counted per column; names that would then collide keep their own."""
+    path = _write(
+        tmp_path / "sp.csv",
+        "sequence_id, event, device ,amount\n s,login , pc,1\ns, pay,pc, 2\nt,login,  ,3\n",
+    )
+    table = read_table(path, ColumnMap(numeric=("amount",), context=("device",)))
+    g = table.grouped()
+    assert sorted(map(str, g.ids)) == ["s", "t"]
+    assert [str(e) for e in g.events] == ["login", "pay", "login"]
+    assert list(table.frame["device"].cat.categories) == [MISSING, "pc"]
+    assert list(table.frame["amount"]) == [1.0, 2.0, 3.0]
+    assert table.repairs == {
+        "surrounding spaces stripped from 'sequence_id'": 1,
+        "surrounding spaces stripped from 'event'": 2,
+        "surrounding spaces stripped from 'device'": 1,
+        "missing context 'device'": 1,
+    }
+    pq = tmp_path / "sp.parquet"
+    pd.DataFrame({"sequence_id": ["a ", "a"], " event": ["x", " x"]}).to_parquet(pq)
+    back = read_table(pq, ColumnMap())
+    assert [str(e) for e in back.grouped().events] == ["x", "x"] and len(back.grouped()) == 1
+    both = _write(tmp_path / "both.csv", "sequence_id,event,event \na,x,y\n")
+    assert [str(e) for e in read_table(both, ColumnMap()).grouped().events] == ["x"]
+    assert clean_header(["a", " a", " b", "  "]) == {"a": "a", " a": " a", " b": "b", "  ": "  "}
 
 
 def test_day_month_order_is_decided_once_per_column(tmp_path: Path) -> None:

@@ -286,6 +286,20 @@ def test_numeric_residual_enters_event_score():
     assert (weighted.score > plain.score).all()
 
 
+def test_numeric_residual_is_actual_minus_expected():
+    """Positive residual: the value is above what the model expected (the usual sign)."""
+    model = tiny("lstm", f=1)
+    assert model.numeric_head is not None
+    with torch.no_grad():
+        model.numeric_head.weight.zero_()
+        model.numeric_head.bias.fill_(0.5)  # the model expects 0.5 everywhere
+    data = encoded([[3, 4, 5, 3]], f=1)
+    scored = score_events(model, data, ScoreConfig(), CPU)
+    predicted = ~np.isnan(scored.residual[:, 0])
+    assert predicted[1:].all()
+    np.testing.assert_allclose(scored.residual[predicted, 0], data.numeric[predicted, 0] - 0.5, rtol=1e-6)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_training_learns_a_cycle_and_flags_a_break(kind):
     torch.manual_seed(0)

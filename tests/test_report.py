@@ -72,7 +72,7 @@ def test_explanation_text_and_dict() -> None:
     assert [ev.position for ev in expl.top_events(2)] == [3, 5]
     text = expl.to_text()
     assert "UNSEEN" in text and "expected: a (0.61), b (0.20)" in text
-    assert "FLAGGED" in text and "amount 5.2σ below expected" in text  # residual = predicted - actual
+    assert "FLAGGED" in text and "amount 5.2σ above expected" in text  # residual = actual - expected
     marked = [line for line in text.splitlines() if line.startswith(">>")]
     assert len(marked) == 3 and "<b>login</b>" in marked[0]
     short = expl.to_text(max_events=3)
