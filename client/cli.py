@@ -797,6 +797,21 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _out_of_memory(exc: BaseException) -> str | None:
+    """What to tell the user when ``exc`` is an allocation failure (NumPy's ``MemoryError``,
+    PyTorch's CPU allocator or ``torch.OutOfMemoryError``), else None."""
+    text = _one_line(exc)
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if not ({"MemoryError", "OutOfMemoryError"} & names or "can't allocate memory" in text):
+        return None
+    detail = text.split("DefaultCPUAllocator: ", 1)[-1]
+    detail = detail if len(detail) <= 160 else detail[:157] + "..."
+    return (
+        f"out of memory ({detail}); lower train.batch-size or train.chunk-len (fit), "
+        f"score.batch-size (score, explain, report) or model.hidden in --config, or free memory"
+    )
+
+
 def _error(message: str, *, verbose: bool) -> None:
     if verbose:
         traceback.print_exc(file=sys.stderr)
@@ -806,9 +821,9 @@ def _error(message: str, *, verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``seqwatch`` command line; returns the exit status.
 
-    0 on success, 2 on usage errors and on any :class:`SeqwatchError` or OS
-    error (reported as one ``seqwatch: error: ...`` line on stderr), 130 when
-    interrupted.
+    0 on success, 2 on usage errors and on any :class:`SeqwatchError`, OS
+    error or failed memory allocation (reported as one ``seqwatch: error: ...``
+    line on stderr), 130 when interrupted.
     """
     parser = build_parser()
     try:
@@ -832,6 +847,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (SeqwatchError, OSError) as exc:
         _error(_one_line(exc), verbose=verbose > 0)
+        return _EXIT_USAGE
+    except (MemoryError, RuntimeError) as exc:
+        message = _out_of_memory(exc)
+        if message is None:
+            raise  # a bug: its traceback is what to report
+        _error(message, verbose=verbose > 0)
         return _EXIT_USAGE
     finally:
         setup.undo()

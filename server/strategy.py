@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 NUM_EXAMPLES = "num-examples"
 COMPUTE_SECONDS = "compute-seconds"
+#: Row key: wall seconds of the round's evaluate-config callback (the END weight's query to the nodes).
+EVAL_CONFIG_SECONDS = "eval-config-seconds"
 CONFUSION_KEYS = ("tp", "fp", "tn", "fn")
 HIST_NORMAL = "hist-normal"
 HIST_ANOMALOUS = "hist-anomalous"
@@ -243,6 +245,7 @@ class RecordingMixin:
         self.history: list[dict[str, Any]] = []
         self._round_started = time.monotonic()
         self._train_row: dict[str, Any] = {}
+        self._evaluate_config_row: dict[str, float] = {}
         self._asked: dict[str, set[int]] = {}
         self._replied: dict[str, set[int]] = {}
 
@@ -266,8 +269,12 @@ class RecordingMixin:
         nodes = [int(m.metadata.dst_node_id) for m in out]
         self._asked["evaluate"] = set(nodes)
         self._evaluate_extra = {}
+        self._evaluate_config_row = {}
         if out and self.evaluate_config is not None:
+            started = time.monotonic()
             self._evaluate_extra = dict(self.evaluate_config(arrays, grid, nodes))
+            # its own exchange with the nodes (the END weight's query): part of the round's time
+            self._evaluate_config_row = {EVAL_CONFIG_SECONDS: round(time.monotonic() - started, 3)}
             key = self.configrecord_key  # type: ignore[attr-defined]
             for msg in out:
                 # a copy per message: the strategy hands the same record to every message and round,
@@ -342,6 +349,7 @@ class RecordingMixin:
             "eval-failures": failures,
             **self._node_counts(),
             **self._evaluate_extra,
+            **self._evaluate_config_row,
         }
         if metrics is not None:
             row.update({k: v for k, v in metrics.items()})

@@ -16,9 +16,12 @@ ServerApp's round wall time (``seconds`` in ``metrics.jsonl``: from
 evaluate exchange) minus the clients' compute time (``train-compute-seconds`` +
 ``eval-compute-seconds``: the sums of the ``compute-seconds`` every ClientApp
 handler reports, its wall time from receiving the message to building the
-reply). Run with ``client-resources-num-cpus = 2`` on 2 cores, i.e. one ClientApp
-at a time, so the clients' compute adds up and the difference is what Flower
-adds per round: scheduling, serialisation, SuperLink round trips, Ray actors.
+reply) and minus the END weight's query (``eval-config-seconds``: before the
+evaluation, each node scores its validation sequences under the new global
+weights and sends their spread; reported on its own as ``end_weight_query_s``).
+Run with ``client-resources-num-cpus = 2`` on 2 cores, i.e. one ClientApp at
+a time, so the clients' compute adds up and the difference is what Flower adds
+per round: scheduling, serialisation, SuperLink round trips, Ray actors.
 For reference the same is measured with the in-process grid
 (:mod:`simulations.inprocess`: deep copies instead of serialisation, no Ray).
 The set-up phase before round 1 already starts the Ray actors and loads the
@@ -95,14 +98,16 @@ def loadavg() -> list[float]:
 
 
 def round_rows(rows: Sequence[Mapping[str, Any]], slots: int) -> list[dict[str, Any]]:
-    """Per round: wall, compute, overhead (wall - compute / slots), per message."""
+    """Per round: wall, compute, the END weight's query, overhead (wall - compute / slots - that
+    query), per train or evaluate message."""
     out = []
     for r in rows:
         wall = float(r.get("seconds", 0.0))
         train = float(r.get("train-compute-seconds", 0.0))
         ev = float(r.get("eval-compute-seconds", 0.0))
+        query = float(r.get("eval-config-seconds", 0.0))
         messages = int(r.get("train-nodes", 0)) + int(r.get("eval-nodes", 0))
-        overhead = wall - (train + ev) / slots
+        overhead = wall - (train + ev) / slots - query
         out.append(
             {
                 "round": int(r["round"]),
@@ -111,6 +116,7 @@ def round_rows(rows: Sequence[Mapping[str, Any]], slots: int) -> list[dict[str, 
                 "eval_compute_s": round(ev, 3),
                 "train_compute_max_s": round(float(r.get("train-compute-max", 0.0)), 3),
                 "eval_compute_max_s": round(float(r.get("eval-compute-max", 0.0)), 3),
+                "end_weight_query_s": round(query, 3),
                 "overhead_s": round(overhead, 3),
                 "messages": messages,
                 "overhead_per_message_ms": round(1000 * overhead / messages, 1) if messages else None,
@@ -132,6 +138,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             [r["overhead_per_message_ms"] for r in later if r["overhead_per_message_ms"] is not None]
         ),
         "mean_wall_s_after_round_1": _mean([r["wall_s"] for r in later]),
+        "mean_end_weight_query_s_after_round_1": _mean([r["end_weight_query_s"] for r in later]),
     }
 
 
@@ -225,6 +232,7 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
         "overhead_round_1_s": o["round_rows"][0]["overhead_s"] if o["round_rows"] else None,
         "overhead_per_message_ms": o["mean_overhead_per_message_ms_after_round_1"],
         "round_wall_s": o["mean_wall_s_after_round_1"],
+        "end_weight_query_s": o["mean_end_weight_query_s_after_round_1"],
     }
     if "overhead_inprocess" in result:
         out["inprocess_overhead_per_round_s"] = result["overhead_inprocess"]["mean_overhead_s_after_round_1"]
@@ -343,7 +351,8 @@ def _bench(argv: list[str]) -> int:
         f"overhead at {o['clients']} clients (flwr run, serial ClientApps): "
         f"{o['mean_overhead_s_after_round_1']} s per round after round 1 "
         f"({o['mean_overhead_per_message_ms_after_round_1']} ms per message); "
-        f"round 1: {o['round_rows'][0]['overhead_s']} s"
+        f"round 1: {o['round_rows'][0]['overhead_s']} s; "
+        f"the END weight's query: {o['mean_end_weight_query_s_after_round_1']} s per round"
     )
     if "overhead_inprocess" in result:
         i = result["overhead_inprocess"]

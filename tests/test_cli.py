@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from client import cli
 from client.cli import main
 from client.datafiles import LAYOUT_FILE
 
@@ -666,6 +667,38 @@ def test_verbose_error_shows_traceback(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2
     assert "Traceback" in captured.err
     assert captured.err.rstrip().splitlines()[-1].startswith("seqwatch: error: ")
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        MemoryError("Unable to allocate 90.9 TiB for an array with shape (100000000000000,)"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 100000000000000 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+    ],
+)
+def test_out_of_memory_is_one_line_that_says_what_to_lower(
+    failure: BaseException, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run_out(args: object, console: object) -> int:
+        raise failure
+
+    monkeypatch.setattr(cli, "cmd_fit", run_out)
+    assert main(["fit", "--data", "d.csv", "--out", "m"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("seqwatch: error: out of memory (") and "train.batch-size" in line
+    assert "Unable to allocate 90.9 TiB" in line or "you tried to allocate 100000000000000 bytes" in line
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(args: object, console: object) -> int:
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(cli, "cmd_fit", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["fit", "--data", "d.csv", "--out", "m"])
 
 
 def test_convert_missing_source_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -455,7 +455,9 @@ def test_evaluate_config_callback_reaches_every_evaluate_message_and_the_round_r
     edges = round_edges(5)
     s, y = np.r_[np.ones(8), np.full(2, 9.0)], np.r_[np.zeros(8), np.ones(2)]
     strategy.aggregate_evaluate(1, [_eval_reply(s, y, 4.0, edges), _eval_reply(s, y, 4.0, edges)])
-    assert run.read_metrics()[0]["end-weight"] == 0.375
+    row = run.read_metrics()[0]
+    assert row["end-weight"] == 0.375 and row["eval-config-seconds"] >= 0.0  # the query's own time
+    assert all("eval-config-seconds" not in m.content["config"] for m in msgs)  # not sent to nodes
 
 
 def test_fedadam_state_round_trip(tmp_path) -> None:
