@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import resource
+import shlex
 import time
 from pathlib import Path
 
@@ -105,6 +107,8 @@ def _measure(argv: list[str]) -> int:
     src = args.data or shared_data_dir()
     if src is None:
         raise DataError(f"ADFA-LD not found: {shared_data_missing()}, or pass --data")
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    load_before = os.getloadavg()
     splits = load_adfa_ld(src)
     cfg = with_overrides(DetectorConfig(), train={"epochs": args.epochs, "patience": args.epochs})
     detector = SequenceDetector(cfg)
@@ -129,6 +133,12 @@ def _measure(argv: list[str]) -> int:
     assert len(theirs) == deeplog_events and len(ours.surprisal) == n_events
 
     result = {
+        "command": shlex.join([PROG, *argv]),
+        "started": started,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "epochs": args.epochs,
         "dataset": "ADFA-LD test (4372 normal + 746 attack traces)",
         "model": f"{cfg.model.kind} {cfg.model.layers}x{cfg.model.hidden}, embed {cfg.model.embed_dim}",
         "device": str(device),
