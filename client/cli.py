@@ -575,11 +575,11 @@ suffix of --out: .parquet, .tsv(.gz) or .csv(.gz); other suffixes are refused.
 
 --events-out FILE writes one row per event, each sequence's END step last: sequence_id,
 position (0-based; the END step of N events is position N, event <end>), order (the
-file's order value, a UTC timestamp for timed data), event, unseen, score, surprisal
-(nats), rank (1 = the model's top guess), expected_1..K with expected_1_p..K_p,
-residual_<feature> per numeric feature (actual - expected, in standard deviations of the
-training data after the log transform of heavy-tailed features), and label per row when
-the data has labels. Parquet suits large files best.
+file's order value; for timed data an ISO 8601 UTC time, 2026-01-05T08:00:00Z), event,
+unseen, score, surprisal (nats), rank (1 = the model's top guess), expected_1..K with
+expected_1_p..K_p, residual_<feature> per numeric feature (actual - expected, in
+standard deviations of the training data after the log transform of heavy-tailed
+features), and label per row when the data has labels. Parquet suits large files best.
 
 examples:
   seqwatch score --model models/adfa --data data/adfa/test.parquet --out scores.csv

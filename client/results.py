@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from common.errors import ConfigError, DataError, ModelFileError
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
 
     from common.detector import ScoredTable, SequenceDetector
     from common.events import EventTable
@@ -264,16 +266,123 @@ def _with_end(names: pd.Index, end: str) -> tuple[pd.Index, np.ndarray]:
 
 
 def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Parquet for ``.parquet``, TSV for ``.tsv``/``.tsv.gz``, else CSV (gzip for ``.gz``)."""
+    """Parquet for ``.parquet``, TSV for ``.tsv``/``.tsv.gz``, else CSV (gzip for ``.gz``).
+
+    CSV and TSV: missing values are empty, booleans ``True``/``False``, times
+    ISO 8601 in UTC (``2026-01-05T08:00:00Z``). Text is written as it is; a
+    value holding the separator, a quote or a line break is quoted as CSV
+    quotes it (in TSV too).
+    """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     name = out.name.lower()
     if name.endswith(".parquet"):
         frame.to_parquet(out, index=False)
+        return out
+    sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
+    if _needs_quotes(frame, sep):  # pandas' writer quotes what must be quoted
+        _with_iso_times(frame).to_csv(out, index=False, sep=sep, compression="infer")
     else:
-        sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-        frame.to_csv(out, index=False, sep=sep, compression="infer")
+        _write_plain(frame, out, sep)
     return out
+
+
+_WRITE_ROWS = 262_144
+"""Rows converted to Arrow and written at a time (bounds the extra memory of a large file)."""
+
+
+def _with_iso_times(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each date-time column as ISO 8601 UTC text (``2026-01-05T08:00:00Z``)."""
+    import pandas as pd
+
+    times = [c for c in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[c].dtype)]
+    if not times:
+        return frame
+    return frame.assign(**{str(c): _iso_times(frame[c]) for c in times})
+
+
+def _iso_times(col: pd.Series) -> np.ndarray:
+    """Date-times as ISO 8601 UTC text, each with the seconds' digits it needs; None where missing."""
+    import numpy as np
+
+    if getattr(col.dt, "tz", None) is not None:
+        col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+    text = np.datetime_as_string(col.to_numpy(dtype="datetime64[ns]"), unit="auto", timezone="UTC")
+    out = text.astype(object)
+    out[col.isna().to_numpy()] = None
+    return out
+
+
+def _is_text(col: pd.Series) -> bool:
+    import pandas as pd
+
+    dtype = col.dtype
+    return not (
+        pd.api.types.is_numeric_dtype(dtype)
+        or pd.api.types.is_bool_dtype(dtype)
+        or pd.api.types.is_datetime64_any_dtype(dtype)
+    )
+
+
+def _needs_quotes(frame: pd.DataFrame, sep: str) -> bool:
+    """Whether a text value (a category: each once) holds ``sep``, a quote or a line break."""
+    import numpy as np
+    import pandas as pd
+
+    pattern = f'[{re.escape(sep)}"\r\n]'
+    for name in frame.columns:
+        col = frame[name]
+        if not _is_text(col):
+            continue
+        values = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col
+        text = pd.Series(np.asarray(values, dtype=object)).dropna().astype(str)
+        if text.str.contains(pattern, regex=True).any():
+            return True
+    return False
+
+
+def _arrow_columns(frame: pd.DataFrame) -> pa.Table:
+    """``frame`` as an Arrow table of plain columns: text, numbers, and booleans
+    (``True``/``False``) and times (:func:`_iso_times`) as text."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    columns: dict[str, pa.Array] = {}
+    for name in frame.columns:
+        col = frame[name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            arr = pa.array(col).dictionary_decode()
+        elif pd.api.types.is_datetime64_any_dtype(col.dtype):
+            arr = pa.array(_iso_times(col), type=pa.string())
+        elif pd.api.types.is_bool_dtype(col.dtype) and not col.isna().any():
+            words = pa.array(["False", "True"])
+            arr = pa.DictionaryArray.from_arrays(pa.array(col.to_numpy(np.int8)), words).dictionary_decode()
+        elif not _is_text(col):
+            arr = pa.array(col, from_pandas=True)
+        else:
+            arr = pa.array([None if v is None or v != v else str(v) for v in col.astype(object)], pa.string())
+        columns[str(name)] = arr
+    return pa.table(columns)
+
+
+def _write_plain(frame: pd.DataFrame, out: Path, sep: str) -> None:
+    """Arrow's CSV writer, several times faster than pandas' on millions of rows, without quotes
+    (:func:`_needs_quotes` found none needed), :data:`_WRITE_ROWS` rows at a time."""
+    import csv
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    header = io.StringIO()
+    csv.writer(header, delimiter=sep, lineterminator="\n").writerow([str(c) for c in frame.columns])
+    options = pacsv.WriteOptions(include_header=False, delimiter=sep, quoting_style="none")
+    gz = out.name.lower().endswith(".gz")
+    with pa.CompressedOutputStream(str(out), "gzip") if gz else pa.OSFile(str(out), "wb") as sink:
+        sink.write(header.getvalue().encode("utf-8"))
+        for start in range(0, len(frame), _WRITE_ROWS):
+            pacsv.write_csv(_arrow_columns(frame.iloc[start : start + _WRITE_ROWS]), sink, options)
 
 
 def labelled_metrics(scored: ScoredTable, threshold: float, source: str) -> dict[str, Any] | None:

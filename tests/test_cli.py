@@ -6,6 +6,7 @@ the score / explain / report tests, so the whole file runs in seconds.
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from client import cli
 from client.cli import main
 from client.datafiles import LAYOUT_FILE
+from client.results import write_frame
 
 NORMAL_EVENTS = ("open", "read", "write", "close", "stat", "mmap")
 ATTACK_EVENTS = ("execve", "socket", "connect")
@@ -960,3 +962,46 @@ def test_library_contract_edges(workspace: dict[str, Path], tmp_path: Path) -> N
     saved = keyed.save(tmp_path / "keyed")
     assert stat.S_IMODE((saved / "detector.json").stat().st_mode) == 0o600
     assert stat.S_IMODE((detector.save(tmp_path / "plain") / "detector.json").stat().st_mode) != 0o600
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.csv.gz", "out.tsv", "out.tsv.gz"])
+@pytest.mark.parametrize("awkward", [False, True])
+def test_written_frames_read_back_as_they_were(
+    tmp_path: Path, name: str, awkward: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Score and event files: text as it is (quoted only where it must be), booleans True/False,
+    times ISO 8601 UTC, missing values empty, whichever writer (Arrow's, in pieces, or pandas' for
+    text that needs quotes) wrote them."""
+    monkeypatch.setattr("client.results._WRITE_ROWS", 2)  # three rows: written in two pieces
+    sep = "\t" if ".tsv" in name else ","
+    token = f'say "hi"{sep} bye' if awkward else "login"
+    frame = pd.DataFrame(
+        {
+            "sequence_id": pd.Categorical(["a", "a", "b"]),
+            "event": pd.Categorical([token, "pay", None]),
+            "order": pd.to_datetime([1.7e9, 1.7e9 + 0.25, np.nan], unit="s", utc=True),
+            "unseen": [True, False, False],
+            "score": np.array([1.5, np.nan, 3.0], dtype=np.float32),
+            "rank": pd.array([1, 2, None], dtype="Int64"),
+            "note": ["x", None, "z"],
+        }
+    )
+    out = write_frame(frame, tmp_path / name)
+    raw = gzip.decompress(out.read_bytes()) if name.endswith(".gz") else out.read_bytes()
+    if not awkward:  # nothing quoted
+        assert raw.decode().splitlines()[1].split(sep) == [
+            "a",
+            "login",
+            "2023-11-14T22:13:20Z",
+            "True",
+            "1.5",
+            "1",
+            "x",
+        ]
+    back = pd.read_csv(out, sep=sep, keep_default_na=False, dtype=str)
+    assert list(back.columns) == list(frame.columns)
+    assert list(back["event"]) == [token, "pay", ""]
+    assert list(back["order"]) == ["2023-11-14T22:13:20Z", "2023-11-14T22:13:20.250Z", ""]
+    assert list(back["unseen"]) == ["True", "False", "False"]
+    assert [float(v) if v else None for v in back["score"]] == [1.5, None, 3.0]
+    assert list(back["rank"]) == ["1", "2", ""] and list(back["note"]) == ["x", "", "z"]
