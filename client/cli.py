@@ -205,6 +205,8 @@ def build_config(args: argparse.Namespace) -> DetectorConfig:
         changes.setdefault("train", {})["threads"] = args.threads
     if args.false_alarm_rate is not None:
         changes["calibration"] = {"false_alarm_rate": args.false_alarm_rate, "contamination": 0.0}
+    if args.confidence is not None:
+        changes.setdefault("calibration", {}).update({"confidence": args.confidence, "contamination": 0.0})
     return with_overrides(config, **changes) if changes else config
 
 
@@ -252,7 +254,7 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     cal = cfg.calibration
     n_val = len(detector.validation_scores_)
     part = result.monitored if result is not None else "validation"  # "training" when none was held out
-    how = f"{cal.rule} {cal.rate:g}"
+    how = cal.target
     if cfg.model.end_event and end_weight_is_fitted(cfg.score):
         source = (
             f"fitted on the {part} sequences"
@@ -261,7 +263,9 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
         )
         console.info(f"END weight: {detector.end_weight_:.4g} ({source})")
     console.result(f"threshold: {detector.threshold_:.6g} ({how} on {n_val} normal {part} sequences)")
-    note = unresolved_rate(n_val, cal.rate) if part == "validation" else None  # else fit() has warned
+    note = (
+        unresolved_rate(n_val, cal.rate, cal.confidence) if part == "validation" else None
+    )  # else fit() has warned
     if note:
         log.warning("%s (give --validation FILE, or a larger train.validation-fraction in --config)", note)
     console.result(f"model saved to {out}")
@@ -544,7 +548,11 @@ examples:
 _FIT_EPILOG = """\
 Labelled anomalous sequences in the training data are left out: the model learns
 normal behaviour. Without --validation, train.validation-fraction of the training
-sequences is held out to early-stop and to calibrate the threshold.
+sequences is held out to early-stop and to calibrate the threshold. The threshold
+leaves at most --false-alarm-rate of those validation sequences above it; new
+normal data exceeds it about as often, sometimes more. With --confidence C it is
+set so that the rate on new normal data stays below the target with probability C
+(for data like the validation data; no score distribution assumed).
 
 The --config file holds flat dotted keys (or tables) such as:
   [model]
@@ -563,6 +571,7 @@ examples:
       --order-col ts --context-cols device,site --session-gap 1800 --out models/logins
   seqwatch fit --data train.csv --validation val.csv --config detector.toml \\
       --model cnn-lstm --device cuda --false-alarm-rate 0.005 --out models/m1
+  seqwatch fit --data train.parquet --false-alarm-rate 0.01 --confidence 0.9 --out models/m2
 """
 
 _SCORE_EPILOG = """\
@@ -690,6 +699,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="target false-alarm rate of the threshold on normal validation data, e.g. 0.01 "
         "(calibration.false-alarm-rate; turns contamination off)",
+    )
+    g.add_argument(
+        "--confidence",
+        type=_rate,
+        metavar="C",
+        help="hold the false-alarm rate on new normal data with probability C, e.g. 0.9, not just on "
+        "the validation data: a higher threshold, and at least log(1-C)/log(1-F) validation sequences "
+        "(230 for 0.9 at 0.01) (calibration.confidence; turns contamination off)",
     )
     _add_data_flags(p, for_model=False)
     p.set_defaults(handler=cmd_fit)

@@ -106,8 +106,11 @@ def _header(path: Path) -> tuple[list[str], dict[str, bool]]:
     else:
         sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
         frame = pd.read_csv(path, sep=sep, nrows=500, compression="infer")
-    numeric = {str(c): bool(pd.api.types.is_numeric_dtype(frame[c])) for c in frame.columns}
-    return [str(c) for c in frame.columns], numeric
+    from common.tableio import clean_header
+
+    names = list(clean_header([str(c) for c in frame.columns]).values())  # as read_table reads them
+    numeric = {n: bool(pd.api.types.is_numeric_dtype(frame.iloc[:, i])) for i, n in enumerate(names)}
+    return names, numeric
 
 
 def infer_columns(path: Path) -> ColumnMap:

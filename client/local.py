@@ -363,7 +363,8 @@ def final_report(
     val_scores = validation_scores(det, data)
     local_threshold = det.calibrate(val_scores)
     det.global_threshold_ = float(global_threshold)
-    note = unresolved_rate(len(val_scores), det.config.calibration.rate)
+    cal = det.config.calibration
+    note = unresolved_rate(len(val_scores), cal.rate, cal.confidence)
     if note:
         log.warning("local threshold: %s; the global one pools every node's", note)
     output_dir = Path(output_dir)

@@ -6,7 +6,7 @@ import argparse
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from client.console import Console
 from client.datafiles import LAYOUT_FILE, DataLayout, read_data
@@ -280,37 +280,67 @@ def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
         frame.to_parquet(out, index=False)
         return out
     sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
+    units = _time_units(frame)
     if _needs_quotes(frame, sep):  # pandas' writer quotes what must be quoted
-        _with_iso_times(frame).to_csv(out, index=False, sep=sep, compression="infer")
+        _with_iso_times(frame, units).to_csv(out, index=False, sep=sep, compression="infer")
     else:
-        _write_plain(frame, out, sep)
+        _write_plain(frame, out, sep, units)
     return out
 
+
+_TimeUnit = Literal["s", "ms", "us", "ns"]
 
 _WRITE_ROWS = 262_144
 """Rows converted to Arrow and written at a time (bounds the extra memory of a large file)."""
 
 
-def _with_iso_times(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with each date-time column as ISO 8601 UTC text (``2026-01-05T08:00:00Z``)."""
-    import pandas as pd
-
-    times = [c for c in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[c].dtype)]
-    if not times:
-        return frame
-    return frame.assign(**{str(c): _iso_times(frame[c]) for c in times})
-
-
-def _iso_times(col: pd.Series) -> np.ndarray:
-    """Date-times as ISO 8601 UTC text, each with the seconds' digits it needs; None where missing."""
-    import numpy as np
-
+def _utc_times(col: pd.Series) -> np.ndarray:
+    """A date-time column as naive UTC ``datetime64`` in its own unit (no cast to nanoseconds,
+    which would wrap dates beyond 2262)."""
     if getattr(col.dt, "tz", None) is not None:
         col = col.dt.tz_convert("UTC").dt.tz_localize(None)
-    text = np.datetime_as_string(col.to_numpy(dtype="datetime64[ns]"), unit="auto", timezone="UTC")
-    out = text.astype(object)
-    out[col.isna().to_numpy()] = None
+    return col.to_numpy()
+
+
+def _time_units(frame: pd.DataFrame) -> dict[int, _TimeUnit]:
+    """Per date-time column (by position): the coarsest of s, ms, us, ns that shows each of its
+    values exactly, so that the whole column has one format."""
+    import numpy as np
+    import pandas as pd
+
+    units: dict[int, _TimeUnit] = {}
+    coarse: tuple[_TimeUnit, ...] = ("s", "ms", "us")
+    for i in range(frame.shape[1]):
+        if not pd.api.types.is_datetime64_any_dtype(frame.dtypes.iloc[i]):
+            continue
+        values = _utc_times(frame.iloc[:, i])
+        present = values[~np.isnat(values)]
+        units[i] = next(
+            (u for u in coarse if np.array_equal(present.astype(f"datetime64[{u}]"), present)),
+            "ns",
+        )
+    return units
+
+
+def _iso_times(col: pd.Series, unit: _TimeUnit) -> np.ndarray:
+    """Date-times as ISO 8601 UTC text to ``unit`` (``2026-01-05T08:00:00Z`` for seconds); None where
+    missing."""
+    import numpy as np
+
+    values = _utc_times(col)
+    out = np.datetime_as_string(values, unit=unit, timezone="UTC").astype(object)
+    out[np.isnat(values)] = None
     return out
+
+
+def _with_iso_times(frame: pd.DataFrame, units: dict[int, _TimeUnit]) -> pd.DataFrame:
+    """``frame`` with the date-time columns at the positions in ``units`` as ISO 8601 text."""
+    if not units:
+        return frame
+    frame = frame.copy(deep=False)
+    for i, unit in units.items():
+        frame.isetitem(i, _iso_times(frame.iloc[:, i], unit))
+    return frame
 
 
 def _is_text(col: pd.Series) -> bool:
@@ -330,8 +360,8 @@ def _needs_quotes(frame: pd.DataFrame, sep: str) -> bool:
     import pandas as pd
 
     pattern = f'[{re.escape(sep)}"\r\n]'
-    for name in frame.columns:
-        col = frame[name]
+    for i in range(frame.shape[1]):
+        col = frame.iloc[:, i]
         if not _is_text(col):
             continue
         values = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col
@@ -341,32 +371,45 @@ def _needs_quotes(frame: pd.DataFrame, sep: str) -> bool:
     return False
 
 
-def _arrow_columns(frame: pd.DataFrame) -> pa.Table:
-    """``frame`` as an Arrow table of plain columns: text, numbers, and booleans
-    (``True``/``False``) and times (:func:`_iso_times`) as text."""
+def _is_missing(value: object) -> bool:
+    import pandas as pd
+
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
+
+
+def _arrow_columns(frame: pd.DataFrame, units: dict[int, _TimeUnit]) -> pa.Table:
+    """``frame`` as an Arrow table of plain columns: numbers, and text as pandas' CSV writer
+    prints it (categories and other values by ``str``: booleans ``True``/``False``; date-times
+    by :func:`_iso_times` to ``units``)."""
     import numpy as np
     import pandas as pd
     import pyarrow as pa
 
-    columns: dict[str, pa.Array] = {}
-    for name in frame.columns:
-        col = frame[name]
-        if isinstance(col.dtype, pd.CategoricalDtype):
-            arr = pa.array(col).dictionary_decode()
-        elif pd.api.types.is_datetime64_any_dtype(col.dtype):
-            arr = pa.array(_iso_times(col), type=pa.string())
-        elif pd.api.types.is_bool_dtype(col.dtype) and not col.isna().any():
-            words = pa.array(["False", "True"])
-            arr = pa.DictionaryArray.from_arrays(pa.array(col.to_numpy(np.int8)), words).dictionary_decode()
+    def coded(codes: np.ndarray, missing: np.ndarray, words: list[str]) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(pa.array(codes, mask=missing), pa.array(words, pa.string()))
+
+    arrays: list[pa.Array] = []
+    for i in range(frame.shape[1]):
+        col = frame.iloc[:, i]
+        if i in units:
+            arr = pa.array(_iso_times(col, units[i]), type=pa.string())
+        elif isinstance(col.dtype, pd.CategoricalDtype):
+            codes = col.cat.codes.to_numpy()
+            words = [str(c) for c in col.cat.categories]
+            arr = coded(np.maximum(codes, 0), codes < 0, words).dictionary_decode()
+        elif pd.api.types.is_bool_dtype(col.dtype):
+            missing = col.isna().to_numpy()
+            flags = col.fillna(False).to_numpy(dtype=bool).astype(np.int8)
+            arr = coded(flags, missing, ["False", "True"]).dictionary_decode()
         elif not _is_text(col):
             arr = pa.array(col, from_pandas=True)
         else:
-            arr = pa.array([None if v is None or v != v else str(v) for v in col.astype(object)], pa.string())
-        columns[str(name)] = arr
-    return pa.table(columns)
+            arr = pa.array([None if _is_missing(v) else str(v) for v in col.astype(object)], pa.string())
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
 
 
-def _write_plain(frame: pd.DataFrame, out: Path, sep: str) -> None:
+def _write_plain(frame: pd.DataFrame, out: Path, sep: str, units: dict[int, _TimeUnit]) -> None:
     """Arrow's CSV writer, several times faster than pandas' on millions of rows, without quotes
     (:func:`_needs_quotes` found none needed), :data:`_WRITE_ROWS` rows at a time."""
     import csv
@@ -382,7 +425,8 @@ def _write_plain(frame: pd.DataFrame, out: Path, sep: str) -> None:
     with pa.CompressedOutputStream(str(out), "gzip") if gz else pa.OSFile(str(out), "wb") as sink:
         sink.write(header.getvalue().encode("utf-8"))
         for start in range(0, len(frame), _WRITE_ROWS):
-            pacsv.write_csv(_arrow_columns(frame.iloc[start : start + _WRITE_ROWS]), sink, options)
+            piece = frame.iloc[start : start + _WRITE_ROWS]
+            pacsv.write_csv(_arrow_columns(piece, units), sink, options)
 
 
 def labelled_metrics(scored: ScoredTable, threshold: float, source: str) -> dict[str, Any] | None:

@@ -243,7 +243,8 @@ def check_data(data_path: Path, report: Report) -> None:
         col_map = beside_column_map(path)
         if header is not None and col_map is not None:
             named = (cols.sequence, cols.event, cols.order, *cols.numeric, *cols.context, cols.label)
-            missing = [c for c in named if c is not None and c not in header]
+            # a map may name a column with its spaces (' amount') or without, as read_table reads both
+            missing = [c for c in named if c is not None and c not in header and c.strip() not in header]
             if missing:
                 report.bad(
                     f"data-path {path}: the column map {col_map} names column(s) {missing} that the file "

@@ -136,15 +136,28 @@ class VocabConfig:
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """Threshold calibration on validation normal scores."""
+    """Threshold calibration on validation normal scores.
+
+    ``confidence`` (0 = off): the threshold holds ``false_alarm_rate`` on new
+    normal data with this probability, not just on the validation normals
+    (:func:`common.metrics.allowed_above`); it needs more of them and sets a
+    higher threshold.
+    """
 
     false_alarm_rate: float = 0.01
     contamination: float = 0.0
+    confidence: float = 0.0
 
     def __post_init__(self) -> None:
         _check_types(self)
         _unit("calibration.false-alarm-rate", self.false_alarm_rate, closed=False)
         _unit("calibration.contamination", self.contamination, closed=False)
+        _unit("calibration.confidence", self.confidence, closed=False)
+        if self.confidence > 0 and self.contamination > 0:
+            raise ConfigError(
+                "config key 'calibration.confidence' applies to calibration.false-alarm-rate, not to "
+                "calibration.contamination; set one of them to 0"
+            )
 
     @property
     def rate(self) -> float:
@@ -155,6 +168,12 @@ class CalibrationConfig:
     def rule(self) -> str:
         """What :attr:`rate` is, in words: ``"contamination"`` or ``"false-alarm rate"``."""
         return "contamination" if self.contamination > 0 else "false-alarm rate"
+
+    @property
+    def target(self) -> str:
+        """The rule and its rate in words: ``false-alarm rate 0.01`` (``... with confidence 0.9``)."""
+        text = f"{self.rule} {self.rate:g}"
+        return f"{text} with confidence {self.confidence:g}" if self.confidence > 0 else text
 
 
 @dataclass(frozen=True)

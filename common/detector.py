@@ -275,7 +275,9 @@ class SequenceDetector:
         if cal.contamination > 0:
             self.threshold_ = float(threshold_for_contamination(self.validation_scores_, cal.contamination))
         else:
-            self.threshold_ = float(threshold_for_far(self.validation_scores_, cal.false_alarm_rate))
+            self.threshold_ = float(
+                threshold_for_far(self.validation_scores_, cal.false_alarm_rate, cal.confidence)
+            )
         if not hasattr(self, "global_threshold_"):
             self.global_threshold_ = None
         return self.threshold_

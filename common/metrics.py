@@ -30,6 +30,7 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "Confusion",
+    "allowed_above",
     "average_precision",
     "confusion_at",
     "detection_rate_at_far",
@@ -116,6 +117,51 @@ def _max_allowed(n: int, rate: float) -> int:
     while k > 0 and k / n > rate:
         k -= 1
     return k
+
+
+def _binomial_cdf(n: int, p: float, upto: int) -> NDArray[np.float64]:
+    """``P(Binomial(n, p) <= i)`` for ``i = 0 .. upto`` (log-space pmf, so large ``n`` does not underflow)."""
+    i = np.arange(upto + 1, dtype=np.float64)
+    steps = np.log(n - i[:-1]) - np.log(i[:-1] + 1.0) + math.log(p) - math.log1p(-p)
+    log_pmf = n * math.log1p(-p) + np.concatenate([[0.0], np.cumsum(steps)])
+    return np.minimum(np.cumsum(np.exp(log_pmf)), 1.0)
+
+
+def allowed_above(n: int, rate: float, confidence: float = 0.0) -> int:
+    """How many of ``n`` calibration scores the threshold may leave above it.
+
+    ``confidence = 0``: the most with ``k / n <= rate`` (the threshold's rate
+    on the calibration scores is at most ``rate``; on new normal data it is
+    ``(k + 1) / (n + 1)`` on average, and scattered around that).
+
+    ``confidence = c > 0``: the most ``k`` (never more than the above) such
+    that, with probability at least ``c``, the rate on *new* normal scores is
+    at most ``rate``. For scores exchangeable with the calibration ones (no
+    distribution assumed), the rate above the ``(k+1)``-th largest of ``n``
+    follows Beta(k + 1, n - k), so ``P(rate' <= rate) = P(Binomial(n, rate) >= k + 1)``.
+    When even ``k = 0`` (the largest score) falls short, that is
+    ``1 - (1 - rate)^n < c``, the result is 0 and :func:`unresolved_rate`
+    says how many scores ``c`` needs.
+    """
+    if n <= 0:
+        return 0
+    rate = _check_rate(rate, "rate")
+    c = _check_rate(confidence, "confidence")
+    plain = _max_allowed(n, rate)
+    if c == 0.0 or plain == 0:
+        return plain
+    cdf = _binomial_cdf(n, rate, plain)  # P(Bin <= k) for k = 0 .. plain
+    # P(Bin >= k + 1) = 1 - P(Bin <= k) >= c  <=>  P(Bin <= k) <= 1 - c; the CDF rises with k
+    return max(int(np.searchsorted(cdf, 1.0 - c, side="right")) - 1, 0)
+
+
+def confidence_needs(rate: float, confidence: float) -> int:
+    """Fewest calibration scores for which the largest one has a rate at most ``rate`` with
+    probability ``confidence`` on new normal data: ``1 - (1 - rate)^n >= confidence``."""
+    rate, c = _check_rate(rate, "rate"), _check_rate(confidence, "confidence")
+    if rate == 0.0 or c == 0.0:
+        return 1
+    return max(1, math.ceil(math.log1p(-c) / math.log1p(-rate)))
 
 
 # --------------------------------------------------------------------------- ranking
@@ -287,7 +333,7 @@ def confusion_at(labels: ArrayLike, scores: ArrayLike, threshold: float) -> Conf
     return Confusion(tp=tp, fp=fp, tn=tn, fn=fn)
 
 
-def threshold_for_far(normal_scores: ArrayLike, far: float) -> float:
+def threshold_for_far(normal_scores: ArrayLike, far: float, confidence: float = 0.0) -> float:
     """Smallest threshold with at most a fraction ``far`` of normal scores strictly above it.
 
     Exact with ties: the result is always one of ``normal_scores`` (the
@@ -295,27 +341,40 @@ def threshold_for_far(normal_scores: ArrayLike, far: float) -> float:
     ``mean(normal_scores > t) <= far`` holds on these scores while any smaller
     threshold would exceed ``far``. ``far = 0`` gives the largest normal score.
     Use it on validation normals to calibrate the operating threshold.
-    ``far`` must lie in ``[0, 1)``.
+    ``far`` must lie in ``[0, 1)``. With ``confidence > 0``, ``k`` is
+    :func:`allowed_above`'s: the rate on new normal data is at most ``far``
+    with that probability, not just on these scores.
     """
     s = _as_scores(normal_scores, "normal_scores")
     if s.size == 0:
         raise ValueError("normal_scores is empty; need at least one normal score to calibrate a threshold")
-    rate = _check_rate(far, "far")
-    k = _max_allowed(s.size, rate)
+    k = allowed_above(s.size, _check_rate(far, "far"), confidence)
     return float(np.sort(s)[s.size - k - 1])
 
 
-def unresolved_rate(n_normal: int, rate: float) -> str | None:
+def unresolved_rate(n_normal: int, rate: float, confidence: float = 0.0) -> str | None:
     """Why ``n_normal`` calibration scores cannot resolve ``rate``, or None when they can.
 
     Below ``n_normal * rate < 1`` the rule of :func:`threshold_for_far` lets
     no score lie above the threshold, which is then the largest calibration
     score: new normal sequences exceed it about ``1 / (n_normal + 1)`` of the
     time, and that single order statistic varies a lot between data sets. The
-    text says so and how many sequences the rate needs.
+    text says so and how many sequences the rate needs. With ``confidence``,
+    also when even the largest score cannot hold ``rate`` with that
+    probability (:func:`allowed_above`, :func:`confidence_needs`).
     """
     rate = _check_rate(rate, "rate")
-    if n_normal <= 0 or rate <= 0 or _max_allowed(n_normal, rate) > 0:
+    c = _check_rate(confidence, "confidence")
+    if n_normal <= 0 or rate <= 0:
+        return None
+    if c > 0 and n_normal < confidence_needs(rate, c) and _max_allowed(n_normal, rate) > 0:
+        held = 1.0 - (1.0 - rate) ** n_normal
+        return (
+            f"{n_normal} validation sequences cannot hold a false-alarm rate of {rate:g} with confidence "
+            f"{c:g} (at least {confidence_needs(rate, c)} needed): the threshold is their largest score, "
+            f"whose rate is at most {rate:g} with probability {held:.2f}"
+        )
+    if _max_allowed(n_normal, rate) > 0:
         return None
     return (
         f"{n_normal} validation sequences cannot resolve a rate of {rate:g} (at least "
@@ -382,7 +441,9 @@ def histogram_counts(scores: ArrayLike, edges: ArrayLike) -> NDArray[np.int64]:
     return np.bincount(idx, minlength=n_bins).astype(np.int64)
 
 
-def threshold_from_histogram(counts: ArrayLike, edges: ArrayLike, far: float) -> float:
+def threshold_from_histogram(
+    counts: ArrayLike, edges: ArrayLike, far: float, confidence: float = 0.0
+) -> float:
     """Conservative threshold from (summed) normal-score counts over agreed bins.
 
     Scanning bins upward, returns the upper edge ``edges[j+1]`` of the first
@@ -391,7 +452,8 @@ def threshold_from_histogram(counts: ArrayLike, edges: ArrayLike, far: float) ->
     ``j``, so the false-alarm rate on the pooled normals is ``<= far``; and the
     result is at most one bin width above the exact :func:`threshold_for_far`.
     (The guarantee assumes the edges cover the scores; clipped outliers above
-    ``edges[-1]`` would be flagged.) ``far`` must lie in ``[0, 1)``.
+    ``edges[-1]`` would be flagged.) ``far`` must lie in ``[0, 1)``. With
+    ``confidence > 0`` the counts above may be at most :func:`allowed_above`'s.
     """
     c = _as_counts(counts, "counts")
     e = _as_edges(edges)
@@ -400,9 +462,9 @@ def threshold_from_histogram(counts: ArrayLike, edges: ArrayLike, far: float) ->
     total = int(c.sum())
     if total == 0:
         raise ValueError("counts are all zero; need at least one normal score")
-    rate = _check_rate(far, "far")
+    allowed = allowed_above(total, _check_rate(far, "far"), confidence)
     above = total - np.cumsum(c)  # count in bins strictly above bin j
-    j = int(np.flatnonzero(above / total <= rate)[0])  # the last bin always qualifies (above = 0)
+    j = int(np.flatnonzero(above <= allowed)[0])  # the last bin always qualifies (above = 0)
     return float(e[j + 1])
 
 

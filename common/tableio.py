@@ -22,6 +22,7 @@ import logging
 import re
 import warnings
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -174,15 +175,32 @@ def _strip_counted(values: pd.Series, column: str, repairs: dict[str, int]) -> p
     return values
 
 
-def clean_header(names: list[str]) -> dict[str, str]:
+def clean_header(names: list[str], keep: Iterable[str] = ()) -> dict[str, str]:
     """Each column name of a file and the name seqwatch reads it by: without surrounding
     whitespace (a hand-written ``id, event, amount`` header), unless two names would then be
-    one, or a name would be empty (those keep their own)."""
+    one, a name would be empty, or ``keep`` (a column map's names) holds the name as it is:
+    those keep their own."""
+    kept = set(keep)
     stripped = [n.strip() for n in names]
     counts: dict[str, int] = {}
     for n in stripped:
         counts[n] = counts.get(n, 0) + 1
-    return {n: s if s and counts[s] == 1 else n for n, s in zip(names, stripped, strict=True)}
+    return {
+        n: s if s and counts[s] == 1 and n not in kept else n for n, s in zip(names, stripped, strict=True)
+    }
+
+
+def _mapped(columns: ColumnMap) -> set[str]:
+    """Every column name ``columns`` refers to."""
+    named = {
+        columns.sequence,
+        columns.event,
+        columns.order,
+        columns.label,
+        *columns.numeric,
+        *columns.context,
+    }
+    return {n for n in named if n is not None}
 
 
 def _numeric(
@@ -550,7 +568,7 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
         out[LABEL] = _labels(df[label_col], label_col, where)
     if ATTACK_TYPE in df.columns:
         values, mask = _text(df[ATTACK_TYPE])
-        out[ATTACK_TYPE] = _stripped(_filled(values, mask, ""))[0]
+        out[ATTACK_TYPE] = _strip_counted(_filled(values, mask, ""), ATTACK_TYPE, repairs)
 
     frame = canonical_sort(pd.DataFrame(out))
     if time_ordered:
@@ -667,7 +685,7 @@ def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) ->
     # rows, the file is read again whole to tell (the rule below counts blank lines, while a row
     # that lacks only its sequence id and event is an error).
     names = _csv_header(path, sep, encoding, compression)
-    header = clean_header(names)
+    header = clean_header(names, _mapped(columns))
     used = _used_columns(list(header.values()), columns, source)
     usecols = [name for name, clean in header.items() if clean in used]
     df = _read_csv(path, sep, encoding, compression, usecols, str)
@@ -773,7 +791,7 @@ def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:
         # Only the columns the map uses, so a wide export is not loaded whole; a column that
         # pandas stored as the index is read as a column like any other.
         schema = pq.read_schema(path)
-        header = clean_header([str(n) for n in schema.names])
+        header = clean_header([str(n) for n in schema.names], _mapped(columns))
         used = _used_columns(list(header.values()), columns, source)
         usecols = [name for name, clean in header.items() if clean in used]
         text = (pa.types.is_string, pa.types.is_large_string)

@@ -439,16 +439,15 @@ def calibration_phase(
     hists = ask_all(grid, "query.calib_hist", content, nodes, fed.round_timeout, check)
     counts = np.asarray(sum_lists(as_ints(_metrics(r).get("hist")) for r in hists), dtype=np.int64)
     rate = cal.rate
-    threshold = threshold_from_histogram(counts, edges, rate)
+    threshold = threshold_from_histogram(counts, edges, rate, cal.confidence)
     log.info(
-        "calibration: global threshold %.6g at %s %g (%d validation sequences from %d node(s))",
+        "calibration: global threshold %.6g at %s (%d validation sequences from %d node(s))",
         threshold,
-        cal.rule,
-        rate,
+        cal.target,
         int(counts.sum()),
         len(hists),
     )
-    note = unresolved_rate(int(counts.sum()), rate)
+    note = unresolved_rate(int(counts.sum()), rate, cal.confidence)
     if note:
         log.warning("calibration: %s (pooled from %d node(s))", note, len(hists))
     return {
@@ -456,6 +455,7 @@ def calibration_phase(
         "end_weight": float(end_weight),
         "rule": "contamination" if cal.contamination > 0 else "false-alarm-rate",
         "rate": float(rate),
+        "confidence": float(cal.confidence),
         "bins": len(edges) - 1,
         "validation_sequences": int(counts.sum()),
         "nodes": len(hists),

@@ -130,7 +130,8 @@ def standard_split(
             )
             sc = _score_config(cfg, agg, val_ev)
             scores = aggregate(test_ev, sc)
-            threshold = threshold_for_far(aggregate(val_ev, sc), cfg.calibration.false_alarm_rate)
+            cal = cfg.calibration
+            threshold = threshold_for_far(aggregate(val_ev, sc), cal.false_alarm_rate, cal.confidence)
             rep = detection_report(labels, scores, threshold)
             rows.append(
                 {
@@ -245,7 +246,21 @@ def adfa_coverage(src: Path, base: DetectorConfig, epochs: int | None, seed: int
     }
 
 
-def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: int) -> dict[str, Any]:
+def _across_halves(
+    normal: np.ndarray, abnormal: np.ndarray, halves: np.ndarray, rate: float, confidence: float
+) -> list[tuple[float, float]]:
+    """For a threshold set on each half of ``normal`` (``halves`` and its complement): the rate at
+    which the *other* half's sessions exceed it, and the recall on ``abnormal``."""
+    return [
+        (float((normal[~side] > t).mean()), float((abnormal > t).mean()))
+        for side in (halves, ~halves)
+        for t in [threshold_for_far(normal[side], rate, confidence)]
+    ]
+
+
+def hdfs(
+    src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: int, confidence: float
+) -> dict[str, Any]:
     splits = load_hdfs(src)
     train, abnormal = splits["train"], splits["test_abnormal"]
     groups = content_groups(train)
@@ -270,17 +285,12 @@ def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: 
             sc = _score_config(cfg, agg, held_events)
             held_scores = aggregate(held_events, sc)
             ab_scores = aggregate(ab_events, sc)
-            threshold = threshold_for_far(held_scores, cfg.calibration.false_alarm_rate)
+            cal = cfg.calibration
+            threshold = threshold_for_far(held_scores, cal.false_alarm_rate, cal.confidence)
             recall = float((ab_scores > threshold).mean())
             far = float((held_scores > threshold).mean())
-            crossed = [
-                (
-                    float((held_scores[~side] > t).mean()),
-                    float((ab_scores > t).mean()),
-                )
-                for side in (halves, ~halves)
-                for t in [threshold_for_far(held_scores[side], cfg.calibration.false_alarm_rate)]
-            ]
+            crossed = _across_halves(held_scores, ab_scores, halves, cal.false_alarm_rate, cal.confidence)
+            confident = _across_halves(held_scores, ab_scores, halves, cal.false_alarm_rate, confidence)
             per_agg[(agg, end)].append(
                 {
                     "fold": k,
@@ -291,11 +301,13 @@ def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: 
                     "false_alarm_rate": far,
                     "cross_half_false_alarm_rate": float(np.mean([c[0] for c in crossed])),
                     "cross_half_recall": float(np.mean([c[1] for c in crossed])),
+                    "cross_half_false_alarm_rate_confident": float(np.mean([c[0] for c in confident])),
+                    "cross_half_recall_confident": float(np.mean([c[1] for c in confident])),
                 }
             )
             log.info(
                 "fold %d %-10s END %-5s recall %.4f at FAR %.4f (held-out %d); across halves: "
-                "FAR %.4f, recall %.4f",
+                "FAR %.4f, recall %.4f (at confidence %g: FAR %.4f, recall %.4f)",
                 k,
                 agg,
                 end,
@@ -304,6 +316,9 @@ def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: 
                 len(held),
                 per_agg[(agg, end)][-1]["cross_half_false_alarm_rate"],
                 per_agg[(agg, end)][-1]["cross_half_recall"],
+                confidence,
+                per_agg[(agg, end)][-1]["cross_half_false_alarm_rate_confident"],
+                per_agg[(agg, end)][-1]["cross_half_recall_confident"],
             )
     n_ab, n_norm = 16838, 553366
     rows = []
@@ -312,6 +327,7 @@ def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: 
         fars = np.array([r["false_alarm_rate"] for r in folds_rows])
         cross_fars = np.array([r["cross_half_false_alarm_rate"] for r in folds_rows])
         cross_recalls = np.array([r["cross_half_recall"] for r in folds_rows])
+        confident_fars = np.array([r["cross_half_false_alarm_rate_confident"] for r in folds_rows])
         r, f = float(recalls.mean()), float(cross_fars.mean())
         rows.append(
             {
@@ -326,6 +342,13 @@ def hdfs(src: Path, base: DetectorConfig, folds: int, epochs: int | None, seed: 
                 "cross_half_false_alarm_rate_mean": f,
                 "cross_half_false_alarm_rate_max": float(cross_fars.max()),
                 "cross_half_recall_mean": float(cross_recalls.mean()),
+                # the same with the half's threshold at calibration.confidence = --confidence
+                "confidence": confidence,
+                "cross_half_false_alarm_rate_confident_mean": float(confident_fars.mean()),
+                "cross_half_false_alarm_rate_confident_max": float(confident_fars.max()),
+                "cross_half_recall_confident_mean": float(
+                    np.mean([r["cross_half_recall_confident"] for r in folds_rows])
+                ),
                 "precision_at_paper_balance_estimate": r * n_ab / (r * n_ab + f * n_norm)
                 if r + f > 0
                 else None,
@@ -371,6 +394,16 @@ def _model_kinds(text: str) -> list[str]:
     return kinds
 
 
+def _confidence(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from exc
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -388,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=positive_int, default=5, help="HDFS: folds of the normal sessions")
     parser.add_argument("--seed", type=int, default=0, help="seed (adfa-seeds: the first of --seeds)")
     parser.add_argument("--seeds", type=positive_int, default=5, help="adfa-seeds: number of seeds")
+    parser.add_argument(
+        "--confidence",
+        type=_confidence,
+        default=0.9,
+        help="HDFS: also measure the half-fold thresholds at this calibration.confidence (default 0.9)",
+    )
     parser.add_argument(
         "--out", type=output_file, default=None, help="also write the JSON here (e.g. docs/quality_adfa.json)"
     )
@@ -414,7 +453,7 @@ def _run(argv: list[str]) -> int:
     elif args.dataset == "adfa-coverage":
         result = adfa_coverage(root, base, args.epochs, args.seed)
     else:
-        result = hdfs(root, base, args.folds, args.epochs, args.seed)
+        result = hdfs(root, base, args.folds, args.epochs, args.seed, args.confidence)
     result["command"] = f"{PROG} " + " ".join(argv)
     result["config"] = to_flat(base)
     text = json.dumps(result, indent=2)

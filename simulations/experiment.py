@@ -489,8 +489,11 @@ def table_rows(results: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], st
     return rows
 
 
-def calibration_lines(data: Mapping[str, Any], rate: float, modes: Sequence[str] = MODES) -> list[str]:
-    """How many normal validation sequences set each mode's threshold, and whether they resolve ``rate``."""
+def calibration_lines(
+    data: Mapping[str, Any], rate: float, modes: Sequence[str] = MODES, confidence: float = 0.0
+) -> list[str]:
+    """How many normal validation sequences set each mode's threshold, and whether they resolve ``rate``
+    (with ``confidence``, :func:`common.metrics.unresolved_rate`)."""
     pooled = data.get("pooled_validation_sequences")
     per_client = [int(c["validation_sequences"]) for c in data.get("clients", [])]
     if pooled is None or not per_client:
@@ -517,7 +520,7 @@ def calibration_lines(data: Mapping[str, Any], rate: float, modes: Sequence[str]
         return []
     text = f"Thresholds are calibrated {' and '.join(parts)}."
     for who, n in checks:
-        note = unresolved_rate(n, rate)
+        note = unresolved_rate(n, rate, confidence)
         if note:
             text += f" {who}: {note}."
     return [text, ""]
@@ -545,7 +548,7 @@ def markdown(comparison: Mapping[str, Any]) -> str:
         + f", data seed {data['seed']}; pooled test set: {data['pooled_test']['sequences']} sequences "
         f"({data['pooled_test']['anomalous']} anomalous), the same for every mode "
         f"(SHA-256 `{data['pooled_test']['fingerprint'][:16]}…`). F1/precision/recall/FAR at each mode's "
-        f"calibrated threshold ({cal.rule} {cal.rate:g}"
+        f"calibrated threshold ({cal.target}"
         " on normal validation data); DR@x%FAR reads the test labels (evaluation figure only).",
         "",
         head,
@@ -569,7 +572,7 @@ def markdown(comparison: Mapping[str, Any]) -> str:
             ),
             "",
         ]
-    lines += calibration_lines(data, cal.rate, comparison["modes"])
+    lines += calibration_lines(data, cal.rate, comparison["modes"], cal.confidence)
     if "federated" in res and "centralized" in res:
         fa, ca = res["federated"]["metrics"]["auroc"], res["centralized"]["metrics"]["auroc"]
         if fa is not None and ca is not None:

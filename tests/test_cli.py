@@ -157,6 +157,24 @@ def test_fit_prints_progress_threshold_and_saves(
     assert layout["columns"]["order"] == "order"
 
 
+def test_fit_with_confidence_sets_a_higher_threshold_and_says_how_many_it_needs(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m"
+    base = ["fit", "--data", str(workspace["train"]), "--config", str(workspace["config"]), "--epochs", "1"]
+    code = main([*base, "--false-alarm-rate", "0.3", "--confidence", "0.9", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "(false-alarm rate 0.3 with confidence 0.9 on 4 normal validation sequences)" in captured.out
+    # 4 held out: the plain rule may leave 1 above the threshold, 0.9 confidence needs 7
+    assert "cannot hold a false-alarm rate of 0.3 with confidence 0.9 (at least 7 needed)" in captured.err
+    meta = json.loads((out / "detector.json").read_text(encoding="utf-8"))
+    assert meta["config"]["calibration.confidence"] == 0.9
+    assert meta["threshold"] == max(meta["validation_scores"])
+    assert main([*base, "--confidence", "1", "--out", str(tmp_path / "m2")]) == 2
+    assert "argument --confidence: must be between 0 and 1" in capsys.readouterr().err
+
+
 def test_fit_reports_repairs_and_custom_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     frame = make_frame(3, 30, 0, "u").rename(columns={"sequence": "user", "event": "action", "order": "step"})
     frame["device"] = np.where(np.arange(len(frame)) % 7 == 0, "", "laptop")
@@ -992,7 +1010,7 @@ def test_written_frames_read_back_as_they_were(
         assert raw.decode().splitlines()[1].split(sep) == [
             "a",
             "login",
-            "2023-11-14T22:13:20Z",
+            "2023-11-14T22:13:20.000Z",
             "True",
             "1.5",
             "1",
@@ -1001,7 +1019,48 @@ def test_written_frames_read_back_as_they_were(
     back = pd.read_csv(out, sep=sep, keep_default_na=False, dtype=str)
     assert list(back.columns) == list(frame.columns)
     assert list(back["event"]) == [token, "pay", ""]
-    assert list(back["order"]) == ["2023-11-14T22:13:20Z", "2023-11-14T22:13:20.250Z", ""]
+    assert list(back["order"]) == ["2023-11-14T22:13:20.000Z", "2023-11-14T22:13:20.250Z", ""]  # one unit
     assert list(back["unseen"]) == ["True", "False", "False"]
     assert [float(v) if v else None for v in back["score"]] == [1.5, None, 3.0]
     assert list(back["rank"]) == ["1", "2", ""] and list(back["note"]) == ["x", "", "z"]
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.tsv"])
+def test_written_frames_keep_one_time_format_and_odd_columns(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole seconds (midnight too) print as 2026-01-05T00:00:00Z in every piece; a year beyond
+    2262 survives; nullable booleans, categories of any kind, pandas' NA, and non-text or repeated
+    column names print as pandas prints them."""
+    monkeypatch.setattr("client.results._WRITE_ROWS", 2)
+    sep = "\t" if name.endswith(".tsv") else ","
+    stamps = ["2026-01-05T00:00:00", "2026-01-05T08:00:00", "NaT", "3000-01-01T00:00:00"]
+    times = pd.Series(np.array(stamps, dtype="datetime64[s]"))
+    frame = pd.DataFrame(
+        {
+            "t": times.dt.tz_localize("UTC"),
+            "flag": pd.array([True, False, True, None], dtype="boolean"),
+            "cat": pd.Categorical([True, False, True, None]),
+            "mixed": pd.Categorical([1, "a", 1, "a"]),
+            "text": pd.array(["x", None, "z", "w"], dtype="string"),
+        }
+    )
+    frame[0] = [1.5, 2.0, np.nan, 4.0]  # a column named by a number
+    frame = pd.concat([frame, frame[["text"]]], axis=1)  # and one name twice
+    out = write_frame(frame, tmp_path / name)
+    lines = out.read_text().splitlines()
+    assert lines[0].split(sep) == ["t", "flag", "cat", "mixed", "text", "0", "text"]
+    rows = [line.split(sep) for line in lines[1:]]
+    assert [r[0] for r in rows] == [
+        "2026-01-05T00:00:00Z",
+        "2026-01-05T08:00:00Z",
+        "",
+        "3000-01-01T00:00:00Z",
+    ]
+    assert [r[1] for r in rows] == ["True", "False", "True", ""] == [r[2] for r in rows]
+    assert [r[3] for r in rows] == ["1", "a", "1", "a"]
+    assert [r[4] for r in rows] == ["x", "", "z", "w"] == [r[6] for r in rows]
+    assert [float(r[5]) if r[5] else None for r in rows] == [1.5, 2.0, None, 4.0]
+    back = pd.read_csv(out, sep=sep)
+    # (pandas 2.2 reads no year 3000 in nanoseconds: the first two)
+    assert pd.to_datetime(back["t"].iloc[:2], utc=True).iloc[1] == pd.Timestamp("2026-01-05T08:00:00Z")

@@ -110,3 +110,13 @@ def test_direct_construction_and_overrides_name_the_bad_key():
     ):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             build()
+
+
+def test_calibration_confidence_is_for_the_false_alarm_rule():
+    assert DetectorConfig().calibration.confidence == 0.0
+    cfg = parse_detector_config({"calibration.confidence": 0.9})
+    assert cfg.calibration.target == "false-alarm rate 0.01 with confidence 0.9"
+    with pytest.raises(ConfigError, match=r"'calibration\.confidence' must be in \[0, 1\)"):
+        parse_detector_config({"calibration.confidence": 1.0})
+    with pytest.raises(ConfigError, match=r"applies to calibration\.false-alarm-rate"):
+        parse_detector_config({"calibration.confidence": 0.9, "calibration.contamination": 0.05})

@@ -257,6 +257,20 @@ def test_surrounding_spaces_are_stripped_and_counted(tmp_path: Path) -> None:
     assert clean_header(["a", " a", " b", "  "]) == {"a": "a", " a": " a", " b": "b", "  ": "  "}
 
 
+def test_a_column_map_may_name_a_column_with_its_spaces(tmp_path: Path) -> None:
+    """Maps written before header names were stripped (' amount') still read the file, and a
+    federation node's inferred map agrees with read_table's names."""
+    from client.data import deployment_data, infer_columns
+
+    path = _write(tmp_path / "train.csv", "sequence, event, amount, device\ns,a,1,pc\ns,b,2,pc\n")
+    padded = read_table(path, ColumnMap("sequence", " event", numeric=(" amount",), context=(" device",)))
+    assert list(padded.numeric) == [" amount"] and [str(e) for e in padded.grouped().events] == ["a", "b"]
+    inferred = infer_columns(path)
+    assert inferred.numeric == ("amount",) and inferred.context == ("device",)
+    node = deployment_data(str(path))
+    assert list(node.train.numeric) == ["amount"] and list(node.train.context) == ["device"]
+
+
 def test_day_month_order_is_decided_once_per_column(tmp_path: Path) -> None:
     columns = ColumnMap(order="ts")
     # 05/01 alone reads month first; 13/01 only day first: the whole column is day first

@@ -271,3 +271,42 @@ def test_detection_report() -> None:
 def test_errors(call: Callable[[], object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_allowed_above_with_confidence() -> None:
+    # confidence 0 is the plain rule; a confidence only ever allows fewer scores above
+    for n in (1, 99, 100, 229, 300, 600, 5_000):
+        plain = m.allowed_above(n, 0.01)
+        assert plain == int(np.floor(n * 0.01 + 1e-12))
+        ks = [m.allowed_above(n, 0.01, c) for c in (0.5, 0.8, 0.9, 0.99)]
+        assert all(a >= b for a, b in zip([plain, *ks], ks, strict=False))
+    # k = 0 (the largest score) holds 1 % with probability 1 - 0.99^n: 0.951 at n = 300, not 0.8 at k = 1
+    assert m.allowed_above(300, 0.01, 0.9) == 0 and m.allowed_above(600, 0.01, 0.9) == 2
+    assert m.confidence_needs(0.01, 0.9) == 230 and m.confidence_needs(0.05, 0.99) == 90
+    assert m.allowed_above(10**7, 0.01, 0.9) == 99_596  # large n: no underflow
+
+
+@pytest.mark.parametrize(("n", "confidence"), [(300, 0.9), (600, 0.9), (2_000, 0.95)])
+def test_confident_threshold_holds_the_rate_on_new_data(n: int, confidence: float) -> None:
+    """Uniform scores: a threshold t lets 1 - t of new normal scores above it. Over many
+    calibration sets the rate stays <= 1 % at least `confidence` of the time (the plain rule's
+    does not)."""
+    rng = np.random.default_rng(7)
+    held = [1 - m.threshold_for_far(rng.random(n), 0.01, confidence) <= 0.01 for _ in range(2_000)]
+    plain = [1 - m.threshold_for_far(rng.random(n), 0.01) <= 0.01 for _ in range(2_000)]
+    assert np.mean(held) >= confidence - 0.01  # Monte Carlo error of 2,000 draws: about 0.007
+    assert np.mean(plain) < 0.6
+
+
+def test_confident_histogram_threshold_and_notes() -> None:
+    rng = np.random.default_rng(3)
+    s = rng.lognormal(size=600)
+    edges = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 4_000)])
+    counts = m.histogram_counts(s, edges)
+    t, h = m.threshold_for_far(s, 0.01, 0.9), m.threshold_from_histogram(counts, edges, 0.01, 0.9)
+    assert t <= h and int((s > h).sum()) <= m.allowed_above(600, 0.01, 0.9) == 2
+    assert m.threshold_for_far(s, 0.01, 0.9) > m.threshold_for_far(s, 0.01)
+    note = m.unresolved_rate(150, 0.01, 0.9)
+    assert note is not None and "with confidence 0.9 (at least 230 needed)" in note
+    assert m.unresolved_rate(300, 0.01, 0.9) is None
+    assert "cannot resolve a rate of 0.01" in (m.unresolved_rate(50, 0.01, 0.9) or "")
