@@ -285,7 +285,7 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
         file_to_write(args.metrics_json, "--metrics-json")
     event_expected = DEFAULT_EVENT_EXPECTED if args.event_expected is None else args.event_expected
     detector, layout = load_model(args.model, args.device, args.threads)
-    threshold, threshold_name = chosen_threshold(detector, args.threshold)
+    threshold, threshold_name = chosen_threshold(detector, args.threshold, args, console)
     table = read_for_model(args.data, args, detector, layout)
     describe(console, "data", table)
     expected_k = max(
@@ -340,7 +340,7 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch explain``: per-event surprisal of one sequence."""
     detector, layout = load_model(args.model, args.device, args.threads)
-    threshold, _ = chosen_threshold(detector, args.threshold)
+    threshold, _ = chosen_threshold(detector, args.threshold, args, console)
     table = read_for_model(args.data, args, detector, layout)
     ids = [str(x) for x in table.grouped().ids]
     if args.sequence not in set(ids):
@@ -369,7 +369,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
     folder_to_write(args.out, "--out")
     detector, layout = load_model(args.model, args.device, args.threads)
-    threshold, threshold_name = chosen_threshold(detector, args.threshold)
+    threshold, threshold_name = chosen_threshold(detector, args.threshold, args, console)
     table = read_for_model(args.data, args, detector, layout)
     describe(console, "data", table)
     with CountProgress(table.n_events, desc="score", unit="event", quiet=console.quiet) as progress:
@@ -519,6 +519,20 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
         help="flag with this institution's calibrated threshold (local, default) "
         "or the federation's (global)",
     )
+    g.add_argument(
+        "--false-alarm-rate",
+        type=_rate,
+        metavar="F",
+        help="recalibrate the local threshold to this false-alarm rate on the validation scores saved "
+        "with the model (no refit; turns contamination off)",
+    )
+    g.add_argument(
+        "--confidence",
+        type=_rate,
+        metavar="C",
+        help="recalibrate the local threshold so that it holds the false-alarm rate on new normal data "
+        "with probability C (see 'seqwatch fit --help')",
+    )
 
 
 _MAIN_EPILOG = """\
@@ -590,9 +604,14 @@ expected_1_p..K_p, residual_<feature> per numeric feature (actual - expected, in
 standard deviations of the training data after the log transform of heavy-tailed
 features), and label per row when the data has labels. Parquet suits large files best.
 
+--false-alarm-rate and --confidence choose another operating point without refitting:
+the local threshold is set anew from the validation scores saved with the model (the
+model folder is not changed).
+
 examples:
   seqwatch score --model models/adfa --data data/adfa/test.parquet --out scores.csv
   seqwatch score --model models/fed --data today.csv --out today.parquet --threshold global
+  seqwatch score --model models/adfa --data today.csv --out s.csv --false-alarm-rate 0.005
   seqwatch score --model models/adfa --data test.parquet --out s.csv --metrics-json m.json --top-events 0
   seqwatch score --model models/adfa --data test.parquet --out s.csv --events-out events.parquet
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from client.console import Console
 from client.datafiles import LAYOUT_FILE, DataLayout, read_data
 from common.errors import ConfigError, DataError, ModelFileError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,12 +76,27 @@ def read_for_model(
     return table
 
 
-def chosen_threshold(detector: SequenceDetector, which: str) -> tuple[float, str]:
+def chosen_threshold(
+    detector: SequenceDetector,
+    which: str,
+    args: argparse.Namespace | None = None,
+    console: Console | None = None,
+) -> tuple[float, str]:
     """The threshold ``--threshold`` asks for, and what it is: ``local`` or ``global``.
 
     The coordinator's final model (``runs/<name>/model``) carries only the
     federation's threshold, so its own threshold is named ``global`` too.
+    ``--false-alarm-rate`` / ``--confidence`` in ``args`` first recalibrate
+    the local threshold (:func:`recalibrate`).
     """
+    far, confidence = getattr(args, "false_alarm_rate", None), getattr(args, "confidence", None)
+    if far is not None or confidence is not None:
+        if which == "global":
+            raise ConfigError(
+                "--false-alarm-rate and --confidence recalibrate the local threshold; drop --threshold global"
+            )
+        recalibrate(detector, far, confidence, console)
+        return float(detector.threshold_), "local"
     glob = detector.global_threshold_
     if which == "global":
         if glob is None:
@@ -88,6 +106,45 @@ def chosen_threshold(detector: SequenceDetector, which: str) -> tuple[float, str
         return float(glob), "global"
     own = float(detector.threshold_)
     return own, "global" if glob is not None and own == float(glob) else "local"
+
+
+def recalibrate(
+    detector: SequenceDetector, far: float | None, confidence: float | None, console: Console | None = None
+) -> float:
+    """Set ``detector.threshold_`` anew from the validation scores saved with it, at false-alarm
+    rate ``far`` and ``confidence`` (None: as saved; the contamination rule is turned off).
+
+    Raises:
+        ConfigError: the model keeps no validation scores (a coordinator's global model).
+    """
+    import dataclasses
+
+    from common.metrics import unresolved_rate
+
+    scores = detector.validation_scores_
+    if scores.size == 0:
+        raise ConfigError(
+            "this model keeps no validation scores to recalibrate from (a federation's global model "
+            "carries only the global threshold); use an institution's own model or refit"
+        )
+    cal = detector.config.calibration
+    cal = dataclasses.replace(
+        cal,
+        false_alarm_rate=cal.false_alarm_rate if far is None else far,
+        confidence=cal.confidence if confidence is None else confidence,
+        contamination=0.0,
+    )
+    detector.config = dataclasses.replace(detector.config, calibration=cal)
+    threshold = detector.calibrate(scores)
+    if console is not None:
+        console.info(
+            f"threshold recalibrated: {threshold:.6g} ({cal.target} on the {scores.size} normal validation "
+            f"scores saved with the model)"
+        )
+    note = unresolved_rate(int(scores.size), cal.rate, cal.confidence)
+    if note:
+        log.warning("%s", note)
+    return threshold
 
 
 def _short(token: object) -> str:

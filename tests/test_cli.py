@@ -175,6 +175,44 @@ def test_fit_with_confidence_sets_a_higher_threshold_and_says_how_many_it_needs(
     assert "argument --confidence: must be between 0 and 1" in capsys.readouterr().err
 
 
+def test_score_recalibrates_the_local_threshold_from_saved_validation_scores(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from common.detector import SequenceDetector
+    from common.metrics import threshold_for_far
+
+    saved = SequenceDetector.load(workspace["model"])
+    base = ["score", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
+    code = main([*base, "--out", str(tmp_path / "s.csv"), "--false-alarm-rate", "0.5"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    expected = threshold_for_far(saved.validation_scores_, 0.5)
+    assert expected < saved.threshold_
+    assert f"threshold recalibrated: {expected:.6g} (false-alarm rate 0.5 on the 4 normal" in captured.out
+    assert np.allclose(pd.read_csv(tmp_path / "s.csv")["threshold"], expected)
+    assert SequenceDetector.load(workspace["model"]).threshold_ == saved.threshold_  # the model is untouched
+    code = main([*base, "--out", str(tmp_path / "g.csv"), "--confidence", "0.9", "--threshold", "global"])
+    assert code == 2
+    assert "recalibrate the local threshold; drop --threshold global" in capsys.readouterr().err
+    globless = tmp_path / "global-model"
+    saved.validation_scores_ = np.zeros(0)
+    saved.save(globless)
+    code = main(
+        [
+            "score",
+            "--model",
+            str(globless),
+            "--data",
+            str(workspace["test"]),
+            "--out",
+            str(tmp_path / "x.csv"),
+            "--confidence",
+            "0.9",
+        ]
+    )
+    assert code == 2 and "keeps no validation scores" in capsys.readouterr().err
+
+
 def test_fit_reports_repairs_and_custom_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     frame = make_frame(3, 30, 0, "u").rename(columns={"sequence": "user", "event": "action", "order": "step"})
     frame["device"] = np.where(np.arange(len(frame)) % 7 == 0, "", "laptop")
