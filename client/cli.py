@@ -340,7 +340,8 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch explain``: per-event surprisal of one sequence."""
     detector, layout = load_model(args.model, args.device, args.threads)
-    threshold, _ = chosen_threshold(detector, args.threshold, args, console)
+    # with --json, stdout holds the JSON alone: the recalibration line goes to the log
+    threshold, _ = chosen_threshold(detector, args.threshold, args, None if args.json else console)
     table = read_for_model(args.data, args, detector, layout)
     ids = [str(x) for x in table.grouped().ids]
     if args.sequence not in set(ids):

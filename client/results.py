@@ -136,10 +136,20 @@ def recalibrate(
     )
     detector.config = dataclasses.replace(detector.config, calibration=cal)
     threshold = detector.calibrate(scores)
+    fit = getattr(detector, "fit_result_", None)
+    part = "training" if fit is not None and fit.monitored == "training" else "validation"
+    line = (
+        f"threshold recalibrated: {threshold:.6g} ({cal.target} on the {scores.size} normal {part} "
+        f"scores saved with the model)"
+    )
     if console is not None:
-        console.info(
-            f"threshold recalibrated: {threshold:.6g} ({cal.target} on the {scores.size} normal validation "
-            f"scores saved with the model)"
+        console.info(line)
+    else:
+        log.info("%s", line)
+    if part == "training":
+        log.warning(
+            "the model was fitted without validation sequences: its saved scores are the training "
+            "sequences', which it fits better than new data, so expect more false alarms than the target"
         )
     note = unresolved_rate(int(scores.size), cal.rate, cal.confidence)
     if note:

@@ -119,12 +119,22 @@ def _max_allowed(n: int, rate: float) -> int:
     return k
 
 
-def _binomial_cdf(n: int, p: float, upto: int) -> NDArray[np.float64]:
-    """``P(Binomial(n, p) <= i)`` for ``i = 0 .. upto`` (log-space pmf, so large ``n`` does not underflow)."""
-    i = np.arange(upto + 1, dtype=np.float64)
+def _binomial_cdf(n: int, p: float, upto: int) -> tuple[int, NDArray[np.float64]]:
+    """``(lo, P(Binomial(n, p) <= i) for i = lo .. upto)``, in log space so that large ``n`` does not
+    underflow; ``lo`` lies 40 standard deviations below the mean (the CDF there is below 1e-300,
+    taken as 0), so the work and memory grow with the spread, not with ``n``."""
+    lo = max(0, min(upto, math.floor(n * p - 40.0 * math.sqrt(n * p * (1.0 - p)) - 40.0)))
+    i = np.arange(lo, upto + 1, dtype=np.float64)
+    log_first = (
+        math.lgamma(n + 1)
+        - math.lgamma(lo + 1)
+        - math.lgamma(n - lo + 1)
+        + lo * math.log(p)
+        + (n - lo) * math.log1p(-p)
+    )
     steps = np.log(n - i[:-1]) - np.log(i[:-1] + 1.0) + math.log(p) - math.log1p(-p)
-    log_pmf = n * math.log1p(-p) + np.concatenate([[0.0], np.cumsum(steps)])
-    return np.minimum(np.cumsum(np.exp(log_pmf)), 1.0)
+    log_pmf = log_first + np.concatenate([[0.0], np.cumsum(steps)])
+    return lo, np.minimum(np.cumsum(np.exp(log_pmf)), 1.0)
 
 
 def allowed_above(n: int, rate: float, confidence: float = 0.0) -> int:
@@ -150,9 +160,9 @@ def allowed_above(n: int, rate: float, confidence: float = 0.0) -> int:
     plain = _max_allowed(n, rate)
     if c == 0.0 or plain == 0:
         return plain
-    cdf = _binomial_cdf(n, rate, plain)  # P(Bin <= k) for k = 0 .. plain
+    lo, cdf = _binomial_cdf(n, rate, plain)  # P(Bin <= k) for k = lo .. plain (0 below lo)
     # P(Bin >= k + 1) = 1 - P(Bin <= k) >= c  <=>  P(Bin <= k) <= 1 - c; the CDF rises with k
-    return max(int(np.searchsorted(cdf, 1.0 - c, side="right")) - 1, 0)
+    return max(lo + int(np.searchsorted(cdf, 1.0 - c, side="right")) - 1, 0)
 
 
 def confidence_needs(rate: float, confidence: float) -> int:
@@ -367,18 +377,21 @@ def unresolved_rate(n_normal: int, rate: float, confidence: float = 0.0) -> str 
     c = _check_rate(confidence, "confidence")
     if n_normal <= 0 or rate <= 0:
         return None
-    if c > 0 and n_normal < confidence_needs(rate, c) and _max_allowed(n_normal, rate) > 0:
+    resolves = math.ceil(1.0 / rate)  # scores for the plain rule to leave one above the threshold
+    if c > 0 and n_normal < confidence_needs(rate, c):
         held = 1.0 - (1.0 - rate) ** n_normal
+        shown = math.floor(held * 1e6) / 1e6  # truncated: never printed as the confidence it misses
         return (
             f"{n_normal} validation sequences cannot hold a false-alarm rate of {rate:g} with confidence "
-            f"{c:g} (at least {confidence_needs(rate, c)} needed): the threshold is their largest score, "
-            f"whose rate is at most {rate:g} with probability {held:.2f}"
+            f"{c:g} (at least {max(confidence_needs(rate, c), resolves)} needed): the threshold is their "
+            f"largest score, whose rate on new normal data is at most {rate:g} with probability "
+            f"{shown:g} only"
         )
     if _max_allowed(n_normal, rate) > 0:
         return None
     return (
         f"{n_normal} validation sequences cannot resolve a rate of {rate:g} (at least "
-        f"{math.ceil(1.0 / rate)} needed): the threshold is their largest score, which about "
+        f"{resolves} needed): the threshold is their largest score, which about "
         f"{1.0 / (n_normal + 1):.1%} of new normal sequences exceed, with high variance"
     )
 

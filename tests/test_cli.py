@@ -191,6 +191,10 @@ def test_score_recalibrates_the_local_threshold_from_saved_validation_scores(
     assert f"threshold recalibrated: {expected:.6g} (false-alarm rate 0.5 on the 4 normal" in captured.out
     assert np.allclose(pd.read_csv(tmp_path / "s.csv")["threshold"], expected)
     assert SequenceDetector.load(workspace["model"]).threshold_ == saved.threshold_  # the model is untouched
+    explain = ["explain", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
+    code = main([*explain, "--sequence", "te000", "--json", "--false-alarm-rate", "0.5"])
+    explained = json.loads(capsys.readouterr().out)  # stdout is the JSON alone
+    assert code == 0 and explained["threshold"] == pytest.approx(expected)
     code = main([*base, "--out", str(tmp_path / "g.csv"), "--confidence", "0.9", "--threshold", "global"])
     assert code == 2
     assert "recalibrate the local threshold; drop --threshold global" in capsys.readouterr().err

@@ -309,4 +309,6 @@ def test_confident_histogram_threshold_and_notes() -> None:
     note = m.unresolved_rate(150, 0.01, 0.9)
     assert note is not None and "with confidence 0.9 (at least 230 needed)" in note
     assert m.unresolved_rate(300, 0.01, 0.9) is None
-    assert "cannot resolve a rate of 0.01" in (m.unresolved_rate(50, 0.01, 0.9) or "")
+    assert "(at least 230 needed)" in (m.unresolved_rate(50, 0.01, 0.9) or "")  # not the plain 100
+    assert "probability 0.899894 only" in (m.unresolved_rate(229, 0.01, 0.9) or "")  # never rounded up to 0.9
+    assert m.allowed_above(10**9, 0.5, 0.9) == 499_979_736  # a window around the mean, not n entries
