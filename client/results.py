@@ -336,7 +336,8 @@ def write_frame(frame: pd.DataFrame, path: str | Path) -> Path:
     """Parquet for ``.parquet``, TSV for ``.tsv``/``.tsv.gz``, else CSV (gzip for ``.gz``).
 
     CSV and TSV: missing values are empty, booleans ``True``/``False``, times
-    ISO 8601 in UTC (``2026-01-05T08:00:00Z``). Text is written as it is; a
+    ISO 8601 in UTC to one precision per column (``2026-01-05T08:00:00Z``, or
+    ``...00.250Z`` throughout when a value needs it). Text is written as it is; a
     value holding the separator, a quote or a line break is quoted as CSV
     quotes it (in TSV too).
     """

@@ -32,6 +32,7 @@ __all__ = [
     "Confusion",
     "allowed_above",
     "average_precision",
+    "confidence_needs",
     "confusion_at",
     "detection_rate_at_far",
     "detection_report",
@@ -146,9 +147,10 @@ def allowed_above(n: int, rate: float, confidence: float = 0.0) -> int:
 
     ``confidence = c > 0``: the most ``k`` (never more than the above) such
     that, with probability at least ``c``, the rate on *new* normal scores is
-    at most ``rate``. For scores exchangeable with the calibration ones (no
-    distribution assumed), the rate above the ``(k+1)``-th largest of ``n``
-    follows Beta(k + 1, n - k), so ``P(rate' <= rate) = P(Binomial(n, rate) >= k + 1)``.
+    at most ``rate``. For new scores exchangeable with the calibration ones,
+    the rate above the ``(k+1)``-th largest of ``n`` follows Beta(k + 1, n - k)
+    for any continuous score distribution (ties only lower it), so
+    ``P(rate' <= rate) = P(Binomial(n, rate) >= k + 1)``.
     When even ``k = 0`` (the largest score) falls short, that is
     ``1 - (1 - rate)^n < c``, the result is 0 and :func:`unresolved_rate`
     says how many scores ``c`` needs.
