@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from common.config import (
@@ -120,3 +122,15 @@ def test_calibration_confidence_is_for_the_false_alarm_rule():
         parse_detector_config({"calibration.confidence": 1.0})
     with pytest.raises(ConfigError, match=r"applies to calibration\.false-alarm-rate"):
         parse_detector_config({"calibration.confidence": 0.9, "calibration.contamination": 0.05})
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "simulations" / "configs").glob("*.toml")), ids=str
+)
+def test_every_shipped_config_parses(path: Path) -> None:
+    """Detector configs (``*-detector*.toml``, for bench_quality) and run configs (for the experiments)."""
+    flat = load_config_file(path)
+    if "detector" in path.name:
+        parse_detector_config(flat)
+    else:
+        parse_config(flat)
