@@ -144,8 +144,9 @@ def _filled(values: pd.Series, mask: np.ndarray, fill: str) -> pd.Series:
     return values.where(~mask, fill)
 
 
-def _stripped(values: pd.Series) -> tuple[pd.Series, int]:
-    """``values`` without surrounding whitespace (``" login"`` is ``"login"``), and how many rows changed.
+def _stripped(values: pd.Series) -> tuple[pd.Series, int, int]:
+    """``values`` without surrounding whitespace (``" login"`` is ``"login"``), how many rows
+    changed, and how many distinct values merged into another (``" a"`` and ``"a"``).
 
     A categorical column strips each category once; categories that become
     equal merge.
@@ -153,25 +154,43 @@ def _stripped(values: pd.Series) -> tuple[pd.Series, int]:
     if not isinstance(values.dtype, pd.CategoricalDtype):
         stripped = values.str.strip()
         n = int((stripped != values).fillna(False).sum())
-        return (stripped if n else values), n
+        if not n:
+            return values, 0, 0
+        return stripped, n, int(values.nunique() - stripped.nunique())
     categories = values.cat.categories
     names = np.asarray(categories.str.strip(), dtype=object)
     changed = names != np.asarray(categories, dtype=object)
     if not changed.any():
-        return values, 0
+        return values, 0, 0
     codes = values.cat.codes.to_numpy()
     n = int(np.append(changed, False)[codes].sum())  # code -1 (missing) picks the last entry
     merged, uniques = pd.factorize(names)
     new_codes = np.where(codes >= 0, merged[codes], -1)
     out = pd.Categorical.from_codes(new_codes, categories=pd.Index(uniques, dtype=TEXT_DTYPE), validate=False)
-    return pd.Series(out, index=values.index).cat.remove_unused_categories(), n
+    stripped = pd.Series(out, index=values.index)
+    used_before = len(np.unique(codes[codes >= 0]))
+    used_after = len(np.unique(new_codes[new_codes >= 0]))
+    return stripped.cat.remove_unused_categories(), n, used_before - used_after
 
 
-def _strip_counted(values: pd.Series, column: str, repairs: dict[str, int]) -> pd.Series:
-    """:func:`_stripped`, the rows it changed counted in ``repairs`` under ``column``."""
-    values, n = _stripped(values)
+def _strip_counted(
+    values: pd.Series, column: str, repairs: dict[str, int], source: str, *, ids: bool = False
+) -> pd.Series:
+    """:func:`_stripped`, the rows it changed and the values it merged counted in ``repairs`` under
+    ``column``; with ``ids``, merged values (two sequences read as one) are also a warning."""
+    values, n, merged = _stripped(values)
     if n:
         repairs[f"surrounding spaces stripped from {column!r}"] = n
+    if merged:
+        repairs[f"distinct {column!r} values that became one by stripping"] = merged
+        if ids:
+            logger.warning(
+                "%s: %d sequence id(s) in %r equal another id once their surrounding spaces are "
+                "stripped (' a' and 'a'); their events are read as one sequence",
+                source,
+                merged,
+                column,
+            )
     return values
 
 
@@ -487,8 +506,8 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
             f"{source}: {where.at(pos)}, column {columns.event!r}: missing event; "
             f"fill it in or drop the row ({int(ev_missing.sum())} such rows)"
         )
-    seq_text = _strip_counted(seq_text, columns.sequence, repairs)
-    ev_text = _strip_counted(ev_text, columns.event, repairs)
+    seq_text = _strip_counted(seq_text, columns.sequence, repairs, source, ids=True)
+    ev_text = _strip_counted(ev_text, columns.event, repairs, source)
     out: dict[str, Any] = {
         SEQUENCE: seq_text,
     }
@@ -563,12 +582,12 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
             logger.info(
                 "%s: %d missing value(s) in context column %r set to %r", source, n_missing, name, MISSING
             )
-        out[name] = _strip_counted(values, name, repairs)
+        out[name] = _strip_counted(values, name, repairs, source)
     if label_col is not None:
         out[LABEL] = _labels(df[label_col], label_col, where)
     if ATTACK_TYPE in df.columns:
         values, mask = _text(df[ATTACK_TYPE])
-        out[ATTACK_TYPE] = _strip_counted(_filled(values, mask, ""), ATTACK_TYPE, repairs)
+        out[ATTACK_TYPE] = _strip_counted(_filled(values, mask, ""), ATTACK_TYPE, repairs, source)
 
     frame = canonical_sort(pd.DataFrame(out))
     if time_ordered:

@@ -229,9 +229,12 @@ def test_text_that_looks_like_numbers_stays_text(tmp_path: Path) -> None:
     assert (devices["01"], devices["1"]) == ("007", "7")
 
 
-def test_surrounding_spaces_are_stripped_and_counted(tmp_path: Path) -> None:
+def test_surrounding_spaces_are_stripped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A hand-written ``id, event`` file: header names and text values lose surrounding spaces,
-    counted per column; names that would then collide keep their own."""
+    counted per column (and the values that became one); names that would then collide keep
+    their own."""
     path = _write(
         tmp_path / "sp.csv",
         "sequence_id, event, device ,amount\n s,login , pc,1\ns, pay,pc, 2\nt,login,  ,3\n",
@@ -244,10 +247,15 @@ def test_surrounding_spaces_are_stripped_and_counted(tmp_path: Path) -> None:
     assert list(table.frame["amount"]) == [1.0, 2.0, 3.0]
     assert table.repairs == {
         "surrounding spaces stripped from 'sequence_id'": 1,
+        "distinct 'sequence_id' values that became one by stripping": 1,  # ' s' and 's'
         "surrounding spaces stripped from 'event'": 2,
+        "distinct 'event' values that became one by stripping": 1,  # 'login ' and 'login'
         "surrounding spaces stripped from 'device'": 1,
+        "distinct 'device' values that became one by stripping": 1,
         "missing context 'device'": 1,
     }
+    merged_ids = [r.getMessage() for r in caplog.records if "read as one sequence" in r.getMessage()]
+    assert len(merged_ids) == 1 and "1 sequence id(s) in 'sequence_id'" in merged_ids[0]
     pq = tmp_path / "sp.parquet"
     pd.DataFrame({"sequence_id": ["a ", "a"], " event": ["x", " x"]}).to_parquet(pq)
     back = read_table(pq, ColumnMap())
