@@ -89,6 +89,25 @@ def _csv_names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _column_name(text: str) -> str:
+    """A column name, as header names are read: without surrounding spaces."""
+    name = text.strip()
+    if not name:
+        raise argparse.ArgumentTypeError("expected a column name, got an empty one")
+    return name
+
+
+def _confidence(text: str) -> float:
+    """A probability in [0, 1) (``--confidence``; 0 = off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (e.g. 0.9; 0 = off), got {text}")
+    return value
+
+
 def _rate(text: str) -> float:
     """A rate strictly between 0 and 1 (``--false-alarm-rate``)."""
     try:
@@ -263,11 +282,15 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
         )
         console.info(f"END weight: {detector.end_weight_:.4g} ({source})")
     console.result(f"threshold: {detector.threshold_:.6g} ({how} on {n_val} normal {part} sequences)")
-    note = (
-        unresolved_rate(n_val, cal.rate, cal.confidence) if part == "validation" else None
-    )  # else fit() has warned
+    # (without validation sequences fit() has warned already)
+    note = unresolved_rate(n_val, cal.rate, cal.confidence) if part == "validation" else None
     if note:
-        log.warning("%s (give --validation FILE, or a larger train.validation-fraction in --config)", note)
+        more = (
+            "give a --validation file with more normal sequences"
+            if args.validation
+            else "give --validation FILE, or a larger train.validation-fraction in --config"
+        )
+        log.warning("%s (%s)", note, more)
     console.result(f"model saved to {out}")
     return 0
 
@@ -441,12 +464,19 @@ def _add_data_flags(p: argparse.ArgumentParser, *, for_model: bool) -> None:
     )
     g.add_argument(
         "--sequence-col",
+        type=_column_name,
         metavar="NAME",
         help=f"column holding the sequence id (auto: {' then '.join(map(repr, SEQUENCE_CANDIDATES))})",
     )
-    g.add_argument("--event-col", metavar="NAME", help="column holding the event token (auto: 'event')")
+    g.add_argument(
+        "--event-col",
+        type=_column_name,
+        metavar="NAME",
+        help="column holding the event token (auto: 'event')",
+    )
     g.add_argument(
         "--order-col",
+        type=_column_name,
         metavar="NAME",
         help="position or timestamp ordering events inside a sequence "
         f"(auto: {' then '.join(map(repr, ORDER_CANDIDATES))}; none found: file order)",
@@ -471,7 +501,10 @@ def _add_data_flags(p: argparse.ArgumentParser, *, for_model: bool) -> None:
         help="comma-separated categorical context columns ('' for none)",
     )
     g.add_argument(
-        "--label-col", metavar="NAME", help="0/1 label column, 1 = anomalous (auto: 'label' if present)"
+        "--label-col",
+        type=_column_name,
+        metavar="NAME",
+        help="0/1 label column, 1 = anomalous (auto: 'label' if present)",
     )
     g.add_argument(
         "--columns",
@@ -529,10 +562,10 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--confidence",
-        type=_rate,
+        type=_confidence,
         metavar="C",
         help="recalibrate the local threshold so that it holds the false-alarm rate on new normal data "
-        "with probability C (see 'seqwatch fit --help')",
+        "with probability C, or 0 to drop a confidence the model was fitted with (see 'seqwatch fit --help')",
     )
 
 
@@ -722,11 +755,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--confidence",
-        type=_rate,
+        type=_confidence,
         metavar="C",
         help="hold the false-alarm rate on new normal data with probability C, e.g. 0.9, not just on "
         "the validation data: a higher threshold, and at least log(1-C)/log(1-F) validation sequences "
-        "(230 for 0.9 at 0.01) (calibration.confidence; turns contamination off)",
+        "(230 for 0.9 at 0.01); 0 = off (calibration.confidence; turns contamination off)",
     )
     _add_data_flags(p, for_model=False)
     p.set_defaults(handler=cmd_fit)
@@ -779,7 +812,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_flags(p)
     p.add_argument("--data", required=True, metavar="FILE", help="event file holding the sequence")
-    p.add_argument("--sequence", required=True, metavar="ID", help="sequence id to explain")
+    p.add_argument(
+        "--sequence",
+        required=True,
+        type=str.strip,
+        metavar="ID",
+        help="sequence id to explain (as read: no surrounding spaces)",
+    )
     p.add_argument(
         "--top-k",
         type=positive_int,

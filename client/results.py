@@ -92,8 +92,15 @@ def chosen_threshold(
     far, confidence = getattr(args, "false_alarm_rate", None), getattr(args, "confidence", None)
     if far is not None or confidence is not None:
         if which == "global":
+            none = detector.validation_scores_.size == 0
             raise ConfigError(
-                "--false-alarm-rate and --confidence recalibrate the local threshold; drop --threshold global"
+                "--false-alarm-rate and --confidence recalibrate the local threshold from the validation "
+                "scores saved with the model; "
+                + (
+                    "this model keeps none (a federation's global model): use an institution's own model"
+                    if none
+                    else "drop --threshold global"
+                )
             )
         recalibrate(detector, far, confidence, console)
         return float(detector.threshold_), "local"
@@ -278,9 +285,10 @@ def event_frame(
     position = np.arange(len(is_event), dtype=np.int64) - np.repeat(step_offsets[:-1], steps)
     order_values = table.frame[ORDER]
     if table.time_ordered:
+        # epoch seconds as float64 keep about 0.24 µs today: rounded to µs, 08:17:22.123 stays .123
         order: Any = pd.to_datetime(
             ev.on_steps(order_values.to_numpy(np.float64), None, np.nan), unit="s", utc=True
-        )
+        ).round("us")
     elif pd.api.types.is_integer_dtype(order_values.dtype):
         order = pd.array(ev.on_steps(order_values.to_numpy(np.int64), None, 0), dtype="Int64")
         order[~is_event] = pd.NA

@@ -173,7 +173,7 @@ class CalibrationConfig:
     def target(self) -> str:
         """The rule and its rate in words: ``false-alarm rate 0.01`` (``... with confidence 0.9``)."""
         text = f"{self.rule} {self.rate:g}"
-        return f"{text} with confidence {self.confidence:g}" if self.confidence > 0 else text
+        return f"{text} with confidence {self.confidence:.10g}" if self.confidence > 0 else text
 
 
 @dataclass(frozen=True)

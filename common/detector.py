@@ -42,7 +42,14 @@ from common.model import (
     set_threads,
     shape_of,
 )
-from common.scoring import EventScores, aggregate, end_weight_from_moments, score_events, spread_moments
+from common.scoring import (
+    WEIGHTED_END_AGGREGATES,
+    EventScores,
+    aggregate,
+    end_weight_from_moments,
+    score_events,
+    spread_moments,
+)
 from common.train import FitResult, fit_model
 from common.vocab import END, UNK
 
@@ -74,6 +81,10 @@ class ScoredTable:
             ev = np.append(ev, self.events.end_surprisal[i])
         k = min(n, len(ev))
         return np.argsort(-ev, kind="stable")[:k]
+
+
+MIN_VALIDATION_CONTENTS = 10
+"""Fewer distinct event sequences than this in an automatic hold-out are a warning."""
 
 
 def content_groups(table: EventTable | Sequences) -> np.ndarray:
@@ -187,8 +198,20 @@ class SequenceDetector:
         # Selected on the grouped views: the tables' text is not copied.
         g = _normal_sequences(train)
         if validation is None:
-            is_val = holdout_mask(content_groups(g), cfg.train.validation_fraction, cfg.train.seed)
+            groups = content_groups(g)
+            is_val = holdout_mask(groups, cfg.train.validation_fraction, cfg.train.seed)
             g, g_val = g.take(np.flatnonzero(~is_val)), g.take(np.flatnonzero(is_val))
+            distinct = int(np.unique(groups[is_val]).size)
+            if 0 < distinct < MIN_VALIDATION_CONTENTS:
+                log.warning(
+                    "%s: the %d held-out validation sequences hold only %d distinct event sequence(s) "
+                    "(the hold-out keeps copies together, so that it tests behaviour not trained on): the "
+                    "threshold rests on so few patterns that it may flag many normal sequences; pass "
+                    "validation data that represents normal behaviour (seqwatch fit --validation FILE)",
+                    train.source,
+                    len(g_val),
+                    distinct,
+                )
         else:
             g_val = _normal_sequences(validation)
         if len(g) == 0:
@@ -419,6 +442,7 @@ class SequenceDetector:
                 )
             )
         label = None if data.labels is None else int(data.labels[i])
+        end = None if ev.end_surprisal is None else float(ev.end_surprisal[i])
         return SequenceExplanation(
             sequence_id=str(data.ids[i]),
             score=float(scored.scores[i]),
@@ -426,6 +450,27 @@ class SequenceDetector:
             flagged=bool(scored.scores[i] > self.threshold_),
             events=tuple(events),
             label=label,
+            score_parts=self._score_parts(float(scored.scores[i]), end),
+        )
+
+    def _score_parts(self, score: float, end_surprisal: float | None) -> str:
+        """How the sequence score comes from its event scores, in words with the numbers."""
+        sc = self.score_config_
+        steps = {
+            "mean": "mean event score",
+            "window": f"largest mean event score over {sc.window} events",
+            "window-min": f"smallest mean event score over {sc.window} events",
+            "max": "largest step score",
+            "topk-miss": f"share of steps outside the model's top {sc.top_k} guesses",
+        }[sc.aggregate]
+        if end_surprisal is None:
+            return steps
+        if sc.aggregate not in WEIGHTED_END_AGGREGATES:
+            return f"{steps} (the END step counted as one more step)"
+        part = sc.end_weight * end_surprisal
+        return (
+            f"{steps} {score - part:.3f} + END weight {sc.end_weight:.4g} × END surprisal "
+            f"{end_surprisal:.3f} ({part:.3f})"
         )
 
     def _raw_token(self, scored: ScoredTable, i: int, t: int) -> str:

@@ -121,6 +121,8 @@ class SequenceExplanation:
         flagged: whether ``score > threshold``.
         events: per-event explanations in sequence order.
         label: the known label (1 = anomalous) when available.
+        score_parts: how ``score`` comes from the event scores, with the numbers
+            (e.g. ``mean event score 1.830 + END weight 0.24 × END surprisal 1.790 (0.430)``).
     """
 
     sequence_id: str
@@ -129,6 +131,7 @@ class SequenceExplanation:
     flagged: bool
     events: tuple[EventExplanation, ...]
     label: int | None = None
+    score_parts: str | None = None
 
     def top_events(self, n: int = 5) -> tuple[EventExplanation, ...]:
         """The ``n`` most anomalous events (by event score, then surprisal), most anomalous first."""
@@ -144,6 +147,7 @@ class SequenceExplanation:
             "threshold": None if self.threshold is None else float(self.threshold),
             "flagged": bool(self.flagged),
             "label": None if self.label is None else int(self.label),
+            "score_parts": self.score_parts,
             "events": [ev.to_dict() for ev in self.events],
         }
 
@@ -159,6 +163,7 @@ class SequenceExplanation:
             flagged=bool(data["flagged"]),
             events=tuple(EventExplanation.from_dict(ev) for ev in data.get("events", ())),
             label=None if label is None else int(label),
+            score_parts=data.get("score_parts"),
         )
 
     def to_text(self, max_events: int = 40, *, highlight: int = 3, expected_k: int = 3) -> str:
@@ -180,6 +185,8 @@ class SequenceExplanation:
         if self.label is not None:
             header.append(f"label {self.label}")
         lines = ["  ".join(header)]
+        if self.score_parts:
+            lines.append(f"  score = {self.score_parts}")
         if not self.events:
             lines.append("  (no events)")
             return "\n".join(lines)

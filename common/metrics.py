@@ -385,7 +385,7 @@ def unresolved_rate(n_normal: int, rate: float, confidence: float = 0.0) -> str 
         shown = math.floor(held * 1e6) / 1e6  # truncated: never printed as the confidence it misses
         return (
             f"{n_normal} validation sequences cannot hold a false-alarm rate of {rate:g} with confidence "
-            f"{c:g} (at least {max(confidence_needs(rate, c), resolves)} needed): the threshold is their "
+            f"{c:.10g} (at least {max(confidence_needs(rate, c), resolves)} needed): the threshold is their "
             f"largest score, whose rate on new normal data is at most {rate:g} with probability "
             f"{shown:g} only"
         )

@@ -376,7 +376,8 @@ def _sequence_html(expl: SequenceExplanation, scale: float) -> str:
         '<div class="seq">'
         f"<h3>{_e(expl.sequence_id)}{badge}</h3>"
         f'<div class="meta">score {_e(_num(expl.score))}{thr} · {len(expl.events)} events</div>'
-        f'<div class="events">{_events_html(expl, scale)}</div>'
+        + (f'<div class="meta">score = {_e(expl.score_parts)}</div>' if expl.score_parts else "")
+        + f'<div class="events">{_events_html(expl, scale)}</div>'
         f"{_top_events_table(expl)}"
         "</div>"
     )

@@ -176,13 +176,13 @@ def _stripped(values: pd.Series) -> tuple[pd.Series, int, int]:
 def _strip_counted(
     values: pd.Series, column: str, repairs: dict[str, int], source: str, *, ids: bool = False
 ) -> pd.Series:
-    """:func:`_stripped`, the rows it changed and the values it merged counted in ``repairs`` under
-    ``column``; with ``ids``, merged values (two sequences read as one) are also a warning."""
+    """:func:`_stripped`, the rows it changed counted in ``repairs`` under ``column``; with ``ids``,
+    values that became one (two sequences read as one) are a warning."""
     values, n, merged = _stripped(values)
     if n:
         repairs[f"surrounding spaces stripped from {column!r}"] = n
     if merged:
-        repairs[f"distinct {column!r} values that became one by stripping"] = merged
+        logger.info("%s: %d distinct value(s) of %r became one by stripping", source, merged, column)
         if ids:
             logger.warning(
                 "%s: %d sequence id(s) in %r equal another id once their surrounding spaces are "

@@ -171,8 +171,24 @@ def test_fit_with_confidence_sets_a_higher_threshold_and_says_how_many_it_needs(
     meta = json.loads((out / "detector.json").read_text(encoding="utf-8"))
     assert meta["config"]["calibration.confidence"] == 0.9
     assert meta["threshold"] == max(meta["validation_scores"])
+    # --confidence 0 at scoring time drops it: the plain rule leaves 1 of the 4 above
+    code = main(
+        [
+            "score",
+            "--model",
+            str(out),
+            "--data",
+            str(workspace["test"]),
+            "--out",
+            str(tmp_path / "s.csv"),
+            "--confidence",
+            "0",
+        ]
+    )
+    assert code == 0 and "(false-alarm rate 0.3 on the 4 normal validation" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "s.csv")["threshold"].iloc[0] == sorted(meta["validation_scores"])[-2]
     assert main([*base, "--confidence", "1", "--out", str(tmp_path / "m2")]) == 2
-    assert "argument --confidence: must be between 0 and 1" in capsys.readouterr().err
+    assert "argument --confidence: must be at least 0 and below 1" in capsys.readouterr().err
 
 
 def test_score_recalibrates_the_local_threshold_from_saved_validation_scores(
@@ -197,7 +213,7 @@ def test_score_recalibrates_the_local_threshold_from_saved_validation_scores(
     assert code == 0 and explained["threshold"] == pytest.approx(expected)
     code = main([*base, "--out", str(tmp_path / "g.csv"), "--confidence", "0.9", "--threshold", "global"])
     assert code == 2
-    assert "recalibrate the local threshold; drop --threshold global" in capsys.readouterr().err
+    assert "saved with the model; drop --threshold global" in capsys.readouterr().err
     globless = tmp_path / "global-model"
     saved.validation_scores_ = np.zeros(0)
     saved.save(globless)
@@ -215,6 +231,17 @@ def test_score_recalibrates_the_local_threshold_from_saved_validation_scores(
         ]
     )
     assert code == 2 and "keeps no validation scores" in capsys.readouterr().err
+    score_global = [
+        "score",
+        "--model",
+        str(globless),
+        "--data",
+        str(workspace["test"]),
+        "--threshold",
+        "global",
+    ]
+    assert main([*score_global, "--out", str(tmp_path / "y.csv"), "--confidence", "0.9"]) == 2
+    assert "this model keeps none" in capsys.readouterr().err  # one error that says both
 
 
 def test_fit_reports_repairs_and_custom_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -590,6 +617,13 @@ def test_explain_text_and_json(workspace: dict[str, Path], capsys: pytest.Captur
     assert data["sequence_id"] == "te020" and data["label"] == 1
     assert all(len(ev["expected"]) == 2 for ev in data["events"])
     assert sum(ev["unknown"] for ev in data["events"]) == 4
+    # the score is told as its parts, which add up: mean event score + END weight x END surprisal
+    events, end = data["events"][:-1], data["events"][-1]
+    assert end["event"] == "<end>" and data["score_parts"].startswith("mean event score ")
+    mean = float(data["score_parts"].split()[3])
+    weight = float(data["score_parts"].split("END weight ")[1].split()[0])
+    assert mean == pytest.approx(np.mean([ev["score"] for ev in events]), abs=1e-3)
+    assert mean + weight * end["surprisal"] == pytest.approx(data["score"], rel=1e-3)
 
     code = main([*base, "--sequence", "te0200"])
     line = _one_error_line(capsys.readouterr().err)
