@@ -244,6 +244,25 @@ def test_score_recalibrates_the_local_threshold_from_saved_validation_scores(
     assert "this model keeps none" in capsys.readouterr().err  # one error that says both
 
 
+def test_fit_warns_when_the_hold_out_holds_few_patterns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """60 sequences of 3 distinct contents: the hold-out keeps copies together, so the threshold
+    rests on one or two patterns; fit says so."""
+    patterns = [["login", "view", "pay"], ["login", "view", "view", "logout"], ["login", "pay", "logout"]]
+    rows = [(f"u{i}", pos, ev) for i in range(60) for pos, ev in enumerate(patterns[i % 3])]
+    data = tmp_path / "few.csv"
+    pd.DataFrame(rows, columns=["sequence", "order", "event"]).to_csv(data, index=False)
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG, encoding="utf-8")
+    code = main(
+        ["fit", "--data", str(data), "--config", str(config), "--epochs", "1", "--out", str(tmp_path / "m")]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "hold only 1 distinct event sequence(s)" in captured.err and "--validation FILE" in captured.err
+
+
 def test_fit_reports_repairs_and_custom_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     frame = make_frame(3, 30, 0, "u").rename(columns={"sequence": "user", "event": "action", "order": "step"})
     frame["device"] = np.where(np.arange(len(frame)) % 7 == 0, "", "laptop")
