@@ -61,6 +61,7 @@ from client.results import (
     print_metrics,
     read_for_model,
     score_frame,
+    threshold_note,
     write_frame,
 )
 from common import __version__
@@ -414,6 +415,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         explanations=explanations,
         title=title,
         global_threshold=detector.global_threshold_,
+        threshold_note=threshold_note(detector, threshold_name, args),
     )
     scores_path = write_frame(frame, Path(args.out) / "scores.csv")
     if metrics is not None:

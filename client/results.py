@@ -115,6 +115,19 @@ def chosen_threshold(
     return own, "global" if glob is not None and own == float(glob) else "local"
 
 
+def threshold_note(detector: SequenceDetector, name: str, args: argparse.Namespace) -> str:
+    """How the threshold :func:`chosen_threshold` gave was set, in words (for report.html)."""
+    if name == "global":
+        return "the federation's global threshold"
+    cal = detector.config.calibration
+    n = int(detector.validation_scores_.size)
+    recalibrated = (
+        getattr(args, "false_alarm_rate", None) is not None or getattr(args, "confidence", None) is not None
+    )
+    where = f"the {n} validation scores saved with the model" if n else "the model's validation sequences"
+    return f"{cal.target} on {where}" + (", recalibrated for this report" if recalibrated else "")
+
+
 def recalibrate(
     detector: SequenceDetector, far: float | None, confidence: float | None, console: Console | None = None
 ) -> float:

@@ -431,6 +431,7 @@ def write_report(
     explanations: Sequence[SequenceExplanation],
     title: str,
     global_threshold: float | None = None,
+    threshold_note: str | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` and its PNG figures; return the HTML path.
 
@@ -446,6 +447,7 @@ def write_report(
         title: report title.
         global_threshold: the federation-wide threshold, drawn as a second line when
             it differs from ``threshold``.
+        threshold_note: how ``threshold`` was set, in words (shown beside it).
 
     Figures: ``score_distribution.png`` always (when any score is finite),
     ``roc_curve.png`` and ``pr_curve.png`` when labels of both classes are
@@ -496,7 +498,9 @@ def write_report(
     generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body: list[str] = [
         f"<h1>{_e(title)}</h1>",
-        f'<div class="meta">generated {_e(generated)} · flagged = score &gt; threshold</div>',
+        f'<div class="meta">generated {_e(generated)} · flagged = score &gt; threshold'
+        + (f" ({_e(threshold_note)})" if threshold_note else "")
+        + "</div>",
         f'<div class="cards">{"".join(cards)}</div>',
     ]
     if metrics:

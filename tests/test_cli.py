@@ -659,6 +659,11 @@ def test_report_writes_html(
     assert code == 0, captured.err
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "CLI test" in html
+    assert "threshold (false-alarm rate 0.01 on the 4 validation scores saved with the model)" in html
+    code = main([*base, "--out", str(tmp_path / "again"), "--top", "1", "--false-alarm-rate", "0.5", "-q"])
+    again = (tmp_path / "again" / "report.html").read_text(encoding="utf-8")
+    assert code == 0 and "false-alarm rate 0.5 on the 4 validation scores" in again
+    assert "recalibrated for this report" in again
     assert (out / "scores.csv").is_file()
     assert "report written to" in captured.out and "3 anomalies explained" in captured.out
 
