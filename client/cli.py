@@ -65,7 +65,15 @@ from client.results import (
     write_frame,
 )
 from common import __version__
-from common.argtypes import file_to_write, folder_to_write, nonnegative_float, nonnegative_int, positive_int
+from common.argtypes import (
+    confidence,
+    file_to_write,
+    folder_to_write,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    rate,
+)
 from common.errors import ConfigError, DataError, SeqwatchError
 
 if TYPE_CHECKING:
@@ -96,28 +104,6 @@ def _column_name(text: str) -> str:
     if not name:
         raise argparse.ArgumentTypeError("expected a column name, got an empty one")
     return name
-
-
-def _confidence(text: str) -> float:
-    """A probability in [0, 1) (``--confidence``; 0 = off)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (e.g. 0.9; 0 = off), got {text}")
-    return value
-
-
-def _rate(text: str) -> float:
-    """A rate strictly between 0 and 1 (``--false-alarm-rate``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.01 for 1 %), got {text}")
-    return value
 
 
 def _device(text: str) -> str:
@@ -557,14 +543,14 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--false-alarm-rate",
-        type=_rate,
+        type=rate,
         metavar="F",
         help="recalibrate the local threshold to this false-alarm rate on the validation scores saved "
         "with the model (no refit; turns contamination off)",
     )
     g.add_argument(
         "--confidence",
-        type=_confidence,
+        type=confidence,
         metavar="C",
         help="recalibrate the local threshold so that it holds the false-alarm rate on new normal data "
         "with probability C, or 0 to drop a confidence the model was fitted with (see 'seqwatch fit --help')",
@@ -750,14 +736,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--false-alarm-rate",
-        type=_rate,
+        type=rate,
         metavar="F",
         help="target false-alarm rate of the threshold on normal validation data, e.g. 0.01 "
         "(calibration.false-alarm-rate; turns contamination off)",
     )
     g.add_argument(
         "--confidence",
-        type=_confidence,
+        type=confidence,
         metavar="C",
         help="hold the false-alarm rate on new normal data with probability C, e.g. 0.9, not just on "
         "the validation data: a higher threshold, and at least log(1-C)/log(1-F) validation sequences "

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from common.argtypes import confidence
 from common.config import (
     AGGREGATES,
     MODEL_KINDS,
@@ -394,16 +395,6 @@ def _model_kinds(text: str) -> list[str]:
     return kinds
 
 
-def _confidence(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from exc
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -423,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=positive_int, default=5, help="adfa-seeds: number of seeds")
     parser.add_argument(
         "--confidence",
-        type=_confidence,
+        type=confidence,
         default=0.9,
         help="HDFS: also measure the half-fold thresholds at this calibration.confidence (default 0.9)",
     )

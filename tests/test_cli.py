@@ -172,19 +172,8 @@ def test_fit_with_confidence_sets_a_higher_threshold_and_says_how_many_it_needs(
     assert meta["config"]["calibration.confidence"] == 0.9
     assert meta["threshold"] == max(meta["validation_scores"])
     # --confidence 0 at scoring time drops it: the plain rule leaves 1 of the 4 above
-    code = main(
-        [
-            "score",
-            "--model",
-            str(out),
-            "--data",
-            str(workspace["test"]),
-            "--out",
-            str(tmp_path / "s.csv"),
-            "--confidence",
-            "0",
-        ]
-    )
+    scoring = ["score", "--model", str(out), "--data", str(workspace["test"])]
+    code = main([*scoring, "--out", str(tmp_path / "s.csv"), "--confidence", "0"])
     assert code == 0 and "(false-alarm rate 0.3 on the 4 normal validation" in capsys.readouterr().out
     assert pd.read_csv(tmp_path / "s.csv")["threshold"].iloc[0] == sorted(meta["validation_scores"])[-2]
     assert main([*base, "--confidence", "1", "--out", str(tmp_path / "m2")]) == 2
@@ -217,29 +206,10 @@ def test_score_recalibrates_the_local_threshold_from_saved_validation_scores(
     globless = tmp_path / "global-model"
     saved.validation_scores_ = np.zeros(0)
     saved.save(globless)
-    code = main(
-        [
-            "score",
-            "--model",
-            str(globless),
-            "--data",
-            str(workspace["test"]),
-            "--out",
-            str(tmp_path / "x.csv"),
-            "--confidence",
-            "0.9",
-        ]
-    )
+    score_globless = ["score", "--model", str(globless), "--data", str(workspace["test"])]
+    code = main([*score_globless, "--out", str(tmp_path / "x.csv"), "--confidence", "0.9"])
     assert code == 2 and "keeps no validation scores" in capsys.readouterr().err
-    score_global = [
-        "score",
-        "--model",
-        str(globless),
-        "--data",
-        str(workspace["test"]),
-        "--threshold",
-        "global",
-    ]
+    score_global = [*score_globless, "--threshold", "global"]
     assert main([*score_global, "--out", str(tmp_path / "y.csv"), "--confidence", "0.9"]) == 2
     assert "this model keeps none" in capsys.readouterr().err  # one error that says both
 
