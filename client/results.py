@@ -90,7 +90,7 @@ def chosen_threshold(
     the local threshold (:func:`recalibrate`).
     """
     far, confidence = getattr(args, "false_alarm_rate", None), getattr(args, "confidence", None)
-    if far is not None or confidence is not None:
+    if _recalibration_asked(args):
         if which == "global":
             none = detector.validation_scores_.size == 0
             raise ConfigError(
@@ -115,15 +115,18 @@ def chosen_threshold(
     return own, "global" if glob is not None and own == float(glob) else "local"
 
 
+def _recalibration_asked(args: argparse.Namespace | None) -> bool:
+    """Whether ``--false-alarm-rate`` or ``--confidence`` asks to recalibrate the local threshold."""
+    return any(getattr(args, flag, None) is not None for flag in ("false_alarm_rate", "confidence"))
+
+
 def threshold_note(detector: SequenceDetector, name: str, args: argparse.Namespace) -> str:
     """How the threshold :func:`chosen_threshold` gave was set, in words (for report.html)."""
     if name == "global":
         return "the federation's global threshold"
     cal = detector.config.calibration
     n = int(detector.validation_scores_.size)
-    recalibrated = (
-        getattr(args, "false_alarm_rate", None) is not None or getattr(args, "confidence", None) is not None
-    )
+    recalibrated = _recalibration_asked(args)
     where = f"the {n} validation scores saved with the model" if n else "the model's validation sequences"
     return f"{cal.target} on {where}" + (", recalibrated for this report" if recalibrated else "")
 

@@ -292,6 +292,8 @@ def hdfs(
             far = float((held_scores > threshold).mean())
             crossed = _across_halves(held_scores, ab_scores, halves, cal.false_alarm_rate, cal.confidence)
             confident = _across_halves(held_scores, ab_scores, halves, cal.false_alarm_rate, confidence)
+            # the whole fold's threshold at --confidence: the protocol with that rule
+            sure = threshold_for_far(held_scores, cal.false_alarm_rate, confidence)
             per_agg[(agg, end)].append(
                 {
                     "fold": k,
@@ -302,6 +304,8 @@ def hdfs(
                     "false_alarm_rate": far,
                     "cross_half_false_alarm_rate": float(np.mean([c[0] for c in crossed])),
                     "cross_half_recall": float(np.mean([c[1] for c in crossed])),
+                    "recall_confident": float((ab_scores > sure).mean()),
+                    "false_alarm_rate_confident": float((held_scores > sure).mean()),
                     "cross_half_false_alarm_rate_confident": float(np.mean([c[0] for c in confident])),
                     "cross_half_recall_confident": float(np.mean([c[1] for c in confident])),
                 }
@@ -343,8 +347,13 @@ def hdfs(
                 "cross_half_false_alarm_rate_mean": f,
                 "cross_half_false_alarm_rate_max": float(cross_fars.max()),
                 "cross_half_recall_mean": float(cross_recalls.mean()),
-                # the same with the half's threshold at calibration.confidence = --confidence
+                # the same with the thresholds at calibration.confidence = --confidence
                 "confidence": confidence,
+                "recall_confident_mean": float(np.mean([r["recall_confident"] for r in folds_rows])),
+                "recall_confident_min": float(np.min([r["recall_confident"] for r in folds_rows])),
+                "false_alarm_rate_confident_mean": float(
+                    np.mean([r["false_alarm_rate_confident"] for r in folds_rows])
+                ),
                 "cross_half_false_alarm_rate_confident_mean": float(confident_fars.mean()),
                 "cross_half_false_alarm_rate_confident_max": float(confident_fars.max()),
                 "cross_half_recall_confident_mean": float(
