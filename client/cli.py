@@ -66,6 +66,7 @@ from client.results import (
 )
 from common import __version__
 from common.argtypes import (
+    Parser,
     confidence,
     file_to_write,
     folder_to_write,
@@ -418,9 +419,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the example epilogs as written."""
 
 
-def _global_flags() -> argparse.ArgumentParser:
+def _global_flags() -> Parser:
     """-v/--quiet, accepted before or after the subcommand."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = Parser(add_help=False)
     g = p.add_argument_group("output")
     g.add_argument(
         "-v",
@@ -663,7 +664,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     """The ``seqwatch`` argument parser with all subcommands."""
     common = _global_flags()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="seqwatch: anomaly detection over behaviour sequences, trained where the data lives.",
         epilog=_MAIN_EPILOG,

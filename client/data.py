@@ -94,33 +94,17 @@ def _find(folder: Path, stem: str) -> Path | None:
     return hits[0] if hits else None
 
 
-def _header(path: Path) -> tuple[list[str], dict[str, bool]]:
-    """Column names and, per column, whether a sample of its values is numeric."""
-    import pandas as pd
-
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        frame = pq.read_table(path).slice(0, 500).to_pandas()
-    else:
-        sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-        frame = pd.read_csv(path, sep=sep, nrows=500, compression="infer")
-    from common.tableio import clean_header
-
-    names = list(clean_header([str(c) for c in frame.columns]).values())  # as read_table reads them
-    numeric = {n: bool(pd.api.types.is_numeric_dtype(frame.iloc[:, i])) for i, n in enumerate(names)}
-    return names, numeric
-
-
 def infer_columns(path: Path) -> ColumnMap:
     """Column map of a canonical event file (see the module docstring)."""
-    from client.datafiles import COLUMN_FILES, beside_column_map
+    from client.datafiles import COLUMN_FILES, beside_column_map, peek_columns
 
     beside = beside_column_map(path)
     if beside is not None:
         return ColumnMap.from_file(beside)
-    header, numeric = _header(path)
+    numeric = peek_columns(path)
+    if numeric is None:  # unreadable: read_table says why, naming the file
+        return ColumnMap(sequence=SEQUENCE, event=EVENT)
+    header = list(numeric)
     missing = [c for c in (SEQUENCE, EVENT) if c not in header]
     if missing:
         raise DataError(

@@ -1,8 +1,9 @@
 """What every command line of the project (``seqwatch``, the researcher's commands) checks alike.
 
-The argparse types turn a flag's text into a value or raise
-:class:`argparse.ArgumentTypeError`, which argparse prints as one
-``error: argument --flag: ...`` line with exit status 2. The output checks
+:class:`Parser` is the argument parser of every command: a usage error is one
+``PROG: error: ...`` line with exit status 2. The argparse types turn a
+flag's text into a value or raise :class:`argparse.ArgumentTypeError`, which
+becomes such a line (``error: argument --flag: ...``). The output checks
 refuse, before any work, a path that cannot be written as asked.
 """
 
@@ -11,8 +12,21 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import NoReturn
 
 from common.errors import ConfigError
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error of the CLI.
+
+    argparse prints the whole usage block first; on a command with twenty flags the error
+    itself is then the last of a dozen lines. Subcommands' parsers are of this class too
+    (``add_subparsers`` makes its parsers of the parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def positive_int(text: str) -> int:

@@ -419,7 +419,7 @@ class SequenceDetector:
                     expected=tuple(
                         (vocab.token(int(a)), float(p)) for a, p in zip(exp_ids[t], exp_p[t], strict=True)
                     ),
-                    unknown=bool(tokens[t] == UNK),
+                    unseen=bool(tokens[t] == UNK),
                     numeric_residuals=resid,
                     score=float(ev.score[sl][t]),
                 )
@@ -436,7 +436,7 @@ class SequenceDetector:
                     expected=tuple(
                         (vocab.token(int(a)), float(p)) for a, p in zip(end_ids, end_p, strict=True)
                     ),
-                    unknown=False,
+                    unseen=False,
                     numeric_residuals={},
                     score=float(ev.end_surprisal[i]),
                 )

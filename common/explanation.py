@@ -35,7 +35,8 @@ class EventExplanation:
         surprisal: ``-log p(event | history)`` in nats.
         rank: rank of the actual event among the model's predictions (1 = top guess).
         expected: the model's top-k tokens with their probabilities, most likely first.
-        unknown: True when the token was never seen in training.
+        unseen: True when the token was never seen in training (``UNSEEN`` in text, the
+            ``unseen`` column of ``score --events-out``).
         numeric_residuals: residuals of the numeric features, actual − expected in
             standard deviations (positive: above what the model expected; may be empty).
         score: the event's total anomaly score (surprisal plus any numeric part).
@@ -46,7 +47,7 @@ class EventExplanation:
     surprisal: float
     rank: int
     expected: tuple[tuple[str, float], ...]
-    unknown: bool
+    unseen: bool
     numeric_residuals: dict[str, float] = field(hash=False)
     score: float
 
@@ -63,7 +64,7 @@ class EventExplanation:
             "surprisal": float(self.surprisal),
             "rank": int(self.rank),
             "expected": [[str(tok), float(p)] for tok, p in self.expected],
-            "unknown": bool(self.unknown),
+            "unseen": bool(self.unseen),
             "numeric_residuals": {str(k): float(v) for k, v in self.numeric_residuals.items()},
             "score": float(self.score),
         }
@@ -77,7 +78,8 @@ class EventExplanation:
             surprisal=float(data["surprisal"]),
             rank=int(data["rank"]),
             expected=tuple((str(tok), float(p)) for tok, p in data.get("expected", ())),
-            unknown=bool(data.get("unknown", False)),
+            # "unknown": its name in earlier versions' explain --json; such files still load
+            unseen=bool(data.get("unseen", data.get("unknown", False))),
             numeric_residuals={str(k): float(v) for k, v in (data.get("numeric_residuals") or {}).items()},
             score=float(data["score"]),
         )
@@ -215,7 +217,7 @@ class SequenceExplanation:
                 f"{mark} {ev.position:>{pos_width}}  {_printable(ev.event):<{width}}",
                 f"{_fmt(ev.surprisal, 2):>7} nats",
                 f"rank {ev.rank:>4}",
-                "UNSEEN" if ev.unknown else "      ",
+                "UNSEEN" if ev.unseen else "      ",
             ]
             if ev.expected:
                 parts.append(

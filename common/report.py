@@ -307,7 +307,7 @@ def _event_title(ev: EventExplanation) -> str:
     lines = [
         f"#{ev.position}  {ev.event}",
         f"surprisal {_num(ev.surprisal)} nats · rank {ev.rank}"
-        + (" · UNSEEN in training" if ev.unknown else ""),
+        + (" · UNSEEN in training" if ev.unseen else ""),
     ]
     if ev.expected:
         lines.append("expected instead: " + ev.expected_text())
@@ -324,8 +324,8 @@ def _events_html(expl: SequenceExplanation, scale: float) -> str:
     parts = []
     for ev in shown:
         bg, fg = _bg(ev.surprisal, scale)
-        classes = "ev" + (" unseen" if ev.unknown else "") + (" top" if id(ev) in top_ids else "")
-        sup = "<sup>UNSEEN</sup>" if ev.unknown else ""
+        classes = "ev" + (" unseen" if ev.unseen else "") + (" top" if id(ev) in top_ids else "")
+        sup = "<sup>UNSEEN</sup>" if ev.unseen else ""
         parts.append(
             f'<span class="{classes}" style="background:{bg};color:{fg}" title="{_e(_event_title(ev))}">'
             f"{_e(ev.event)}{sup}</span>"
@@ -348,7 +348,7 @@ def _top_events_table(expl: SequenceExplanation) -> str:
             f"<td>{_e(ev.event)}</td>"
             f'<td class="num">{_e(_num(ev.surprisal))}</td>'
             f'<td class="num">{ev.rank}</td>'
-            f"<td>{'UNSEEN' if ev.unknown else ''}</td>"
+            f"<td>{'UNSEEN' if ev.unseen else ''}</td>"
             f"<td>{_e(ev.expected_text()) or '—'}</td>"
             f"<td>{_e(residuals) or '—'}</td>"
             f'<td class="num">{_e(_num(ev.score))}</td>'

@@ -38,6 +38,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from common.argtypes import Parser
 from common.errors import SeqwatchError
 from common.pki import (
     DEFAULT_SANS,
@@ -423,9 +424,9 @@ PORT = int_arg_type(validate_port, "port")
 DAYS = int_arg_type(validate_days, "days")
 
 
-def _dir_flag() -> argparse.ArgumentParser:
+def _dir_flag() -> Parser:
     """``--dir``, accepted after the subcommand too (the value given there wins)."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = Parser(add_help=False)
     p.add_argument(
         "--dir",
         metavar="DIR",
@@ -437,7 +438,7 @@ def _dir_flag() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Federation coordinator tooling: CA, SuperLink certificate, institution keys, "
         "SuperNode registration, flwr connection.",

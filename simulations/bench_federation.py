@@ -57,7 +57,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.cli import output_file, positive_int, run_main
+from simulations.cli import Parser, output_file, positive_int, run_main
 
 log = logging.getLogger("simulations.bench_federation")
 PROG = "python -m simulations.bench_federation"
@@ -250,7 +250,7 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p = Parser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument(
         "--out",
         type=output_file,

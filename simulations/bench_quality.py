@@ -75,7 +75,7 @@ from common.scoring import (
     end_weight_from_moments,
     spread_moments,
 )
-from simulations.cli import output_file, positive_int, run_main
+from simulations.cli import Parser, output_file, positive_int, run_main
 
 log = logging.getLogger("bench_quality")
 
@@ -405,9 +405,7 @@ def _model_kinds(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=["adfa", "hdfs", "openstack", "adfa-coverage", "adfa-seeds"])
     parser.add_argument("--data", type=Path, default=None, help="data folder (default: shared data)")
     parser.add_argument(

@@ -36,7 +36,7 @@ from common.errors import DataError
 from common.model import NextEventModel
 from common.scoring import next_event_logp, score_events
 from common.vocab import BOS
-from simulations.cli import output_file, positive_int, run_main
+from simulations.cli import Parser, output_file, positive_int, run_main
 
 log = logging.getLogger("bench_throughput")
 
@@ -77,9 +77,7 @@ PROG = "python -m simulations.bench_throughput"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="ADFA-LD folder (default: shared data)")
     parser.add_argument(
         "--epochs", type=positive_int, default=2, help="training epochs before timing (default 2)"

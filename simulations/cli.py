@@ -14,10 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from common.argtypes import file_to_write, folder_to_write, positive_int
+from common.argtypes import Parser, file_to_write, folder_to_write, positive_int
 from common.errors import ConfigError, SeqwatchError
 
-__all__ = ["log_level", "output_file", "output_folder", "positive_int", "run_main", "setup_logging"]
+__all__ = ["Parser", "log_level", "output_file", "output_folder", "positive_int", "run_main", "setup_logging"]
 
 _EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130

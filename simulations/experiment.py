@@ -85,7 +85,15 @@ from common.config import AppConfig, load_config_file, parse_config, to_flat, wi
 from common.errors import ConfigError
 from common.events import EventTable
 from common.metrics import unresolved_rate
-from simulations.cli import LOG_LEVELS, log_level, output_folder, positive_int, run_main, setup_logging
+from simulations.cli import (
+    LOG_LEVELS,
+    Parser,
+    log_level,
+    output_folder,
+    positive_int,
+    run_main,
+    setup_logging,
+)
 
 log = logging.getLogger("simulations.experiment")
 PROG = "python -m simulations.experiment"
@@ -727,7 +735,7 @@ def _versions() -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog=PROG,
         description="Compare federated, centralized and local-only training on the same partitions.",
     )

@@ -353,7 +353,7 @@ def test_score_events_out_explains_every_sequence_score(
     rows = events[events["sequence_id"] == "te020"]
     assert code == 0 and len(rows) == len(explained)
     for ev, (_, row) in zip(explained, rows.iterrows(), strict=True):
-        assert (ev["position"], ev["event"], ev["rank"], ev["unknown"]) == (
+        assert (ev["position"], ev["event"], ev["rank"], ev["unseen"]) == (
             row["position"],
             row["event"],
             row["rank"],
@@ -605,7 +605,7 @@ def test_explain_text_and_json(workspace: dict[str, Path], capsys: pytest.Captur
     data = json.loads(captured.out)
     assert data["sequence_id"] == "te020" and data["label"] == 1
     assert all(len(ev["expected"]) == 2 for ev in data["events"])
-    assert sum(ev["unknown"] for ev in data["events"]) == 4
+    assert sum(ev["unseen"] for ev in data["events"]) == 4
     # the score is told as its parts, which add up: mean event score + END weight x END surprisal
     events, end = data["events"][:-1], data["events"][-1]
     assert end["event"] == "<end>" and data["score_parts"].startswith("mean event score ")
@@ -811,9 +811,18 @@ def test_help_exits_zero(command: list[str], capsys: pytest.CaptureFixture[str])
 
 def test_usage_errors_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
+    assert (
+        capsys.readouterr().err
+        == "seqwatch: error: the following arguments are required: COMMAND (see seqwatch --help)\n"
+    )
     assert main(["fit"]) == 2  # --data and --out are required
+    # one line, like every other error: no usage block of twenty flags before it
+    assert capsys.readouterr().err == (
+        "seqwatch fit: error: the following arguments are required: --data, --out (see seqwatch fit --help)\n"
+    )
     assert main(["score", "--model", "m", "--data", "d", "--out", "o", "--threshold", "median"]) == 2
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "seqwatch score: error: argument --threshold: invalid choice" in err
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("seqwatch ")
 

@@ -276,6 +276,33 @@ def test_a_column_map_may_name_a_column_with_its_spaces(tmp_path: Path) -> None:
     assert list(node.train.numeric) == ["amount"] and list(node.train.context) == ["device"]
 
 
+def test_a_node_infers_parquet_columns_from_the_schema_as_read_table_reads_them(tmp_path: Path) -> None:
+    """Types from the schema (no rows loaded), and a column pandas stored as the index counts."""
+    from client.data import infer_columns
+
+    frame = pd.DataFrame(
+        {
+            "sequence": ["s", "s"],
+            "event": pd.Categorical(["a", "b"]),
+            "amount": [1.5, 2.0],
+            "count": pd.array([1, None], dtype="Int64"),
+            "device": pd.Categorical(["pc", "pc"]),
+            "label": [0, 0],
+        }
+    )
+    path = tmp_path / "train.parquet"
+    frame.set_index("sequence").to_parquet(path)
+    inferred = infer_columns(path)
+    assert inferred.sequence == "sequence" and inferred.label == "label"
+    assert inferred.numeric == ("amount", "count") and inferred.context == ("device",)
+    assert list(read_table(path, inferred).grouped().ids) == ["s"]
+    # a file it cannot read: the canonical map, and read_table names the problem
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match=r"broken\.parquet: cannot read Parquet"):
+        read_table(broken, infer_columns(broken))
+
+
 def test_day_month_order_is_decided_once_per_column(tmp_path: Path) -> None:
     columns = ColumnMap(order="ts")
     # 05/01 alone reads month first; 13/01 only day first: the whole column is day first
@@ -553,6 +580,39 @@ def test_error_bad_label(tmp_path: Path) -> None:
     path = _write(tmp_path / "e.csv", "sequence_id,event,label\ns,a,anomaly\ns,b,maybe\n")
     with pytest.raises(DataError, match=r"e\.csv: line 3, column 'label': label 'maybe'"):
         read_table(path)
+
+
+def test_error_a_value_past_the_header_names_its_line(tmp_path: Path) -> None:
+    # an unquoted comma inside a value shifts the row; pandas would drop the last field unseen
+    header = "sequence_id,event,device,channel\n"
+    rows = 's,login,pc,web\ns,"pay, card",pc,web\ns,login,iPhone, 12,web\n'
+    for name in ("e.csv", "e.csv.gz"):
+        path = _write(tmp_path / name, header + rows)
+        if name.endswith(".gz"):
+            path.write_bytes(gzip.compress((header + rows).encode()))
+        with pytest.raises(DataError, match=r"e\.csv(\.gz)?: line 4 has 5 fields but the header names 4 "):
+            read_table(path, ColumnMap(context=("device",)))
+    # the first row too (pandas would have taken its first field as the index), and in a TSV
+    first = _write(tmp_path / "f.tsv", "sequence_id\tevent\ns\ta\tx\ns\tb\n")
+    with pytest.raises(DataError, match=r"line 2 has 3 fields .* quote values that contain a tab"):
+        read_table(first)
+    # a quoted value spanning lines: the line is the file's
+    multi = _write(tmp_path / "m.csv", 'sequence_id,event\ns,"a\nb"\n\ns,c,d\n')
+    with pytest.raises(DataError, match=r"line 5 has 3 fields"):
+        read_table(multi)
+
+
+@pytest.mark.parametrize("rows", [2, 1030])
+def test_empty_fields_past_the_header_are_counted_and_ignored(tmp_path: Path, rows: int) -> None:
+    # "1,a," under "id,event": an export habit; 1,030 rows take the check's second, columnar pass
+    body = "".join(f"s{i % 7},e{i % 3},\n" if i % 5 else f"s{i % 7},e{i % 3}, ,\n" for i in range(rows))
+    path = _write(tmp_path / "e.csv", "sequence_id,event\n" + body + "t,x\n")
+    table = read_table(path)
+    assert len(table.frame) == rows + 1
+    assert table.repairs == {"rows with empty fields past the header (ignored)": rows}
+    late = _write(tmp_path / "late.csv", "sequence_id,event\n" + body + "t,x,oops\n")
+    with pytest.raises(DataError, match=rf"line {rows + 2} has 3 fields .*'t,x,oops'"):
+        read_table(late)
 
 
 def test_error_parquet_rows_are_numbered(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ def _event(
     event: str,
     surprisal: float,
     *,
-    unknown: bool = False,
+    unseen: bool = False,
     rank: int | None = None,
     expected: tuple[tuple[str, float], ...] = (("a", 0.61), ("b", 0.2)),
     residuals: dict[str, float] | None = None,
@@ -36,7 +36,7 @@ def _event(
         surprisal=surprisal,
         rank=int(1 + int(surprisal) if rank is None else rank),
         expected=tuple(expected),
-        unknown=unknown,
+        unseen=unseen,
         numeric_residuals=dict(residuals or {}),
         score=float(surprisal if score is None else score),
     )
@@ -44,7 +44,7 @@ def _event(
 
 def _explanation(seq_id: str = EVIL, n: int = 8) -> SequenceExplanation:
     events = [_event(i, f"ev{i % 3}", 0.2 + 0.1 * i) for i in range(n)]
-    events[3] = _event(3, "<b>login</b>", 9.5, unknown=True, rank=120)
+    events[3] = _event(3, "<b>login</b>", 9.5, unseen=True, rank=120)
     events[5] = _event(5, "pay", 4.0, residuals={"amount": 5.2}, score=6.5)
     return SequenceExplanation(
         sequence_id=seq_id, score=12.3, threshold=5.0, flagged=True, events=tuple(events), label=1
@@ -80,6 +80,11 @@ def test_explanation_text_and_dict() -> None:
     restored = SequenceExplanation.from_dict(json.loads(json.dumps(expl.to_dict())))
     assert restored == expl
     assert hash(expl.events[0]) == hash(restored.events[0])
+    # "unseen", as the events file names it; files that still say "unknown" load
+    old = expl.events[3].to_dict()
+    assert old["unseen"] is True
+    old["unknown"] = old.pop("unseen")
+    assert EventExplanation.from_dict(old) == expl.events[3]
 
 
 def test_explanation_text_counts_every_omitted_step() -> None:
