@@ -675,15 +675,16 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
 
     Error messages give CSV/TSV rows as the file's line numbers (header = line
     1; a quoted field that spans lines shifts the count) and Parquet rows as
-    1-based row numbers. Blank lines are skipped and counted in ``repairs``. Only
+    1-based row numbers. Blank lines are skipped and counted in ``repairs``, and so are
+    empty fields past the header's (``s,a,`` under ``id,event``). Only
     the columns ``columns`` names (and ``label`` / ``attack_type`` where present)
     are loaded; the others are never parsed. Sequence-id, event, context and
     attack-type columns are read straight into categories (each distinct text once).
 
     Raises:
         DataError: file not found, unsupported type, empty, wrong encoding,
-            missing column, bad value (timestamp, number, label), missing
-            sequence id or event.
+            missing column, a CSV/TSV row with a value past the header's fields,
+            bad value (timestamp, number, label), missing sequence id or event.
         ConfigError: unknown encoding name.
     """
     path = Path(path)
@@ -765,7 +766,6 @@ class _FieldCounts:
         self.switch = switch
         self.padded = 0
         self.widest = 0
-        self.bad = False
         self.switched = False
 
     def __call__(self, row: Any) -> str:
@@ -773,7 +773,6 @@ class _FieldCounts:
         if extra <= 0:  # fewer fields than the header: pandas reads them as missing values
             return "skip"
         if not _empty_past(str(row.text), self.sep, self.width, extra):
-            self.bad = True
             return "error"
         self.padded += 1
         self.widest = max(self.widest, extra)
@@ -794,13 +793,23 @@ def _empty_past(text: str, sep: str, width: int, extra: int) -> bool:
 def _check_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
     """How many rows of a CSV/TSV file have more fields than its header, all of them empty.
 
-    One streaming pass of Arrow's CSV parser (about 0.06 s for the 58 MB ADFA-LD test file):
-    a Python call only for rows whose field count differs from the header's.
+    A streaming pass of Arrow's CSV parser (about 0.07 s for the 58 MB ADFA-LD test file) calls
+    Python only for rows whose field count differs from the header's. When it finds a value past
+    the header's fields, or cannot read the file itself (a value over its block size), the csv
+    module reads the file instead, counting as it goes and naming the line it stops at.
 
     Raises:
         DataError: a row has a value past the header's fields (a value with an unquoted
             separator, or a column the header does not name); names its line.
     """
+    try:
+        return _arrow_field_counts(path, sep, encoding, width)
+    except pa.ArrowException:
+        return _python_field_counts(path, sep, encoding, width)
+
+
+def _arrow_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
+    """:func:`_check_field_counts` by Arrow; raises ``pa.ArrowInvalid`` at a value past the header."""
     import pyarrow.compute as pcompute
     import pyarrow.csv as pcsv
 
@@ -829,7 +838,6 @@ def _check_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
             for column in batch.columns[: columns - width]:
                 filled = pcompute.not_equal(pcompute.utf8_trim_whitespace(column), "")
                 if pcompute.any(filled).as_py():
-                    handler.bad = True
                     raise pa.ArrowInvalid("a value past the header's fields")
             rows += batch.num_rows
         return rows
@@ -838,29 +846,29 @@ def _check_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
     try:
         scan(width, first)
         return first.padded
-    except pa.ArrowException:
-        if first.bad:
-            _refuse_long_row(path, sep, encoding, width)
+    except pa.ArrowInvalid:
         if not first.switched:
             raise
     # Most rows end in empty fields: read them as columns and check those instead.
     wider = _FieldCounts(width, sep, None)
+    return scan(width + first.widest, wider) + wider.padded
+
+
+def _python_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
+    """:func:`_check_field_counts` by the csv module (slower; any value length)."""
+    padded = 0
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # pandas reads values of any length
     try:
-        full = scan(width + first.widest, wider)
-    except pa.ArrowException:
-        if wider.bad:
-            _refuse_long_row(path, sep, encoding, width)
-        raise
-    return full + wider.padded
-
-
-def _refuse_long_row(path: Path, sep: str, encoding: str, width: int) -> None:
-    """Raise the :class:`DataError` for the first row with a value past the header's fields."""
-    with _open_text(path, encoding) as fh:
-        reader = csv.reader(fh, delimiter=sep, quoting=_quoting(sep))
-        next(reader, None)
-        for fields in reader:
-            if any(field.strip() for field in fields[width:]):
+        with _open_text(path, encoding) as fh:
+            reader = csv.reader(fh, delimiter=sep, quoting=_quoting(sep))
+            next(reader, None)
+            for fields in reader:
+                if len(fields) <= width:
+                    continue
+                if not any(field.strip() for field in fields[width:]):
+                    padded += 1
+                    continue
                 shown = sep.join(fields)
                 shown = shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 3] + "..."
                 name = "a tab" if sep == "\t" else f"'{sep}'"
@@ -869,7 +877,9 @@ def _refuse_long_row(path: Path, sep: str, encoding: str, width: int) -> None:
                     f"{width} ({shown!r}); quote values that contain {name}, or name the extra "
                     f"column in the header"
                 )
-    raise DataError(f"{path}: a row has more fields than the header names {width}; check the file")
+    finally:
+        csv.field_size_limit(limit)
+    return padded
 
 
 def _csv_header(path: Path, sep: str, encoding: str, compression: str | None) -> list[str]:

@@ -602,6 +602,25 @@ def test_error_a_value_past_the_header_names_its_line(tmp_path: Path) -> None:
         read_table(multi)
 
 
+def test_the_field_count_check_reads_with_the_csv_module_what_arrow_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+
+    from common import tableio
+
+    def refuse(*_: object) -> int:
+        raise pa.ArrowInvalid("straddling object straddles two block boundaries")
+
+    monkeypatch.setattr(tableio, "_arrow_field_counts", refuse)
+    padded = _write(tmp_path / "p.csv", 'sequence_id,event\ns,a,\ns,"b,c", \ns,d\n')
+    assert read_table(padded).repairs == {"rows with empty fields past the header (ignored)": 2}
+    long = "x" * 200_000  # over the csv module's default field limit
+    bad = _write(tmp_path / "b.csv", f'sequence_id,event,note\ns,a,{long}\ns,"a\nb",c\n\ns,c,d,e\n')
+    with pytest.raises(DataError, match=r"b\.csv: line 6 has 4 fields but the header names 3"):
+        read_table(bad)
+
+
 @pytest.mark.parametrize("rows", [2, 1030])
 def test_empty_fields_past_the_header_are_counted_and_ignored(tmp_path: Path, rows: int) -> None:
     # "1,a," under "id,event": an export habit; 1,030 rows take the check's second, columnar pass
