@@ -971,6 +971,8 @@ def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:
         ]
         table = pq.read_table(path, columns=usecols, read_dictionary=dictionary)
         df = table.to_pandas(ignore_metadata=True).rename(columns=header)
+    except MemoryError:  # pa.ArrowMemoryError too: the CLI names the settings to lower
+        raise
     except (pa.ArrowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(

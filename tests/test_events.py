@@ -641,6 +641,23 @@ def test_error_parquet_rows_are_numbered(tmp_path: Path) -> None:
         read_table(path)
 
 
+def test_running_out_of_memory_reading_parquet_is_not_called_a_bad_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "e.parquet"
+    pd.DataFrame({"sequence_id": ["s"], "event": ["a"]}).to_parquet(path)
+
+    def exhausted(*_: object, **__: object) -> None:
+        raise pa.ArrowMemoryError("malloc of size 1099511627776 failed")
+
+    monkeypatch.setattr(pq, "read_table", exhausted)
+    with pytest.raises(MemoryError, match="malloc of size"):  # the CLI's out-of-memory line
+        read_table(path)
+
+
 def test_parquet_reads_only_the_mapped_columns(tmp_path: Path) -> None:
     path = tmp_path / "wide.parquet"
     frame = pd.DataFrame(
