@@ -96,7 +96,8 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 def infer_columns(path: Path) -> ColumnMap:
     """Column map of a canonical event file (see the module docstring)."""
-    from client.datafiles import COLUMN_FILES, beside_column_map, peek_columns
+    from client.datafiles import COLUMN_FILES, beside_column_map
+    from common.tableio import peek_columns
 
     beside = beside_column_map(path)
     if beside is not None:

@@ -84,46 +84,10 @@ class DataLayout:
 def read_header(path: Path, encoding: str) -> list[str] | None:
     """Column names of an event file as ``read_table`` reads them (:func:`~common.tableio.clean_header`),
     or None when they cannot be read (``read_table`` then says why)."""
+    from common.tableio import peek_columns
+
     columns = peek_columns(path, encoding, sample=0)
     return None if columns is None else list(columns)
-
-
-def peek_columns(path: Path, encoding: str = "utf-8", *, sample: int = 500) -> dict[str, bool] | None:
-    """Column names of an event file as ``read_table`` reads them, each with whether it holds numbers:
-    for Parquet, its type; for CSV/TSV, the type pandas gives its first ``sample`` rows (0: the
-    header alone, every column False). None when the file cannot be read (``read_table`` then says
-    why)."""
-    from common.tableio import clean_header
-
-    name = path.name.lower()
-    try:
-        if not path.is_file():
-            return None
-        if name.endswith(".parquet"):
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            def numeric(t: pa.DataType) -> bool:
-                t = t.value_type if pa.types.is_dictionary(t) else t
-                return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t))
-
-            try:
-                # every column, pandas' stored index too, as read_table reads them
-                schema = pq.read_schema(path)
-            except (pa.ArrowException, OSError, ValueError):
-                return None
-            found = {str(f.name): numeric(f.type) for f in schema}
-        else:
-            import pandas as pd
-
-            sep = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-            frame = pd.read_csv(
-                path, sep=sep, nrows=sample, encoding=encoding, compression="infer", index_col=False
-            )
-            found = {str(c): bool(pd.api.types.is_numeric_dtype(frame[c])) for c in frame.columns}
-    except (OSError, ValueError, UnicodeError, LookupError, EOFError):
-        return None
-    return {clean: found[raw] for raw, clean in clean_header(list(found)).items()}
 
 
 def _pick(header: list[str] | None, candidates: Sequence[str | None]) -> str | None:

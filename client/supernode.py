@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.argtypes import Parser
 from common.config import DataConfig
 from common.errors import ConfigError, SeqwatchError
 
@@ -689,9 +690,7 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Check an institution's SuperNode set-up and start it."
-    )
+    parser = Parser(prog=PROG, description="Check an institution's SuperNode set-up and start it.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser(
         "check",

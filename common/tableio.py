@@ -24,14 +24,14 @@ import warnings
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NoReturn
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pandas.tseries.api import guess_datetime_format
 
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError, SeqwatchError
 from common.events import (
     ATTACK_TYPE,
     EVENT,
@@ -49,7 +49,7 @@ from common.events import (
     text_codes,
 )
 
-__all__ = ["clean_header", "from_frame", "read_table", "write_table"]
+__all__ = ["clean_header", "from_frame", "peek_columns", "read_table", "write_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -705,6 +705,51 @@ def read_table(path: str | Path, columns: ColumnMap | None = None, *, encoding: 
     return table
 
 
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
+
+
+def peek_columns(path: str | Path, encoding: str = "utf-8", *, sample: int = 500) -> dict[str, bool] | None:
+    """An event file's column names as :func:`read_table` reads them, each with whether
+    :func:`read_table` would read it as numbers: for Parquet, from its type (integers, floats,
+    decimals, booleans); for CSV/TSV, from the first ``sample`` rows (0: the header alone, all
+    False). A row index pandas stored without a name (``__index_level_0__``) is left out. None
+    when the file cannot be read (:func:`read_table` then says why).
+    """
+    path = Path(path)
+    try:
+        kind = _kind(path)
+        if not path.is_file():
+            return None
+        if kind == ".parquet":
+            import pyarrow.parquet as pq
+
+            def numeric(t: pa.DataType) -> bool:
+                t = t.value_type if pa.types.is_dictionary(t) else t
+                kinds = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, pa.types.is_boolean)
+                return any(is_kind(t) for is_kind in kinds)
+
+            found = {str(f.name): numeric(f.type) for f in pq.read_schema(path)}
+        else:
+            sep = "\t" if kind.startswith(".tsv") else ","
+            compression = "gzip" if kind.endswith(".gz") else None
+            names = _csv_header(path, sep, encoding, compression)
+            rows = _read_csv(path, sep, encoding, compression, names, str, nrows=sample) if sample else None
+            found = {name: rows is not None and _reads_as_numbers(rows[name]) for name in names}
+    except (SeqwatchError, pa.ArrowException, OSError, ValueError, LookupError):
+        return None
+    kept = {raw: numeric for raw, numeric in found.items() if not _PANDAS_INDEX.fullmatch(raw)}
+    return {clean: kept[raw] for raw, clean in clean_header(list(kept)).items()}
+
+
+def _reads_as_numbers(values: pd.Series) -> bool:
+    """Whether :func:`read_table` reads these text values as a numeric feature."""
+    try:
+        _parse_numbers(values, str(values.name), _Where("", np.arange(len(values)), "row"), "")
+    except DataError:
+        return False
+    return True
+
+
 def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) -> EventTable:
     """A CSV or TSV file (``kind``: its suffix, from :func:`_kind`) as an event table."""
     source = str(path)
@@ -750,36 +795,36 @@ def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) ->
     return table
 
 
-# Rows ending in empty fields past the header's ("1,a,2," under "id,event,amount") are an
-# export habit: after this many in a row the check reads the file again with room for them, so
-# a file whose every row has them costs no per-row Python call.
-_PADDED_SWITCH = 1024
+# Arrow calls Python (some microseconds) for each row whose field count differs from the header's:
+# after this many such rows the csv module, faster for a file full of them, reads it instead.
+_IRREGULAR_ROWS = 1024
 
 
 class _FieldCounts:
-    """Arrow's invalid-row handler for :func:`_check_field_counts`: counts rows whose fields past
-    the header's ``width`` are all empty, and stops at the first with a value there."""
+    """Arrow's invalid-row handler for :func:`_arrow_field_counts`: counts rows whose fields past
+    the header's ``width`` are all empty; stops at a row with a value there, or after
+    :data:`_IRREGULAR_ROWS` rows of another width."""
 
-    def __init__(self, width: int, sep: str, switch: int | None) -> None:
+    def __init__(self, width: int, sep: str) -> None:
         self.width = width
         self.sep = sep
-        self.switch = switch
         self.padded = 0
-        self.widest = 0
-        self.switched = False
+        self.irregular = 0
 
     def __call__(self, row: Any) -> str:
-        extra = int(row.actual_columns) - self.width
-        if extra <= 0:  # fewer fields than the header: pandas reads them as missing values
+        try:
+            self.irregular += 1
+            if self.irregular > _IRREGULAR_ROWS:
+                return "error"
+            extra = int(row.actual_columns) - self.width
+            if extra <= 0:  # fewer fields than the header: pandas reads them as missing values
+                return "skip"
+            if not _empty_past(str(row.text), self.sep, self.width, extra):
+                return "error"
+            self.padded += 1
             return "skip"
-        if not _empty_past(str(row.text), self.sep, self.width, extra):
+        except (UnicodeError, ValueError, csv.Error):  # Arrow would only print it: the csv module decides
             return "error"
-        self.padded += 1
-        self.widest = max(self.widest, extra)
-        if self.switch is not None and self.padded >= self.switch:
-            self.switched = True
-            return "error"
-        return "skip"
 
 
 def _empty_past(text: str, sep: str, width: int, extra: int) -> bool:
@@ -795,7 +840,7 @@ def _check_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
 
     A streaming pass of Arrow's CSV parser (about 0.07 s for the 58 MB ADFA-LD test file) calls
     Python only for rows whose field count differs from the header's. When it finds a value past
-    the header's fields, or cannot read the file itself (a value over its block size), the csv
+    the header's fields, many rows of another width, or cannot read the file itself, the csv
     module reads the file instead, counting as it goes and naming the line it stops at.
 
     Raises:
@@ -809,53 +854,33 @@ def _check_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
 
 
 def _arrow_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
-    """:func:`_check_field_counts` by Arrow; raises ``pa.ArrowInvalid`` at a value past the header."""
-    import pyarrow.compute as pcompute
+    """:func:`_check_field_counts` by Arrow; raises ``pa.ArrowInvalid`` where the csv module must decide."""
     import pyarrow.csv as pcsv
 
-    def scan(columns: int, handler: _FieldCounts) -> int:
-        names = [f"c{i}" for i in range(columns)]
+    handler = _FieldCounts(width, sep)
+    names = [f"c{i}" for i in range(width)]
+    compression = "gzip" if path.name.lower().endswith(".gz") else None
+    # The header is read as a row like the others (it has ``width`` fields): skipping it by
+    # line would split a header whose quoted name holds a line break.
+    with pa.input_stream(path, compression=compression) as stream:
         reader = pcsv.open_csv(
-            path,
-            read_options=pcsv.ReadOptions(
-                use_threads=False, skip_rows=1, column_names=names, encoding=encoding
-            ),
+            stream,
+            read_options=pcsv.ReadOptions(use_threads=False, column_names=names, encoding=encoding),
             parse_options=pcsv.ParseOptions(
                 delimiter=sep,
                 quote_char=False if sep == "\t" else '"',
                 newlines_in_values=sep != "\t",
                 invalid_row_handler=handler,
             ),
-            convert_options=pcsv.ConvertOptions(
-                include_columns=names[width:] or names[:1],
-                column_types=dict.fromkeys(names, pa.string()),
-                strings_can_be_null=True,
-                null_values=[""],
-            ),
+            convert_options=pcsv.ConvertOptions(include_columns=names[:1], column_types={"c0": pa.string()}),
         )
-        rows = 0
-        for batch in reader:
-            for column in batch.columns[: columns - width]:
-                filled = pcompute.not_equal(pcompute.utf8_trim_whitespace(column), "")
-                if pcompute.any(filled).as_py():
-                    raise pa.ArrowInvalid("a value past the header's fields")
-            rows += batch.num_rows
-        return rows
-
-    first = _FieldCounts(width, sep, _PADDED_SWITCH)
-    try:
-        scan(width, first)
-        return first.padded
-    except pa.ArrowInvalid:
-        if not first.switched:
-            raise
-    # Most rows end in empty fields: read them as columns and check those instead.
-    wider = _FieldCounts(width, sep, None)
-    return scan(width + first.widest, wider) + wider.padded
+        for _ in reader:
+            pass
+    return handler.padded
 
 
 def _python_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
-    """:func:`_check_field_counts` by the csv module (slower; any value length)."""
+    """:func:`_check_field_counts` by the csv module (any value length)."""
     padded = 0
     limit = csv.field_size_limit()
     csv.field_size_limit(2**31 - 1)  # pandas reads values of any length
@@ -863,23 +888,30 @@ def _python_field_counts(path: Path, sep: str, encoding: str, width: int) -> int
         with _open_text(path, encoding) as fh:
             reader = csv.reader(fh, delimiter=sep, quoting=_quoting(sep))
             next(reader, None)
+            start = reader.line_num + 1  # the line each row starts on
             for fields in reader:
-                if len(fields) <= width:
-                    continue
-                if not any(field.strip() for field in fields[width:]):
+                if len(fields) > width:
+                    if any(field.strip() for field in fields[width:]):
+                        _refuse_long_row(path, sep, width, fields, start)
                     padded += 1
-                    continue
-                shown = sep.join(fields)
-                shown = shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 3] + "..."
-                name = "a tab" if sep == "\t" else f"'{sep}'"
-                raise DataError(
-                    f"{path}: line {reader.line_num} has {len(fields)} fields but the header names "
-                    f"{width} ({shown!r}); quote values that contain {name}, or name the extra "
-                    f"column in the header"
-                )
+                start = reader.line_num + 1
     finally:
         csv.field_size_limit(limit)
     return padded
+
+
+def _refuse_long_row(path: Path, sep: str, width: int, fields: list[str], line: int) -> NoReturn:
+    shown = sep.join(fields)
+    shown = shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 3] + "..."
+    fix = (
+        "a TSV value cannot hold a tab (write CSV or Parquet)"
+        if sep == "\t"
+        else "quote values that contain ','"
+    )
+    raise DataError(
+        f"{path}: line {line} has {len(fields)} fields but the header names {width} ({shown!r}); "
+        f"{fix}, or name the extra column in the header"
+    )
 
 
 def _csv_header(path: Path, sep: str, encoding: str, compression: str | None) -> list[str]:

@@ -827,6 +827,34 @@ def test_usage_errors_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("seqwatch ")
 
 
+@pytest.mark.parametrize(
+    "module",
+    [
+        "client.cli",
+        "client.supernode",
+        "server.cli",
+        "simulations.experiment",
+        "simulations.bench_quality",
+        "simulations.bench_throughput",
+        "simulations.bench_federation",
+    ],
+)
+def test_every_command_line_ends_a_usage_error_in_one_line(
+    module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib
+
+    from common.argtypes import Parser
+
+    parser = importlib.import_module(module).build_parser()
+    assert isinstance(parser, Parser)
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--no-such-flag"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ": error: " in err and "--help)" in err, err
+
+
 def test_help_is_fast_and_module_runs() -> None:
     """``python -m client --help`` works without importing torch or pandas."""
     code = (

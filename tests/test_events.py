@@ -296,6 +296,18 @@ def test_a_node_infers_parquet_columns_from_the_schema_as_read_table_reads_them(
     assert inferred.sequence == "sequence" and inferred.label == "label"
     assert inferred.numeric == ("amount", "count") and inferred.context == ("device",)
     assert list(read_table(path, inferred).grouped().ids) == ["s"]
+    # pandas' unnamed stored index (a filtered frame) is no feature
+    frame.iloc[[0, 1, 1]].to_parquet(tmp_path / "filtered.parquet")  # index [0, 1, 1]: __index_level_0__
+    assert infer_columns(tmp_path / "filtered.parquet").numeric == ("amount", "count")
+    # CSV/TSV: numeric where read_table reads numbers ("NA" included), text otherwise; a TSV value
+    # may start with a quote
+    tsv = _write(
+        tmp_path / "train.tsv",
+        'sequence\tevent\tamount\tflag\turl\ns\ta\t1.5\tTrue\t"GET /x\ns\tb\tNA\tFalse\t/y\n',
+    )
+    inferred = infer_columns(tsv)
+    assert inferred.numeric == ("amount",) and inferred.context == ("flag", "url")
+    assert read_table(tsv, inferred).repairs == {"missing numeric 'amount'": 1}
     # a file it cannot read: the canonical map, and read_table names the problem
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"PAR1 not really")
@@ -594,12 +606,24 @@ def test_error_a_value_past_the_header_names_its_line(tmp_path: Path) -> None:
             read_table(path, ColumnMap(context=("device",)))
     # the first row too (pandas would have taken its first field as the index), and in a TSV
     first = _write(tmp_path / "f.tsv", "sequence_id\tevent\ns\ta\tx\ns\tb\n")
-    with pytest.raises(DataError, match=r"line 2 has 3 fields .* quote values that contain a tab"):
+    with pytest.raises(DataError, match=r"line 2 has 3 fields .* a TSV value cannot hold a tab"):
         read_table(first)
-    # a quoted value spanning lines: the line is the file's
-    multi = _write(tmp_path / "m.csv", 'sequence_id,event\ns,"a\nb"\n\ns,c,d\n')
+    # a quoted value spanning lines: the line is the file's, where the row starts
+    multi = _write(tmp_path / "m.csv", 'sequence_id,event\ns,"a\nb"\n\ns,c,d\ns,e,"x\ny"\n')
     with pytest.raises(DataError, match=r"line 5 has 3 fields"):
         read_table(multi)
+    spans = _write(tmp_path / "s.csv", 'sequence_id,event\ns,a\ns,b,"x\ny\nz"\n')
+    with pytest.raises(DataError, match=r"line 3 has 3 fields"):
+        read_table(spans)
+    # a header name holding a line break is one row, not two
+    quoted = _write(tmp_path / "q.csv", 'sequence_id,event,"note\n"\ns,a,1\ns,b,2,3\ns,"c",4\n')
+    with pytest.raises(DataError, match=r"line 4 has 4 fields"):
+        read_table(quoted)
+    # compression from the name whatever its case (Arrow's own guess would read the gzip bytes)
+    shouting = tmp_path / "WIDE.CSV.GZ"
+    shouting.write_bytes(gzip.compress((header + rows).encode("latin-1")))
+    with pytest.raises(DataError, match=r"WIDE\.CSV\.GZ: line 4 has 5 fields"):
+        read_table(shouting, ColumnMap(context=("device",)), encoding="latin-1")
 
 
 def test_the_field_count_check_reads_with_the_csv_module_what_arrow_cannot(
@@ -623,7 +647,7 @@ def test_the_field_count_check_reads_with_the_csv_module_what_arrow_cannot(
 
 @pytest.mark.parametrize("rows", [2, 1030])
 def test_empty_fields_past_the_header_are_counted_and_ignored(tmp_path: Path, rows: int) -> None:
-    # "1,a," under "id,event": an export habit; 1,030 rows take the check's second, columnar pass
+    # "1,a," under "id,event": an export habit; past 1,024 such rows the csv module counts them
     body = "".join(f"s{i % 7},e{i % 3},\n" if i % 5 else f"s{i % 7},e{i % 3}, ,\n" for i in range(rows))
     path = _write(tmp_path / "e.csv", "sequence_id,event\n" + body + "t,x\n")
     table = read_table(path)
