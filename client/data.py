@@ -8,8 +8,9 @@
   training data (no test set). Columns: a ``columns.json`` / ``columns.toml``
   column map beside the files wins; otherwise they are inferred from the header
   (``sequence``, ``order``, ``event``, ``label``; ``gap_seconds`` marks a
-  timestamped table; other numeric columns are numeric features, other text
-  columns context features).
+  timestamped table; other columns of numbers, as
+  :func:`common.tableio.peek_columns` finds them, are numeric features, the
+  rest context features).
 * **Simulation** — node config ``partition-id`` / ``num-partitions`` (injected
   by the simulation engine) plus run config ``data.*``:
 

@@ -22,7 +22,8 @@ import logging
 import re
 import warnings
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Literal, NoReturn
 
@@ -795,33 +796,37 @@ def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) ->
     return table
 
 
-# Arrow calls Python (some microseconds) for each row whose field count differs from the header's:
-# after this many such rows the csv module, faster for a file full of them, reads it instead.
+# Arrow calls Python (some microseconds) for each row whose field count differs from the header's.
+# After this many such rows the check changes course: rows ending in empty fields (an export
+# habit, "1,a,2," under "id,event,amount") are read again as columns of their own and checked in
+# bulk; rows short of fields go to the csv module, faster for a file full of them.
 _IRREGULAR_ROWS = 1024
 
 
 class _FieldCounts:
     """Arrow's invalid-row handler for :func:`_arrow_field_counts`: counts rows whose fields past
     the header's ``width`` are all empty; stops at a row with a value there, or after
-    :data:`_IRREGULAR_ROWS` rows of another width."""
+    :data:`_IRREGULAR_ROWS` rows of another width than the ``columns`` read."""
 
     def __init__(self, width: int, sep: str) -> None:
         self.width = width
         self.sep = sep
         self.padded = 0
-        self.irregular = 0
+        self.short = 0
+        self.extras: dict[int, int] = {}  # rows ending in so many empty fields
 
     def __call__(self, row: Any) -> str:
         try:
-            self.irregular += 1
-            if self.irregular > _IRREGULAR_ROWS:
+            if self.padded + self.short >= _IRREGULAR_ROWS:
                 return "error"
             extra = int(row.actual_columns) - self.width
             if extra <= 0:  # fewer fields than the header: pandas reads them as missing values
+                self.short += 1
                 return "skip"
             if not _empty_past(str(row.text), self.sep, self.width, extra):
                 return "error"
             self.padded += 1
+            self.extras[extra] = self.extras.get(extra, 0) + 1
             return "skip"
         except (UnicodeError, ValueError, csv.Error):  # Arrow would only print it: the csv module decides
             return "error"
@@ -839,9 +844,10 @@ def _check_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
     """How many rows of a CSV/TSV file have more fields than its header, all of them empty.
 
     A streaming pass of Arrow's CSV parser (about 0.07 s for the 58 MB ADFA-LD test file) calls
-    Python only for rows whose field count differs from the header's. When it finds a value past
-    the header's fields, many rows of another width, or cannot read the file itself, the csv
-    module reads the file instead, counting as it goes and naming the line it stops at.
+    Python only for rows whose field count differs from the header's (see :data:`_IRREGULAR_ROWS`).
+    When it finds a value past the header's fields, many rows short of fields, or cannot read the
+    file itself, the csv module reads the file instead, counting as it goes and naming the line
+    it stops at.
 
     Raises:
         DataError: a row has a value past the header's fields (a value with an unquoted
@@ -855,49 +861,83 @@ def _check_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
 
 def _arrow_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
     """:func:`_check_field_counts` by Arrow; raises ``pa.ArrowInvalid`` where the csv module must decide."""
+    import pyarrow.compute as pcompute
     import pyarrow.csv as pcsv
 
-    handler = _FieldCounts(width, sep)
-    names = [f"c{i}" for i in range(width)]
     compression = "gzip" if path.name.lower().endswith(".gz") else None
-    # The header is read as a row like the others (it has ``width`` fields): skipping it by
-    # line would split a header whose quoted name holds a line break.
-    with pa.input_stream(path, compression=compression) as stream:
-        reader = pcsv.open_csv(
-            stream,
-            read_options=pcsv.ReadOptions(use_threads=False, column_names=names, encoding=encoding),
-            parse_options=pcsv.ParseOptions(
-                delimiter=sep,
-                quote_char=False if sep == "\t" else '"',
-                newlines_in_values=sep != "\t",
-                invalid_row_handler=handler,
-            ),
-            convert_options=pcsv.ConvertOptions(include_columns=names[:1], column_types={"c0": pa.string()}),
-        )
-        for _ in reader:
-            pass
-    return handler.padded
+
+    def scan(columns: int, handler: _FieldCounts) -> int:
+        """Read ``columns`` columns; returns how many rows had exactly that many fields when that
+        is more than the header's (all checked empty past it). The header is read as a row like
+        the others (it has ``width`` fields): skipping it by line would split a quoted name that
+        holds a line break."""
+        names = [f"c{i}" for i in range(columns)]
+        padded = 0
+        with pa.input_stream(path, compression=compression) as stream:
+            reader = pcsv.open_csv(
+                stream,
+                read_options=pcsv.ReadOptions(use_threads=False, column_names=names, encoding=encoding),
+                parse_options=pcsv.ParseOptions(
+                    delimiter=sep,
+                    quote_char=False if sep == "\t" else '"',
+                    newlines_in_values=sep != "\t",
+                    invalid_row_handler=handler,
+                ),
+                convert_options=pcsv.ConvertOptions(
+                    include_columns=names[width:] or names[:1],
+                    column_types=dict.fromkeys(names, pa.string()),
+                    strings_can_be_null=True,
+                    null_values=[""],
+                ),
+            )
+            for batch in reader:
+                for column in batch.columns[: columns - width]:
+                    filled = pcompute.not_equal(pcompute.utf8_trim_whitespace(column), "")
+                    if pcompute.any(filled).as_py():
+                        raise pa.ArrowInvalid("a value past the header's fields")
+                if columns > width:
+                    padded += batch.num_rows
+        return padded
+
+    first = _FieldCounts(width, sep)
+    try:
+        scan(width, first)
+        return first.padded
+    except pa.ArrowInvalid:
+        # stopped at a value past the header's fields, at a row Arrow could not read, or after
+        # many rows of another width: only rows that mostly end in empty fields are read again
+        if first.padded + first.short < _IRREGULAR_ROWS or first.padded < first.short:
+            raise
+    wider = _FieldCounts(width, sep)
+    habit = max(first.extras, key=lambda extra: first.extras[extra])
+    return scan(width + habit, wider) + wider.padded
 
 
 def _python_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
     """:func:`_check_field_counts` by the csv module (any value length)."""
     padded = 0
+    with _any_field_size(), _open_text(path, encoding) as fh:
+        reader = csv.reader(fh, delimiter=sep, quoting=_quoting(sep))
+        next(reader, None)
+        start = reader.line_num + 1  # the line each row starts on
+        for fields in reader:
+            if len(fields) > width:
+                if any(field.strip() for field in fields[width:]):
+                    _refuse_long_row(path, sep, width, fields, start)
+                padded += 1
+            start = reader.line_num + 1
+    return padded
+
+
+@contextmanager
+def _any_field_size() -> Iterator[None]:
+    """Lift the csv module's limit on a value's length (128 KiB) for a while: pandas has none."""
     limit = csv.field_size_limit()
-    csv.field_size_limit(2**31 - 1)  # pandas reads values of any length
+    csv.field_size_limit(2**31 - 1)
     try:
-        with _open_text(path, encoding) as fh:
-            reader = csv.reader(fh, delimiter=sep, quoting=_quoting(sep))
-            next(reader, None)
-            start = reader.line_num + 1  # the line each row starts on
-            for fields in reader:
-                if len(fields) > width:
-                    if any(field.strip() for field in fields[width:]):
-                        _refuse_long_row(path, sep, width, fields, start)
-                    padded += 1
-                start = reader.line_num + 1
+        yield
     finally:
         csv.field_size_limit(limit)
-    return padded
 
 
 def _refuse_long_row(path: Path, sep: str, width: int, fields: list[str], line: int) -> NoReturn:
@@ -922,7 +962,7 @@ def _csv_header(path: Path, sep: str, encoding: str, compression: str | None) ->
             ``name.1``, and the map would read the first).
     """
     names = [str(c) for c in _read_csv(path, sep, encoding, compression, None, str, nrows=0).columns]
-    with _open_text(path, encoding, errors="replace") as fh:
+    with _any_field_size(), _open_text(path, encoding, errors="replace") as fh:
         raw = next(csv.reader(fh, delimiter=sep, quoting=_quoting(sep)), [])
     seen: set[str] = set()
     for name in raw:

@@ -645,17 +645,38 @@ def test_the_field_count_check_reads_with_the_csv_module_what_arrow_cannot(
         read_table(bad)
 
 
-@pytest.mark.parametrize("rows", [2, 1030])
-def test_empty_fields_past_the_header_are_counted_and_ignored(tmp_path: Path, rows: int) -> None:
-    # "1,a," under "id,event": an export habit; past 1,024 such rows the csv module counts them
+@pytest.mark.parametrize("rows", [2, 1030, 3000])
+def test_empty_fields_past_the_header_are_counted_and_ignored(
+    tmp_path: Path, rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "1,a," under "id,event": an export habit; past 1,024 such rows Arrow reads them as columns
+    from common import tableio
+
+    def no_slow_path(*_: object) -> int:
+        raise AssertionError("rows with empty fields went to the csv module")
+
     body = "".join(f"s{i % 7},e{i % 3},\n" if i % 5 else f"s{i % 7},e{i % 3}, ,\n" for i in range(rows))
     path = _write(tmp_path / "e.csv", "sequence_id,event\n" + body + "t,x\n")
-    table = read_table(path)
+    with monkeypatch.context() as patched:
+        patched.setattr(tableio, "_python_field_counts", no_slow_path)
+        table = read_table(path)
     assert len(table.frame) == rows + 1
     assert table.repairs == {"rows with empty fields past the header (ignored)": rows}
     late = _write(tmp_path / "late.csv", "sequence_id,event\n" + body + "t,x,oops\n")
     with pytest.raises(DataError, match=rf"line {rows + 2} has 3 fields .*'t,x,oops'"):
         read_table(late)
+    # rows short of fields (read as missing values) among them: counted alike
+    short = "".join(f"s{i},e\n" if i % 3 else f"s{i},e,x\n" for i in range(rows))
+    mixed = _write(tmp_path / "mixed.csv", "sequence_id,event,extra\n" + short + body.replace(",\n", ",,\n"))
+    assert read_table(mixed).repairs == {"rows with empty fields past the header (ignored)": rows}
+
+
+def test_a_header_name_of_any_length(tmp_path: Path) -> None:
+    from common.tableio import peek_columns
+
+    path = _write(tmp_path / "e.csv", '"' + "x" * 200_000 + '",sequence_id,event\n1,s,a\n')
+    assert list(peek_columns(path) or ()) == ["x" * 200_000, "sequence_id", "event"]
+    assert list(read_table(path).grouped().events) == ["a"]
 
 
 def test_error_parquet_rows_are_numbered(tmp_path: Path) -> None:
