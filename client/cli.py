@@ -478,6 +478,14 @@ def _add_data_flags(p: argparse.ArgumentParser, *, for_model: bool) -> None:
         "default. Timestamps without a time zone are read as UTC (counted when others carry one)",
     )
     g.add_argument(
+        "--day-first",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="numeric dates such as 04/03/2024 are day first (--day-first) or month first "
+        "(--no-day-first); by default decided from each file's dates (month first, with a warning, "
+        "when every one reads either way). fit saves the order it read with the model",
+    )
+    g.add_argument(
         "--numeric-cols",
         metavar="A,B",
         type=_csv_names,

@@ -32,6 +32,7 @@ worker serving several partitions reads a data set once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -127,7 +128,13 @@ def infer_columns(path: Path) -> ColumnMap:
 
 @lru_cache(maxsize=4)
 def deployment_data(path: str) -> NodeData:
+    """:func:`read_deployment_data`, read once per process."""
+    return read_deployment_data(path)
+
+
+def read_deployment_data(path: str) -> NodeData:
     """Read ``data-path`` (folder with train/test tables, or one training file)."""
+    from client.datafiles import beside_column_map, layout_file
     from common.tableio import read_table
 
     p = Path(path).expanduser()
@@ -143,7 +150,17 @@ def deployment_data(path: str) -> NodeData:
         raise DataError(f"data-path {p}: no such file or folder")
     columns = infer_columns(train_path)
     train = read_table(train_path, columns)
+    if columns.day_first is None and train.day_first is not None:  # test dates read as train's
+        columns = dataclasses.replace(columns, day_first=train.day_first)
     test = read_table(test_path, columns) if test_path is not None else None
+    layout = layout_file(beside_column_map(train_path))
+    if layout is not None and (layout.session_gap is not None or layout.block_size is not None):
+        from common.sessions import sessionize
+
+        # a model's columns.json beside the data: its sessions, as seqwatch fit cut them
+        gap, block = layout.session_gap, layout.block_size
+        train = sessionize(train, gap_seconds=gap, block_size=block)
+        test = sessionize(test, gap_seconds=gap, block_size=block) if test is not None else None
     log.info("node data: %s (%d train sequences, %s test)", p, len(train), len(test) if test else "no")
     return NodeData(train=train, test=test, source=str(p))
 

@@ -81,6 +81,26 @@ class DataLayout:
             raise ModelFileError(f"{source}: damaged data layout ({exc}); re-run 'seqwatch fit'") from exc
 
 
+def layout_file(path: str | Path | None) -> DataLayout | None:
+    """The data layout a column map file holds when ``seqwatch fit`` wrote it (a model's
+    ``columns.json``: the column map and how the data was cut into sessions), else None (a plain
+    column map, or no file; :meth:`ColumnMap.from_file` reports a file it cannot read).
+    """
+    import json
+
+    from common.events import DATA_LAYOUT_FORMAT
+
+    if path is None or Path(path).suffix.lower() != ".json":
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, ValueError):
+        return None
+    if not (isinstance(data, dict) and data.get("format") == DATA_LAYOUT_FORMAT):
+        return None
+    return DataLayout.from_dict(data, source=str(path))
+
+
 def read_header(path: Path, encoding: str) -> list[str] | None:
     """Column names of an event file as ``read_table`` reads them (:func:`~common.tableio.clean_header`),
     or None when they cannot be read (``read_table`` then says why)."""
@@ -140,6 +160,7 @@ def resolve_columns(
         "numeric": args.numeric_cols,
         "context": args.context_cols,
         "label": args.label_col,
+        "day_first": args.day_first,
     }
     given = {k: v for k, v in flags.items() if v is not None}
     columns_file = args.columns if args.columns is not None or saved is not None else beside_column_map(path)
@@ -174,6 +195,8 @@ def resolve_columns(
             found["time"] = True  # a timestamped table written by write_table
         else:
             found["time"] = None
+    if "day_first" not in given and saved is not None and saved.order is not None and order == saved.order:
+        found["day_first"] = saved.day_first  # fit's reading of the training data's dates
     if "numeric" not in given:
         if saved is not None:
             found["numeric"] = saved.numeric
@@ -216,7 +239,13 @@ def read_data(
     columns = resolve_columns(path, args, saved=saved.columns if saved else None, features=features)
     log.info("reading %s with columns %s", path, columns.to_dict())
     table = read_table(path, columns, encoding=args.encoding)
-    gap, block = _session_settings(args, saved)
+    if columns.day_first is None and table.day_first is not None:
+        columns = dataclasses.replace(columns, day_first=table.day_first)  # saved with a model
+    # a model's columns.json given as the column map (or beside the data) brings its sessions too
+    listed = args.columns
+    if listed is None and saved is None:
+        listed = beside_column_map(path)
+    gap, block = _session_settings(args, layout_file(listed) or saved)
     if gap is not None or block is not None:
         n_before = len(table)
         table = sessionize(table, gap_seconds=gap, block_size=block)

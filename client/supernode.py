@@ -271,6 +271,41 @@ def check_data(data_path: Path, report: Report) -> None:
             )
     if test is None:
         report.warn(f"data-path {data_path}: no test table; this node reports no detection figures")
+    if not report.errors:
+        _check_reading(data_path, report)
+
+
+#: More of a test table's events unseen in its training table than this: likely not the same data.
+_UNSEEN_TEST_EVENTS = 0.5
+
+
+def _check_reading(data_path: Path, report: Report) -> None:
+    """Read the data as the node will (:func:`client.data.deployment_data`): every row checked,
+    the test table read with the training table's columns."""
+    import pandas as pd
+
+    from client.data import read_deployment_data
+    from common.errors import SeqwatchError
+
+    try:
+        data = read_deployment_data(str(data_path))
+    except SeqwatchError as exc:
+        report.bad(f"data-path {data_path}: {exc}")
+        return
+    train = data.train.grouped()
+    line = f"data read as the node reads it: {len(train)} training sequences ({train.n_events} events)"
+    if data.test is None:
+        report.good(line)
+        return
+    test = data.test.grouped()
+    report.good(f"{line}, {len(test)} test sequences ({test.n_events} events)")
+    known = pd.Series(test.events).isin(pd.unique(pd.Series(train.events)))
+    unseen = 1.0 - float(known.mean()) if len(known) else 0.0
+    if unseen > _UNSEEN_TEST_EVENTS:
+        report.warn(
+            f"data-path {data_path}: {unseen:.0%} of the test table's events never occur in the training "
+            f"table; are both the same kind of data (the same system, the same converter)?"
+        )
 
 
 def check_output_dir(path: Path, report: Report) -> None:

@@ -111,6 +111,9 @@ class ColumnMap:
         numeric: numeric feature columns (float64; missing values kept as NaN).
         context: categorical feature columns (str; missing -> ``"<missing>"``).
         label: label column; ``None`` uses a column named ``label`` if present.
+        day_first: how numeric dates such as ``04/03/2024`` in a timestamp ``order`` are read:
+            True day first, False month first, ``None`` = decided from each file's values
+            (month first when every date reads either way, with a warning).
     """
 
     sequence: str = "sequence_id"
@@ -120,6 +123,7 @@ class ColumnMap:
     numeric: tuple[str, ...] = ()
     context: tuple[str, ...] = ()
     label: str | None = None
+    day_first: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("numeric", "context"):
@@ -226,7 +230,7 @@ class ColumnMap:
             elif key in ("order", "label"):
                 ok = value is None or (isinstance(value, str) and bool(value))
                 want = "a column name (string) or null"
-            elif key == "time":
+            elif key in ("time", "day_first"):
                 ok = value is None or isinstance(value, bool)
                 want = "true, false or null"
             else:
@@ -250,6 +254,7 @@ class ColumnMap:
             "numeric": list(self.numeric),
             "context": list(self.context),
             "label": self.label,
+            "day_first": self.day_first,
         }
 
 
@@ -376,6 +381,9 @@ class EventTable:
         repairs: counts of repaired values, e.g. ``{"missing context 'device'": 3}``.
         time_ordered: whether ``order`` holds epoch seconds (then ``gap_seconds``
             is one of the numeric features).
+        day_first: how :func:`~common.tableio.read_table` read numeric dates such as
+            ``04/03/2024`` (True day first, False month first) when the column map or the
+            values decided it; None otherwise (no such dates, a default, another source).
     """
 
     def __init__(
@@ -387,6 +395,7 @@ class EventTable:
         source: str = "<frame>",
         repairs: Mapping[str, int] | None = None,
         time_ordered: bool = False,
+        day_first: bool | None = None,
     ) -> None:
         missing = [c for c in (SEQUENCE, ORDER, EVENT, *numeric, *context) if c not in frame.columns]
         if missing:
@@ -399,6 +408,7 @@ class EventTable:
         self.source: str = source
         self.repairs: dict[str, int] = dict(repairs or {})
         self.time_ordered: bool = time_ordered
+        self.day_first: bool | None = day_first
         self._grouped: Sequences | None = None
 
     @property

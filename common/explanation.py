@@ -197,8 +197,7 @@ class SequenceExplanation:
         if max_events > 0 and len(self.events) > max_events:
             keep = {id(ev) for ev in self.top_events(max_events)}
             shown_at = [i for i, ev in enumerate(self.events) if id(ev) in keep]
-            n_events = len(self.events) - self.has_end_step
-            of = f"{n_events} events" + (" and the END step" if self.has_end_step else "")
+            of = f"{self.n_events} events" + (" and the END step" if self.has_end_step else "")
             lines.append(f"  showing the {len(shown_at)} most anomalous of {of}")
         else:
             shown_at = list(range(len(self.events)))
@@ -234,6 +233,11 @@ class SequenceExplanation:
         if prev < len(self.events) - 1:
             lines.append(gap_line.format(self._steps_text(prev + 1, len(self.events))))
         return "\n".join(lines)
+
+    @property
+    def n_events(self) -> int:
+        """How many events the sequence holds (the END step is no event), as ``score`` counts them."""
+        return len(self.events) - self.has_end_step
 
     @property
     def has_end_step(self) -> bool:

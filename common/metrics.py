@@ -513,11 +513,13 @@ def detection_report(labels: ArrayLike, scores: ArrayLike, threshold: float) -> 
     ``false_alarm_rate``, ``tp``, ``fp``, ``tn``, ``fn``, ``threshold``,
     ``detection_rate_at_1pct_far``, ``detection_rate_at_5pct_far``,
     ``n_sequences``, ``n_anomalous``. Thresholded figures use
-    ``score > threshold``. Figures that are undefined for the labels given
-    (AUROC and the detection rates with a single class, AUPRC and recall
-    without anomalies, the false-alarm rate without normal sequences) are
-    ``None``. The detection rates read the labels to place their thresholds;
-    they are evaluation figures, not operating points.
+    ``score > threshold``. Figures that are undefined or say nothing for the
+    labels given are ``None``: AUROC, AUPRC and the detection rates with a
+    single class (with anomalies only, every ranking has an AUPRC of 1), recall
+    without anomalies, the false-alarm rate without normal sequences,
+    precision when nothing is flagged, F1 when neither precision nor recall
+    is defined. The detection rates read the labels to place their
+    thresholds; they are evaluation figures, not operating points.
     """
     y, s = _as_pair(labels, scores)
     conf = confusion_at(y, s, threshold)
@@ -525,10 +527,10 @@ def detection_report(labels: ArrayLike, scores: ArrayLike, threshold: float) -> 
     both = 0 < n_pos < y.size
     return {
         "auroc": roc_auc(y, s) if both else None,
-        "auprc": average_precision(y, s) if n_pos > 0 else None,
-        "precision": float(conf.precision),
+        "auprc": average_precision(y, s) if both else None,
+        "precision": float(conf.precision) if conf.tp + conf.fp > 0 else None,
         "recall": float(conf.recall) if n_pos > 0 else None,
-        "f1": float(conf.f1),
+        "f1": float(conf.f1) if conf.tp + conf.fp > 0 or n_pos > 0 else None,
         "false_alarm_rate": float(conf.false_alarm_rate) if n_pos < y.size else None,
         "tp": conf.tp,
         "fp": conf.fp,

@@ -375,7 +375,7 @@ def _sequence_html(expl: SequenceExplanation, scale: float) -> str:
     return (
         '<div class="seq">'
         f"<h3>{_e(expl.sequence_id)}{badge}</h3>"
-        f'<div class="meta">score {_e(_num(expl.score))}{thr} · {len(expl.events)} events</div>'
+        f'<div class="meta">score {_e(_num(expl.score))}{thr} · {expl.n_events} events</div>'
         + (f'<div class="meta">score = {_e(expl.score_parts)}</div>' if expl.score_parts else "")
         + f'<div class="events">{_events_html(expl, scale)}</div>'
         f"{_top_events_table(expl)}"
@@ -452,7 +452,9 @@ def write_report(
     Figures: ``score_distribution.png`` always (when any score is finite),
     ``roc_curve.png`` and ``pr_curve.png`` when labels of both classes are
     present. They are written beside the HTML and embedded in it too, so
-    ``report.html`` can be sent on its own. All user-supplied text is HTML-escaped.
+    ``report.html`` can be sent on its own; figures of an earlier report in
+    ``out_dir`` that this one does not draw are removed. All user-supplied text
+    is HTML-escaped.
 
     Raises:
         DataError: a required column is missing or labels are not 0/1.
@@ -466,6 +468,8 @@ def write_report(
     thr = float(threshold)
     gthr = None if global_threshold is None else float(global_threshold)
 
+    for name in (DISTRIBUTION_PNG, ROC_PNG, PR_PNG):  # a figure of earlier data must not stay beside
+        (out / name).unlink(missing_ok=True)
     figures: list[tuple[str, str]] = []
     if _plot_distribution(out / DISTRIBUTION_PNG, s, labels, thr, gthr):
         figures.append((DISTRIBUTION_PNG, "Score distribution"))

@@ -16,6 +16,7 @@ are read without surrounding spaces (:func:`clean_header`).
 
 from __future__ import annotations
 
+import calendar
 import csv
 import gzip
 import logging
@@ -288,14 +289,20 @@ def _python_float(value: object) -> float:
 _ZONED = r"\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*(?:[zZ]|UTC|GMT|[+-]\d\d(?::?\d\d)?)\s*$"
 
 
-def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, int]:
-    """Parse a column as date-times (UTC); returns (epoch seconds, zone-less values read as UTC).
+def _timestamps(
+    s: pd.Series, column: str, where: _Where, day_first: bool | None = None
+) -> tuple[np.ndarray, int, bool | None]:
+    """Parse a column as date-times (UTC); returns (epoch seconds, zone-less values read as UTC,
+    the day/month order its numeric dates were read in when the map or the values decided it).
 
     Values without a time zone are read as UTC. The second figure counts
     them when other values of the column do carry a zone (a mix, e.g. logs
     from several sources), so the reader can report it; it is 0 otherwise.
+    Numeric dates (``04/03/2024``) are read in one order for the whole column
+    (:func:`_day_first`).
     """
     assumed_utc = 0
+    decided: bool | None = None
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
         dt = pd.to_datetime(s, utc=True)
         mask = dt.isna().to_numpy()
@@ -306,8 +313,11 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, i
         values = text if pd.api.types.is_string_dtype(s.dtype) else s.reset_index(drop=True).astype(object)
         values = values.where(~mask, None)
         present = np.flatnonzero(~mask)
-        fmt = guess_datetime_format(str(values.iloc[present[0]])) if present.size else None
+        dayfirst, decided = _day_first(values, mask, column, where, day_first)
         first = str(values.iloc[present[0]]) if present.size else ""
+        # dayfirst only where the first value is a numeric date: pandas would read ISO 8601 as %Y-%d-%m
+        numeric_date = re.match(_NUMERIC_DATE, first) is not None
+        fmt = guess_datetime_format(first, dayfirst=bool(dayfirst) and numeric_date) if present.size else None
         # no format pandas can name: look for a year in the text
         has_year = ("%Y" in fmt or "%y" in fmt) if fmt is not None else bool(re.search(r"\d{4}", first))
         if present.size and not has_year:
@@ -318,7 +328,6 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, i
                 f"new year (or midnight) would be put in the wrong order; write full dates, e.g. "
                 f"ISO 8601 2024-01-31T12:00:00Z"
             )
-        fmt = _day_month_order(values, mask, fmt, column, where)
         with warnings.catch_warnings():
             # pandas warns when it cannot infer one format; the retry below
             # parses element by element anyway.
@@ -332,7 +341,9 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, i
                 if zoned.any() and not zoned.all():
                     assumed_utc = int((~zoned).sum())
             if failed.any():
-                retry = pd.to_datetime(values[failed], utc=True, errors="coerce", format="mixed")
+                retry = pd.to_datetime(
+                    values[failed], utc=True, errors="coerce", format="mixed", dayfirst=bool(dayfirst)
+                )
                 dt = dt.copy()
                 dt[failed] = retry
                 failed = dt.isna().to_numpy() & ~mask
@@ -350,7 +361,7 @@ def _timestamps(s: pd.Series, column: str, where: _Where) -> tuple[np.ndarray, i
             f"fill it in or drop the row"
         )
     epoch = pd.Timestamp("1970-01-01", tz="UTC")
-    return (dt - epoch).dt.total_seconds().to_numpy(dtype=np.float64), assumed_utc
+    return (dt - epoch).dt.total_seconds().to_numpy(dtype=np.float64), assumed_utc, decided
 
 
 #: Beyond this, float64 cannot tell neighbouring integers apart.
@@ -376,36 +387,69 @@ def _exact_positions(raw: pd.Series, parsed: np.ndarray) -> np.ndarray:
     return np.unique(values, return_inverse=True)[1].astype(np.float64)
 
 
-def _day_month_order(
-    values: pd.Series, mask: np.ndarray, fmt: str | None, column: str, where: _Where
-) -> str | None:
-    """The format a column of numeric dates is read in, day/month order decided once for the column.
+_NUMERIC_DATE = r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}(?!\d)"
 
-    The guess comes from the first value and reads ``05/01/2024`` month first;
-    when other values only parse day first (``13/01/2024``), the whole column
-    is read day first, never some values one way and some the other. A column
-    that parses neither way whole is an error naming a value of each kind.
+
+def _day_first(
+    values: pd.Series, mask: np.ndarray, column: str, where: _Where, given: bool | None
+) -> tuple[bool | None, bool | None]:
+    """How the column's numeric dates (``04/03/2024``) are read, once for the whole column, and
+    whether the map or the values decided it: (day first?, the same or None when it is a default).
+
+    ``given`` (the map's ``day_first``) decides; a date that does not read so is an error. Else
+    the values do: ``13/01/2024`` reads only day first, ``01/13/2024`` only month first, and a
+    column of both is an error naming one of each. Where every date reads either way they are
+    read month first, as pandas reads them, with a warning when the two readings differ (as
+    ``04/03`` does, unlike ``04/04``). Dates in other forms (ISO 8601) are left to the parser.
     """
-    if fmt is None or not fmt.startswith(("%d", "%m")) or "%d" not in fmt or "%m" not in fmt:
-        return fmt  # no numeric day and month leading the date (ISO 8601 is unambiguous)
-    swapped = fmt.replace("%d", "\0").replace("%m", "%d").replace("\0", "%m")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        fails = pd.to_datetime(values, utc=True, errors="coerce", format=fmt).isna().to_numpy() & ~mask
-        if not fails.any():
-            return fmt
-        fails_swapped = (
-            pd.to_datetime(values, utc=True, errors="coerce", format=swapped).isna().to_numpy() & ~mask
+    present = np.flatnonzero(~mask)
+    parts = values.iloc[present].astype(str).str.extract(_NUMERIC_DATE)
+    hit = parts[0].notna().to_numpy()
+    if not hit.any():
+        return given, given
+    rows = present[hit]
+    a = parts[0].to_numpy()[hit].astype(np.int64)
+    b = parts[1].to_numpy()[hit].astype(np.int64)
+    reads_dm = (a >= 1) & (a <= 31) & (b >= 1) & (b <= 12)
+    reads_md = (a >= 1) & (a <= 12) & (b >= 1) & (b <= 31)
+    names = {True: "day first (%d/%m/%Y)", False: "month first (%m/%d/%Y)"}
+    if given is not None:
+        wrong = ~(reads_dm if given else reads_md)
+        if wrong.any():
+            pos = int(rows[np.flatnonzero(wrong)[0]])
+            raise DataError(
+                f"{where.source}: {where.at(pos)}, column {column!r}: date {_show(values.iloc[pos])} does "
+                f"not read {names[given]} as the column map says (day_first = {str(given).lower()}); "
+                f"fix the value, or the map (seqwatch: --{'no-' if given else ''}day-first)"
+            )
+        return given, given
+    if reads_dm.all() and not reads_md.all():
+        logger.info("%s: dates in %r read day first (every value parses so)", where.source, column)
+        return True, True
+    if reads_md.all() and not reads_dm.all():
+        return False, False
+    if not reads_md.all():  # neither order reads every value
+        only_md, only_dm = reads_md & ~reads_dm, reads_dm & ~reads_md
+        if only_md.any() and only_dm.any():
+            x, y = int(rows[np.flatnonzero(only_md)[0]]), int(rows[np.flatnonzero(only_dm)[0]])
+            raise DataError(
+                f"{where.source}: column {column!r}: dates in two day/month orders ({where.at(x)}: "
+                f"{_show(values.iloc[x])} reads only {names[False]}, {where.at(y)}: "
+                f"{_show(values.iloc[y])} only {names[True]}); write ISO 8601 dates (2024-01-31T12:00:00Z)"
+            )
+        return False, None  # a date that reads neither way: the parser names it
+    differ = np.flatnonzero(a != b)
+    if differ.size:
+        pos = int(rows[differ[0]])
+        shown = values.iloc[pos]
+        logger.warning(
+            "%s: dates in %r read month first (%s); every one reads either way, so if they are day "
+            'first, say so (seqwatch: --day-first; a column map: "day_first": true)',
+            where.source,
+            column,
+            f"{_show(shown)} = {int(b[differ[0]])} {calendar.month_name[int(a[differ[0]])]}",
         )
-    if not fails_swapped.any():
-        logger.info("%s: dates in %r read as %s (every value parses so)", where.source, column, swapped)
-        return swapped
-    a, b = int(np.flatnonzero(fails)[0]), int(np.flatnonzero(fails_swapped)[0])
-    raise DataError(
-        f"{where.source}: column {column!r}: dates in two day/month orders ({where.at(b)}: "
-        f"{_show(values.iloc[b])} reads only as {fmt}, {where.at(a)}: {_show(values.iloc[a])} only as "
-        f"{swapped}); write ISO 8601 dates (2024-01-31T12:00:00Z)"
-    )
+    return False, None
 
 
 def _labels(s: pd.Series, column: str, where: _Where) -> np.ndarray:
@@ -514,6 +558,7 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
     }
 
     time_ordered = False
+    day_first: bool | None = None
     if columns.order is None:
         out[ORDER] = seq_text.groupby(seq_text, sort=False, observed=True).cumcount().to_numpy(np.float64)
     else:
@@ -524,7 +569,7 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
         if is_time and not looks_time:
             order, mask, infinite = _numeric(order_s, columns.order, where, "epoch seconds")
         elif is_time:
-            order, assumed_utc = _timestamps(order_s, columns.order, where)
+            order, assumed_utc, day_first = _timestamps(order_s, columns.order, where, columns.day_first)
             mask = np.zeros(len(order), dtype=bool)
             if assumed_utc:
                 repairs[f"timestamps in {columns.order!r} without a time zone, read as UTC"] = assumed_utc
@@ -602,6 +647,7 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
         source=source,
         repairs=repairs,
         time_ordered=time_ordered,
+        day_first=day_first,
     )
 
 

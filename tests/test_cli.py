@@ -855,6 +855,69 @@ def test_every_command_line_ends_a_usage_error_in_one_line(
     assert err.count("\n") == 1 and ": error: " in err and "--help)" in err, err
 
 
+def test_fit_saves_the_date_order_and_sessions_it_read_with_and_they_are_reused(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dd/mm bank: fit reads day first (a day past 12), so a score file with early-month dates
+    only is read day first too; a model's columns.json reused as the column map, or beside the
+    data of a federation node, brings its session gap."""
+    import json
+
+    from client.data import deployment_data
+
+    def stream(days: range) -> str:
+        rows = ["user,ts,event"]
+        for user in ("u1", "u2", "u3"):
+            for day in days:  # two sessions a day, 6 hours apart
+                for hour in (8, 14):
+                    rows += [
+                        f"{user},{day:02d}/03/2024 {hour:02d}:{m:02d}:00,e{(m + day) % 4}" for m in range(5)
+                    ]
+        return "\n".join(rows) + "\n"
+
+    train = tmp_path / "streams.csv"
+    train.write_text(stream(range(5, 16)), encoding="utf-8")
+    config = str(workspace["config"])
+    flags = ["--sequence-col", "user", "--order-col", "ts", "--config", config]
+    first = tmp_path / "m1"
+    assert main(["fit", "--data", str(train), *flags, "--session-gap", "3600", "--out", str(first)]) == 0
+    saved = json.loads((first / "columns.json").read_text(encoding="utf-8"))
+    assert saved["session_gap"] == 3600.0 and saved["columns"]["day_first"] is True
+    assert "training data: 66 sequences" in capsys.readouterr().out  # 3 users x 11 days x 2 sessions
+    again = tmp_path / "m2"
+    assert (
+        main(
+            [
+                "fit",
+                "--data",
+                str(train),
+                "--columns",
+                str(first / "columns.json"),
+                "--config",
+                config,
+                "--out",
+                str(again),
+            ]
+        )
+        == 0
+    )
+    assert "training data: 66 sequences" in capsys.readouterr().out
+    early = tmp_path / "early.csv"
+    early.write_text(stream(range(2, 5)), encoding="utf-8")
+    out = tmp_path / "s.csv"
+    assert main(["score", "--model", str(first), "--data", str(early), "--out", str(out)]) == 0
+    assert "read month first" not in capsys.readouterr().err  # read as fit read: day first
+    assert len(pd.read_csv(out)) == 18
+    node = tmp_path / "node"
+    node.mkdir()
+    (node / "train.csv").write_text(
+        stream(range(5, 16)).replace("user,ts,", "sequence,order,"), encoding="utf-8"
+    )
+    layout = dict(saved, columns={**saved["columns"], "sequence": "sequence", "order": "order"})
+    (node / "columns.json").write_text(json.dumps(layout), encoding="utf-8")
+    assert len(deployment_data(str(node)).train) == 66
+
+
 def test_help_is_fast_and_module_runs() -> None:
     """``python -m client --help`` works without importing torch or pandas."""
     code = (

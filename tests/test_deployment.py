@@ -686,6 +686,40 @@ def test_node_check_says_which_label_column_the_node_reads(
     assert len(errors) == 2 and all("names column(s) ['is_attack'] that the file lacks" in e for e in errors)
 
 
+def test_node_check_reads_the_data_as_the_node_will(
+    node_setup: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every row read, the test table with the training table's columns: what would stop the node
+    stops the check; a test table of other events is a warning."""
+    import pandas as pd
+
+    data = tmp_path / "csv"
+    demo = ["demo-data", "--institution", "0", "--of", "3", "--users", "30", "--format", "csv"]
+    assert supernode.main([*demo, "--out", str(data)]) == 0
+    opts = {**node_setup, "--data-path": str(data)}
+    assert supernode.main(_node("check", opts)) == 0
+    assert "data read as the node reads it: " in capsys.readouterr().out
+    train, test = pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")
+    numeric = [c for c in train.columns if c not in ("sequence", "order", "event", "label", "attack_type")]
+    broken = {
+        "test.csv": (test.drop(columns=numeric[:1]), f"missing column {numeric[0]!r}"),
+        "train.csv": (train, "line 3 has"),
+    }
+    for name, (frame, message) in broken.items():
+        frame.to_csv(data / name, index=False)
+        if name == "train.csv":  # a stray value in one row
+            lines = (data / name).read_text().splitlines()
+            lines[2] += ",stray"
+            (data / name).write_text("\n".join(lines) + "\n")
+        assert supernode.main(_node("check", opts, "-q")) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+        assert len(errors) == 1 and message in errors[0], errors
+        (train if name == "train.csv" else test).to_csv(data / name, index=False)
+    test.assign(event="other-" + test["event"].astype(str)).to_csv(data / "test.csv", index=False)
+    assert supernode.main(_node("check", opts, "-q")) == 0
+    assert "100% of the test table's events never occur in the training table" in capsys.readouterr().err
+
+
 def test_node_help_describes_commands_and_lists_every_environment_default(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

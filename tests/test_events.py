@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -325,13 +326,45 @@ def test_day_month_order_is_decided_once_per_column(tmp_path: Path) -> None:
     assert list(table.frame["event"].astype(str)) == ["x", "z", "y"]
     assert list(table.frame[GAP]) == [0.0, 86400.0, 7 * 86400.0]
     both = _write(tmp_path / "both.csv", "sequence_id,event,ts\ns,x,05/13/2024\ns,y,13/01/2024\n")
-    orders = r"two day/month orders.*'05/13/2024' reads only as %m/%d/%Y.*'13/01/2024' only as %d/%m/%Y"
+    orders = r"two day/month orders.*'05/13/2024' reads only month first.*'13/01/2024' only day first"
     with pytest.raises(DataError, match=orders):
         read_table(both, columns)
+    # ISO 8601 first: the numeric dates after it are still read in one order (pandas alone read
+    # 04/03 month first and 13/03 day first, and put 'view' after 'logout')
+    mixed = _write(
+        tmp_path / "mixed.csv",
+        "sequence_id,event,ts\ns,login,2024-03-04T10:00:00Z\ns,view,04/03/2024 10:00:10\n"
+        "s,logout,13/03/2024 10:00:20\n",
+    )
+    table = read_table(mixed, columns)
+    assert list(table.frame["event"].astype(str)) == ["login", "view", "logout"] and table.day_first is True
+    assert list(table.frame[GAP]) == [0.0, 10.0, 9 * 86400.0 + 10.0]
     for stamp in ("Dec 31 23:59:59", "23:59:59"):  # no year: a new year would sort first
         path = _write(tmp_path / "noyear.csv", f"sequence_id,event,ts\ns,x,{stamp}\n")
         with pytest.raises(DataError, match="has no full year"):
             read_table(path, columns)
+
+
+def test_a_column_of_dates_that_read_either_way(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = "sequence_id,event,ts\ns,x,01/03/2024\ns,y,02/03/2024\ns,z,02/02/2024\n"
+    path = _write(tmp_path / "amb.csv", rows)
+    with caplog.at_level(logging.WARNING, logger="common.tableio"):
+        table = read_table(path, ColumnMap(order="ts"))
+    assert list(table.frame["event"].astype(str)) == ["x", "z", "y"] and table.day_first is None
+    assert "read month first ('01/03/2024' = 3 January)" in caplog.text and "--day-first" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="common.tableio"):
+        table = read_table(path, ColumnMap(order="ts", day_first=True))
+    assert list(table.frame["event"].astype(str)) == ["z", "x", "y"] and table.day_first is True
+    assert not caplog.text
+    with pytest.raises(DataError, match=r"line 3, column 'ts': date '13/01/2024' does not read month first"):
+        read_table(
+            _write(tmp_path / "d.csv", "sequence_id,event,ts\ns,x,01/01/2024\ns,y,13/01/2024\n"),
+            ColumnMap(order="ts", day_first=False),
+        )
+    assert ColumnMap.from_dict({"order": "ts", "day_first": True}).day_first is True
+    with pytest.raises(ConfigError, match="'day_first' must be true, false or null"):
+        ColumnMap.from_dict({"day_first": "yes"})
 
 
 def test_subset_and_concat(user_csv: Path) -> None:

@@ -249,6 +249,15 @@ def test_detection_report() -> None:
     single = m.detection_report([0, 0, 0], [1.0, 2.0, 3.0], 2.5)
     assert single["auroc"] is None and single["auprc"] is None and single["fp"] == 1
     json.dumps(single, allow_nan=False)
+    # anomalies only: every ranking has AUPRC 1, which says nothing; recall is the figure
+    attacks = m.detection_report([1, 1, 1], [1.0, 2.0, 3.0], 1.5)
+    assert attacks["auprc"] is None and attacks["recall"] == pytest.approx(2 / 3)
+    assert attacks["precision"] == 1.0 and attacks["false_alarm_rate"] is None
+    # nothing flagged: no precision; F1 only where recall is defined
+    quiet = m.detection_report([0, 1, 0], [1.0, 2.0, 3.0], 5.0)
+    assert quiet["precision"] is None and quiet["recall"] == 0.0 and quiet["f1"] == 0.0
+    calm = m.detection_report([0, 0], [1.0, 2.0], 5.0)
+    assert calm["precision"] is None and calm["recall"] is None and calm["f1"] is None
 
 
 @pytest.mark.parametrize(

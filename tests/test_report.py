@@ -129,6 +129,16 @@ def test_report_labelled(tmp_path: Path) -> None:
     assert "detection_rate_at_1pct_far" in doc and "<h2>Metrics</h2>" in doc
     assert "expected instead: a (0.61), b (0.20)" in doc and "UNSEEN" in doc
     assert doc.index(">plain<") > doc.index("&lt;script&gt;alert")  # sorted by score
+    # events counted as score counts them: the END step is none
+    ended = dataclasses.replace(
+        _explanation("ended", 6), events=(*_explanation().events[:6], _event(6, "<end>", 1.9))
+    )
+    doc = write(out, df, metrics=metrics, explanations=[ended]).read_text(encoding="utf-8")
+    assert "· 6 events</div>" in doc
+    # unlabelled data into the same folder: the curves of the labelled report do not stay beside it
+    write(out, _scores(20, labelled=False), metrics=None, explanations=[])
+    assert (out / "score_distribution.png").exists()
+    assert not (out / "roc_curve.png").exists() and not (out / "pr_curve.png").exists()
 
 
 def test_report_unlabelled_minimal(tmp_path: Path) -> None:
