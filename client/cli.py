@@ -138,6 +138,11 @@ def _check_table_output(path: str | None, flag: str) -> None:
 # --------------------------------------------------------------------------- subcommands
 
 
+#: ``seqwatch convert openstack --version``: the releases :func:`common.datasets.load_openstack`
+#: reads, the default first (here as text: ``--help`` imports no data code).
+OPENSTACK_RELEASES = ("kalaki", "loghub")
+
+
 def cmd_convert(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch convert``: benchmark data set -> canonical event tables."""
     from common.datasets import convert
@@ -147,8 +152,11 @@ def cmd_convert(args: argparse.Namespace, console: Console) -> int:
         if args.dataset != "openstack":
             raise ConfigError(f"--version applies to openstack only, not {args.dataset}")
         options["version"] = args.dataset_version
-    written = convert(args.dataset, args.src, args.out, fmt=args.format, **options)
-    console.result(f"converted {args.dataset} from {args.src}:")
+    written = convert(args.dataset, args.src, folder_to_write(args.out, "--out"), fmt=args.format, **options)
+    release = ""
+    if args.dataset == "openstack":
+        release = f" ({options.get('version', OPENSTACK_RELEASES[0])} release)"
+    console.result(f"converted {args.dataset}{release} from {args.src}:")
     for split, path in written.items():
         n_seq, n_events, n_anom = _count_file(path)
         anomalous = "" if n_anom is None else f", {n_anom} anomalous"
@@ -703,8 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--version",
         "--dataset-version",
         dest="dataset_version",
-        choices=("kalaki", "loghub"),
-        help="OpenStack only: which release of the data set (default: kalaki)",
+        choices=OPENSTACK_RELEASES,
+        help=f"OpenStack only: which release of the data set (default: {OPENSTACK_RELEASES[0]})",
     )
     p.set_defaults(handler=cmd_convert)
 

@@ -320,21 +320,13 @@ def check_output_dir(path: Path, report: Report) -> None:
         report.good(f"output-dir {path}: writable")
 
 
-def parse_address(address: str) -> tuple[str, int] | None:
+def check_superlink(address: str, ca: Path, probe: bool, report: Report) -> None:
     from common.pki import PkiError, validate_address
 
     try:
-        return validate_address(address)
-    except PkiError:
-        return None
-
-
-def check_superlink(address: str, ca: Path, probe: bool, report: Report) -> None:
-    parsed = parse_address(address)
-    if parsed is None:
-        report.bad(
-            f"superlink {address!r}: expected HOST:PORT without a scheme, e.g. superlink.example.org:8000"
-        )
+        parsed = validate_address(address)
+    except PkiError as exc:  # what is wrong: a scheme, no port, a port out of range ...
+        report.bad(f"superlink: {exc}")
         return
     if not probe:
         report.good(f"superlink {address}: address format ok")

@@ -102,6 +102,8 @@ def _locate(src: str | Path, names: tuple[str, ...], subdirs: tuple[str, ...]) -
     src = Path(src)
     if src.is_file():
         return src.parent
+    if not src.exists():
+        raise DataError(f"{src}: no such folder; pass the folder that holds the data set")
     for folder in (src, *(src / d for d in subdirs)):
         if any((folder / n).exists() for n in names):
             return folder
@@ -365,6 +367,11 @@ def load_openstack(src_dir: str | Path, version: str = "kalaki") -> dict[str, Ev
         )
     names = ("openstack_train", "openstack_test_normal", "openstack_test_abnormal")
     folder = _locate(src_dir, names, (version, f"openstack-aecid/{version}"))
+    if folder.name in _OPENSTACK_VERSIONS and folder.name != version:
+        raise ConfigError(
+            f"{folder}: holds the {folder.name} release, not {version}; pass --version {folder.name} "
+            f"(or the folder above it to convert {version})"
+        )
     out: dict[str, EventTable] = {}
     for split, parts in (("train", ((names[0], 0),)), ("test", ((names[1], 0), (names[2], 1)))):
         id_list, token_list, label_list = [], [], []

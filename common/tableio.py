@@ -1015,6 +1015,13 @@ def _csv_header(path: Path, sep: str, encoding: str, compression: str | None) ->
         if name in seen:
             raise DataError(f"{path}: header names column {name!r} twice; rename one of them")
         seen.add(name)
+    other = next((c for c in ";|" if len(raw) == 1 and c in raw[0]), None)
+    if other is not None:  # an event table has a sequence id and an event at least
+        raise DataError(
+            f"{path}: the header is one column, {_show(raw[0])}: the file looks separated by {other!r}; "
+            f"seqwatch reads .csv files separated by commas and .tsv files by tabs: write it so "
+            f"(pandas: to_csv(path, sep={sep!r}))"
+        )
     return names
 
 

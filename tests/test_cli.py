@@ -799,6 +799,11 @@ def test_convert_missing_source_is_one_line(tmp_path: Path, capsys: pytest.Captu
     code = main(["convert", "hdfs", "--src", str(tmp_path), "--out", out, "--version", "loghub"])
     assert code == 2
     assert "openstack only" in _one_error_line(capsys.readouterr().err)
+    (tmp_path / "afile").touch()
+    code = main(["convert", "hdfs", "--src", str(tmp_path), "--out", str(tmp_path / "afile")])
+    assert code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--out" in line and "is a file; name a folder" in line
 
 
 @pytest.mark.parametrize("command", [[], ["convert"], ["fit"], ["score"], ["explain"], ["report"]])

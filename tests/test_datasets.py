@@ -205,6 +205,11 @@ def test_openstack_duplicate_ids_and_garbled(tmp_path: Path) -> None:
         load_openstack(tmp_path)
     with pytest.raises(ConfigError, match="version"):
         load_openstack(tmp_path, version="v3")
+    # the release folder itself: read as the release it is, never as the default's
+    with pytest.raises(ConfigError, match=r"holds the kalaki release, not loghub; pass --version kalaki"):
+        load_openstack(folder, version="loghub")
+    with pytest.raises(DataError, match=r"nowhere: no such folder"):
+        load_openstack(tmp_path / "nowhere")
 
 
 def test_convert_rejects_unknown_names(tmp_path: Path) -> None:

@@ -776,6 +776,11 @@ def test_tsv_values_are_taken_as_they_are_and_headers_name_each_column_once(tmp_
     tab = from_frame(pd.DataFrame({"sequence_id": ["a"], "event": ["x\ty"]}), ColumnMap())
     with pytest.raises(DataError, match="tab or line break"):
         write_table(tab, tmp_path / "tab.tsv")
+    semi = _write(tmp_path / "semi.csv", "sequence_id;event\na;x\n")
+    with pytest.raises(
+        DataError, match=r"header is one column, 'sequence_id;event': the file looks separated by ';'"
+    ):
+        read_table(semi)
     dup = _write(tmp_path / "dup.csv", "sequence_id,event,event\na,x,y\n")
     with pytest.raises(DataError, match="header names column 'event' twice"):
         read_table(dup, ColumnMap())
