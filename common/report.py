@@ -3,7 +3,7 @@
 :func:`write_report` writes ``report.html`` and its figures (PNG, next to it)
 into an output directory: the score distribution with the threshold(s), ROC
 and PR curves when labels are known, the metrics table, the highest-scoring
-sequences, and the top anomalies with every event shaded by its surprisal
+sequences, and the top anomalies with every event shaded by its event score
 (hover an event to see what the model expected instead).
 
 matplotlib is imported inside the plotting code (Agg canvas, no pyplot state),
@@ -295,11 +295,11 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 """
 
 
-def _bg(surprisal: float, scale: float) -> tuple[str, str]:
-    """Background and text colour for an event of this surprisal."""
-    if math.isnan(surprisal):
+def _bg(score: float, scale: float) -> tuple[str, str]:
+    """Background and text colour for an event of this event score."""
+    if math.isnan(score):
         return "transparent", "#111827"
-    a = 0.88 * min(max(surprisal, 0.0) / scale, 1.0)
+    a = 0.88 * min(max(score, 0.0) / scale, 1.0)
     return f"rgba(220, 38, 38, {a:.3f})", ("#ffffff" if a > 0.55 else "#111827")
 
 
@@ -323,7 +323,7 @@ def _events_html(expl: SequenceExplanation, scale: float) -> str:
     shown = expl.events[:MAX_INLINE_EVENTS]
     parts = []
     for ev in shown:
-        bg, fg = _bg(ev.surprisal, scale)
+        bg, fg = _bg(ev.score, scale)
         classes = "ev" + (" unseen" if ev.unseen else "") + (" top" if id(ev) in top_ids else "")
         sup = "<sup>UNSEEN</sup>" if ev.unseen else ""
         parts.append(
@@ -496,8 +496,8 @@ def write_report(
         cards.append(_card("labelled anomalies", str(int(np.nansum(labels)))))
 
     expl_sorted = sorted(explanations, key=lambda x: -x.score if not math.isnan(x.score) else math.inf)
-    surprisals = [ev.surprisal for x in expl_sorted for ev in x.events if math.isfinite(ev.surprisal)]
-    scale = max(max(surprisals, default=1.0), 1.0)
+    event_scores = [ev.score for x in expl_sorted for ev in x.events if math.isfinite(ev.score)]
+    scale = max(max(event_scores, default=1.0), 1.0)
 
     generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body: list[str] = [
@@ -519,8 +519,8 @@ def write_report(
     body.append("<h2>Top anomalies</h2>")
     if expl_sorted:
         body.append(
-            '<p class="legend">Each event is shaded by its surprisal '
-            f"(white = 0, dark red ≥ {scale:.1f} nats); "
+            '<p class="legend">Each event is shaded by its event score, the surprisal plus any '
+            f"numeric feature's term (white = 0, dark red ≥ {scale:.1f}); "
             "dashed purple border = token unseen in training; black outline = the sequence's top "
             f"{TOP_EVENTS} events. Hover an event for what the model expected instead.</p>"
         )

@@ -129,6 +129,10 @@ def test_report_labelled(tmp_path: Path) -> None:
     assert "detection_rate_at_1pct_far" in doc and "<h2>Metrics</h2>" in doc
     assert "expected instead: a (0.61), b (0.20)" in doc and "UNSEEN" in doc
     assert doc.index(">plain<") > doc.index("&lt;script&gt;alert")  # sorted by score
+    # shaded by event score: 'pay' (surprisal 4.0, with its amount 6.5) as 6.5 of the largest, 9.5
+    from common.report import _bg
+
+    assert f'style="background:{_bg(6.5, 9.5)[0]};' in doc and _bg(6.5, 9.5) != _bg(4.0, 9.5)
     # events counted as score counts them: the END step is none
     ended = dataclasses.replace(
         _explanation("ended", 6), events=(*_explanation().events[:6], _event(6, "<end>", 1.9))
