@@ -514,8 +514,9 @@ def _add_data_flags(p: argparse.ArgumentParser, *, for_model: bool) -> None:
     g.add_argument(
         "--columns",
         metavar="FILE",
-        help="column map, JSON or TOML with keys sequence, event, order, time, numeric, context, label; "
-        "replaces detection, flags above override it",
+        help="column map, JSON or TOML with keys sequence, event, order, time, numeric, context, label, "
+        "day_first; replaces detection, flags above override it. A model's columns.json also brings "
+        "its session gap or block size",
     )
     g.add_argument("--encoding", default="utf-8", help="text encoding of CSV/TSV files (default: utf-8)")
     g.add_argument(

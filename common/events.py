@@ -382,8 +382,8 @@ class EventTable:
         time_ordered: whether ``order`` holds epoch seconds (then ``gap_seconds``
             is one of the numeric features).
         day_first: how :func:`~common.tableio.read_table` read numeric dates such as
-            ``04/03/2024`` (True day first, False month first) when the column map or the
-            values decided it; None otherwise (no such dates, a default, another source).
+            ``04/03/2024`` (True day first, False month first, the default where every date
+            reads either way); None when it read none (or the table came from elsewhere).
     """
 
     def __init__(
@@ -530,6 +530,7 @@ class EventTable:
             "source": self.source,
             "repairs": self.repairs,
             "time_ordered": self.time_ordered,
+            "day_first": self.day_first,
         }
         kwargs.update(changes)
         return EventTable(frame, **kwargs)

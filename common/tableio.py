@@ -293,7 +293,7 @@ def _timestamps(
     s: pd.Series, column: str, where: _Where, day_first: bool | None = None
 ) -> tuple[np.ndarray, int, bool | None]:
     """Parse a column as date-times (UTC); returns (epoch seconds, zone-less values read as UTC,
-    the day/month order its numeric dates were read in when the map or the values decided it).
+    the day/month order its numeric dates were read in: None when it holds none).
 
     Values without a time zone are read as UTC. The second figure counts
     them when other values of the column do carry a zone (a mix, e.g. logs
@@ -313,11 +313,10 @@ def _timestamps(
         values = text if pd.api.types.is_string_dtype(s.dtype) else s.reset_index(drop=True).astype(object)
         values = values.where(~mask, None)
         present = np.flatnonzero(~mask)
-        dayfirst, decided = _day_first(values, mask, column, where, day_first)
         first = str(values.iloc[present[0]]) if present.size else ""
-        # dayfirst only where the first value is a numeric date: pandas would read ISO 8601 as %Y-%d-%m
-        numeric_date = re.match(_NUMERIC_DATE, first) is not None
-        fmt = guess_datetime_format(first, dayfirst=bool(dayfirst) and numeric_date) if present.size else None
+        with warnings.catch_warnings():  # "13/03/2024 read day first": the order is decided below
+            warnings.simplefilter("ignore", UserWarning)
+            fmt = guess_datetime_format(first) if present.size else None
         # no format pandas can name: look for a year in the text
         has_year = ("%Y" in fmt or "%y" in fmt) if fmt is not None else bool(re.search(r"\d{4}", first))
         if present.size and not has_year:
@@ -328,11 +327,17 @@ def _timestamps(
                 f"new year (or midnight) would be put in the wrong order; write full dates, e.g. "
                 f"ISO 8601 2024-01-31T12:00:00Z"
             )
+        dayfirst, decided = _day_first(values, mask, column, where, day_first)
+        if dayfirst and re.match(_NUMERIC_DATE, first):  # ISO 8601 keeps its own order
+            fmt = guess_datetime_format(first, dayfirst=True)
         with warnings.catch_warnings():
             # pandas warns when it cannot infer one format; the retry below
             # parses element by element anyway.
             warnings.simplefilter("ignore", UserWarning)
-            dt = pd.to_datetime(values, utc=True, errors="coerce", format=fmt)
+            if fmt is None:  # no one format: value by value, numeric dates in the column's order
+                dt = _each(values, bool(dayfirst))
+            else:
+                dt = pd.to_datetime(values, utc=True, errors="coerce", format=fmt)
             failed = dt.isna().to_numpy() & ~mask
             # Values that all parse in one format either all carry a zone or none does;
             # otherwise look at each value's zone.
@@ -341,11 +346,8 @@ def _timestamps(
                 if zoned.any() and not zoned.all():
                     assumed_utc = int((~zoned).sum())
             if failed.any():
-                retry = pd.to_datetime(
-                    values[failed], utc=True, errors="coerce", format="mixed", dayfirst=bool(dayfirst)
-                )
                 dt = dt.copy()
-                dt[failed] = retry
+                dt[failed] = _each(values[failed], bool(dayfirst))
                 failed = dt.isna().to_numpy() & ~mask
         if failed.any():
             pos = int(np.flatnonzero(failed)[0])
@@ -362,6 +364,19 @@ def _timestamps(
         )
     epoch = pd.Timestamp("1970-01-01", tz="UTC")
     return (dt - epoch).dt.total_seconds().to_numpy(dtype=np.float64), assumed_utc, decided
+
+
+def _each(values: pd.Series, dayfirst: bool) -> pd.Series:
+    """Date-times parsed value by value (UTC; NaT where a value does not parse): numeric dates
+    (``04/03/2024``) day first when ``dayfirst``, the others (ISO 8601 among them) as they are."""
+    numeric = values.astype(str).str.contains(_A_NUMERIC_DATE, regex=True).to_numpy(dtype=bool)
+    dt = pd.to_datetime(values.where(~numeric, None), utc=True, errors="coerce", format="mixed")
+    if numeric.any():
+        dt = dt.copy()
+        dt[numeric] = pd.to_datetime(
+            values[numeric], utc=True, errors="coerce", format="mixed", dayfirst=dayfirst
+        )
+    return dt
 
 
 #: Beyond this, float64 cannot tell neighbouring integers apart.
@@ -387,29 +402,34 @@ def _exact_positions(raw: pd.Series, parsed: np.ndarray) -> np.ndarray:
     return np.unique(values, return_inverse=True)[1].astype(np.float64)
 
 
-_NUMERIC_DATE = r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}(?!\d)"
+#: A numeric date leading a value (``04/03/2024``, ``4.3.24 10:00``), day and month as groups;
+#: :data:`_A_NUMERIC_DATE` finds one (no groups, and no look-ahead: Arrow's RE2 runs it).
+_NUMERIC_DATE = r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}(?:\D|$)"
+_A_NUMERIC_DATE = r"^\s*\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}(?:\D|$)"
 
 
 def _day_first(
     values: pd.Series, mask: np.ndarray, column: str, where: _Where, given: bool | None
 ) -> tuple[bool | None, bool | None]:
-    """How the column's numeric dates (``04/03/2024``) are read, once for the whole column, and
-    whether the map or the values decided it: (day first?, the same or None when it is a default).
+    """How the column's numeric dates (``04/03/2024``) are read, once for the whole column:
+    (day first?, the order to record: None when the column holds no numeric date).
 
-    ``given`` (the map's ``day_first``) decides; a date that does not read so is an error. Else
-    the values do: ``13/01/2024`` reads only day first, ``01/13/2024`` only month first, and a
-    column of both is an error naming one of each. Where every date reads either way they are
-    read month first, as pandas reads them, with a warning when the two readings differ (as
-    ``04/03`` does, unlike ``04/04``). Dates in other forms (ISO 8601) are left to the parser.
+    ``given`` (the map's ``day_first``, which ``seqwatch fit`` saves) decides; a date that does
+    not read so is an error. Else the values do: ``13/01/2024`` reads only day first,
+    ``01/13/2024`` only month first, and a column of both is an error naming one of each. Where
+    every date reads either way they are read month first, as pandas reads them, with a warning
+    when the two readings differ (as ``04/03`` does, unlike ``04/04``). Dates in other forms
+    (ISO 8601) are left to the parser.
     """
     present = np.flatnonzero(~mask)
-    parts = values.iloc[present].astype(str).str.extract(_NUMERIC_DATE)
-    hit = parts[0].notna().to_numpy()
-    if not hit.any():
+    text = values.iloc[present].astype(str)
+    candidate = text.str.contains(_A_NUMERIC_DATE, regex=True).to_numpy(dtype=bool)  # Arrow's regex: fast
+    if not candidate.any():
         return given, given
-    rows = present[hit]
-    a = parts[0].to_numpy()[hit].astype(np.int64)
-    b = parts[1].to_numpy()[hit].astype(np.int64)
+    rows = present[candidate]
+    parts = text[candidate].str.extract(_NUMERIC_DATE)
+    a = parts[0].to_numpy().astype(np.int64)
+    b = parts[1].to_numpy().astype(np.int64)
     reads_dm = (a >= 1) & (a <= 31) & (b >= 1) & (b <= 12)
     reads_md = (a >= 1) & (a <= 12) & (b >= 1) & (b <= 31)
     names = {True: "day first (%d/%m/%Y)", False: "month first (%m/%d/%Y)"}
@@ -419,8 +439,9 @@ def _day_first(
             pos = int(rows[np.flatnonzero(wrong)[0]])
             raise DataError(
                 f"{where.source}: {where.at(pos)}, column {column!r}: date {_show(values.iloc[pos])} does "
-                f"not read {names[given]} as the column map says (day_first = {str(given).lower()}); "
-                f"fix the value, or the map (seqwatch: --{'no-' if given else ''}day-first)"
+                f"not read {names[given]}, the order the column map gives (day_first = "
+                f"{str(given).lower()}; seqwatch fit saves the order it read the training data in); fix "
+                f"the value, or give the order (seqwatch: --{'no-' if given else ''}day-first)"
             )
         return given, given
     if reads_dm.all() and not reads_md.all():
@@ -437,19 +458,18 @@ def _day_first(
                 f"{_show(values.iloc[x])} reads only {names[False]}, {where.at(y)}: "
                 f"{_show(values.iloc[y])} only {names[True]}); write ISO 8601 dates (2024-01-31T12:00:00Z)"
             )
-        return False, None  # a date that reads neither way: the parser names it
+        return False, False  # a date that reads neither way: the parser names it
     differ = np.flatnonzero(a != b)
     if differ.size:
         pos = int(rows[differ[0]])
-        shown = values.iloc[pos]
         logger.warning(
             "%s: dates in %r read month first (%s); every one reads either way, so if they are day "
             'first, say so (seqwatch: --day-first; a column map: "day_first": true)',
             where.source,
             column,
-            f"{_show(shown)} = {int(b[differ[0]])} {calendar.month_name[int(a[differ[0]])]}",
+            f"{_show(values.iloc[pos])} = {int(b[differ[0]])} {calendar.month_name[int(a[differ[0]])]}",
         )
-    return False, None
+    return False, False
 
 
 def _labels(s: pd.Series, column: str, where: _Where) -> np.ndarray:

@@ -589,8 +589,10 @@ def summary_table(final: dict[str, Any]) -> list[str]:
         ("local (per node)", rep["local_thresholds"]),
     ):
         lines.append(
-            f"{title:<22}{_cell(row['precision']):>10}{_cell(row['recall']):>9}{_cell(row['f1']):>8}"
-            f"{_cell(row['false-alarm-rate']):>8}{row['tp']:>7}{row['fp']:>7}{row['tn']:>8}{row['fn']:>7}"
+            # a figure undefined for these counts is absent (n/a)
+            f"{title:<22}{_cell(row.get('precision')):>10}{_cell(row.get('recall')):>9}"
+            f"{_cell(row.get('f1')):>8}{_cell(row.get('false-alarm-rate')):>8}"
+            f"{row['tp']:>7}{row['fp']:>7}{row['tn']:>8}{row['fn']:>7}"
         )
     lines.append(f"global model: {final['model_dir']}; per-round metrics: {final['metrics']}")
     return lines

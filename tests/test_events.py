@@ -18,6 +18,7 @@ from common.events import (
     EVENT,
     GAP,
     MISSING,
+    ORDER,
     ColumnMap,
     EventTable,
     as_text,
@@ -350,7 +351,7 @@ def test_a_column_of_dates_that_read_either_way(tmp_path: Path, caplog: pytest.L
     path = _write(tmp_path / "amb.csv", rows)
     with caplog.at_level(logging.WARNING, logger="common.tableio"):
         table = read_table(path, ColumnMap(order="ts"))
-    assert list(table.frame["event"].astype(str)) == ["x", "z", "y"] and table.day_first is None
+    assert list(table.frame["event"].astype(str)) == ["x", "z", "y"] and table.day_first is False  # saved
     assert "read month first ('01/03/2024' = 3 January)" in caplog.text and "--day-first" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="common.tableio"):
@@ -365,6 +366,25 @@ def test_a_column_of_dates_that_read_either_way(tmp_path: Path, caplog: pytest.L
     assert ColumnMap.from_dict({"order": "ts", "day_first": True}).day_first is True
     with pytest.raises(ConfigError, match="'day_first' must be true, false or null"):
         ColumnMap.from_dict({"day_first": "yes"})
+
+
+@pytest.mark.parametrize(
+    ("stamps", "expected"),
+    [
+        # ISO 8601 of other shapes beside day-first dates keeps its own order (not year-day-month)
+        (["2024-03-04 10:00", "2024-03-05T10:00:00Z", "13/03/2024 10:00"], ["03-04", "03-05", "03-13"]),
+        (["13/03/2024", "2024-03-04"], ["03-13", "03-04"]),
+        # no format pandas can name (12-hour times): still one order for the column
+        (["13/03/2024 01:00 PM", "04/03/2024 01:00 PM"], ["03-13", "03-04"]),
+    ],
+)
+def test_dates_of_several_shapes_keep_one_day_month_order(
+    tmp_path: Path, stamps: list[str], expected: list[str]
+) -> None:
+    rows = "".join(f"s{i},e,{stamp}\n" for i, stamp in enumerate(stamps))
+    table = read_table(_write(tmp_path / "d.csv", "sequence_id,event,ts\n" + rows), ColumnMap(order="ts"))
+    read = pd.to_datetime(table.frame.sort_values("sequence")[ORDER], unit="s").dt.strftime("%m-%d")
+    assert list(read) == expected and table.day_first is True
 
 
 def test_subset_and_concat(user_csv: Path) -> None:

@@ -501,7 +501,12 @@ def test_evaluate_aggregation_without_labels_has_no_auroc() -> None:
         }
     )
     out = aggregate_evaluate_metrics([rec, rec], "num-examples")
-    assert "auroc" not in out and out["val-loss"] == 1.5 and out["val-events"] == 8 and out["f1"] == 0.0
+    assert "auroc" not in out and out["val-loss"] == 1.5 and out["val-events"] == 8
+    # no counts at all: none of the four is defined, and none is reported as 0
+    assert not {"precision", "recall", "f1", "false-alarm-rate"} & set(out.keys())
+    from server.strategy import confusion_figures
+
+    assert confusion_figures(tp=0, fp=0, tn=10, fn=3) == {"recall": 0.0, "f1": 0.0, "false-alarm-rate": 0.0}
 
 
 # --------------------------------------------------------------------------- run directory
