@@ -349,6 +349,15 @@ def _timestamps(
                 dt = dt.copy()
                 dt[failed] = _each(values[failed], bool(dayfirst))
                 failed = dt.isna().to_numpy() & ~mask
+        # a value without a year, after one with a year, parses as year 1: as refused as a first one
+        yearless = (dt.dt.year < _FIRST_YEAR).fillna(False).to_numpy(dtype=bool) & ~mask
+        if yearless.any():
+            pos = int(np.flatnonzero(yearless)[0])
+            raise DataError(
+                f"{where.source}: {where.at(pos)}, column {column!r}: timestamp {_show(values.iloc[pos])} "
+                f"has no full year, so events around a new year would be put in the wrong order; "
+                f"write full dates, e.g. ISO 8601 2024-01-31T12:00:00Z"
+            )
         if failed.any():
             pos = int(np.flatnonzero(failed)[0])
             raise DataError(
@@ -364,6 +373,10 @@ def _timestamps(
         )
     epoch = pd.Timestamp("1970-01-01", tz="UTC")
     return (dt - epoch).dt.total_seconds().to_numpy(dtype=np.float64), assumed_utc, decided
+
+
+#: Parsed years before this come from text without a year (the parser fills in year 1).
+_FIRST_YEAR = 1000
 
 
 def _each(values: pd.Series, dayfirst: bool) -> pd.Series:

@@ -344,6 +344,11 @@ def test_day_month_order_is_decided_once_per_column(tmp_path: Path) -> None:
         path = _write(tmp_path / "noyear.csv", f"sequence_id,event,ts\ns,x,{stamp}\n")
         with pytest.raises(DataError, match="has no full year"):
             read_table(path, columns)
+    # nor after a value with a year (the parser would have filled in year 1)
+    rows = "sequence_id,event,ts\ns,x,2024-03-04T10:00:00Z\ns,y,04/03 10:00\n"
+    later = _write(tmp_path / "later.csv", rows)
+    with pytest.raises(DataError, match=r"line 3, column 'ts': timestamp '04/03 10:00' has no full year"):
+        read_table(later, columns)
 
 
 def test_a_column_of_dates_that_read_either_way(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
