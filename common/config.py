@@ -200,10 +200,25 @@ class FederationConfig:
         _choice("federation.strategy", self.strategy, STRATEGIES)
         _positive("federation.local-epochs", self.local_epochs)
         _unit("federation.fraction-train", self.fraction_train, closed=True)
+        if self.fraction_train == 0:
+            raise ConfigError(
+                "config key 'federation.fraction-train' must be > 0 (the share of nodes that train each "
+                "round), got 0"
+            )
         _positive("federation.min-nodes", self.min_nodes)
         _nonnegative("federation.proximal-mu", self.proximal_mu)
         _positive("federation.server-lr", self.server_lr)
         _unit("federation.trim-beta", self.trim_beta, closed=False)
+        if self.trim_beta >= 0.5:  # Flower's FedTrimmedAvg: each end trims a share below one half
+            raise ConfigError(
+                f"config key 'federation.trim-beta' must be in [0, 0.5), got {self.trim_beta!r}"
+            )
+        name = self.run_name
+        if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+            raise ConfigError(
+                f"config key 'federation.run-name' = {name!r}: give a folder name (no '/', not '.' or "
+                f"'..', no surrounding spaces); runs go to federation.run-dir/<run-name>"
+            )
         _nonnegative("federation.krum-byzantine", self.krum_byzantine)
         _positive("federation.histogram-bins", self.histogram_bins)
         _positive("federation.round-timeout", self.round_timeout)

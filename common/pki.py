@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -118,6 +118,15 @@ def validate_address(address: str) -> tuple[str, int]:
     except PkiError as exc:
         raise PkiError(f"address {address!r}: {exc}") from None
     return host, port
+
+
+def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``cert`` (a SuperLink certificate from before ``init-ca --force`` was not)."""
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def validity_problem(cert: x509.Certificate, *, within_days: int = 0) -> str | None:

@@ -44,6 +44,7 @@ from common.pki import (
     DEFAULT_SANS,
     Federation,
     PkiError,
+    issued_by,
     load_cert,
     validate_address,
     validate_days,
@@ -149,6 +150,12 @@ def write_flwr_connection(
 # --------------------------------------------------------------------------- commands
 
 
+_NOT_THIS_CA = (
+    "not signed by this ca.crt (init-ca --force made a new CA): institutions would refuse it; "
+    "run server-cert --force with the same --san values and restart the SuperLink"
+)
+
+
 def superlink_argv(
     fed: Federation,
     *,
@@ -163,6 +170,8 @@ def superlink_argv(
     for p in (fed.ca_cert, fed.server_cert, fed.server_key):
         if not p.is_file():
             raise PkiError(f"{p}: missing; run init-ca and server-cert first")
+    if not issued_by(load_cert(fed.server_cert), load_cert(fed.ca_cert)):
+        raise PkiError(f"{fed.server_cert}: {_NOT_THIS_CA}")
     argv = [
         "flower-superlink",
         "--ssl-ca-certfile",
@@ -271,9 +280,18 @@ def cmd_server_cert(args: argparse.Namespace, fed: Federation) -> int:
 
 
 def cmd_add_institution(args: argparse.Namespace, fed: Federation) -> int:
+    before = fed.read_registry()["institutions"].get(args.name) if fed.registry_path.exists() else None
     pub = fed.add_institution(args.name, public_key=args.public_key, force=args.force)
     entry = fed.read_registry()["institutions"][args.name]
     print(f"institution {args.name}: public key {pub} ({entry['fingerprint']})")
+    old_node = before.get("node_id") if before else None
+    if before is not None and old_node is not None:  # --force replaced a registered key, still admitted
+        print(
+            f"{PROG}: warning: the replaced key ({before['fingerprint']}) is still registered on the "
+            f"SuperLink as node {old_node}, and admitted: remove it (flwr supernode unregister {old_node} "
+            f"CONNECTION), then register the new key ({PROG} register {args.name} --connection CONNECTION)",
+            file=sys.stderr,
+        )
     if args.public_key is None:
         print(
             f"private key {fed.private_key(args.name)} (0600): hand it to {args.name} over a secure "
@@ -378,6 +396,8 @@ def cmd_show(args: argparse.Namespace, fed: Federation) -> int:
         status = ""
         if problem is not None:
             status = f"  ** certificate {problem}" + (f"; {renew[p]}" if "expire" in problem else "") + " **"
+        elif p == fed.server_cert and fed.ca_cert.is_file() and not issued_by(cert, load_cert(fed.ca_cert)):
+            status = f"  ** {_NOT_THIS_CA} **"
         print(
             f"{p.name}: {cert.subject.rfc4514_string()}  valid until {cert.not_valid_after_utc:%Y-%m-%d}  "
             f"SANs: {san_text}{status}"

@@ -53,7 +53,8 @@ every figure), ``comparison.md`` (the table), ``auroc_per_round.png`` and
 sequences only, as HDFS's does; neither when it holds normal ones only),
 ``scores.csv`` (every mode's score per pooled test sequence) and
 ``federated_metrics.jsonl`` (the run's per-round rows). Run directories go to
-``--work-dir`` (default ``runs/experiments/<out name>``); ``--resume`` continues
+``--work-dir`` (default ``runs/experiments/<out name>-<hash of its path>``, see
+:func:`default_work_dir`); ``--resume`` continues
 the federated run committed there (the app's own resume: only the missing
 rounds are trained, with the same seeds, so the result equals a fresh run's)
 instead of starting over. Every figure comes from
@@ -292,6 +293,13 @@ def set_torch_threads(cfg: AppConfig) -> int:
 # --------------------------------------------------------------------------- modes
 
 
+def default_work_dir(out: Path) -> Path:
+    """``runs/experiments/<out name>-<8 hex digits of its absolute path>``: two outputs of one name
+    (``A/adfa``, ``B/adfa``) never share, and so never replace, each other's runs."""
+    digest = hashlib.sha256(str(out.resolve()).encode("utf-8")).hexdigest()[:8]
+    return Path("runs") / "experiments" / f"{out.name}-{digest}"
+
+
 def run_federated(
     flat: Mapping[str, Any],
     cfg: AppConfig,
@@ -312,6 +320,9 @@ def run_federated(
 
     run = RunDir(Path(cfg.federation.run_dir) / cfg.federation.run_name)
     if run.root.exists() and not resume:
+        log.warning(
+            "starting over: replacing the earlier federated run in %s (--resume continues it)", run.root
+        )
         shutil.rmtree(run.root)  # a fresh run: run_federation would resume a committed one
     t0 = time.monotonic()
     extra: dict[str, Any] = {"engine": engine}
@@ -753,7 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--central-epochs", type=positive_int, help="epochs of centralized/local-only (default rounds x E)"
     )
-    p.add_argument("--work-dir", help="run directories (default runs/experiments/<out name>)")
+    p.add_argument(
+        "--work-dir", help="run directories (default runs/experiments/<out name>-<hash of its path>)"
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -780,7 +793,7 @@ def run(argv: Sequence[str], args: argparse.Namespace | None = None) -> dict[str
     if bad or not modes:
         raise ConfigError(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
     out = output_folder(args.out)
-    work_dir = output_folder(args.work_dir or Path("runs") / "experiments" / out.name, "--work-dir")
+    work_dir = output_folder(args.work_dir or default_work_dir(out), "--work-dir")
     flat = run_config_of(args)
     if "data.dataset" not in flat:
         raise ConfigError(

@@ -134,3 +134,20 @@ def test_every_shipped_config_parses(path: Path) -> None:
         parse_detector_config(flat)
     else:
         parse_config(flat)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("federation.trim-beta", 0.6, r"'federation.trim-beta' must be in \[0, 0.5\)"),
+        ("federation.fraction-train", 0.0, "'federation.fraction-train' must be > 0"),
+        ("federation.run-name", "../escape", "'federation.run-name' = '../escape': give a folder name"),
+        ("federation.run-name", "", "'federation.run-name' = '': give a folder name"),
+        ("federation.run-name", "..", "give a folder name"),
+    ],
+)
+def test_federation_values_flower_or_the_file_system_would_refuse_later(key, value, message):
+    """Refused where the config is parsed, before any work: Flower's FedTrimmedAvg takes beta < 0.5,
+    a fraction of 0 trains no node, and a run name is one folder inside the run directory."""
+    with pytest.raises(ConfigError, match=message):
+        parse_config({key: value})

@@ -96,6 +96,14 @@ def test_ca_and_server_certificate(fed: Federation, capsys: pytest.CaptureFixtur
     assert "neither an IP address nor a DNS name" in capsys.readouterr().err
     assert coordinator.main(["--dir", str(fed.root), "init-ca", "--force"]) == 0
     assert fed.ca_cert.read_bytes() != before
+    # the SuperLink certificate of the old CA: marked by show, refused by superlink-command
+    capsys.readouterr()
+    assert coordinator.main(["--dir", str(fed.root), "show"]) == 0
+    assert "server.pem" in (out := capsys.readouterr().out) and "** not signed by this ca.crt" in out
+    assert coordinator.main(["--dir", str(fed.root), "superlink-command"]) == 2
+    assert "not signed by this ca.crt" in capsys.readouterr().err
+    assert coordinator.main(["--dir", str(fed.root), "server-cert", "--force"]) == 0
+    assert coordinator.main(["--dir", str(fed.root), "superlink-command"]) == 0
 
 
 def test_institution_keys_match_what_flower_reads(fed: Federation, tmp_path: Path) -> None:
@@ -271,6 +279,16 @@ def test_a_public_key_is_registered_under_one_name_only(
     assert fed.institution_names() == ["alpha"] and not fed.public_key("delta").exists()
     # the same institution may re-register its own key (--force)
     assert coordinator.main([*d, "add-institution", "alpha", "--force", "--public-key", str(own)]) == 0
+    # a new key for a registered node: the old key is still admitted, and the warning names its node
+    fed.record_node_id("alpha", 4242)
+    capsys.readouterr()
+    assert coordinator.main([*d, "add-institution", "alpha", "--force"]) == 0
+    err = capsys.readouterr().err
+    assert f"the replaced key ({fingerprint}) is still registered on the SuperLink as node 4242" in err
+    assert (
+        "flwr supernode unregister 4242" in err
+        and fed.read_registry()["institutions"]["alpha"]["node_id"] is None
+    )
 
 
 @pytest.mark.parametrize(

@@ -222,3 +222,11 @@ def test_pooled_validation_leaves_out_copies_of_training_sequences() -> None:
     kept = without_copies(validation, train)
     assert sorted(kept.grouped().ids.tolist()) == ["v2", "v4"]
     assert without_copies(table({"v2": ["a"]}), train).grouped().ids.tolist() == ["v2"]
+
+
+def test_two_outputs_of_one_name_never_share_a_work_folder(tmp_path: Path) -> None:
+    from simulations.experiment import default_work_dir
+
+    a, b = default_work_dir(tmp_path / "A" / "same"), default_work_dir(tmp_path / "B" / "same")
+    assert a != b and a.parent == b.parent == Path("runs") / "experiments"
+    assert a.name.startswith("same-") and default_work_dir(tmp_path / "A" / "same") == a
