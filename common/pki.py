@@ -120,6 +120,34 @@ def validate_address(address: str) -> tuple[str, int]:
     return host, port
 
 
+def names_in(cert: x509.Certificate) -> list[str]:
+    """The host names and IP addresses a certificate is valid for (its SANs), as text."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        str(v) for v in (*sans.get_values_for_type(x509.DNSName), *sans.get_values_for_type(x509.IPAddress))
+    ]
+
+
+def covers(cert: x509.Certificate, host: str) -> bool:
+    """Whether a TLS client connecting to ``host`` accepts ``cert`` by name (IPs compared as
+    addresses, names without case; no wildcards, which server-cert never writes)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower().rstrip(".") in {n.lower().rstrip(".") for n in names_in(cert)}
+    return any(_same_ip(address, n) for n in names_in(cert))
+
+
+def _same_ip(address: ipaddress.IPv4Address | ipaddress.IPv6Address, name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name) == address
+    except ValueError:
+        return False
+
+
 def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     """Whether ``ca`` signed ``cert`` (a SuperLink certificate from before ``init-ca --force`` was not)."""
     try:

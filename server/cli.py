@@ -44,8 +44,10 @@ from common.pki import (
     DEFAULT_SANS,
     Federation,
     PkiError,
+    covers,
     issued_by,
     load_cert,
+    names_in,
     validate_address,
     validate_days,
     validate_host,
@@ -317,6 +319,14 @@ def cmd_list(args: argparse.Namespace, fed: Federation) -> int:
 def cmd_flwr_config(args: argparse.Namespace, fed: Federation) -> int:
     if not fed.ca_cert.is_file():
         raise PkiError(f"{fed.ca_cert}: missing; run init-ca first")
+    host, _ = validate_address(args.address)
+    if fed.server_cert.is_file() and not covers(cert := load_cert(fed.server_cert), host):
+        raise PkiError(
+            f"--address {args.address}: {host!r} is not among the names {fed.server_cert.name} is valid "
+            f"for ({', '.join(names_in(cert)) or 'none'}), so TLS would refuse the connection; use one of "
+            f"them, or re-issue it: server-cert --force --san {host} (with the other names), then restart "
+            f"the SuperLink"
+        )
     home = Path(args.flwr_home).expanduser() if args.flwr_home else flwr_home()
     if args.print:
         print(connection_block(args.connection, args.address, fed.ca_cert), end="")
@@ -328,6 +338,23 @@ def cmd_flwr_config(args: argparse.Namespace, fed: Federation) -> int:
     return 0
 
 
+def _check_connection(name: str) -> None:
+    """Refuse, once, a connection name that ``$FLWR_HOME/config.toml`` does not define (flwr would
+    fail for every institution, and its message blames the network)."""
+    path = flwr_home() / "config.toml"
+    try:
+        defined = tomllib.loads(path.read_text(encoding="utf-8")).get("superlink", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        defined = {}
+    names = sorted(k for k, v in defined.items() if isinstance(v, dict))
+    if name not in names:
+        raise PkiError(
+            f"--connection {name}: no [superlink.{name}] in {path} (connections: "
+            f"{', '.join(names) or 'none'}); write it with: {PROG} flwr-config --connection {name} "
+            f"--address HOST:PORT"
+        )
+
+
 def cmd_register(args: argparse.Namespace, fed: Federation) -> int:
     names = args.names or fed.institution_names()
     known = set(fed.institution_names())
@@ -336,6 +363,8 @@ def cmd_register(args: argparse.Namespace, fed: Federation) -> int:
         raise PkiError(f"not in {fed.registry_path}: {', '.join(unknown)} (add-institution first)")
     if not names:
         raise PkiError(f"no institutions in {fed.registry_path}; add-institution first")
+    if not args.print:
+        _check_connection(args.connection)
     failed = 0
     for name in names:
         argv = register_argv(fed, name, args.connection)

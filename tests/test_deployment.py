@@ -317,6 +317,11 @@ def test_flwr_config_print_checks_what_writing_checks(
         assert not out and len(errors) == 1 and message in errors[0], (extra, err)
     assert not (tmp_path / "home").exists()
     good = ["--dir", str(fed.root), "flwr-config", *home, "--address", "[::1]:8000", "--print"]
+    assert coordinator.main(good) == 2  # server.pem is not valid for ::1: TLS would refuse it
+    assert "'::1' is not among the names server.pem is valid for (" in capsys.readouterr().err
+    reissue = ["--dir", str(fed.root), "server-cert", "--force", "--san", "127.0.0.1", "--san", "::1"]
+    assert coordinator.main(reissue) == 0
+    capsys.readouterr()
     assert coordinator.main(good) == 0 and 'address = "[::1]:8000"' in capsys.readouterr().out
 
 
@@ -379,6 +384,7 @@ def _subparsers(parser: Any) -> dict[str, Any]:
 )
 def test_register_failure_shows_the_real_exit_status(
     fed: Federation,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     returncode: int,
@@ -387,6 +393,13 @@ def test_register_failure_shows_the_real_exit_status(
     problem: str,
 ) -> None:
     fed.add_institution("alpha")
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+    # a connection flwr does not know: said once, before any flwr call, and not blamed on the network
+    assert coordinator.main(["--dir", str(fed.root), "register", "--connection", "prod"]) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "--connection prod: no [superlink.prod] in " in errors[0]
+    config = ["flwr-config", "--connection", "prod", "--address", "127.0.0.1:9443"]
+    assert coordinator.main(["--dir", str(fed.root), *config]) == 0
     monkeypatch.setattr(coordinator, "_flwr_bin", lambda name: name)
     monkeypatch.setattr(
         subprocess,
