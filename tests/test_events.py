@@ -347,7 +347,9 @@ def test_day_month_order_is_decided_once_per_column(tmp_path: Path) -> None:
     # nor after a value with a year (the parser would have filled in year 1)
     rows = "sequence_id,event,ts\ns,x,2024-03-04T10:00:00Z\ns,y,04/03 10:00\n"
     later = _write(tmp_path / "later.csv", rows)
-    with pytest.raises(DataError, match=r"line 3, column 'ts': timestamp '04/03 10:00' has no full year"):
+    # (refused as year-less; older pandas cannot parse it at all)
+    refused = r"line 3, column 'ts': (timestamp '04/03 10:00' has no full year|cannot parse timestamp)"
+    with pytest.raises(DataError, match=refused):
         read_table(later, columns)
 
 
