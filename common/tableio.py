@@ -320,13 +320,8 @@ def _timestamps(
         # no format pandas can name: look for a year in the text
         has_year = ("%Y" in fmt or "%y" in fmt) if fmt is not None else bool(re.search(r"\d{4}", first))
         if present.size and not has_year:
-            pos = int(present[0])
-            raise DataError(
-                f"{where.source}: {where.at(pos)}, column {column!r}: timestamp {_show(values.iloc[pos])} "
-                f"has no full year{'' if fmt and '%d' in fmt else ' (or no date)'}, so events around a "
-                f"new year (or midnight) would be put in the wrong order; write full dates, e.g. "
-                f"ISO 8601 2024-01-31T12:00:00Z"
-            )
+            no_date = "" if fmt and "%d" in fmt else " (or no date)"
+            raise _year_error(where, int(present[0]), column, values.iloc[int(present[0])], no_date)
         dayfirst, decided = _day_first(values, mask, column, where, day_first)
         if dayfirst and re.match(_NUMERIC_DATE, first):  # ISO 8601 keeps its own order
             fmt = guess_datetime_format(first, dayfirst=True)
@@ -350,14 +345,9 @@ def _timestamps(
                 dt[failed] = _each(values[failed], bool(dayfirst))
                 failed = dt.isna().to_numpy() & ~mask
         # a value without a year, after one with a year, parses as year 1: as refused as a first one
-        yearless = (dt.dt.year < _FIRST_YEAR).fillna(False).to_numpy(dtype=bool) & ~mask
-        if yearless.any():
-            pos = int(np.flatnonzero(yearless)[0])
-            raise DataError(
-                f"{where.source}: {where.at(pos)}, column {column!r}: timestamp {_show(values.iloc[pos])} "
-                f"has no full year, so events around a new year would be put in the wrong order; "
-                f"write full dates, e.g. ISO 8601 2024-01-31T12:00:00Z"
-            )
+        yearless = np.flatnonzero((dt.dt.year < _FIRST_YEAR).fillna(False).to_numpy(dtype=bool) & ~mask)
+        if yearless.size:
+            raise _year_error(where, int(yearless[0]), column, values.iloc[int(yearless[0])])
         if failed.any():
             pos = int(np.flatnonzero(failed)[0])
             raise DataError(
@@ -373,6 +363,14 @@ def _timestamps(
         )
     epoch = pd.Timestamp("1970-01-01", tz="UTC")
     return (dt - epoch).dt.total_seconds().to_numpy(dtype=np.float64), assumed_utc, decided
+
+
+def _year_error(where: _Where, pos: int, column: str, value: object, no_date: str = "") -> DataError:
+    return DataError(
+        f"{where.source}: {where.at(pos)}, column {column!r}: timestamp {_show(value)} has no full "
+        f"year{no_date}, so events around a new year (or midnight) would be put in the wrong order; "
+        f"write full dates, e.g. ISO 8601 2024-01-31T12:00:00Z"
+    )
 
 
 #: Parsed years before this come from text without a year (the parser fills in year 1).
