@@ -223,6 +223,19 @@ def setup_phase(grid: Grid, cfg: AppConfig, run: RunDir) -> tuple[Encoder, str, 
     return encoder, shared.key_fingerprint, arrays
 
 
+#: Federation settings that change how rounds train: a resumed run that changes them mixes two
+#: trainings in one model, which the resume warning says.
+_TRAINING_KEYS = (
+    "federation.strategy",
+    "federation.local-epochs",
+    "federation.fraction-train",
+    "federation.proximal-mu",
+    "federation.server-lr",
+    "federation.trim-beta",
+    "federation.krum-byzantine",
+)
+
+
 def resume_phase(
     cfg: AppConfig, run: RunDir
 ) -> tuple[Encoder, str, ArrayRecord, int, Path | None, str] | None:
@@ -250,6 +263,19 @@ def resume_phase(
     if drift:
         log.warning(
             "resuming with changed %s; the shared encoder of the first attempt is kept", ", ".join(drift)
+        )
+    retrained = [
+        f"{k} {old_flat[k]!r} -> {new_flat[k]!r}"
+        for k in _TRAINING_KEYS
+        if k in old_flat and k in new_flat and old_flat[k] != new_flat[k]
+    ]
+    if retrained:
+        log.warning(
+            "resuming with changed %s: rounds 1-%d ran with the old settings, the rest run with the new "
+            "(final.json records the new ones); give another federation.run-name to train with them from "
+            "the start",
+            ", ".join(retrained),
+            state.last_round,
         )
     encoder = Encoder.from_dict(setup["encoder"])
     arrays = numpy_to_arrays(run.load_checkpoint(state.checkpoint))

@@ -293,6 +293,18 @@ def set_torch_threads(cfg: AppConfig) -> int:
 # --------------------------------------------------------------------------- modes
 
 
+#: Every file an experiment writes into ``--out``.
+OUTPUTS = (
+    "comparison.json",
+    "comparison.md",
+    "auroc_per_round.png",
+    "roc.png",
+    "recall_per_round.png",
+    "scores.csv",
+    "federated_metrics.jsonl",
+)
+
+
 def default_work_dir(out: Path) -> Path:
     """``runs/experiments/<out name>-<8 hex digits of its absolute path>``: two outputs of one name
     (``A/adfa``, ``B/adfa``) never share, and so never replace, each other's runs."""
@@ -939,6 +951,10 @@ def run(argv: Sequence[str], args: argparse.Namespace | None = None) -> dict[str
     if "federated" in results and "centralized" in results:
         fa, ca = results["federated"]["metrics"]["auroc"], results["centralized"]["metrics"]["auroc"]
         comparison["auroc_gap_federated_minus_centralized"] = None if fa is None or ca is None else fa - ca
+    # what an earlier run left in --out and this one does not write again (its plots of other modes,
+    # its federated rows) would read as this run's
+    for name in set(OUTPUTS) - ({"federated_metrics.jsonl"} if "federated" in results else set()):
+        (out / name).unlink(missing_ok=True)
     (out / "comparison.json").write_text(json.dumps(comparison, indent=1) + "\n", encoding="utf-8")
     (out / "comparison.md").write_text(markdown(comparison), encoding="utf-8")
     title = f"{cfg.data.dataset}, {clients} clients, {cfg.data.partitioner}" + (

@@ -10,6 +10,7 @@ no SuperLink: these tests are fast.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -542,6 +543,22 @@ def test_resume_after_a_crash_mid_round(tmp_path: Path) -> None:
         line.split(",")[0] for line in (tmp_path / "crash/metrics.csv").read_text().splitlines()[1:]
     ]
     assert csv_rounds == ["1", "2", "3"]
+
+
+def test_resume_with_another_strategy_says_the_model_mixes_two(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_in_process(tmp_path, "mix", 1)
+    rc = {
+        **SIM,
+        "federation.strategy": "fedmedian",
+        "federation.num-server-rounds": 2,
+        "federation.run-dir": str(tmp_path),
+        "federation.run-name": "mix",
+    }
+    with caplog.at_level(logging.WARNING):
+        run_federation(FakeGrid(rc, sim_nodes(2)), parse_config(rc))
+    assert "resuming with changed federation.strategy 'fedavg' -> 'fedmedian': rounds 1-1 ran" in caplog.text
 
 
 def test_resume_refuses_another_model_shape(tmp_path: Path) -> None:

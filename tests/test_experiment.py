@@ -230,3 +230,22 @@ def test_two_outputs_of_one_name_never_share_a_work_folder(tmp_path: Path) -> No
     a, b = default_work_dir(tmp_path / "A" / "same"), default_work_dir(tmp_path / "B" / "same")
     assert a != b and a.parent == b.parent == Path("runs") / "experiments"
     assert a.name.startswith("same-") and default_work_dir(tmp_path / "A" / "same") == a
+
+
+def test_a_run_of_fewer_modes_leaves_no_earlier_output_behind(
+    comparison: tuple[dict, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from simulations.experiment import run
+
+    _, first = comparison
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    assert (out / "federated_metrics.jsonl").is_file() and (out / "auroc_per_round.png").is_file()
+    config = next(first.parent.glob("*.toml"))
+    argv = ["--config", str(config), "--out", str(out), "--work-dir", str(tmp_path / "work")]
+    result = run([*argv, "--clients", "2", "--rounds", "2", "--modes", "centralized"])
+    assert result["modes"] == ["centralized"]
+    assert not (out / "federated_metrics.jsonl").exists()  # the earlier federation's rows
+    assert (out / "comparison.json").is_file()
