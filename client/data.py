@@ -32,7 +32,6 @@ worker serving several partitions reads a data set once.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -150,8 +149,7 @@ def read_deployment_data(path: str) -> NodeData:
         raise DataError(f"data-path {p}: no such file or folder")
     columns = infer_columns(train_path)
     train = read_table(train_path, columns)
-    if columns.day_first is None and train.day_first is not None:  # test dates read as train's
-        columns = dataclasses.replace(columns, day_first=train.day_first)
+    columns = columns.as_read(train)  # test dates read as the training dates were
     test = read_table(test_path, columns) if test_path is not None else None
     layout = layout_file(beside_column_map(train_path))
     if layout is not None and (layout.session_gap is not None or layout.block_size is not None):

@@ -239,8 +239,7 @@ def read_data(
     columns = resolve_columns(path, args, saved=saved.columns if saved else None, features=features)
     log.info("reading %s with columns %s", path, columns.to_dict())
     table = read_table(path, columns, encoding=args.encoding)
-    if columns.day_first is None and table.day_first is not None:
-        columns = dataclasses.replace(columns, day_first=table.day_first)  # saved with a model
+    columns = columns.as_read(table)  # the date order fit read in is saved with the model
     # a model's columns.json given as the column map (or beside the data) brings its sessions too
     listed = args.columns
     if listed is None and saved is None:

@@ -244,6 +244,14 @@ class ColumnMap:
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
 
+    def as_read(self, table: EventTable) -> ColumnMap:
+        """This map with the day/month order ``table``'s dates were read in (when the map left it
+        open), so that other files of the same data (a test table, the files a model scores) are
+        read alike."""
+        if self.day_first is not None or table.day_first is None:
+            return self
+        return replace(self, day_first=table.day_first)
+
     def to_dict(self) -> dict[str, Any]:
         """The map as JSON-ready data (lists for the tuple fields)."""
         return {

@@ -330,6 +330,18 @@ class Confusion:
         d = self.fp + self.tn
         return self.fp / d if d else 0.0
 
+    def defined(self) -> dict[str, float]:
+        """``precision``, ``recall``, ``f1`` and ``false_alarm_rate``, each only where these counts
+        define it: no precision when nothing is flagged, no recall without anomalies, no false-alarm
+        rate without normals, no F1 when neither precision nor recall is defined."""
+        figures = {
+            "precision": (self.precision, self.tp + self.fp),
+            "recall": (self.recall, self.tp + self.fn),
+            "f1": (self.f1, self.tp + self.fp + self.fn),
+            "false_alarm_rate": (self.false_alarm_rate, self.fp + self.tn),
+        }
+        return {name: value for name, (value, base) in figures.items() if base > 0}
+
 
 def confusion_at(labels: ArrayLike, scores: ArrayLike, threshold: float) -> Confusion:
     """Confusion counts when flagging ``score > threshold``."""
@@ -523,15 +535,13 @@ def detection_report(labels: ArrayLike, scores: ArrayLike, threshold: float) -> 
     """
     y, s = _as_pair(labels, scores)
     conf = confusion_at(y, s, threshold)
+    figures = conf.defined()
     n_pos = int(y.sum())
     both = 0 < n_pos < y.size
     return {
         "auroc": roc_auc(y, s) if both else None,
         "auprc": average_precision(y, s) if both else None,
-        "precision": float(conf.precision) if conf.tp + conf.fp > 0 else None,
-        "recall": float(conf.recall) if n_pos > 0 else None,
-        "f1": float(conf.f1) if conf.tp + conf.fp > 0 or n_pos > 0 else None,
-        "false_alarm_rate": float(conf.false_alarm_rate) if n_pos < y.size else None,
+        **{name: figures.get(name) for name in ("precision", "recall", "f1", "false_alarm_rate")},
         "tp": conf.tp,
         "fp": conf.fp,
         "tn": conf.tn,

@@ -416,7 +416,7 @@ def _exact_positions(raw: pd.Series, parsed: np.ndarray) -> np.ndarray:
 #: A numeric date leading a value (``04/03/2024``, ``4.3.24 10:00``), day and month as groups;
 #: :data:`_A_NUMERIC_DATE` finds one (no groups, and no look-ahead: Arrow's RE2 runs it).
 _NUMERIC_DATE = r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}(?:\D|$)"
-_A_NUMERIC_DATE = r"^\s*\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}(?:\D|$)"
+_A_NUMERIC_DATE = _NUMERIC_DATE.replace("(\\d{1,2})", "\\d{1,2}")
 
 
 def _day_first(
@@ -722,6 +722,11 @@ def _kind(path: Path) -> str:
     raise DataError(f"{path}: unsupported file type; use one of {', '.join(_SUFFIXES)}")
 
 
+def _delimited(kind: str) -> tuple[str, str | None]:
+    """(separator, compression) of a CSV/TSV file by its suffix (:func:`_kind`)."""
+    return ("\t" if kind.startswith(".tsv") else ","), ("gzip" if kind.endswith(".gz") else None)
+
+
 def _quoting(sep: str) -> Literal[0, 3]:
     """The csv quoting of a file: TSV has none (a value starting with a quote, ``"GET /x``, is
     text, not the start of a field spanning lines); CSV quotes as RFC 4180 does."""
@@ -808,8 +813,7 @@ def peek_columns(path: str | Path, encoding: str = "utf-8", *, sample: int = 500
 
             found = {str(f.name): numeric(f.type) for f in pq.read_schema(path)}
         else:
-            sep = "\t" if kind.startswith(".tsv") else ","
-            compression = "gzip" if kind.endswith(".gz") else None
+            sep, compression = _delimited(kind)
             names = _csv_header(path, sep, encoding, compression)
             rows = _read_csv(path, sep, encoding, compression, names, str, nrows=sample) if sample else None
             found = {name: rows is not None and _reads_as_numbers(rows[name]) for name in names}
@@ -835,8 +839,7 @@ def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) ->
         "".encode(encoding)
     except LookupError as exc:
         raise ConfigError(f"unknown encoding {encoding!r}; use e.g. utf-8 or latin-1") from exc
-    sep = "\t" if kind.startswith(".tsv") else ","
-    compression = "gzip" if kind.endswith(".gz") else None
+    sep, compression = _delimited(kind)
     # Only the columns the map uses, so a wide export is not parsed whole. A row with no value in
     # any of them is a blank line only if its other fields are empty too: where there are such
     # rows, the file is read again whole to tell (the rule below counts blank lines, while a row
@@ -850,7 +853,7 @@ def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) ->
         df = _read_csv(path, sep, encoding, compression, names, str)
     # pandas drops the fields of a row past the header's without a word (with ``usecols``); a
     # value there means a shifted row (an unquoted separator inside a value) and is refused.
-    n_padded = _check_field_counts(path, sep, encoding, len(names))
+    n_padded = _check_field_counts(path, sep, encoding, compression, len(names))
     df = df.rename(columns=header)
     # Read as text, then made categories: the parser's own "category" type turns categories that
     # all look like numbers into numbers, so ids "01" and "1" (or events "1.10" and "1.1") would merge.
@@ -888,9 +891,13 @@ class _FieldCounts:
     def __init__(self, width: int, sep: str) -> None:
         self.width = width
         self.sep = sep
-        self.padded = 0
         self.short = 0
         self.extras: dict[int, int] = {}  # rows ending in so many empty fields
+
+    @property
+    def padded(self) -> int:
+        """Rows whose fields past the header's were all empty."""
+        return sum(self.extras.values())
 
     def __call__(self, row: Any) -> str:
         try:
@@ -902,7 +909,6 @@ class _FieldCounts:
                 return "skip"
             if not _empty_past(str(row.text), self.sep, self.width, extra):
                 return "error"
-            self.padded += 1
             self.extras[extra] = self.extras.get(extra, 0) + 1
             return "skip"
         except (UnicodeError, ValueError, csv.Error):  # Arrow would only print it: the csv module decides
@@ -917,7 +923,7 @@ def _empty_past(text: str, sep: str, width: int, extra: int) -> bool:
     return all(not field.strip() for field in fields[width:])
 
 
-def _check_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
+def _check_field_counts(path: Path, sep: str, encoding: str, compression: str | None, width: int) -> int:
     """How many rows of a CSV/TSV file have more fields than its header, all of them empty.
 
     A streaming pass of Arrow's CSV parser (about 0.07 s for the 58 MB ADFA-LD test file) calls
@@ -931,17 +937,15 @@ def _check_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
             separator, or a column the header does not name); names its line.
     """
     try:
-        return _arrow_field_counts(path, sep, encoding, width)
+        return _arrow_field_counts(path, sep, encoding, compression, width)
     except pa.ArrowException:
         return _python_field_counts(path, sep, encoding, width)
 
 
-def _arrow_field_counts(path: Path, sep: str, encoding: str, width: int) -> int:
+def _arrow_field_counts(path: Path, sep: str, encoding: str, compression: str | None, width: int) -> int:
     """:func:`_check_field_counts` by Arrow; raises ``pa.ArrowInvalid`` where the csv module must decide."""
     import pyarrow.compute as pcompute
     import pyarrow.csv as pcsv
-
-    compression = "gzip" if path.name.lower().endswith(".gz") else None
 
     def scan(columns: int, handler: _FieldCounts) -> int:
         """Read ``columns`` columns; returns how many rows had exactly that many fields when that

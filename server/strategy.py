@@ -112,16 +112,9 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
 
 def confusion_figures(tp: int, fp: int, tn: int, fn: int) -> dict[str, float]:
     """Precision, recall, F1 and false-alarm rate of summed counts, each only where it is defined
-    (no precision when nothing was flagged, no recall without anomalies, ...), as the nodes'
-    ``detection_report`` leaves them None: a metric record holds no None."""
-    c = Confusion(tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn))
-    figures = {
-        "precision": (c.precision, c.tp + c.fp),
-        "recall": (c.recall, c.tp + c.fn),
-        "f1": (c.f1, c.tp + c.fp + c.fn),
-        "false-alarm-rate": (c.false_alarm_rate, c.fp + c.tn),
-    }
-    return {name: value for name, (value, base) in figures.items() if base > 0}
+    (:meth:`Confusion.defined`, the nodes' ``detection_report`` rule): a metric record holds no None."""
+    figures = Confusion(tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn)).defined()
+    return {name.replace("_", "-"): value for name, value in figures.items()}
 
 
 def histogram_auroc(normal: Iterable[int], anomalous: Iterable[int]) -> float | None:
