@@ -190,7 +190,8 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
 
     ``"pos 17: open (expected read, write); pos 3: ..."``, most surprising first.
     Positions are 0-based, as in ``seqwatch explain``; unseen tokens are marked
-    ``[unseen]``. ``n <= 0`` gives empty strings (and skips the model pass).
+    ``[unseen]``, context values unseen in training ``[unseen device]``. ``n <= 0``
+    gives empty strings (and skips the model pass).
     """
     data = scored.encoded
     if n <= 0:
@@ -203,6 +204,7 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
         raise ValueError("top_events_texts() needs a table scored with expected_k > 0")
     positions = [scored.top_events(i, n) for i in range(len(data))]
     vocab = detector.encoder_.vocab
+    context_names = detector.encoder_.context_names
     texts = []
     for i, pos in enumerate(positions):
         start, length = int(data.offsets[i]), int(data.lengths[i])
@@ -215,6 +217,9 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
                 token = int(data.tokens[row])
                 raw = scored.raw_events[row] if scored.raw_events is not None else vocab.token(token)
                 unseen = " [unseen]" if token == UNK else ""
+                new_context = [n for j, n in enumerate(context_names) if data.context[row, j] == 0]
+                if new_context:
+                    unseen += f" [unseen {', '.join(new_context)}]"
                 guess_ids = expected[row, :TOP_EVENT_EXPECTED]
             guesses = ", ".join(_short(vocab.token(int(a))) for a in guess_ids)
             parts.append(f"pos {int(t)}: {_short(raw)}{unseen} (expected {guesses})")
@@ -271,8 +276,10 @@ def event_frame(
     their probabilities ``expected_1_p`` …; ``residual_<name>`` per numeric
     feature (actual − expected in the units the model reads: standard
     deviations of the training data, after the log transform of heavy-tailed
-    features); and label (the row's label; empty on END rows) when the data
-    is labelled. ``scored`` must be ``table``'s, scored with ``expected_k >=
+    features); ``unseen_<name>`` per context column (its value never seen in
+    training, so the model read it as unseen); and label when the data is
+    labelled (the row's label; on an END row its sequence's, 1 if any of its
+    rows is anomalous). ``scored`` must be ``table``'s, scored with ``expected_k >=
     expected`` (or with every event of the vocabulary, when it has fewer).
     """
     import numpy as np
@@ -333,10 +340,12 @@ def event_frame(
             columns[f"expected_{j + 1}_p"] = probs[:, j]
     for j, name in enumerate(detector.encoder_.numeric_names):
         columns[f"residual_{name}"] = ev.on_steps(ev.residual[:, j], None, np.nan)
-    if LABEL in table.frame.columns:
-        labels = ev.on_steps(table.frame[LABEL].to_numpy(dtype=np.int8), None, 0)
-        columns["label"] = pd.array(labels, dtype="Int8")
-        columns["label"][~is_event] = pd.NA
+    for j, name in enumerate(detector.encoder_.context_names):
+        columns[f"unseen_{name}"] = ev.on_steps(enc.context[:, j] == 0, None, False)
+    if LABEL in table.frame.columns and enc.labels is not None:
+        columns["label"] = ev.on_steps(
+            table.frame[LABEL].to_numpy(dtype=np.int8), np.asarray(enc.labels, dtype=np.int8), 0
+        )
     return pd.DataFrame(columns)
 
 

@@ -176,6 +176,11 @@ class CalibrationConfig:
         return f"{text} with confidence {self.confidence:.10g}" if self.confidence > 0 else text
 
 
+def krum_quorum(byzantine: int) -> int:
+    """The fewest updates among which Krum can outvote ``byzantine`` Byzantine ones (n > 2f + 2)."""
+    return 2 * byzantine + 3
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """Server-side knobs of a federated run (see :mod:`server.app`)."""
@@ -220,6 +225,14 @@ class FederationConfig:
                 f"'..', no surrounding spaces); runs go to federation.run-dir/<run-name>"
             )
         _nonnegative("federation.krum-byzantine", self.krum_byzantine)
+        quorum = krum_quorum(self.krum_byzantine)
+        if self.strategy == "krum" and self.krum_byzantine and self.min_nodes < quorum:
+            raise ConfigError(
+                f"config key 'federation.min-nodes' = {self.min_nodes} is too few for "
+                f"'federation.krum-byzantine' = {self.krum_byzantine}: Krum tells honest updates from f "
+                f"Byzantine ones only among more than 2f + 2 nodes; set min-nodes to at least {quorum}, "
+                f"or lower krum-byzantine"
+            )
         _positive("federation.histogram-bins", self.histogram_bins)
         _positive("federation.round-timeout", self.round_timeout)
 

@@ -70,6 +70,16 @@ class ScoredTable:
     events: EventScores
     scores: np.ndarray
     raw_events: np.ndarray | None = None  # (N,) the raw tokens, for explanations
+    raw_context: np.ndarray | None = None  # (N, C) raw context values, in the encoder's column order
+
+    def unseen_context(self, row: int, names: tuple[str, ...]) -> dict[str, str]:
+        """The context values of event ``row`` (of all events) never seen in training, by column."""
+        if not names:
+            return {}
+        unseen = np.nonzero(self.encoded.context[row] == 0)[0]
+        if self.raw_context is None:
+            return {names[j]: "" for j in unseen}
+        return {names[j]: str(self.raw_context[row, j]) for j in unseen}
 
     def top_events(self, i: int, n: int) -> np.ndarray:
         """Positions (within sequence ``i``) of its ``n`` highest-scoring steps.
@@ -343,12 +353,13 @@ class SequenceDetector:
         raw_events: np.ndarray | None = None,
         expected_k: int = 0,
         progress: Callable[[int], None] | None = None,
+        raw_context: np.ndarray | None = None,
     ) -> ScoredTable:
         sc = score or self.score_config_
         set_threads(self.config.train.threads)
         self.model_.to(self.device)
         events = score_events(self.model_, data, sc, self.device, expected_k=expected_k, progress=progress)
-        return ScoredTable(data, events, aggregate(events, sc), raw_events)
+        return ScoredTable(data, events, aggregate(events, sc), raw_events, raw_context)
 
     def score_table(
         self,
@@ -365,7 +376,9 @@ class SequenceDetector:
         """
         self._check_fitted()
         g = table.grouped()
-        return self._score_encoded(self.encoder_.encode(g), score, g.events, expected_k, progress)
+        return self._score_encoded(
+            self.encoder_.encode(g), score, g.events, expected_k, progress, self.encoder_.context_values(g)
+        )
 
     def decision_function(self, table: EventTable) -> np.ndarray:
         """Anomaly score per sequence (in ``table.grouped().ids`` order); higher = more anomalous."""
@@ -403,6 +416,7 @@ class SequenceDetector:
         exp_ids, exp_p = ev.expected[sl], ev.expected_p[sl]
         tokens = data.tokens[sl]
         names = self.encoder_.numeric_names
+        context_names = self.encoder_.context_names
         events = []
         for t in range(len(tokens)):
             resid = {
@@ -422,6 +436,7 @@ class SequenceDetector:
                     unseen=bool(tokens[t] == UNK),
                     numeric_residuals=resid,
                     score=float(ev.score[sl][t]),
+                    unseen_context=scored.unseen_context(sl.start + t, context_names),
                 )
             )
         if ev.end_surprisal is not None and ev.end_rank is not None:

@@ -245,12 +245,15 @@ class ColumnMap:
             raise ConfigError(f"{source}: {exc}") from exc
 
     def as_read(self, table: EventTable) -> ColumnMap:
-        """This map with the day/month order ``table``'s dates were read in (when the map left it
-        open), so that other files of the same data (a test table, the files a model scores) are
-        read alike."""
-        if self.day_first is not None or table.day_first is None:
-            return self
-        return replace(self, day_first=table.day_first)
+        """This map with what it left open settled as ``table`` was read: the order column as
+        timestamps (when they were) and the day/month order of their dates, so that other files
+        of the same data (a test table, the files a model scores) are read alike."""
+        settled: dict[str, Any] = {}
+        if self.time is None and table.time_ordered:
+            settled["time"] = True
+        if self.day_first is None and table.day_first is not None:
+            settled["day_first"] = table.day_first
+        return replace(self, **settled) if settled else self
 
     def to_dict(self) -> dict[str, Any]:
         """The map as JSON-ready data (lists for the tuple fields)."""

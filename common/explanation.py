@@ -40,6 +40,9 @@ class EventExplanation:
         numeric_residuals: residuals of the numeric features, actual − expected in
             standard deviations (positive: above what the model expected; may be empty).
         score: the event's total anomaly score (surprisal plus any numeric part).
+        unseen_context: the event's context values never seen in training, by column
+            (``{"device": "iPhone 15"}``; a value missing here but present in every
+            training row shows as ``<missing>``). The model read them as "unseen".
     """
 
     position: int
@@ -50,6 +53,7 @@ class EventExplanation:
     unseen: bool
     numeric_residuals: dict[str, float] = field(hash=False)
     score: float
+    unseen_context: dict[str, str] = field(default_factory=dict, hash=False)
 
     def expected_text(self, k: int | None = None) -> str:
         """``"a (0.61), b (0.20)"`` for the first ``k`` expected tokens (all when ``None``)."""
@@ -67,6 +71,7 @@ class EventExplanation:
             "unseen": bool(self.unseen),
             "numeric_residuals": {str(k): float(v) for k, v in self.numeric_residuals.items()},
             "score": float(self.score),
+            "unseen_context": {str(k): str(v) for k, v in self.unseen_context.items()},
         }
 
     @classmethod
@@ -82,6 +87,7 @@ class EventExplanation:
             unseen=bool(data.get("unseen", data.get("unknown", False))),
             numeric_residuals={str(k): float(v) for k, v in (data.get("numeric_residuals") or {}).items()},
             score=float(data["score"]),
+            unseen_context={str(k): str(v) for k, v in (data.get("unseen_context") or {}).items()},
         )
 
 
@@ -98,6 +104,11 @@ def residual_text(name: str, residual: float) -> str:
         return f"{_printable(name, 24)} missing"
     side = "above" if residual > 0 else "below"
     return f"{_printable(name, 24)} {abs(residual):.1f}σ {side} expected"
+
+
+def unseen_context_text(values: Mapping[str, str]) -> str:
+    """``device 'iPhone 15', channel 'fax'``: context values never seen in training."""
+    return ", ".join(f"{_printable(k, 24)} {_printable(repr(v), 32)}" for k, v in values.items())
 
 
 def _printable(text: str, width: int = _MAX_EVENT_WIDTH) -> str:
@@ -173,8 +184,9 @@ class SequenceExplanation:
 
         Each line shows the position, the actual event, its surprisal (nats),
         its rank, ``UNSEEN`` for tokens unseen in training, what the model
-        expected instead (``expected: a (0.61), b (0.20)``) and any numeric
-        residuals. The ``highlight`` most anomalous events are marked ``>>``.
+        expected instead (``expected: a (0.61), b (0.20)``), context values
+        unseen in training (``unseen context: device 'iPhone 15'``) and any
+        numeric residuals. The ``highlight`` most anomalous events are marked ``>>``.
         When there are more than ``max_events`` events, only the most
         anomalous ``max_events`` are shown (still in sequence order) and the
         gaps are summarised.
@@ -223,6 +235,8 @@ class SequenceExplanation:
                     "expected: "
                     + ", ".join(f"{_printable(t, 24)} ({p:.2f})" for t, p in ev.expected[:expected_k])
                 )
+            if ev.unseen_context:
+                parts.append("unseen context: " + unseen_context_text(ev.unseen_context))
             if ev.numeric_residuals:
                 parts.append(
                     "numbers: " + ", ".join(residual_text(k, v) for k, v in ev.numeric_residuals.items())

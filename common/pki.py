@@ -475,6 +475,13 @@ class Federation:
             raise PkiError(
                 f"institution {name!r} is already in {self.registry_path}; use --force to replace its key"
             )
+        twins = [o for o in registry["institutions"] if o != name and o.casefold() == name.casefold()]
+        if twins:
+            raise PkiError(
+                f"institution {twins[0]!r} is already in {self.registry_path}, and {name!r} differs from it "
+                f"only in case: their key files would be one file where case is ignored (macOS, Windows); "
+                f"choose another name, or use {twins[0]!r}"
+            )
         _check_free(paths, force)
         key: ec.EllipticCurvePrivateKey | None = None
         if public_key is not None:

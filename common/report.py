@@ -27,7 +27,7 @@ import numpy as np
 
 from common import metrics as _metrics
 from common.errors import DataError
-from common.explanation import EventExplanation, SequenceExplanation, residual_text
+from common.explanation import EventExplanation, SequenceExplanation, residual_text, unseen_context_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -311,6 +311,8 @@ def _event_title(ev: EventExplanation) -> str:
     ]
     if ev.expected:
         lines.append("expected instead: " + ev.expected_text())
+    if ev.unseen_context:
+        lines.append("unseen context: " + unseen_context_text(ev.unseen_context))
     if ev.numeric_residuals:
         lines.append("numbers: " + ", ".join(residual_text(k, v) for k, v in ev.numeric_residuals.items()))
     if not math.isclose(ev.score, ev.surprisal, rel_tol=1e-9, abs_tol=1e-9):
@@ -338,6 +340,14 @@ def _events_html(expl: SequenceExplanation, scale: float) -> str:
     return " ".join(parts)
 
 
+def _unseen_cell(ev: EventExplanation) -> str:
+    """``UNSEEN`` for an unseen event, and its context values unseen in training."""
+    parts = ["UNSEEN"] if ev.unseen else []
+    if ev.unseen_context:
+        parts.append(unseen_context_text(ev.unseen_context))
+    return "; ".join(parts)
+
+
 def _top_events_table(expl: SequenceExplanation) -> str:
     rows = []
     for ev in expl.top_events(TOP_EVENTS):
@@ -348,7 +358,7 @@ def _top_events_table(expl: SequenceExplanation) -> str:
             f"<td>{_e(ev.event)}</td>"
             f'<td class="num">{_e(_num(ev.surprisal))}</td>'
             f'<td class="num">{ev.rank}</td>'
-            f"<td>{'UNSEEN' if ev.unseen else ''}</td>"
+            f"<td>{_e(_unseen_cell(ev))}</td>"
             f"<td>{_e(ev.expected_text()) or '—'}</td>"
             f"<td>{_e(residuals) or '—'}</td>"
             f'<td class="num">{_e(_num(ev.score))}</td>'
@@ -521,7 +531,8 @@ def write_report(
         body.append(
             '<p class="legend">Each event is shaded by its event score, the surprisal plus any '
             f"numeric feature's term (white = 0, dark red ≥ {scale:.1f}); "
-            "dashed purple border = token unseen in training; black outline = the sequence's top "
+            "dashed purple border = token unseen in training (the tooltip also names context values "
+            "unseen in training); black outline = the sequence's top "
             f"{TOP_EVENTS} events. Hover an event for what the model expected instead.</p>"
         )
         body += [_sequence_html(x, scale) for x in expl_sorted]

@@ -277,7 +277,18 @@ def cmd_init_ca(args: argparse.Namespace, fed: Federation) -> int:
 def cmd_server_cert(args: argparse.Namespace, fed: Federation) -> int:
     sans = args.san or list(DEFAULT_SANS)
     path = fed.server_cert_issue(sans, days=args.days, force=args.force)
-    print(f"SuperLink certificate: {path} (SANs: {', '.join(sans)})\nSuperLink key:         {fed.server_key}")
+    ends = load_cert(path).not_valid_after_utc
+    print(
+        f"SuperLink certificate: {path} (SANs: {', '.join(sans)}; valid until {ends:%Y-%m-%d})\n"
+        f"SuperLink key:         {fed.server_key}"
+    )
+    if ends >= load_cert(fed.ca_cert).not_valid_after_utc:  # cut to the CA's end (server_cert_issue)
+        print(
+            f"{PROG}: warning: the certificate ends with the CA on {ends:%Y-%m-%d}, before the {args.days} "
+            "days asked for (a certificate cannot outlive its CA); renew both before then "
+            "(init-ca --force, server-cert --force, the new ca.crt to every institution)",
+            file=sys.stderr,
+        )
     return 0
 
 

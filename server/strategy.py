@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from common.config import FederationConfig
+from common.config import FederationConfig, krum_quorum
 from common.metrics import Confusion, roc_auc_from_histograms
 from server.replies import arrays_problem, metrics_problem, usable
 from server.rundir import RunDir
@@ -444,7 +444,27 @@ class RecordingFedTrimmedAvg(RecordingMixin, FedTrimmedAvg):
     strategy_name = "fedtrimmedavg"
 
 
-class RecordingKrum(RecordingMixin, Krum):
+class _QuorumKrum(Krum):
+    """Krum that warns when a round's usable updates are too few to outvote its Byzantine ones."""
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        n, f = sum(1 for m in replies if not m.has_error()), self.num_malicious_nodes
+        if f and n < krum_quorum(f):
+            log.warning(
+                "round %d: Krum chose among %d update(s), but outvoting %d Byzantine node(s) needs at "
+                "least %d (federation.krum-byzantine): this round's model is not protected",
+                server_round,
+                n,
+                f,
+                krum_quorum(f),
+            )
+        return super().aggregate_train(server_round, replies)
+
+
+class RecordingKrum(RecordingMixin, _QuorumKrum):
     strategy_name = "krum"
 
 

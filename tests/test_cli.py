@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pandas.testing import assert_frame_equal
 
 from client import cli
 from client.cli import main
@@ -256,6 +257,49 @@ def test_fit_reports_repairs_and_custom_columns(tmp_path: Path, capsys: pytest.C
     assert len(scores) == 30 and "label" in scores.columns
 
 
+def test_score_and_explain_mark_context_values_unseen_in_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A device never seen in training is marked on its own events: events file, top events, explain."""
+    frame = make_frame(3, 30, 0, "u")
+    frame["device"] = "laptop"
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    frame.to_csv(train, index=False)
+    new = (frame["sequence"] == "u000") & (frame["order"] >= 2)
+    frame.loc[new, "device"] = "smart fridge"
+    frame.to_csv(test, index=False)
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG, encoding="utf-8")
+    model = str(tmp_path / "m")
+    fit = ["fit", "--data", str(train), "--config", str(config), "--out", model, "--context-cols", "device"]
+    code = main(fit)
+    assert code == 0, capsys.readouterr().err
+    scores_path, events_path = tmp_path / "s.csv", tmp_path / "e.csv"
+    base = ["--model", model, "--data", str(test)]
+    outputs = ["--out", str(scores_path), "--events-out", str(events_path), "--top-events", "99"]
+    code = main(["score", *base, *outputs])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"unknown context values: {int(new.sum())}" in captured.out
+    events = pd.read_csv(events_path, keep_default_na=False)
+    steps = events[events["event"] != "<end>"]
+    marked = steps.loc[steps["unseen_device"], ["sequence_id", "position"]]
+    assert list(zip(marked["sequence_id"], marked["position"], strict=True)) == [
+        ("u000", int(p)) for p in frame.loc[new, "order"]
+    ]
+    assert not events.loc[events["event"] == "<end>", "unseen_device"].any()
+    scores = pd.read_csv(scores_path, keep_default_na=False).set_index("sequence_id")
+    assert "[unseen device]" in scores.loc["u000", "top_events"]
+    assert "[unseen device]" not in "".join(scores.drop(index="u000")["top_events"])
+
+    assert main(["explain", *base, "--sequence", "u000"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("unseen context: device 'smart fridge'" in line for line in lines) == int(new.sum())
+    assert main(["explain", *base, "--sequence", "u000", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [ev["unseen_context"] for ev in data["events"][:3]] == [{}, {}, {"device": "smart fridge"}]
+
+
 def test_score_writes_table_and_metrics(
     workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -331,10 +375,12 @@ def test_score_events_out_explains_every_sequence_score(
         events.loc[is_end, "position"].to_numpy()
         == scores.loc[events.loc[is_end, "sequence_id"], "n_events"].to_numpy()
     ).all()
-    assert events.loc[is_end, "label"].isna().all() and events.loc[is_end, "order"].isna().all()
+    assert events.loc[is_end, "order"].isna().all()
+    # every row, END rows included, carries its sequence's label: an integer column
+    assert events["label"].dtype == np.int8
+    assert (events["label"] == events["sequence_id"].map(scores["label"]).astype(int)).all()
     steps = events[~is_end]
     assert (steps["order"] == steps["position"]).all()  # the file's order column holds positions
-    assert (steps["label"] == steps["sequence_id"].map(scores["label"]).astype(int)).all()
     assert (events.groupby("sequence_id", observed=True)["unseen"].sum() == scores["unknown_events"]).all()
     assert set(steps.loc[steps["unseen"], "event"]) <= set(ATTACK_EVENTS)
     assert ((events["rank"] >= 1) & (events["expected_1_p"] >= events["expected_2_p"])).all()
@@ -913,6 +959,13 @@ def test_fit_saves_the_date_order_and_sessions_it_read_with_and_they_are_reused(
     assert main(["score", "--model", str(first), "--data", str(early), "--out", str(out)]) == 0
     assert "read month first" not in capsys.readouterr().err  # read as fit read: day first
     assert len(pd.read_csv(out)) == 18
+    # the same with the order column renamed and named by flag: still timestamps, still day first
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(stream(range(2, 5)).replace("user,ts,", "user,when,"), encoding="utf-8")
+    flags = ["--order-col", "when", "--out", str(tmp_path / "r.csv")]
+    assert main(["score", "--model", str(first), "--data", str(renamed), *flags]) == 0
+    assert "read month first" not in capsys.readouterr().err
+    assert_frame_equal(pd.read_csv(tmp_path / "r.csv"), pd.read_csv(out))
     node = tmp_path / "node"
     node.mkdir()
     (node / "train.csv").write_text(

@@ -104,6 +104,14 @@ def test_ca_and_server_certificate(fed: Federation, capsys: pytest.CaptureFixtur
     assert "not signed by this ca.crt" in capsys.readouterr().err
     assert coordinator.main(["--dir", str(fed.root), "server-cert", "--force"]) == 0
     assert coordinator.main(["--dir", str(fed.root), "superlink-command"]) == 0
+    # a certificate cannot outlive its CA (3650 days): asked for more, it says where it ends
+    capsys.readouterr()
+    assert coordinator.main(["--dir", str(fed.root), "server-cert", "--force", "--days", "4000"]) == 0
+    ca_ends = f"{load_cert(fed.ca_cert).not_valid_after_utc:%Y-%m-%d}"
+    assert f"valid until {ca_ends}" in (captured := capsys.readouterr()).out
+    assert f"warning: the certificate ends with the CA on {ca_ends}, before the 4000 days" in captured.err
+    assert coordinator.main(["--dir", str(fed.root), "server-cert", "--force", "--days", "30"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_institution_keys_match_what_flower_reads(fed: Federation, tmp_path: Path) -> None:
@@ -277,6 +285,10 @@ def test_a_public_key_is_registered_under_one_name_only(
     fingerprint = fed.read_registry()["institutions"]["alpha"]["fingerprint"]
     assert len(errors) == 1 and f"({fingerprint}) is already registered as institution 'alpha'" in errors[0]
     assert fed.institution_names() == ["alpha"] and not fed.public_key("delta").exists()
+    # a name that differs only in case would share its key files where case is ignored
+    assert coordinator.main([*d, "add-institution", "Alpha"]) == 2
+    assert "'Alpha' differs from it only in case" in capsys.readouterr().err
+    assert fed.institution_names() == ["alpha"]
     # the same institution may re-register its own key (--force)
     assert coordinator.main([*d, "add-institution", "alpha", "--force", "--public-key", str(own)]) == 0
     # a new key for a registered node: the old key is still admitted, and the warning names its node

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -478,10 +479,30 @@ def test_make_strategy_settings() -> None:
     assert prox.proximal_mu == 0.3
     trimmed = strategy_of(RecordingFedTrimmedAvg, FederationConfig(strategy="fedtrimmedavg", trim_beta=0.1))
     assert trimmed.beta == 0.1
-    krum = strategy_of(RecordingKrum, FederationConfig(strategy="krum", krum_byzantine=1))
+    krum = strategy_of(RecordingKrum, FederationConfig(strategy="krum", krum_byzantine=1, min_nodes=5))
     assert krum.num_malicious_nodes == 1
     assert strategy_of(RecordingFedAdam, FederationConfig(strategy="fedadam", server_lr=0.2)).eta == 0.2
     assert strategy_of(RecordingFedAvg, FederationConfig(min_nodes=3)).min_available_nodes == 3
+
+
+def test_krum_needs_more_than_2f_plus_2_updates(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The config refuses a quorum that cannot outvote f Byzantine nodes; a round short of it warns."""
+    with pytest.raises(ConfigError, match=r"'federation.min-nodes' = 4 is too few .* at least 5"):
+        FederationConfig(strategy="krum", krum_byzantine=1, min_nodes=4)
+    FederationConfig(strategy="fedavg", krum_byzantine=1, min_nodes=2)  # only Krum reads it
+    krum = strategy_of(RecordingKrum, FederationConfig(strategy="krum", krum_byzantine=1, min_nodes=5))
+    run = RunDir(tmp_path / "run")
+    run.reset()
+    krum.setup_recording(run, initial_arrays=ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))}))
+    w = [{"w": np.full(3, float(i), dtype=np.float32)} for i in range(5)]
+    with caplog.at_level("WARNING"):
+        krum.aggregate_train(1, [_train_reply(a, 1.0, 10) for a in w])
+        assert "not protected" not in caplog.text
+        arrays, _ = krum.aggregate_train(2, [_train_reply(a, 1.0, 10) for a in w[:4]])
+    assert "round 2: Krum chose among 4 update(s), but outvoting 1 Byzantine node(s) needs at least 5" in (
+        caplog.text
+    )
+    assert arrays is not None
 
 
 def test_evaluate_aggregation_without_labels_has_no_auroc() -> None:

@@ -45,7 +45,9 @@ def _event(
 def _explanation(seq_id: str = EVIL, n: int = 8) -> SequenceExplanation:
     events = [_event(i, f"ev{i % 3}", 0.2 + 0.1 * i) for i in range(n)]
     events[3] = _event(3, "<b>login</b>", 9.5, unseen=True, rank=120)
-    events[5] = _event(5, "pay", 4.0, residuals={"amount": 5.2}, score=6.5)
+    events[5] = dataclasses.replace(
+        _event(5, "pay", 4.0, residuals={"amount": 5.2}, score=6.5), unseen_context={"device": "fridge"}
+    )
     return SequenceExplanation(
         sequence_id=seq_id, score=12.3, threshold=5.0, flagged=True, events=tuple(events), label=1
     )
@@ -73,6 +75,7 @@ def test_explanation_text_and_dict() -> None:
     text = expl.to_text()
     assert "UNSEEN" in text and "expected: a (0.61), b (0.20)" in text
     assert "FLAGGED" in text and "amount 5.2σ above expected" in text  # residual = actual - expected
+    assert "unseen context: device 'fridge'" in text
     marked = [line for line in text.splitlines() if line.startswith(">>")]
     assert len(marked) == 3 and "<b>login</b>" in marked[0]
     short = expl.to_text(max_events=3)
