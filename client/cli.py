@@ -247,7 +247,6 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
         validation, _ = read_data(args.validation, args, saved=layout)
         describe(console, "validation data", validation)
 
-    from common.metrics import unresolved_rate
     from common.scoring import MIN_SPREAD_SEQUENCES, end_weight_is_fitted
 
     cfg = config
@@ -277,16 +276,8 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
             else f"score.end-weight: {n_val} {part} sequences are too few to fit it"
         )
         console.info(f"END weight: {detector.end_weight_:.4g} ({source})")
+    # (too few validation sequences for the rate, or none: fit() has warned)
     console.result(f"threshold: {detector.threshold_:.6g} ({how} on {n_val} normal {part} sequences)")
-    # (without validation sequences fit() has warned already)
-    note = unresolved_rate(n_val, cal.rate, cal.confidence) if part == "validation" else None
-    if note:
-        more = (
-            "give a --validation file with more normal sequences"
-            if args.validation
-            else "give --validation FILE, or a larger train.validation-fraction in --config"
-        )
-        log.warning("%s (%s)", note, more)
     console.result(f"model saved to {out}")
     return 0
 

@@ -265,6 +265,9 @@ class DetectorConfig:
     vocab: VocabConfig = field(default_factory=VocabConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
+    def __post_init__(self) -> None:
+        _check_sections(self)
+
 
 @dataclass(frozen=True)
 class AppConfig:
@@ -273,6 +276,23 @@ class AppConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        _check_sections(self)
+
+
+def _check_sections(obj: Any) -> None:
+    """Each section of a config built in Python is its section class (not, say, a dict)."""
+    hints = get_type_hints(type(obj))
+    for f in fields(obj):
+        value, kind = getattr(obj, f.name), hints[f.name]
+        if not isinstance(value, kind):
+            raise ConfigError(
+                f"config section '{f.name}' must be a {kind.__name__}, got {type(value).__name__} "
+                f"{value!r}: build it as {kind.__name__}(...), or the whole config with "
+                f"parse_detector_config({{'{f.name}.<key>': value}}) or "
+                f"with_overrides(config, {f.name}={{...}})"
+            )
 
 
 _DETECTOR_SECTIONS: dict[str, type] = {

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import numbers
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +31,10 @@ from safetensors.torch import load_file, save_file
 from common import __version__
 from common.config import DetectorConfig, ScoreConfig, parse_detector_config, to_flat
 from common.encoding import EncodedSequences, Encoder
-from common.errors import ModelFileError, NotFittedError
+from common.errors import DataError, ModelFileError, NotFittedError
 from common.events import EventTable, Sequences
 from common.explanation import EventExplanation, SequenceExplanation
-from common.metrics import threshold_for_contamination, threshold_for_far
+from common.metrics import threshold_for_contamination, threshold_for_far, unresolved_rate
 from common.model import (
     NetworkShape,
     NextEventModel,
@@ -122,7 +123,16 @@ def holdout_mask(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     order = rng.permutation(n_groups)
     sizes = np.bincount(groups, minlength=n_groups)
     target = max(1, round(fraction * len(groups)))
-    chosen = order[np.cumsum(sizes[order]) <= target]
+    # groups in random order, each taken while it still fits: one large group met early is
+    # passed over, not the end of the hold-out (which once kept 3 of 30 sequences)
+    taken, room = [], target
+    for group, size in zip(order.tolist(), sizes[order].tolist(), strict=True):
+        if size <= room:
+            taken.append(group)
+            room -= size
+            if room == 0:
+                break
+    chosen = np.asarray(taken, dtype=np.int64)
     if len(chosen) == 0 and n_groups > 1:
         chosen = order[:1]
     if len(chosen) == n_groups:  # never hold out everything: a single content group stays to train on
@@ -160,6 +170,12 @@ class SequenceDetector:
     """Next-event model + calibrated threshold for behaviour sequences."""
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
+        if config is not None and not isinstance(config, DetectorConfig):
+            raise TypeError(
+                f"SequenceDetector takes a DetectorConfig, not {type(config).__name__}: build one with "
+                "common.config.parse_detector_config({'train.epochs': 5, ...}) or "
+                "with_overrides(DetectorConfig(), train={'epochs': 5})"
+            )
         self.config = config or DetectorConfig()
 
     # -- fitted state -------------------------------------------------------------
@@ -203,6 +219,9 @@ class SequenceDetector:
         table are dropped before fitting: the model learns normal behaviour.
         ``progress`` and ``batch_progress`` are :func:`~common.train.fit_model`'s.
         """
+        _check_table(train, "train")
+        if validation is not None:
+            _check_table(validation, "validation")
         cfg = self.config
         set_threads(cfg.train.threads)
         # Selected on the grouped views: the tables' text is not copied.
@@ -225,8 +244,6 @@ class SequenceDetector:
         else:
             g_val = _normal_sequences(validation)
         if len(g) == 0:
-            from common.errors import DataError
-
             raise DataError(
                 f"{train.source}: no normal training sequences to fit on "
                 f"(a model learns normal behaviour: give sequences whose label is 0, or no label column)"
@@ -235,7 +252,7 @@ class SequenceDetector:
             g, numeric_names=train.numeric, context_names=train.context, vocab_config=cfg.vocab
         )
         enc_train = self.encoder_.encode(g)
-        enc_val = self.encoder_.encode(g_val)
+        enc_val = _encoded(self.encoder_, g_val, train if validation is None else validation)
         del g, g_val
         self.model_ = build_model(cfg.model, self.network_shape, seed=cfg.train.seed)
         self.fit_result_ = fit_model(
@@ -261,7 +278,20 @@ class SequenceDetector:
                 train.source,
                 why,
             )
+        self.global_threshold_ = None  # a federation's threshold belongs to the model it came with
         self.fit_scoring(enc_val if len(enc_val) else enc_train)
+        cal = cfg.calibration
+        note = unresolved_rate(len(enc_val), cal.rate, cal.confidence) if len(enc_val) else None
+        if note:
+            log.warning(
+                "%s: %s (%s)",
+                train.source if validation is None else validation.source,
+                note,
+                "give more normal validation sequences (seqwatch fit --validation FILE)"
+                if validation is not None
+                else "give validation data (seqwatch fit --validation FILE), or a larger "
+                "train.validation-fraction",
+            )
         return self
 
     def fit_scoring(self, normal: EncodedSequences, *, end_weight: float | None = None) -> np.ndarray:
@@ -344,7 +374,8 @@ class SequenceDetector:
     # -- scoring --------------------------------------------------------------------------
     def encode(self, table: EventTable) -> EncodedSequences:
         self._check_fitted()
-        return self.encoder_.encode(table.grouped())
+        _check_table(table)
+        return _encoded(self.encoder_, table.grouped(), table)
 
     def _score_encoded(
         self,
@@ -375,9 +406,15 @@ class SequenceDetector:
         ``progress`` is called with the number of events scored per batch.
         """
         self._check_fitted()
+        _check_table(table)
         g = table.grouped()
         return self._score_encoded(
-            self.encoder_.encode(g), score, g.events, expected_k, progress, self.encoder_.context_values(g)
+            _encoded(self.encoder_, g, table),
+            score,
+            g.events,
+            expected_k,
+            progress,
+            self.encoder_.context_values(g),
         )
 
     def decision_function(self, table: EventTable) -> np.ndarray:
@@ -386,8 +423,10 @@ class SequenceDetector:
 
     def predict(self, table: EventTable, threshold: float | None = None) -> np.ndarray:
         """1 for sequences scoring above the threshold (default ``threshold_``), else 0."""
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)):
+            raise TypeError(f"predict(threshold=...) takes a number, not {type(threshold).__name__}")
         scores = self.decision_function(table)
-        t = self.threshold_ if threshold is None else threshold
+        t = self.threshold_ if threshold is None else float(threshold)
         return (scores > t).astype(np.int8)
 
     def explain(self, table: EventTable, sequence_id: object, top_k: int = 3) -> SequenceExplanation:
@@ -396,11 +435,14 @@ class SequenceDetector:
         ``sequence_id`` is compared as text, as ids are read (``3`` finds ``"3"``).
         """
         self._check_fitted()
+        _check_table(table)
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+            raise ValueError(
+                f"explain(top_k=...) takes how many expected events to list, at least 1; got {top_k!r}"
+            )
         ids = table.grouped().ids
         hits = np.nonzero(ids.astype(str) == str(sequence_id))[0]
         if len(hits) == 0:
-            from common.errors import DataError
-
             raise DataError(f"{table.source}: no sequence with id {sequence_id!r}")
         sub = table.subset(ids[hits[:1]])
         scored = self.score_table(sub, expected_k=top_k)
@@ -541,6 +583,7 @@ class SequenceDetector:
 
         ``device`` and ``threads`` replace the saved ``train.device`` and
         ``train.threads``: where and with how many CPU threads this host runs it.
+        A model trained on ``cuda`` runs on the CPU where there is no CUDA device.
         """
         p = Path(path)
         for name in (WEIGHTS_FILE, META_FILE, ENCODER_FILE):
@@ -565,6 +608,13 @@ class SequenceDetector:
             flat.setdefault("model.end-event", False)
             if device is not None:
                 flat["train.device"] = device
+            elif str(flat.get("train.device", "auto")).startswith("cuda") and not torch.cuda.is_available():
+                log.info(
+                    "%s: trained on %s; this host has no CUDA device, so it runs on the CPU",
+                    p,
+                    flat["train.device"],
+                )
+                flat["train.device"] = "auto"
             if threads is not None:
                 flat["train.threads"] = threads
             config = parse_detector_config(flat)
@@ -624,6 +674,24 @@ def _fit_result_from(saved: object) -> FitResult | None:
         train_events_per_second=float(saved["train_events_per_second"]),
         monitored=str(saved["monitored"]),
     )
+
+
+def _check_table(table: object, name: str = "table") -> None:
+    """``table`` must be an :class:`EventTable`; anything else is refused with how to make one."""
+    if not isinstance(table, EventTable):
+        raise TypeError(
+            f"{name} must be an EventTable, not {type(table).__name__}: read a file with "
+            "common.tableio.read_table(path, ColumnMap(...)), or wrap a DataFrame with "
+            "common.tableio.from_frame(frame, ColumnMap(...))"
+        )
+
+
+def _encoded(encoder: Encoder, grouped: Sequences, table: EventTable) -> EncodedSequences:
+    """``encoder.encode(grouped)``; a missing feature column is named with ``table``'s source."""
+    try:
+        return encoder.encode(grouped)
+    except DataError as exc:
+        raise DataError(f"{table.source}: {exc}") from exc
 
 
 def _normal_sequences(table: EventTable) -> Sequences:

@@ -247,9 +247,28 @@ def fit_model(
 ) -> FitResult:
     """Train with early stopping on held-out normal validation loss; keeps the best weights.
 
+    Seeded by ``config.seed``; the caller's torch random state is left as it was.
     ``progress(epoch, row)`` follows each epoch (its losses);
     ``batch_progress(epoch, events_per_epoch, events)`` each batch within it.
     """
+    cuda = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=cuda):
+        return _fit_model(model, train, validation, config, device, progress, batch_progress)
+
+
+def _fit_model(
+    model: NextEventModel,
+    train: EncodedSequences,
+    validation: EncodedSequences | None,
+    config: TrainConfig,
+    device: torch.device,
+    progress: Callable[[int, dict[str, float]], None] | None,
+    batch_progress: Callable[[int, int, int], None] | None,
+) -> FitResult:
     model.to(device)
     optimizer = make_optimizer(model, config)
     rng = np.random.default_rng(config.seed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from client import cli
 from client.cli import main
 from client.datafiles import LAYOUT_FILE
 from client.results import write_frame
+from common.errors import ConfigError, DataError
 
 NORMAL_EVENTS = ("open", "read", "write", "close", "stat", "mmap")
 ATTACK_EVENTS = ("execve", "socket", "connect")
@@ -1208,6 +1210,82 @@ def test_library_contract_edges(workspace: dict[str, Path], tmp_path: Path) -> N
     saved = keyed.save(tmp_path / "keyed")
     assert stat.S_IMODE((saved / "detector.json").stat().st_mode) == 0o600
     assert stat.S_IMODE((detector.save(tmp_path / "plain") / "detector.json").stat().st_mode) != 0o600
+
+
+def test_library_refuses_wrong_inputs_with_what_to_use_instead(workspace: dict[str, Path]) -> None:
+    import torch
+
+    from common.config import DetectorConfig
+    from common.detector import SequenceDetector
+    from common.events import CANONICAL
+    from common.tableio import read_table
+
+    detector = SequenceDetector.load(workspace["model"])
+    frame = pd.read_csv(workspace["test"])
+    with pytest.raises(TypeError, match=r"table must be an EventTable, not DataFrame: .*from_frame"):
+        detector.decision_function(frame)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="train must be an EventTable, not NoneType"):
+        SequenceDetector().fit(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"takes a DetectorConfig, not dict: .*parse_detector_config"):
+        SequenceDetector({"train.epochs": 1})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="config section 'train' must be a TrainConfig, got dict"):
+        DetectorConfig(train={"epochs": 1})  # type: ignore[arg-type]
+    table = read_table(workspace["test"], CANONICAL)
+    with pytest.raises(TypeError, match=r"predict\(threshold=...\) takes a number, not str"):
+        detector.predict(table, threshold="3")  # type: ignore[arg-type]
+    assert (detector.predict(table, threshold=1e9) == 0).all()
+    for top_k in (0, -1):
+        with pytest.raises(ValueError, match="at least 1"):
+            detector.explain(table, "te000", top_k=top_k)
+    # a table without a feature the model reads is named
+    with pytest.raises(DataError, match=r"^[^:]*test.csv: the model reads"):
+        no_device = SequenceDetector.load(workspace["model"])
+        no_device.encoder_.context.columns = {"device": ["phone"]}  # as if fitted with a device column
+        no_device.decision_function(table)
+    # a model trained on a GPU scores on a host without one
+    gpu = workspace["root"] / "gpu-model"
+    if not gpu.exists():
+        shutil.copytree(workspace["model"], gpu)
+        meta = json.loads((gpu / "detector.json").read_text(encoding="utf-8"))
+        meta["config"]["train.device"] = "cuda"
+        (gpu / "detector.json").write_text(json.dumps(meta), encoding="utf-8")
+    moved = SequenceDetector.load(gpu)
+    if not torch.cuda.is_available():
+        assert moved.device.type == "cpu"
+    np.testing.assert_allclose(moved.decision_function(table), detector.decision_function(table), rtol=1e-5)
+
+
+def test_fit_holds_out_the_fraction_keeps_the_callers_random_state_and_warns_of_few_validation(
+    workspace: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    from common.config import parse_detector_config
+    from common.detector import SequenceDetector, holdout_mask
+    from common.events import CANONICAL
+    from common.tableio import read_table
+
+    # a large content group met early is passed over: the hold-out is still about the fraction
+    groups = np.r_[np.zeros(50, dtype=np.int64), np.arange(1, 101)]
+    for seed in range(20):
+        assert holdout_mask(groups, 0.1, seed).sum() == 15, seed
+
+    config = parse_detector_config(
+        {"model.hidden": 16, "model.embed-dim": 8, "model.layers": 1, "train.epochs": 1}
+    )
+    train = read_table(workspace["train"], CANONICAL)
+    torch.manual_seed(1234)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(1234)
+    detector = SequenceDetector(config)
+    detector.global_threshold_ = 99.0  # as a federated model brings
+    with caplog.at_level("WARNING"):
+        detector.fit(train)
+    assert torch.equal(torch.rand(3), expected_draw)  # fit left the caller's random state alone
+    assert detector.global_threshold_ is None  # it belonged to the model fitted before
+    assert len(detector.validation_scores_) == 4  # 10 % of 40 sequences
+    assert "train.csv: 4 validation sequences cannot resolve a rate of 0.01" in caplog.text
+    assert "or a larger train.validation-fraction" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["out.csv", "out.csv.gz", "out.tsv", "out.tsv.gz"])
