@@ -257,6 +257,14 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     )
     with EpochProgress(cfg.train.epochs, quiet=console.quiet) as progress:
         detector.fit(train, validation, progress=progress, batch_progress=progress.events)
+    vocab = detector.encoder_.vocab
+    cut = (
+        f"; the {vocab.cut_types:,} rarer ones ({vocab.cut_events:,} training events) are read as <unk>, "
+        f"like events never seen (vocab.max-size {cfg.vocab.max_size}, vocab.min-count {cfg.vocab.min_count})"
+        if vocab.cut_types
+        else ""
+    )
+    console.info(f"vocabulary: {len(vocab.tokens):,} event types{cut}")
     result = detector.fit_result_
     if result is not None and result.history:
         console.info(
@@ -322,9 +330,14 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     n_events = int(stats.get("events", int(frame["n_events"].sum())))
     if n_unknown:
         n_seq_unknown = int((frame["unknown_events"] > 0).sum())
+        why = (
+            "never seen in training, or among the rare ones the vocabulary left out"
+            if detector.encoder_.vocab.cut_types
+            else "never seen in training"
+        )
         console.result(
             f"unknown events: {n_unknown} of {n_events} ({100.0 * n_unknown / max(n_events, 1):.2f}%) "
-            f"in {n_seq_unknown} sequence(s), never seen in training"
+            f"in {n_seq_unknown} sequence(s), {why}"
         )
     else:
         console.info("unknown events: none")

@@ -72,13 +72,18 @@ class Vocabulary:
     ``tokens`` holds the (possibly hashed) keys of ids 3.. in id order.
     ``hash_key`` non-empty means raw tokens are hashed before lookup.
     ``names`` optionally maps hashed keys back to raw tokens, for local
-    explanations only; it is never sent to other parties.
+    explanations only; it is never sent to other parties. ``cut_types`` and
+    ``cut_events``: how many distinct tokens of the counts it was built from
+    were left out (``max_size``, ``min_count``), and how many events they
+    had: such tokens encode as UNK, like tokens never seen.
     """
 
     tokens: list[str]
     hash_key: str = ""
     counts: list[int] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)
+    cut_types: int = 0
+    cut_events: int = 0
 
     def __post_init__(self) -> None:
         self._index = pd.Index(self.tokens)
@@ -97,7 +102,14 @@ class Vocabulary:
         kept = sorted(((t, c) for t, c in counts.items() if c >= min_count), key=lambda tc: (-tc[1], tc[0]))[
             :max_size
         ]
-        return cls(tokens=[t for t, _ in kept], hash_key=hash_key, counts=[c for _, c in kept])
+        seen = [c for c in counts.values() if c > 0]
+        return cls(
+            tokens=[t for t, _ in kept],
+            hash_key=hash_key,
+            counts=[c for _, c in kept],
+            cut_types=len(seen) - len(kept),
+            cut_events=sum(seen) - sum(c for _, c in kept),
+        )
 
     @classmethod
     def fit(cls, tokens: np.ndarray, *, max_size: int, min_count: int = 1, hash_key: str = "") -> Vocabulary:
@@ -140,6 +152,8 @@ class Vocabulary:
 
     def to_dict(self, *, with_names: bool = True) -> dict[str, object]:
         out: dict[str, object] = {"tokens": self.tokens, "counts": self.counts, "hashed": bool(self.hash_key)}
+        if self.cut_types:
+            out["cut"] = {"types": self.cut_types, "events": self.cut_events}
         if with_names and self.names:
             out["names"] = self.names
         return out
@@ -149,7 +163,15 @@ class Vocabulary:
         tokens = [str(t) for t in data["tokens"]]  # type: ignore[attr-defined]
         counts = [int(c) for c in data.get("counts", [])]  # type: ignore[attr-defined]
         names = {str(k): str(v) for k, v in dict(data.get("names", {})).items()}  # type: ignore[call-overload]
-        return cls(tokens=tokens, hash_key=hash_key, counts=counts, names=names)
+        cut = dict(data.get("cut") or {})  # type: ignore[call-overload]
+        return cls(
+            tokens=tokens,
+            hash_key=hash_key,
+            counts=counts,
+            names=names,
+            cut_types=int(cut.get("types", 0)),
+            cut_events=int(cut.get("events", 0)),
+        )
 
 
 class ContextVocabulary:

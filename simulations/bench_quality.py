@@ -247,6 +247,13 @@ def adfa_coverage(src: Path, base: DetectorConfig, epochs: int | None, seed: int
     }
 
 
+def _group_halves(groups: np.ndarray, seed: int) -> np.ndarray:
+    """Half A (True) of the sequences: a random half of the content ``groups`` (ids 0..G-1), whole."""
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    in_a = np.random.default_rng(seed).permutation(n_groups) < n_groups // 2
+    return in_a[groups]
+
+
 def _across_halves(
     normal: np.ndarray, abnormal: np.ndarray, halves: np.ndarray, rate: float, confidence: float
 ) -> list[tuple[float, float]]:
@@ -279,8 +286,10 @@ def hdfs(
         det = SequenceDetector(with_overrides(cfg, train={"seed": seed + k})).fit(rest)
         held_all = det.score_table(held).events
         ab_all = det.score_table(abnormal).events
-        # the fold's content groups in two halves: a threshold set on one half is checked on the other
-        halves = holdout_mask(content_groups(held), 0.5, seed + k)
+        # the fold's content groups in two halves, half of the groups each (not half of the sessions:
+        # one content repeated hundreds of times would make up a half alone): a threshold set on one
+        # half is checked on the other
+        halves = _group_halves(content_groups(held), seed + k)
         for agg, end in per_agg:
             held_events, ab_events = (held_all, ab_all) if end else (_no_end(held_all), _no_end(ab_all))
             sc = _score_config(cfg, agg, held_events)

@@ -259,6 +259,21 @@ def test_fit_reports_repairs_and_custom_columns(tmp_path: Path, capsys: pytest.C
     assert len(scores) == 30 and "label" in scores.columns
 
 
+def test_fit_reports_the_vocabulary_and_what_it_left_out(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "small-vocab.toml"
+    config.write_text(TINY_CONFIG + "\n[vocab]\nmax-size = 3\n", encoding="utf-8")
+    model = str(tmp_path / "m")
+    assert main(["fit", "--data", str(workspace["train"]), "--config", str(config), "--out", model]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("vocabulary: 3 event types; the "))
+    assert "rarer ones (" in line and "are read as <unk>, like events never seen (vocab.max-size 3" in line
+    scores = str(tmp_path / "s.csv")
+    assert main(["score", "--model", model, "--data", str(workspace["test"]), "--out", scores]) == 0
+    assert "never seen in training, or among the rare ones the vocabulary left out" in capsys.readouterr().out
+
+
 def test_score_and_explain_mark_context_values_unseen_in_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

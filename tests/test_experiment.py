@@ -249,3 +249,18 @@ def test_a_run_of_fewer_modes_leaves_no_earlier_output_behind(
     assert result["modes"] == ["centralized"]
     assert not (out / "federated_metrics.jsonl").exists()  # the earlier federation's rows
     assert (out / "comparison.json").is_file()
+
+
+def test_hdfs_bench_halves_split_content_groups_not_sessions() -> None:
+    """Each content group lies wholly in one half, and each half holds half of the groups, however
+    many sessions a group repeats (the holdout_mask split by sessions let one content fill a half)."""
+    import numpy as np
+
+    from simulations.bench_quality import _group_halves
+
+    groups = np.r_[np.zeros(600, dtype=np.int64), np.arange(1, 40).repeat(3)]  # one content x 600
+    for seed in range(10):
+        half = _group_halves(groups, seed)
+        in_a = [bool(half[groups == g][0]) for g in range(40)]
+        assert all((half[groups == g] == a).all() for g, a in enumerate(in_a))
+        assert sum(in_a) == 20

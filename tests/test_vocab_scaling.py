@@ -19,6 +19,13 @@ def test_vocab_min_count_and_deterministic_ties():
     counts = {"x": 2, "y": 2, "z": 1}
     v = Vocabulary.from_counts(counts, max_size=10, min_count=2)
     assert v.tokens == ["x", "y"]
+    # what was left out is counted, and kept through save/load
+    assert (v.cut_types, v.cut_events) == (1, 1)
+    capped = Vocabulary.from_counts({**counts, "w": 9}, max_size=2)
+    assert capped.tokens == ["w", "x"] and (capped.cut_types, capped.cut_events) == (2, 3)
+    again = Vocabulary.from_dict(capped.to_dict())
+    assert (again.cut_types, again.cut_events) == (2, 3)
+    assert Vocabulary.from_counts(counts, max_size=10).cut_types == 0
 
 
 def test_hashed_vocab_hides_raw_tokens_but_encodes_them():
