@@ -61,6 +61,7 @@ from client.results import (
     print_metrics,
     read_for_model,
     score_frame,
+    summarize_scores,
     threshold_note,
     write_frame,
 )
@@ -319,31 +320,7 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
         events_out, n_event_rows = write_frame(events, args.events_out), len(events)
         del events
 
-    n = len(frame)
-    n_flagged = int(frame["flagged"].sum())
-    share = f" ({100.0 * n_flagged / n:.1f}%)" if n else ""
-    console.result(
-        f"flagged {n_flagged} of {n} sequences{share} at {threshold_name} threshold {threshold:.6g}"
-    )
-    stats = scored.encoded.stats
-    n_unknown = int(stats.get("unknown_events", 0))
-    n_events = int(stats.get("events", int(frame["n_events"].sum())))
-    if n_unknown:
-        n_seq_unknown = int((frame["unknown_events"] > 0).sum())
-        why = (
-            "never seen in training, or among the rare ones the vocabulary left out"
-            if detector.encoder_.vocab.cut_types
-            else "never seen in training"
-        )
-        console.result(
-            f"unknown events: {n_unknown} of {n_events} ({100.0 * n_unknown / max(n_events, 1):.2f}%) "
-            f"in {n_seq_unknown} sequence(s), {why}"
-        )
-    else:
-        console.info("unknown events: none")
-    if stats.get("unknown_context"):
-        console.info(f"unknown context values: {int(stats['unknown_context'])}")
-
+    summarize_scores(console, detector, scored, frame, threshold, threshold_name)
     metrics = labelled_metrics(scored, threshold, threshold_name)
     if metrics is not None:
         print_metrics(console, metrics)
@@ -399,6 +376,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     with CountProgress(table.n_events, desc="score", unit="event", quiet=console.quiet) as progress:
         scored = detector.score_table(table, expected_k=_EXPLAIN_EXPECTED, progress=progress)
     frame = score_frame(detector, scored, threshold, top_events=3)
+    summarize_scores(console, detector, scored, frame, threshold, threshold_name)
     metrics = labelled_metrics(scored, threshold, threshold_name)
     order = np.argsort(-np.nan_to_num(scored.scores, nan=-np.inf), kind="stable")[: args.top]
     explanations = [detector.explanation(scored, int(i)) for i in order]
@@ -420,7 +398,11 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     if metrics is not None:
         print_metrics(console, metrics)
     console.info(f"scores written to {scores_path}")
-    console.result(f"report written to {html} ({len(explanations)} anomalies explained)")
+    n_flagged = sum(x.flagged for x in explanations)
+    console.result(
+        f"report written to {html} (the {len(explanations)} highest-scoring sequences explained, "
+        f"{n_flagged} of them flagged)"
+    )
     return 0
 
 

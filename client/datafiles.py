@@ -190,23 +190,22 @@ def resolve_columns(
     order = given.get("order", found.get("order"))
     # the model's order column, or another one named for it: a model fitted on timestamps reads
     # its gap feature from them, so a renamed order column is read as time too, in fit's date order
-    as_saved = (
+    read_like_fit = (
         saved is not None
         and saved.order is not None
         and order is not None
         and (order == saved.order or saved.time is True)
     )
+    as_saved = saved if read_like_fit else None
     if "time" not in given:
-        if as_saved:
-            assert saved is not None
-            found["time"] = saved.time
+        if as_saved is not None:
+            found["time"] = as_saved.time
         elif order == ORDER and header is not None and GAP in header:
             found["time"] = True  # a timestamped table written by write_table
         else:
             found["time"] = None
-    if "day_first" not in given and as_saved:
-        assert saved is not None
-        found["day_first"] = saved.day_first  # fit's reading of the training data's dates
+    if "day_first" not in given and as_saved is not None:
+        found["day_first"] = as_saved.day_first  # fit's reading of the training data's dates
     if "numeric" not in given:
         if saved is not None:
             found["numeric"] = saved.numeric

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 TOP_EVENT_EXPECTED = 2
 """Expected events named per surprising event in ``seqwatch score``'s ``top_events``."""
+RESIDUAL_MARK = 2.0
+"""A number this many standard deviations from what the model expected is named in the top
+events (``[amount +7.8σ]``)."""
 DEFAULT_EVENT_EXPECTED = 3
 """Expected events (with probabilities) per row of ``seqwatch score --events-out``."""
 _TOKEN_WIDTH = 40
@@ -124,11 +128,18 @@ def threshold_note(detector: SequenceDetector, name: str, args: argparse.Namespa
     """How the threshold :func:`chosen_threshold` gave was set, in words (for report.html)."""
     if name == "global":
         return "the federation's global threshold"
+    from common.metrics import unresolved_rate
+
     cal = detector.config.calibration
     n = int(detector.validation_scores_.size)
     recalibrated = _recalibration_asked(args)
     where = f"the {n} validation scores saved with the model" if n else "the model's validation sequences"
-    return f"{cal.target} on {where}" + (", recalibrated for this report" if recalibrated else "")
+    caveat = unresolved_rate(n, cal.rate, cal.confidence)
+    return (
+        f"{cal.target} on {where}"
+        + (", recalibrated for this report" if recalibrated else "")
+        + (f"; but {caveat}" if caveat else "")
+    )
 
 
 def recalibrate(
@@ -180,6 +191,53 @@ def recalibrate(
     return threshold
 
 
+UNKNOWN_SHARE_WARNING = 0.10
+"""More of the scored events unknown to the model than this: likely not the data it was trained for."""
+
+
+def summarize_scores(
+    console: Console,
+    detector: SequenceDetector,
+    scored: ScoredTable,
+    frame: pd.DataFrame,
+    threshold: float,
+    threshold_name: str,
+) -> None:
+    """Print how many sequences were flagged and how many events and context values the model did
+    not know (``score`` and ``report``); warn when so many events are unknown that the data is
+    probably not what the model was trained for."""
+    n = len(frame)
+    n_flagged = int(frame["flagged"].sum())
+    share = f" ({100.0 * n_flagged / n:.1f}%)" if n else ""
+    console.result(
+        f"flagged {n_flagged} of {n} sequences{share} at {threshold_name} threshold {threshold:.6g}"
+    )
+    stats = scored.encoded.stats
+    n_unknown = int(stats.get("unknown_events", 0))
+    n_events = int(stats.get("events", int(frame["n_events"].sum())))
+    if n_unknown:
+        n_seq_unknown = int((frame["unknown_events"] > 0).sum())
+        why = (
+            "never seen in training, or among the rare ones the vocabulary left out"
+            if detector.encoder_.vocab.cut_types
+            else "never seen in training"
+        )
+        console.result(
+            f"unknown events: {n_unknown} of {n_events} ({100.0 * n_unknown / max(n_events, 1):.2f}%) "
+            f"in {n_seq_unknown} sequence(s), {why}"
+        )
+        if n_unknown > UNKNOWN_SHARE_WARNING * n_events:
+            log.warning(
+                "%.0f%% of the events are unknown to the model: data unlike what it was trained on scores "
+                "high throughout; check that the model and the data belong together",
+                100.0 * n_unknown / n_events,
+            )
+    else:
+        console.info("unknown events: none")
+    if stats.get("unknown_context"):
+        console.info(f"unknown context values: {int(stats['unknown_context'])}")
+
+
 def _short(token: object) -> str:
     text = " ".join(str(token).split())
     return text if len(text) <= _TOKEN_WIDTH else text[: _TOKEN_WIDTH - 1] + "…"
@@ -190,7 +248,9 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
 
     ``"pos 17: open (expected read, write); pos 3: ..."``, most surprising first.
     Positions are 0-based, as in ``seqwatch explain``; unseen tokens are marked
-    ``[unseen]``, context values unseen in training ``[unseen device]``. ``n <= 0``
+    ``[unseen]``, context values unseen in training ``[unseen device]``, numbers
+    at least :data:`RESIDUAL_MARK` standard deviations from what the model expected
+    ``[amount +7.8σ]``, and missing ones ``[amount missing]``. ``n <= 0``
     gives empty strings (and skips the model pass).
     """
     data = scored.encoded
@@ -205,6 +265,7 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
     positions = [scored.top_events(i, n) for i in range(len(data))]
     vocab = detector.encoder_.vocab
     context_names = detector.encoder_.context_names
+    numeric_names = detector.encoder_.numeric_names
     texts = []
     for i, pos in enumerate(positions):
         start, length = int(data.offsets[i]), int(data.lengths[i])
@@ -217,9 +278,15 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
                 token = int(data.tokens[row])
                 raw = scored.raw_events[row] if scored.raw_events is not None else vocab.token(token)
                 unseen = " [unseen]" if token == UNK else ""
-                new_context = [n for j, n in enumerate(context_names) if data.context[row, j] == 0]
+                new_context = [c for j, c in enumerate(context_names) if data.context[row, j] == 0]
                 if new_context:
                     unseen += f" [unseen {', '.join(new_context)}]"
+                for j, name in enumerate(numeric_names):
+                    r = float(events.residual[row, j])
+                    if not math.isfinite(r):
+                        unseen += f" [{name} missing]"
+                    elif abs(r) >= RESIDUAL_MARK:
+                        unseen += f" [{name} {r:+.1f}σ]"
                 guess_ids = expected[row, :TOP_EVENT_EXPECTED]
             guesses = ", ".join(_short(vocab.token(int(a))) for a in guess_ids)
             parts.append(f"pos {int(t)}: {_short(raw)}{unseen} (expected {guesses})")

@@ -86,12 +86,18 @@ class ScoredTable:
         """Positions (within sequence ``i``) of its ``n`` highest-scoring steps.
 
         With an end-of-sequence model, position ``len(sequence)`` is its END step.
+        Ties go as in explanations: the higher surprisal, then the earlier position.
         """
-        ev = self.events.score[self.events.of(i)]
+        sl = self.events.of(i)
+        score, surprisal = self.events.score[sl], self.events.surprisal[sl]
         if self.events.end_surprisal is not None:
-            ev = np.append(ev, self.events.end_surprisal[i])
-        k = min(n, len(ev))
-        return np.argsort(-ev, kind="stable")[:k]
+            score = np.append(score, self.events.end_surprisal[i])
+            surprisal = np.append(surprisal, self.events.end_surprisal[i])
+        k = min(n, len(score))
+        lowest = -np.inf  # NaN ranks last, as in explanations
+        key_score = np.where(np.isnan(score), lowest, score)
+        key_surprisal = np.where(np.isnan(surprisal), lowest, surprisal)
+        return np.lexsort((np.arange(len(score)), -key_surprisal, -key_score))[:k]
 
 
 MIN_VALIDATION_CONTENTS = 10
@@ -461,11 +467,8 @@ class SequenceDetector:
         context_names = self.encoder_.context_names
         events = []
         for t in range(len(tokens)):
-            resid = {
-                n: float(ev.residual[sl][t, j])
-                for j, n in enumerate(names)
-                if np.isfinite(ev.residual[sl][t, j])
-            }
+            # a missing value (NaN: it adds nothing to the score) is shown as missing
+            resid = {n: float(ev.residual[sl][t, j]) for j, n in enumerate(names)}
             events.append(
                 EventExplanation(
                     position=t,

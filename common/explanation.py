@@ -38,7 +38,8 @@ class EventExplanation:
         unseen: True when the token was never seen in training (``UNSEEN`` in text, the
             ``unseen`` column of ``score --events-out``).
         numeric_residuals: residuals of the numeric features, actual − expected in
-            standard deviations (positive: above what the model expected; may be empty).
+            standard deviations (positive: above what the model expected; NaN where the
+            value is missing, which adds nothing to the score; may be empty).
         score: the event's total anomaly score (surprisal plus any numeric part).
         unseen_context: the event's context values never seen in training, by column
             (``{"device": "iPhone 15"}``; a value missing here but present in every
@@ -69,7 +70,10 @@ class EventExplanation:
             "rank": int(self.rank),
             "expected": [[str(tok), float(p)] for tok, p in self.expected],
             "unseen": bool(self.unseen),
-            "numeric_residuals": {str(k): float(v) for k, v in self.numeric_residuals.items()},
+            # a missing value as null: JSON has no NaN
+            "numeric_residuals": {
+                str(k): float(v) if math.isfinite(v) else None for k, v in self.numeric_residuals.items()
+            },
             "score": float(self.score),
             "unseen_context": {str(k): str(v) for k, v in self.unseen_context.items()},
         }
@@ -85,7 +89,10 @@ class EventExplanation:
             expected=tuple((str(tok), float(p)) for tok, p in data.get("expected", ())),
             # "unknown": its name in earlier versions' explain --json; such files still load
             unseen=bool(data.get("unseen", data.get("unknown", False))),
-            numeric_residuals={str(k): float(v) for k, v in (data.get("numeric_residuals") or {}).items()},
+            numeric_residuals={
+                str(k): math.nan if v is None else float(v)
+                for k, v in (data.get("numeric_residuals") or {}).items()
+            },
             score=float(data["score"]),
             unseen_context={str(k): str(v) for k, v in (data.get("unseen_context") or {}).items()},
         )
@@ -207,10 +214,15 @@ class SequenceExplanation:
 
         marked = {id(ev) for ev in self.top_events(highlight)}
         if max_events > 0 and len(self.events) > max_events:
-            keep = {id(ev) for ev in self.top_events(max_events)}
+            # the END step enters the score on its own (see score_parts): it is always shown
+            events = self.events[: self.n_events]
+            keep = {id(ev) for ev in sorted(events, key=_sort_key)[:max_events]}
+            if self.has_end_step:
+                keep.add(id(self.events[-1]))
             shown_at = [i for i, ev in enumerate(self.events) if id(ev) in keep]
-            of = f"{self.n_events} events" + (" and the END step" if self.has_end_step else "")
-            lines.append(f"  showing the {len(shown_at)} most anomalous of {of}")
+            end = ", and the END step" if self.has_end_step else ""
+            k = min(max_events, self.n_events)
+            lines.append(f"  showing the {k} most anomalous of {self.n_events} events{end}")
         else:
             shown_at = list(range(len(self.events)))
         shown = [self.events[i] for i in shown_at]
@@ -221,7 +233,7 @@ class SequenceExplanation:
         prev = -1
         for i, ev in zip(shown_at, shown, strict=True):
             if i > prev + 1:
-                lines.append(gap_line.format(self._steps_text(prev + 1, i)))
+                lines.append(gap_line.format(self.steps_text(prev + 1, i)))
             prev = i
             mark = _HIGHLIGHT_MARK if id(ev) in marked else " " * len(_HIGHLIGHT_MARK)
             parts = [
@@ -245,7 +257,7 @@ class SequenceExplanation:
                 parts.append(f"score {_fmt(ev.score, 2)}")
             lines.append("  ".join(parts).rstrip())
         if prev < len(self.events) - 1:
-            lines.append(gap_line.format(self._steps_text(prev + 1, len(self.events))))
+            lines.append(gap_line.format(self.steps_text(prev + 1, len(self.events))))
         return "\n".join(lines)
 
     @property
@@ -258,7 +270,7 @@ class SequenceExplanation:
         """Whether the last entry is the END step (the model's end-of-sequence prediction)."""
         return bool(self.events) and self.events[-1].event == END_TOKEN
 
-    def _steps_text(self, start: int, stop: int) -> str:
+    def steps_text(self, start: int, stop: int) -> str:
         """``"3 event(s)"`` / ``"2 event(s) and the END step"`` for ``events[start:stop]``."""
         end = self.has_end_step and stop == len(self.events)
         n = stop - start - end

@@ -332,11 +332,11 @@ def _events_html(expl: SequenceExplanation, scale: float) -> str:
             f'<span class="{classes}" style="background:{bg};color:{fg}" title="{_e(_event_title(ev))}">'
             f"{_e(ev.event)}{sup}</span>"
         )
-    more = len(expl.events) - len(shown)
-    if more > 0:
+    if len(expl.events) > len(shown):
         hidden_top = [ev for ev in expl.top_events(TOP_EVENTS) if ev.position >= shown[-1].position + 1]
         note = f" (includes {len(hidden_top)} of the top events, listed below)" if hidden_top else ""
-        parts.append(f'<span class="muted">… {more} more event(s) not drawn{_e(note)}</span>')
+        more = expl.steps_text(len(shown), len(expl.events))
+        parts.append(f'<span class="muted">… {_e(more)} not drawn{_e(note)}</span>')
     return " ".join(parts)
 
 
@@ -526,7 +526,10 @@ def write_report(
         body += ["<h2>Figures</h2>", f'<div class="figs">{imgs}</div>']
     if n:
         body += [f"<h2>Highest scores (top {min(n, TOP_SEQUENCES)})</h2>", _top_sequences_html(df, labels)]
-    body.append("<h2>Top anomalies</h2>")
+    n_explained, n_explained_flagged = len(expl_sorted), sum(x.flagged for x in expl_sorted)
+    body.append(
+        f"<h2>The {n_explained} highest-scoring sequences, explained ({n_explained_flagged} flagged)</h2>"
+    )
     if expl_sorted:
         body.append(
             '<p class="legend">Each event is shaded by its event score, the surprisal plus any '

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -259,6 +260,29 @@ def test_fit_reports_repairs_and_custom_columns(tmp_path: Path, capsys: pytest.C
     assert len(scores) == 30 and "label" in scores.columns
 
 
+def test_score_warns_when_most_events_are_unknown_to_the_model(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another system's log scored with this model: every sequence scores high, and score says why."""
+    other = pd.read_csv(workspace["test"])
+    other["event"] = "other-" + other["event"].astype(str)
+    other.to_csv(tmp_path / "other.csv", index=False)
+    out = str(tmp_path / "s.csv")
+    assert (
+        main(
+            ["score", "--model", str(workspace["model"]), "--data", str(tmp_path / "other.csv"), "--out", out]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "100% of the events are unknown to the model" in err and "belong together" in err
+    assert (
+        main(["score", "--model", str(workspace["model"]), "--data", str(workspace["test"]), "--out", out])
+        == 0
+    )
+    assert "unknown to the model" not in capsys.readouterr().err  # the attack events alone: a few %
+
+
 def test_fit_reports_the_vocabulary_and_what_it_left_out(
     workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -280,15 +304,21 @@ def test_score_and_explain_mark_context_values_unseen_in_training(
     """A device never seen in training is marked on its own events: events file, top events, explain."""
     frame = make_frame(3, 30, 0, "u")
     frame["device"] = "laptop"
+    frame["amount"] = np.random.default_rng(0).lognormal(3.0, 0.3, len(frame)).round(2)
     train, test = tmp_path / "train.csv", tmp_path / "test.csv"
     frame.to_csv(train, index=False)
     new = (frame["sequence"] == "u000") & (frame["order"] >= 2)
     frame.loc[new, "device"] = "smart fridge"
+    blank = (frame["sequence"] == "u001") & (frame["order"] == 1)
+    huge = (frame["sequence"] == "u002") & (frame["order"] == 1)
+    frame.loc[blank, "amount"] = np.nan
+    frame.loc[huge, "amount"] = 1e6
     frame.to_csv(test, index=False)
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_CONFIG, encoding="utf-8")
     model = str(tmp_path / "m")
     fit = ["fit", "--data", str(train), "--config", str(config), "--out", model, "--context-cols", "device"]
+    fit += ["--numeric-cols", "amount"]
     code = main(fit)
     assert code == 0, capsys.readouterr().err
     scores_path, events_path = tmp_path / "s.csv", tmp_path / "e.csv"
@@ -308,6 +338,13 @@ def test_score_and_explain_mark_context_values_unseen_in_training(
     scores = pd.read_csv(scores_path, keep_default_na=False).set_index("sequence_id")
     assert "[unseen device]" in scores.loc["u000", "top_events"]
     assert "[unseen device]" not in "".join(scores.drop(index="u000")["top_events"])
+    # numbers far from what the model expected, and missing ones, are named too
+    assert (
+        "pos 1: " in scores.loc["u001", "top_events"]
+        and "[amount missing]" in scores.loc["u001", "top_events"]
+    )
+    assert re.search(r"pos 1: \w+ \[amount \+\d+\.\dσ\]", scores.loc["u002", "top_events"])
+    assert "[amount missing]" not in "".join(scores.drop(index="u001")["top_events"])
 
     assert main(["explain", *base, "--sequence", "u000"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -315,6 +352,11 @@ def test_score_and_explain_mark_context_values_unseen_in_training(
     assert main(["explain", *base, "--sequence", "u000", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [ev["unseen_context"] for ev in data["events"][:3]] == [{}, {}, {"device": "smart fridge"}]
+    assert main(["explain", *base, "--sequence", "u001", "--json"]) == 0
+    missing = json.loads(capsys.readouterr().out)["events"][1]["numeric_residuals"]
+    assert missing["amount"] is None  # missing: it adds nothing to the score
+    assert main(["explain", *base, "--sequence", "u001"]) == 0
+    assert "amount missing" in capsys.readouterr().out
 
 
 def test_score_writes_table_and_metrics(
@@ -692,13 +734,16 @@ def test_report_writes_html(
     assert code == 0, captured.err
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "CLI test" in html
-    assert "threshold (false-alarm rate 0.01 on the 4 validation scores saved with the model)" in html
+    assert "threshold (false-alarm rate 0.01 on the 4 validation scores saved with the model; but " in html
     code = main([*base, "--out", str(tmp_path / "again"), "--top", "1", "--false-alarm-rate", "0.5", "-q"])
     again = (tmp_path / "again" / "report.html").read_text(encoding="utf-8")
     assert code == 0 and "false-alarm rate 0.5 on the 4 validation scores" in again
     assert "recalibrated for this report" in again
     assert (out / "scores.csv").is_file()
-    assert "report written to" in captured.out and "3 anomalies explained" in captured.out
+    assert "report written to" in captured.out and "the 3 highest-scoring sequences explained" in captured.out
+    assert "flagged " in captured.out and "unknown events:" in captured.out  # as score says them
+    # 4 validation scores cannot resolve 1 %: the report says so beside the threshold
+    assert "but 4 validation sequences cannot resolve a rate of 0.01" in html
 
 
 @pytest.mark.parametrize(
