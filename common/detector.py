@@ -101,16 +101,29 @@ class ScoredTable:
 
 
 MIN_VALIDATION_CONTENTS = 10
-"""Fewer distinct event sequences than this in an automatic hold-out are a warning."""
+"""Fewer distinct sequences than this in an automatic hold-out are a warning."""
 
 
 def content_groups(table: EventTable | Sequences) -> np.ndarray:
-    """A group id per sequence: identical event sequences share a group."""
+    """A group id per sequence: identical sequences share a group.
+
+    Identical means the same events with the same feature values (numbers,
+    time gaps, context): sessions that repeat one path of events with other
+    amounts or devices are different data to the model, not copies.
+    """
     g = table.grouped() if isinstance(table, EventTable) else table
+    numeric = np.ascontiguousarray(g.numeric, dtype=np.float64)
+    context = g.context
     keys = np.empty(len(g.ids), dtype=object)
     for i in range(len(g.ids)):
-        chunk = "\x1f".join(map(str, g.events[g.offsets[i] : g.offsets[i + 1]]))
-        keys[i] = hashlib.blake2b(chunk.encode("utf-8"), digest_size=12).digest()
+        lo, hi = int(g.offsets[i]), int(g.offsets[i + 1])
+        digest = hashlib.blake2b(digest_size=12)
+        digest.update("\x1f".join(map(str, g.events[lo:hi])).encode("utf-8"))
+        if numeric.shape[1]:
+            digest.update(b"\x1d" + numeric[lo:hi].tobytes())
+        if context.shape[1]:
+            digest.update(("\x1d" + "\x1f".join(map(str, context[lo:hi].ravel()))).encode("utf-8"))
+        keys[i] = digest.digest()
     return pd.factorize(keys)[0]
 
 
@@ -239,7 +252,7 @@ class SequenceDetector:
             distinct = int(np.unique(groups[is_val]).size)
             if 0 < distinct < MIN_VALIDATION_CONTENTS:
                 log.warning(
-                    "%s: the %d held-out validation sequences hold only %d distinct event sequence(s) "
+                    "%s: the %d held-out validation sequences hold only %d distinct sequence(s) "
                     "(the hold-out keeps copies together, so that it tests behaviour not trained on): the "
                     "threshold rests on so few patterns that it may flag many normal sequences; pass "
                     "validation data that represents normal behaviour (seqwatch fit --validation FILE)",

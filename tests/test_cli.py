@@ -234,7 +234,7 @@ def test_fit_warns_when_the_hold_out_holds_few_patterns(
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "hold only 1 distinct event sequence(s)" in captured.err and "--validation FILE" in captured.err
+    assert "hold only 1 distinct sequence(s)" in captured.err and "--validation FILE" in captured.err
 
 
 def test_fit_reports_repairs_and_custom_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -1321,9 +1321,24 @@ def test_fit_holds_out_the_fraction_keeps_the_callers_random_state_and_warns_of_
     import torch
 
     from common.config import parse_detector_config
-    from common.detector import SequenceDetector, holdout_mask
-    from common.events import CANONICAL
-    from common.tableio import read_table
+    from common.detector import SequenceDetector, content_groups, holdout_mask
+    from common.events import CANONICAL, ColumnMap
+    from common.tableio import from_frame, read_table
+
+    # one path of events with other amounts or devices is other data, not a copy
+    rows = [
+        (f"s{i}", pos, ev, [10.0, 25.0, 10.0, 10.0][i], ["phone", "phone", "web", "phone"][i])
+        for i in range(4)
+        for pos, ev in enumerate(["login", "pay", "logout"])
+    ]
+    paths = pd.DataFrame(rows, columns=["sequence", "order", "event", "amount", "device"])
+    table = from_frame(
+        paths,
+        ColumnMap(
+            sequence="sequence", event="event", order="order", numeric=("amount",), context=("device",)
+        ),
+    )
+    assert content_groups(table).tolist() == [0, 1, 2, 0]  # s3 copies s0; s1 and s2 differ
 
     # a large content group met early is passed over: the hold-out is still about the fraction
     groups = np.r_[np.zeros(50, dtype=np.int64), np.arange(1, 101)]
