@@ -272,6 +272,11 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
             f"best epoch {result.best_epoch} of {len(result.history)} ({result.monitored} loss "
             f"{result.best_val_loss:.4f}, {result.train_events_per_second:,.0f} events/s)"
         )
+        if result.best_epoch == len(result.history) == cfg.train.epochs and cfg.train.epochs > 1:
+            console.info(
+                f"the {result.monitored} loss was still falling at the last epoch: more epochs may fit "
+                f"normal behaviour better (--epochs {2 * cfg.train.epochs})"
+            )
     out = detector.save(args.out)
     (out / LAYOUT_FILE).write_text(json.dumps(layout.to_dict(), indent=1), encoding="utf-8")
     cal = cfg.calibration

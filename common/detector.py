@@ -32,7 +32,7 @@ from common import __version__
 from common.config import DetectorConfig, ScoreConfig, parse_detector_config, to_flat
 from common.encoding import EncodedSequences, Encoder
 from common.errors import DataError, ModelFileError, NotFittedError
-from common.events import EventTable, Sequences
+from common.events import ORDER, EventTable, Sequences
 from common.explanation import EventExplanation, SequenceExplanation
 from common.metrics import threshold_for_contamination, threshold_for_far, unresolved_rate
 from common.model import (
@@ -72,6 +72,23 @@ class ScoredTable:
     scores: np.ndarray
     raw_events: np.ndarray | None = None  # (N,) the raw tokens, for explanations
     raw_context: np.ndarray | None = None  # (N, C) raw context values, in the encoder's column order
+    order: np.ndarray | None = None  # (N,) the order values (epoch seconds when ``time_ordered``)
+    time_ordered: bool = False
+
+    def order_text(self, row: int) -> str | None:
+        """Event ``row``'s order value: ISO 8601 UTC for timestamps, else the position (``3``)."""
+        if self.order is None:
+            return None
+        value = self.order[row]
+        if self.time_ordered:
+            stamp = pd.Timestamp(float(value), unit="s", tz="UTC").round("us")
+            return (
+                stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                if stamp.microsecond
+                else stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+            )
+        number = value.item() if hasattr(value, "item") else value
+        return str(int(number)) if isinstance(number, float) and number.is_integer() else str(number)
 
     def unseen_context(self, row: int, names: tuple[str, ...]) -> dict[str, str]:
         """The context values of event ``row`` (of all events) never seen in training, by column."""
@@ -404,12 +421,14 @@ class SequenceDetector:
         expected_k: int = 0,
         progress: Callable[[int], None] | None = None,
         raw_context: np.ndarray | None = None,
+        order: np.ndarray | None = None,
+        time_ordered: bool = False,
     ) -> ScoredTable:
         sc = score or self.score_config_
         set_threads(self.config.train.threads)
         self.model_.to(self.device)
         events = score_events(self.model_, data, sc, self.device, expected_k=expected_k, progress=progress)
-        return ScoredTable(data, events, aggregate(events, sc), raw_events, raw_context)
+        return ScoredTable(data, events, aggregate(events, sc), raw_events, raw_context, order, time_ordered)
 
     def score_table(
         self,
@@ -434,6 +453,8 @@ class SequenceDetector:
             expected_k,
             progress,
             self.encoder_.context_values(g),
+            table.frame[ORDER].to_numpy(),  # the table's rows are in grouped order
+            table.time_ordered,
         )
 
     def decision_function(self, table: EventTable) -> np.ndarray:
@@ -495,6 +516,7 @@ class SequenceDetector:
                     numeric_residuals=resid,
                     score=float(ev.score[sl][t]),
                     unseen_context=scored.unseen_context(sl.start + t, context_names),
+                    order=scored.order_text(sl.start + t),
                 )
             )
         if ev.end_surprisal is not None and ev.end_rank is not None:
@@ -524,7 +546,17 @@ class SequenceDetector:
             events=tuple(events),
             label=label,
             score_parts=self._score_parts(float(scored.scores[i]), end),
+            score_terms=self._score_terms(float(scored.scores[i]), end),
         )
+
+    def _score_terms(self, score: float, end_surprisal: float | None) -> dict[str, float]:
+        """The numbers of :meth:`_score_parts`: ``steps`` (the aggregate of the event scores) and,
+        when the END step enters apart, ``end_weight`` and ``end_surprisal``."""
+        sc = self.score_config_
+        if end_surprisal is None or sc.aggregate not in WEIGHTED_END_AGGREGATES:
+            return {"steps": score}
+        part = sc.end_weight * end_surprisal
+        return {"steps": score - part, "end_weight": sc.end_weight, "end_surprisal": end_surprisal}
 
     def _score_parts(self, score: float, end_surprisal: float | None) -> str:
         """How the sequence score comes from its event scores, in words with the numbers."""

@@ -44,6 +44,8 @@ class EventExplanation:
         unseen_context: the event's context values never seen in training, by column
             (``{"device": "iPhone 15"}``; a value missing here but present in every
             training row shows as ``<missing>``). The model read them as "unseen".
+        order: the event's order value, to join it back to the data (ISO 8601 UTC for
+            timestamped data, else the position column's value); None for the END step.
     """
 
     position: int
@@ -55,6 +57,7 @@ class EventExplanation:
     numeric_residuals: dict[str, float] = field(hash=False)
     score: float
     unseen_context: dict[str, str] = field(default_factory=dict, hash=False)
+    order: str | None = None
 
     def expected_text(self, k: int | None = None) -> str:
         """``"a (0.61), b (0.20)"`` for the first ``k`` expected tokens (all when ``None``)."""
@@ -76,6 +79,7 @@ class EventExplanation:
             },
             "score": float(self.score),
             "unseen_context": {str(k): str(v) for k, v in self.unseen_context.items()},
+            "order": self.order,
         }
 
     @classmethod
@@ -95,6 +99,7 @@ class EventExplanation:
             },
             score=float(data["score"]),
             unseen_context={str(k): str(v) for k, v in (data.get("unseen_context") or {}).items()},
+            order=None if data.get("order") is None else str(data["order"]),
         )
 
 
@@ -143,6 +148,9 @@ class SequenceExplanation:
         label: the known label (1 = anomalous) when available.
         score_parts: how ``score`` comes from the event scores, with the numbers
             (e.g. ``mean event score 1.830 + END weight 0.24 × END surprisal 1.790 (0.430)``).
+        score_terms: those numbers: ``steps`` (the aggregate of the event scores) and, when
+            the END step enters apart, ``end_weight`` and ``end_surprisal``
+            (``score = steps + end_weight × end_surprisal``).
     """
 
     sequence_id: str
@@ -152,6 +160,7 @@ class SequenceExplanation:
     events: tuple[EventExplanation, ...]
     label: int | None = None
     score_parts: str | None = None
+    score_terms: dict[str, float] | None = field(default=None, hash=False)
 
     def top_events(self, n: int = 5) -> tuple[EventExplanation, ...]:
         """The ``n`` most anomalous events (by event score, then surprisal), most anomalous first."""
@@ -168,6 +177,9 @@ class SequenceExplanation:
             "flagged": bool(self.flagged),
             "label": None if self.label is None else int(self.label),
             "score_parts": self.score_parts,
+            "score_terms": None
+            if self.score_terms is None
+            else {k: float(v) for k, v in self.score_terms.items()},
             "events": [ev.to_dict() for ev in self.events],
         }
 
@@ -184,6 +196,9 @@ class SequenceExplanation:
             events=tuple(EventExplanation.from_dict(ev) for ev in data.get("events", ())),
             label=None if label is None else int(label),
             score_parts=data.get("score_parts"),
+            score_terms=None
+            if data.get("score_terms") is None
+            else {str(k): float(v) for k, v in data["score_terms"].items()},
         )
 
     def to_text(self, max_events: int = 40, *, highlight: int = 3, expected_k: int = 3) -> str:

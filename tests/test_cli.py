@@ -151,6 +151,10 @@ def test_fit_prints_progress_threshold_and_saves(
     assert "threshold:" in captured.out and "false-alarm rate 0.05" in captured.out
     assert f"model saved to {out}" in captured.out
     assert "epoch 1/2" in captured.err and "epoch 2/2" in captured.err
+    # a loss still falling at the last epoch says that more epochs may help
+    best = re.search(r"best epoch (\d) of 2", captured.out)
+    assert best is not None
+    assert ("still falling at the last epoch" in captured.out) == (best.group(1) == "2")
     # 4 held-out sequences cannot resolve 5 % false alarms: say so, and how many it needs
     assert "cannot resolve a rate of 0.05" in captured.err and "at least 20 needed" in captured.err
     meta = json.loads((out / "detector.json").read_text(encoding="utf-8"))
@@ -352,6 +356,14 @@ def test_score_and_explain_mark_context_values_unseen_in_training(
     assert main(["explain", *base, "--sequence", "u000", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [ev["unseen_context"] for ev in data["events"][:3]] == [{}, {}, {"device": "smart fridge"}]
+    # each event's order value, to join it back to the data, and the score's terms as numbers
+    assert [ev["order"] for ev in data["events"][:3]] == ["0", "1", "2"] and data["events"][-1][
+        "order"
+    ] is None
+    terms = data["score_terms"]
+    assert data["score"] == pytest.approx(
+        terms["steps"] + terms["end_weight"] * terms["end_surprisal"], rel=1e-6
+    )
     assert main(["explain", *base, "--sequence", "u001", "--json"]) == 0
     missing = json.loads(capsys.readouterr().out)["events"][1]["numeric_residuals"]
     assert missing["amount"] is None  # missing: it adds nothing to the score
@@ -1028,6 +1040,12 @@ def test_fit_saves_the_date_order_and_sessions_it_read_with_and_they_are_reused(
     assert main(["score", "--model", str(first), "--data", str(renamed), *flags]) == 0
     assert "read month first" not in capsys.readouterr().err
     assert_frame_equal(pd.read_csv(tmp_path / "r.csv"), pd.read_csv(out))
+    first_id = str(pd.read_csv(out)["sequence_id"].iloc[0])
+    assert (
+        main(["explain", "--model", str(first), "--data", str(early), "--sequence", first_id, "--json"]) == 0
+    )
+    stamps = [ev["order"] for ev in json.loads(capsys.readouterr().out)["events"][:2]]
+    assert re.fullmatch(r"2024-03-0[234]T\d\d:\d\d:00Z", stamps[0]) and stamps[0] < stamps[1]
     node = tmp_path / "node"
     node.mkdir()
     (node / "train.csv").write_text(
