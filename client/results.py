@@ -278,7 +278,7 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
                 token = int(data.tokens[row])
                 raw = scored.raw_events[row] if scored.raw_events is not None else vocab.token(token)
                 unseen = " [unseen]" if token == UNK else ""
-                new_context = [c for j, c in enumerate(context_names) if data.context[row, j] == 0]
+                new_context = list(scored.unseen_context(row, context_names))
                 if new_context:
                     unseen += f" [unseen {', '.join(new_context)}]"
                 for j, name in enumerate(numeric_names):

@@ -287,11 +287,15 @@ def _check_sections(obj: Any) -> None:
     for f in fields(obj):
         value, kind = getattr(obj, f.name), hints[f.name]
         if not isinstance(value, kind):
-            raise ConfigError(
-                f"config section '{f.name}' must be a {kind.__name__}, got {type(value).__name__} "
-                f"{value!r}: build it as {kind.__name__}(...), or the whole config with "
+            whole = (
                 f"parse_detector_config({{'{f.name}.<key>': value}}) or "
                 f"with_overrides(config, {f.name}={{...}})"
+                if isinstance(obj, DetectorConfig)
+                else f"parse_config({{'{f.name}.<key>': value}})"
+            )
+            raise ConfigError(
+                f"config section '{f.name}' must be a {kind.__name__}, got {type(value).__name__} "
+                f"{value!r}: build it as {kind.__name__}(...), or the whole config with {whole}"
             )
 
 

@@ -71,7 +71,8 @@ class ScoredTable:
     events: EventScores
     scores: np.ndarray
     raw_events: np.ndarray | None = None  # (N,) the raw tokens, for explanations
-    raw_context: np.ndarray | None = None  # (N, C) raw context values, in the encoder's column order
+    raw_context: np.ndarray | None = None  # (N, C') the table's raw context values, for explanations
+    raw_context_names: tuple[str, ...] = ()  # their columns (the table's order, not the encoder's)
     order: np.ndarray | None = None  # (N,) the order values (epoch seconds when ``time_ordered``)
     time_ordered: bool = False
 
@@ -94,10 +95,10 @@ class ScoredTable:
         """The context values of event ``row`` (of all events) never seen in training, by column."""
         if not names:
             return {}
-        unseen = np.nonzero(self.encoded.context[row] == 0)[0]
+        unseen = [names[j] for j in np.nonzero(self.encoded.context[row] == 0)[0]]
         if self.raw_context is None:
-            return {names[j]: "" for j in unseen}
-        return {names[j]: str(self.raw_context[row, j]) for j in unseen}
+            return dict.fromkeys(unseen, "")
+        return {n: str(self.raw_context[row, self.raw_context_names.index(n)]) for n in unseen}
 
     def top_events(self, i: int, n: int) -> np.ndarray:
         """Positions (within sequence ``i``) of its ``n`` highest-scoring steps.
@@ -420,15 +421,23 @@ class SequenceDetector:
         raw_events: np.ndarray | None = None,
         expected_k: int = 0,
         progress: Callable[[int], None] | None = None,
-        raw_context: np.ndarray | None = None,
-        order: np.ndarray | None = None,
-        time_ordered: bool = False,
+        grouped: Sequences | None = None,
+        table: EventTable | None = None,
     ) -> ScoredTable:
         sc = score or self.score_config_
         set_threads(self.config.train.threads)
         self.model_.to(self.device)
         events = score_events(self.model_, data, sc, self.device, expected_k=expected_k, progress=progress)
-        return ScoredTable(data, events, aggregate(events, sc), raw_events, raw_context, order, time_ordered)
+        return ScoredTable(
+            data,
+            events,
+            aggregate(events, sc),
+            raw_events,
+            None if grouped is None else grouped.context,
+            () if grouped is None else grouped.context_names,
+            None if table is None else table.frame[ORDER].to_numpy(),  # its rows are in grouped order
+            table is not None and table.time_ordered,
+        )
 
     def score_table(
         self,
@@ -447,14 +456,7 @@ class SequenceDetector:
         _check_table(table)
         g = table.grouped()
         return self._score_encoded(
-            _encoded(self.encoder_, g, table),
-            score,
-            g.events,
-            expected_k,
-            progress,
-            self.encoder_.context_values(g),
-            table.frame[ORDER].to_numpy(),  # the table's rows are in grouped order
-            table.time_ordered,
+            _encoded(self.encoder_, g, table), score, g.events, expected_k, progress, g, table
         )
 
     def decision_function(self, table: EventTable) -> np.ndarray:
@@ -538,6 +540,7 @@ class SequenceDetector:
             )
         label = None if data.labels is None else int(data.labels[i])
         end = None if ev.end_surprisal is None else float(ev.end_surprisal[i])
+        terms = self._score_terms(float(scored.scores[i]), end)
         return SequenceExplanation(
             sequence_id=str(data.ids[i]),
             score=float(scored.scores[i]),
@@ -545,8 +548,8 @@ class SequenceDetector:
             flagged=bool(scored.scores[i] > self.threshold_),
             events=tuple(events),
             label=label,
-            score_parts=self._score_parts(float(scored.scores[i]), end),
-            score_terms=self._score_terms(float(scored.scores[i]), end),
+            score_parts=self._score_parts(terms, end is not None),
+            score_terms=terms,
         )
 
     def _score_terms(self, score: float, end_surprisal: float | None) -> dict[str, float]:
@@ -558,8 +561,8 @@ class SequenceDetector:
         part = sc.end_weight * end_surprisal
         return {"steps": score - part, "end_weight": sc.end_weight, "end_surprisal": end_surprisal}
 
-    def _score_parts(self, score: float, end_surprisal: float | None) -> str:
-        """How the sequence score comes from its event scores, in words with the numbers."""
+    def _score_parts(self, terms: dict[str, float], has_end: bool) -> str:
+        """How the sequence score comes from its event scores (:meth:`_score_terms`), in words."""
         sc = self.score_config_
         steps = {
             "mean": "mean event score",
@@ -568,14 +571,14 @@ class SequenceDetector:
             "max": "largest step score",
             "topk-miss": f"share of steps outside the model's top {sc.top_k} guesses",
         }[sc.aggregate]
-        if end_surprisal is None:
+        if not has_end:
             return steps
-        if sc.aggregate not in WEIGHTED_END_AGGREGATES:
+        if "end_weight" not in terms:
             return f"{steps} (the END step counted as one more step)"
-        part = sc.end_weight * end_surprisal
+        weight, end = terms["end_weight"], terms["end_surprisal"]
         return (
-            f"{steps} {score - part:.3f} + END weight {sc.end_weight:.4g} × END surprisal "
-            f"{end_surprisal:.3f} ({part:.3f})"
+            f"{steps} {terms['steps']:.3f} + END weight {weight:.4g} × END surprisal "
+            f"{end:.3f} ({weight * end:.3f})"
         )
 
     def _raw_token(self, scored: ScoredTable, i: int, t: int) -> str:

@@ -157,14 +157,6 @@ class Encoder:
             scaler = Scaler.from_stats(stats)
         return cls(vocab, ctx, scaler)
 
-    def context_values(self, grouped: GroupedEvents) -> np.ndarray:
-        """``grouped``'s raw context values (N, C) in the encoder's column order.
-
-        Raises:
-            DataError: a context column the encoder was fitted on is missing.
-        """
-        return _by_name(grouped.context, grouped.context_names, self.context_names, "context")
-
     def encode(self, grouped: GroupedEvents) -> EncodedSequences:
         """Ids, category ids and scaled numbers of ``grouped``'s events.
 
@@ -175,7 +167,7 @@ class Encoder:
             DataError: a feature the encoder was fitted on is missing.
         """
         tokens = self.vocab.encode(grouped.events)
-        raw_context = self.context_values(grouped)
+        raw_context = _by_name(grouped.context, grouped.context_names, self.context_names, "context")
         context = (
             self.context.encode(raw_context)
             if self.context.columns
