@@ -620,8 +620,11 @@ examples:
 """
 
 _SCORE_EPILOG = """\
-Output columns: sequence_id, score (higher = more anomalous), flagged (score >
-threshold), threshold, n_events, unknown_events (events never seen in training),
+Output columns: sequence_id, score (higher = more anomalous), p_value (the share of
+the model's normal validation sequences scoring at least as high, counting this one:
+0.002 means rarer than all but 0.2 % of normal data; its floor is 1/(validation
+sequences + 1)), flagged (score > threshold), threshold, n_events, unknown_events
+(events never seen in training),
 top_events (the most surprising events, e.g. "pos 17: open (expected read, write)";
 positions are 0-based; "pos N: <end>" after the last of N events means the sequence
 stopped where the model expected it to go on), and label when the data has labels. The format follows the
@@ -650,7 +653,9 @@ examples:
 """
 
 _EXPLAIN_EPILOG = """\
-Shows every event's surprisal (nats), its rank among the model's guesses, UNSEEN for
+The first line gives the sequence's score, the threshold, and p: the share of the
+model's normal validation sequences scoring at least as high (counting this one).
+Below it, one line per event: its surprisal (nats), its rank among the model's guesses, UNSEEN for
 tokens never seen in training, and what the model expected instead; the most
 anomalous events are marked '>>'. The last row, <end>, is the end of the sequence:
 a high surprisal there means it stopped where the model expected more events.

@@ -299,8 +299,9 @@ def score_frame(
 ) -> pd.DataFrame:
     """Per-sequence table.
 
-    Columns: sequence_id, score, flagged, threshold, n_events, unknown_events,
-    top_events, and label when the data is labelled.
+    Columns: sequence_id, score, p_value (the share of the model's normal validation
+    sequences scoring at least as high, :meth:`SequenceDetector.p_values`), flagged,
+    threshold, n_events, unknown_events, top_events, and label when the data is labelled.
     """
     import numpy as np
     import pandas as pd
@@ -317,6 +318,7 @@ def score_frame(
         {
             "sequence_id": np.asarray(enc.ids).astype(str),
             "score": scores,
+            "p_value": detector.p_values_from_scores(scores),
             "flagged": scores > threshold,
             "threshold": np.full(n_seq, threshold, dtype=np.float64),
             "n_events": lengths.astype(np.int64),

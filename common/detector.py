@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import numbers
 import os
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from common.encoding import EncodedSequences, Encoder
 from common.errors import DataError, ModelFileError, NotFittedError
 from common.events import ORDER, EventTable, Sequences
 from common.explanation import EventExplanation, SequenceExplanation
-from common.metrics import threshold_for_contamination, threshold_for_far, unresolved_rate
+from common.metrics import normal_p_values, threshold_for_contamination, threshold_for_far, unresolved_rate
 from common.model import (
     NetworkShape,
     NextEventModel,
@@ -463,6 +464,19 @@ class SequenceDetector:
         """Anomaly score per sequence (in ``table.grouped().ids`` order); higher = more anomalous."""
         return self.score_table(table).scores
 
+    def p_values(self, table: EventTable) -> np.ndarray:
+        """Conformal p-value per sequence (in ``table.grouped().ids`` order): the share of the
+        normal validation sequences (``validation_scores_``) scoring at least as high, counting
+        the sequence itself (:func:`common.metrics.normal_p_values`). Small = unusual among
+        normal data; a normal sequence gets ``p <= a`` with probability at most ``a``. NaN when
+        the detector holds no validation scores."""
+        return self.p_values_from_scores(self.decision_function(table))
+
+    def p_values_from_scores(self, scores: np.ndarray) -> np.ndarray:
+        """:meth:`p_values` for scores already computed (e.g. ``score_table(...).scores``)."""
+        self._check_fitted()
+        return normal_p_values(scores, self.validation_scores_)
+
     def predict(self, table: EventTable, threshold: float | None = None) -> np.ndarray:
         """1 for sequences scoring above the threshold (default ``threshold_``), else 0."""
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)):
@@ -541,6 +555,7 @@ class SequenceDetector:
         label = None if data.labels is None else int(data.labels[i])
         end = None if ev.end_surprisal is None else float(ev.end_surprisal[i])
         terms = self._score_terms(float(scored.scores[i]), end)
+        p_value = float(self.p_values_from_scores(scored.scores[i : i + 1])[0])
         return SequenceExplanation(
             sequence_id=str(data.ids[i]),
             score=float(scored.scores[i]),
@@ -550,6 +565,7 @@ class SequenceDetector:
             label=label,
             score_parts=self._score_parts(terms, end is not None),
             score_terms=terms,
+            p_value=None if math.isnan(p_value) else p_value,
         )
 
     def _score_terms(self, score: float, end_surprisal: float | None) -> dict[str, float]:

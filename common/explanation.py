@@ -118,6 +118,11 @@ def residual_text(name: str, residual: float) -> str:
     return f"{_printable(name, 24)} {abs(residual):.1f}σ {side} expected"
 
 
+def p_value_text(p: float) -> str:
+    """A p-value with two significant digits: ``0.31``, ``0.0042``, ``2.3e-05``."""
+    return f"{p:.2g}"
+
+
 def unseen_context_text(values: Mapping[str, str]) -> str:
     """``device 'iPhone 15', channel 'fax'``: context values never seen in training."""
     return ", ".join(f"{_printable(k, 24)} {_printable(repr(v), 32)}" for k, v in values.items())
@@ -151,6 +156,8 @@ class SequenceExplanation:
         score_terms: those numbers: ``steps`` (the aggregate of the event scores) and, when
             the END step enters apart, ``end_weight`` and ``end_surprisal``
             (``score = steps + end_weight × end_surprisal``).
+        p_value: the share of normal validation sequences scoring at least as high, counting
+            this one (conformal p-value; small = unusual); None without validation scores.
     """
 
     sequence_id: str
@@ -161,6 +168,7 @@ class SequenceExplanation:
     label: int | None = None
     score_parts: str | None = None
     score_terms: dict[str, float] | None = field(default=None, hash=False)
+    p_value: float | None = None
 
     def top_events(self, n: int = 5) -> tuple[EventExplanation, ...]:
         """The ``n`` most anomalous events (by event score, then surprisal), most anomalous first."""
@@ -180,6 +188,7 @@ class SequenceExplanation:
             "score_terms": None
             if self.score_terms is None
             else {k: float(v) for k, v in self.score_terms.items()},
+            "p_value": None if self.p_value is None else float(self.p_value),
             "events": [ev.to_dict() for ev in self.events],
         }
 
@@ -199,6 +208,7 @@ class SequenceExplanation:
             score_terms=None
             if data.get("score_terms") is None
             else {str(k): float(v) for k, v in data["score_terms"].items()},
+            p_value=None if data.get("p_value") is None else float(data["p_value"]),
         )
 
     def to_text(self, max_events: int = 40, *, highlight: int = 3, expected_k: int = 3) -> str:
@@ -218,6 +228,8 @@ class SequenceExplanation:
         if self.threshold is not None:
             header.append(f"threshold {_fmt(self.threshold)}")
         header.append(status)
+        if self.p_value is not None:
+            header.append(f"p {p_value_text(self.p_value)}")
         if self.label is not None:
             header.append(f"label {self.label}")
         lines = ["  ".join(header)]

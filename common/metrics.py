@@ -37,6 +37,7 @@ __all__ = [
     "detection_rate_at_far",
     "detection_report",
     "histogram_counts",
+    "normal_p_values",
     "pr_curve",
     "roc_auc",
     "roc_auc_from_histograms",
@@ -408,6 +409,26 @@ def unresolved_rate(n_normal: int, rate: float, confidence: float = 0.0) -> str 
         f"{resolves} needed): the threshold is their largest score, which about "
         f"{1.0 / (n_normal + 1):.1%} of new normal sequences exceed, with high variance"
     )
+
+
+def normal_p_values(scores: ArrayLike, normal_scores: ArrayLike) -> NDArray[np.float64]:
+    """Conformal p-value of each score against normal reference scores.
+
+    ``p = (1 + #{normal >= score}) / (n + 1)``: how rare a score this high is
+    among normal sequences, counting the scored sequence itself (so ``p`` is
+    never 0 and, for a new normal sequence exchangeable with the reference,
+    ``P(p <= a) <= a`` for every ``a``). Small = unusual. The resolution is
+    ``1 / (n + 1)``: with 99 reference scores no p-value falls below 0.01. A
+    NaN score, or an empty reference, gives NaN.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    ref = _as_scores(normal_scores, "normal_scores") if np.size(normal_scores) else np.empty(0)
+    if ref.size == 0:
+        return np.full(s.shape, np.nan)
+    ref = np.sort(ref)
+    at_least = ref.size - np.searchsorted(ref, s, side="left")
+    p = (1.0 + at_least) / (ref.size + 1.0)
+    return np.where(np.isnan(s), np.nan, p)
 
 
 def threshold_for_contamination(scores: ArrayLike, contamination: float) -> float:

@@ -27,7 +27,13 @@ import numpy as np
 
 from common import metrics as _metrics
 from common.errors import DataError
-from common.explanation import EventExplanation, SequenceExplanation, residual_text, unseen_context_text
+from common.explanation import (
+    EventExplanation,
+    SequenceExplanation,
+    p_value_text,
+    residual_text,
+    unseen_context_text,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -382,6 +388,8 @@ def _sequence_html(expl: SequenceExplanation, scale: float) -> str:
     if expl.label is not None:
         badge += f'<span class="badge lab{1 if expl.label else 0}">label {int(expl.label)}</span>'
     thr = "" if expl.threshold is None else f" · threshold {_e(_num(expl.threshold))}"
+    if expl.p_value is not None:
+        thr += f" · p-value {_e(p_value_text(expl.p_value))}"
     return (
         '<div class="seq">'
         f"<h3>{_e(expl.sequence_id)}{badge}</h3>"
@@ -400,6 +408,7 @@ def _metrics_html(metrics: Mapping[str, Any]) -> str:
 
 def _top_sequences_html(df: pd.DataFrame, labels: np.ndarray | None) -> str:
     order = np.argsort(-df["score"].to_numpy(dtype=np.float64), kind="mergesort")[:TOP_SEQUENCES]
+    with_p = "p_value" in df.columns
     rows = []
     for i in order:
         row = df.iloc[int(i)]
@@ -410,14 +419,25 @@ def _top_sequences_html(df: pd.DataFrame, labels: np.ndarray | None) -> str:
             "<tr>"
             f"<td>{_e(row['sequence_id'])}</td>"
             f'<td class="num">{_e(_num(float(row["score"])))}</td>'
-            f"<td>{'yes' if bool(row['flagged']) else 'no'}</td>"
+            + (f'<td class="num">{_e(_p_text(float(row["p_value"])))}</td>' if with_p else "")
+            + f"<td>{'yes' if bool(row['flagged']) else 'no'}</td>"
             + (f"<td>{_e(label)}</td>" if labels is not None else "")
             + "</tr>"
         )
-    head = "<tr><th>sequence</th><th>score</th><th>flagged</th>" + (
-        "<th>label</th>" if labels is not None else ""
+    head = (
+        "<tr><th>sequence</th><th>score</th>"
+        + (f'<th title="{_P_TITLE}">p-value</th>' if with_p else "")
+        + "<th>flagged</th>"
+        + ("<th>label</th>" if labels is not None else "")
     )
     return f"<table>{head}</tr>{''.join(rows)}</table>"
+
+
+_P_TITLE = "share of the normal validation sequences scoring at least as high, counting this one"
+
+
+def _p_text(p: float) -> str:
+    return "—" if math.isnan(p) else p_value_text(p)
 
 
 def _card(key: str, value: str) -> str:

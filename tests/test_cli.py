@@ -24,7 +24,10 @@ from client import cli
 from client.cli import main
 from client.datafiles import LAYOUT_FILE
 from client.results import write_frame
+from common.detector import SequenceDetector
 from common.errors import ConfigError, DataError
+from common.events import CANONICAL
+from common.tableio import read_table
 
 NORMAL_EVENTS = ("open", "read", "write", "close", "stat", "mmap")
 ATTACK_EVENTS = ("execve", "socket", "connect")
@@ -43,6 +46,7 @@ threads = 1
 SCORE_COLUMNS = [
     "sequence_id",
     "score",
+    "p_value",
     "flagged",
     "threshold",
     "n_events",
@@ -402,6 +406,10 @@ def test_score_writes_table_and_metrics(
     assert attacks["top_events"].str.contains(r"pos \d+: \w+ \[unseen\] \(expected ", regex=True).all()
     assert scores["top_events"].str.count("; ").eq(2).all()  # 3 events each (default)
     assert (scores["flagged"] == (scores["score"] > scores["threshold"])).all()
+    # p-value: the share of the model's validation normals at least as high, counting the sequence
+    validation = np.sort(SequenceDetector.load(workspace["model"]).validation_scores_)
+    at_least = len(validation) - np.searchsorted(validation, scores["score"].to_numpy(), side="left")
+    np.testing.assert_allclose(scores["p_value"], (1 + at_least) / (len(validation) + 1))
     assert "unknown events: 16 of" in captured.out
     assert "AUROC" in captured.out
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -730,6 +738,12 @@ def test_explain_text_and_json(workspace: dict[str, Path], capsys: pytest.Captur
     weight = float(data["score_parts"].split("END weight ")[1].split()[0])
     assert mean == pytest.approx(np.mean([ev["score"] for ev in events]), abs=1e-3)
     assert mean + weight * end["surprisal"] == pytest.approx(data["score"], rel=1e-3)
+    detector = SequenceDetector.load(workspace["model"])
+    table = read_table(workspace["test"], CANONICAL)
+    ids = table.grouped().ids.astype(str)
+    p = detector.p_values(table)[list(ids).index("te020")]
+    assert data["p_value"] == pytest.approx(p) and 0 < p <= 1
+    assert detector.explain(table, "te020").p_value == pytest.approx(p)
 
     code = main([*base, "--sequence", "te0200"])
     line = _one_error_line(capsys.readouterr().err)
@@ -752,6 +766,7 @@ def test_report_writes_html(
     assert code == 0 and "false-alarm rate 0.5 on the 4 validation scores" in again
     assert "recalibrated for this report" in again
     assert (out / "scores.csv").is_file()
+    assert ">p-value</th>" in html and " · p-value " in html  # top-sequence table and each explained one
     assert "report written to" in captured.out and "the 3 highest-scoring sequences explained" in captured.out
     assert "flagged " in captured.out and "unknown events:" in captured.out  # as score says them
     # 4 validation scores cannot resolve 1 %: the report says so beside the threshold

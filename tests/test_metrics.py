@@ -110,6 +110,27 @@ def test_threshold_for_far_hand_computed() -> None:
     assert m.threshold_for_contamination(normals, 0.1) == 6
 
 
+def test_normal_p_values_hand_computed() -> None:
+    normals = [1.0, 2.0, 2.0, 3.0]
+    p = m.normal_p_values([0.5, 2.0, 2.5, 3.0, 9.0, np.nan], normals)
+    # (1 + number of normal scores >= s) / (4 + 1): ties count as at least as high
+    np.testing.assert_allclose(p[:5], [5 / 5, 4 / 5, 2 / 5, 2 / 5, 1 / 5])
+    assert np.isnan(p[5])
+    assert np.isnan(m.normal_p_values([1.0, 2.0], [])).all()  # no reference: no p-value
+
+
+def test_normal_p_values_are_valid_for_new_normal_data() -> None:
+    """Exchangeable normal scores: P(p <= a) <= a for every a (up to Monte Carlo error),
+    so flagging p <= 0.01 keeps false alarms at 1 %; anomalies from a shifted law get small p."""
+    rng = np.random.default_rng(11)
+    p = np.concatenate([m.normal_p_values(rng.normal(size=50), rng.normal(size=199)) for _ in range(400)])
+    for a in (0.01, 0.05, 0.2, 0.5):
+        assert np.mean(p <= a) <= a + 0.01
+    assert np.mean(p <= 0.05) >= 0.04  # not conservative to uselessness: near 0.05
+    shifted = m.normal_p_values(rng.normal(4.0, size=1_000), rng.normal(size=199))
+    assert np.mean(shifted <= 0.01) > 0.8  # above all but one of 199 normals (about 2.6σ)
+
+
 def test_unresolved_rate_names_the_sequences_a_rate_needs() -> None:
     note = m.unresolved_rate(96, 0.01)
     assert note is not None and "96 validation" in note and "at least 100 needed" in note and "1.0%" in note

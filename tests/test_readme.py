@@ -42,3 +42,5 @@ def test_library_example_runs(
     assert (tmp_path / "models" / "mine" / "detector.json").is_file()
     scores = namespace["scores"]
     assert isinstance(scores, np.ndarray) and scores.shape == (10,)
+    pvals = namespace["pvals"]
+    assert isinstance(pvals, np.ndarray) and pvals.shape == (10,) and ((pvals > 0) & (pvals <= 1)).all()

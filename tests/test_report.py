@@ -49,7 +49,13 @@ def _explanation(seq_id: str = EVIL, n: int = 8) -> SequenceExplanation:
         _event(5, "pay", 4.0, residuals={"amount": 5.2}, score=6.5), unseen_context={"device": "fridge"}
     )
     return SequenceExplanation(
-        sequence_id=seq_id, score=12.3, threshold=5.0, flagged=True, events=tuple(events), label=1
+        sequence_id=seq_id,
+        score=12.3,
+        threshold=5.0,
+        flagged=True,
+        events=tuple(events),
+        label=1,
+        p_value=0.0042,
     )
 
 
@@ -74,6 +80,7 @@ def test_explanation_text_and_dict() -> None:
     assert [ev.position for ev in expl.top_events(2)] == [3, 5]
     text = expl.to_text()
     assert "UNSEEN" in text and "expected: a (0.61), b (0.20)" in text
+    assert "threshold 5.000  FLAGGED  p 0.0042  label 1" in text.splitlines()[0]
     assert "FLAGGED" in text and "amount 5.2σ above expected" in text  # residual = actual - expected
     assert "unseen context: device 'fridge'" in text
     marked = [line for line in text.splitlines() if line.startswith(">>")]
