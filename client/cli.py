@@ -655,10 +655,12 @@ examples:
 _EXPLAIN_EPILOG = """\
 The first line gives the sequence's score, the threshold, and p: the share of the
 model's normal validation sequences scoring at least as high (counting this one).
-Below it, one line per event: its surprisal (nats), its rank among the model's guesses, UNSEEN for
-tokens never seen in training, and what the model expected instead; the most
-anomalous events are marked '>>'. The last row, <end>, is the end of the sequence:
-a high surprisal there means it stopped where the model expected more events.
+Below it, one line per event: its surprisal (nats), its rank among the model's
+guesses, UNSEEN for tokens outside the model's vocabulary (never seen in training, or
+cut as rare by vocab.max-size / vocab.min-count; <unk> among the expected events
+stands for any of them), and what the model expected instead; the most anomalous
+events are marked '>>'. The last row, <end>, is the end of the sequence: a high
+surprisal there means it stopped where the model expected more events.
 
 examples:
   seqwatch explain --model models/adfa --data data/adfa/test.parquet --sequence UAD-Adduser-1-1371

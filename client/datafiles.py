@@ -188,6 +188,13 @@ def resolve_columns(
     if "order" not in given:
         found["order"] = _pick(header, [saved.order if saved else None, *ORDER_CANDIDATES])
     order = given.get("order", found.get("order"))
+    if order is None and saved is not None and saved.order is not None:
+        # file order would feed the model its events in another order than fit read them
+        names = ", ".join(repr(c) for c in dict.fromkeys([saved.order, *ORDER_CANDIDATES]))
+        raise DataError(
+            f"{path}: no order column found: the model was fitted with order column {saved.order!r} "
+            f"(looked for {names}; columns present: {_shown(header or [])}); name it with --order-col"
+        )
     # the model's order column, or another one named for it: a model fitted on timestamps reads
     # its gap feature from them, so a renamed order column is read as time too, in fit's date order
     read_like_fit = (

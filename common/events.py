@@ -194,7 +194,14 @@ class ColumnMap:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"column map file not found: {path}")
-        text = path.read_text(encoding="utf-8")
+        try:  # utf-8-sig: a byte-order mark (Windows Notepad writes one) is dropped
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(
+                f"{path}: line {line} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x}); "
+                "save the column map as UTF-8"
+            ) from exc
         suffix = path.suffix.lower()
         try:
             if suffix == ".json":
@@ -246,11 +253,11 @@ class ColumnMap:
 
     def as_read(self, table: EventTable) -> ColumnMap:
         """This map with what it left open settled as ``table`` was read: the order column as
-        timestamps (when they were) and the day/month order of their dates, so that other files
-        of the same data (a test table, the files a model scores) are read alike."""
+        timestamps or as positions, and the day/month order of dates, so that other files of the
+        same data (a test table, the files a model scores) are read alike."""
         settled: dict[str, Any] = {}
-        if self.time is None and table.time_ordered:
-            settled["time"] = True
+        if self.time is None and self.order is not None:
+            settled["time"] = table.time_ordered
         if self.day_first is None and table.day_first is not None:
             settled["day_first"] = table.day_first
         return replace(self, **settled) if settled else self

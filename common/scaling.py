@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.errors import DataError
+
 #: Features whose name contains one of these are log-transformed.
 LOG_HINTS = ("gap", "amount", "duration", "size", "bytes", "count", "value", "price", "seconds")
 
@@ -51,13 +53,30 @@ class FeatureStats:
 
     @classmethod
     def compute(cls, names: tuple[str, ...], values: np.ndarray) -> FeatureStats:
-        x = _transform(values, tuple(transform_kind(n) for n in names))
+        """Statistics of ``values`` (rows × features, named ``names``).
+
+        Raises:
+            DataError: a feature's values are too large for its statistics (their sum or
+                squares exceed float64, e.g. a 1e300 placeholder in a feature scaled as it is).
+        """
+        kinds = tuple(transform_kind(n) for n in names)
+        x = _transform(values, kinds)
         ok = ~np.isnan(x)
         count = ok.sum(0).astype(np.float64)
-        total = np.where(ok, x, 0.0).sum(0)
-        mean = total / np.maximum(count, 1.0)
-        dev = np.where(ok, x - mean, 0.0)
-        return cls(names, count, total, (dev * dev).sum(0))
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.where(ok, x, 0.0).sum(0)
+            mean = total / np.maximum(count, 1.0)
+            dev = np.where(ok, x - mean, 0.0)
+            sq_dev = (dev * dev).sum(0)
+        for j in np.flatnonzero(~(np.isfinite(total) & np.isfinite(sq_dev))):
+            largest = float(np.nanmax(np.abs(np.asarray(values, dtype=np.float64)[:, j])))
+            raise DataError(
+                f"numeric feature {names[j]!r}: values up to {largest:.3g} are too large to scale "
+                f"(their squares exceed float64); blank such placeholders out (a missing value is "
+                f"allowed), or give the column a name containing one of {', '.join(LOG_HINTS)} "
+                f"to have it scaled after sign(x)·log1p(|x|)"
+            )
+        return cls(names, count, total, sq_dev)
 
     @property
     def mean(self) -> np.ndarray:

@@ -65,7 +65,7 @@ _LABEL_WORDS = {
     "normal": 0,
     "anomaly": 1,
 }
-_NUMERIC_NA_WORDS = frozenset({"na", "nan", "n/a", "null", "none", "-nan"})
+_NUMERIC_NA_WORDS = frozenset({"na", "nan", "n/a", "#n/a", "null", "none", "-nan"})
 _SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet")
 _MAX_SHOWN = 60
 
@@ -97,7 +97,8 @@ def _as_text(s: pd.Series) -> pd.Series:
     categories); missing values stay NA.
 
     Whole-number floats (an integer column with gaps, as Parquet gives it)
-    print without ``.0``.
+    print without ``.0``, each on its own: ``1.0`` is ``"1"`` whatever else the
+    column holds, so one value reads the same in every file.
     """
     if pd.api.types.is_string_dtype(s.dtype) and s.dtype != object:
         return s
@@ -115,11 +116,12 @@ def _as_text(s: pd.Series) -> pd.Series:
     na = s.isna().to_numpy()
     if pd.api.types.is_float_dtype(s.dtype):
         vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
-        present = vals[~na]
-        if present.size and np.all(np.isfinite(present)) and np.all(present == np.round(present)):
-            out = np.full(len(s), None, dtype=object)
-            out[~na] = present.astype(np.int64).astype(str).astype(object)
-            return pd.Series(out, index=s.index, dtype=TEXT_DTYPE)
+        with np.errstate(invalid="ignore"):
+            whole = ~na & np.isfinite(vals) & (vals == np.round(vals)) & (np.abs(vals) < 2.0**53)
+        out = s.astype(str).to_numpy(dtype=object)
+        out[whole] = vals[whole].astype(np.int64).astype(str).astype(object)
+        out[na] = None
+        return pd.Series(out, index=s.index, dtype=TEXT_DTYPE)
     if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
         return s.astype(TEXT_DTYPE)
     out = s.astype(str).to_numpy(dtype=object)
@@ -599,6 +601,7 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
         infinite = None
         if is_time and not looks_time:
             order, mask, infinite = _numeric(order_s, columns.order, where, "epoch seconds")
+            _check_epoch_seconds(order, order_s, columns.order, where, source)
         elif is_time:
             order, assumed_utc, day_first = _timestamps(order_s, columns.order, where, columns.day_first)
             mask = np.zeros(len(order), dtype=bool)
@@ -611,9 +614,18 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
                     columns.order,
                 )
         else:
+            if columns.time is False and looks_time:
+                first = order_s.dropna().iloc[0]
+                raise DataError(
+                    f"{source}: column {columns.order!r} holds timestamps ({_show(first)}), but it is to be "
+                    f"read as positions (time = false, as a model fitted on numbers in this column saves "
+                    f"it): give positions as numbers there, or refit the model on timestamps"
+                )
             order, mask, infinite = _numeric(order_s, columns.order, where, "position")
             if not mask.any():
                 order = _exact_positions(order_s, order)
+            if columns.time is None:
+                _hint_epoch_positions(order, columns.order, source)
         if infinite is not None and infinite.any():
             pos = int(np.flatnonzero(infinite)[0])
             raise DataError(
@@ -682,6 +694,67 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
     )
 
 
+_LATEST_EPOCH_SECONDS = 1e11
+"""Epoch seconds above this (the year 5138) are taken for milliseconds or finer and refused."""
+_EARLIEST_PLAUSIBLE = 1e8
+"""Epoch seconds all below this (March 1973) are warned about: dates like 20251231 or day counts."""
+_YEAR_2100 = 4_102_444_800.0
+_FINER_UNITS = ((1e17, "nanoseconds", 10**9), (1e14, "microseconds", 10**6), (1e11, "milliseconds", 1000))
+
+
+def _check_epoch_seconds(
+    seconds: np.ndarray, raw: pd.Series, column: str, where: _Where, source: str
+) -> None:
+    """Refuse numbers that cannot be epoch seconds (milliseconds, most often); warn when all of them
+    fall before 1973, as dates written as numbers (``20251231``) or day counts do."""
+    finite = np.isfinite(seconds)
+    large = finite & (np.abs(seconds) > _LATEST_EPOCH_SECONDS)
+    if large.any():
+        pos = int(np.flatnonzero(large)[0])
+        value = float(seconds[pos])
+        unit, per_second = next((u, n) for limit, u, n in _FINER_UNITS if abs(value) > limit)
+        raise DataError(
+            f"{source}: {where.at(pos)}, column {column!r}: {_show(raw.iloc[pos])} is too large for epoch "
+            f"seconds (it would be after the year 5000); these look like epoch {unit}: divide the "
+            f"column by {per_second:,} or write ISO 8601 times (2026-01-05T08:00:00Z)"
+        )
+    if finite.any() and np.nanmax(np.abs(seconds[finite])) < _EARLIEST_PLAUSIBLE:
+        pos = int(np.flatnonzero(finite)[0])
+        logger.warning(
+            "%s: column %r is read as epoch seconds, and every value falls before 1973 (%s at %s is %s); "
+            "if these are dates written as numbers (20251231) or day counts, write ISO 8601 times instead",
+            source,
+            column,
+            _show(raw.iloc[pos]),
+            where.at(pos),
+            pd.Timestamp(float(seconds[pos]), unit="s", tz="UTC").isoformat(),
+        )
+
+
+def _hint_epoch_positions(order: np.ndarray, column: str, source: str) -> None:
+    """Say so when numbers read as positions look like epoch seconds or milliseconds (1973–2100):
+    as positions only their order counts, and the time between events is lost."""
+    finite = order[np.isfinite(order)]
+    if finite.size < 2 or np.unique(finite).size < 2:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    if _EARLIEST_PLAUSIBLE <= low <= high <= _YEAR_2100:
+        unit, fix = "seconds", "pass --time (time = true in a column map)"
+    elif _EARLIEST_PLAUSIBLE * 1000 <= low <= high <= _YEAR_2100 * 1000:
+        unit, fix = "milliseconds", "divide them by 1,000 and pass --time, or write ISO 8601 times"
+    else:
+        return
+    logger.warning(
+        "%s: the order column %r holds numbers, read as positions (only their order counts); they "
+        "look like epoch %s: to have the time between events as a feature (%s), %s",
+        source,
+        column,
+        unit,
+        GAP,
+        fix,
+    )
+
+
 def _looks_like_time(s: pd.Series) -> bool:
     """Auto rule: numbers -> position, date-times / other text -> timestamp."""
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
@@ -739,6 +812,26 @@ def _open_text(path: Path, encoding: str, errors: str = "strict") -> IO[str]:
     if path.name.lower().endswith(".gz"):
         return gzip.open(path, "rt", encoding=codec, errors=errors, newline="")
     return open(path, encoding=codec, errors=errors, newline="")
+
+
+def _encoding_hint(path: Path) -> str:
+    """What to do about a file that does not decode, from its first bytes."""
+    try:
+        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as fh:
+            head = fh.read(4)
+    except (OSError, EOFError, zlib.error):
+        head = b""
+    if head.startswith(b"\x1f\x8b"):
+        return f"it is gzip-compressed: name it {path.name}.gz (seqwatch unpacks .csv.gz and .tsv.gz files)"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "it starts with a UTF-16 byte-order mark: pass --encoding utf-16"
+    if len(head) >= 4 and (head[1::2] == b"\x00\x00" or head[0::2] == b"\x00\x00"):
+        order = "le" if head[1::2] == b"\x00\x00" else "be"
+        return f"it looks like UTF-16 without a byte-order mark: pass --encoding utf-16-{order}"
+    return (
+        "pass the file's encoding with --encoding (e.g. --encoding cp1252 for a Windows export, "
+        "latin-1 for ISO-8859-1)"
+    )
 
 
 def _first_bad_line(path: Path, encoding: str) -> tuple[int, int] | None:
@@ -1050,12 +1143,19 @@ def _csv_header(path: Path, sep: str, encoding: str, compression: str | None) ->
         if name in seen:
             raise DataError(f"{path}: header names column {name!r} twice; rename one of them")
         seen.add(name)
-    other = next((c for c in ";|" if len(raw) == 1 and c in raw[0]), None)
+    other = next((c for c in ";|\t," if c != sep and len(raw) == 1 and c in raw[0]), None)
     if other is not None:  # an event table has a sequence id and an event at least
+        if other in "\t,":
+            right = ".tsv" if other == "\t" else ".csv"
+            raise DataError(
+                f"{path}: the header is one column, {_show(raw[0])}: the file looks separated by "
+                f"{other!r}; name it {right} (or {right}.gz), as seqwatch reads files by their suffix"
+            )
         raise DataError(
             f"{path}: the header is one column, {_show(raw[0])}: the file looks separated by {other!r}; "
             f"seqwatch reads .csv files separated by commas and .tsv files by tabs: write it so "
-            f"(pandas: to_csv(path, sep={sep!r}))"
+            f"(pandas: pd.read_csv(path, sep={other!r}).to_csv(new_path, sep={sep!r}, index=False), "
+            f"with decimal=',' in read_csv if its numbers have decimal commas)"
         )
     return names
 
@@ -1096,10 +1196,9 @@ def _read_csv(
     except UnicodeDecodeError as exc:
         bad = _first_bad_line(path, encoding)
         at = f"line {bad[0]} (byte 0x{bad[1]:02x})" if bad else f"byte {exc.start}"
-        raise DataError(
-            f"{source}: {at} is not valid {encoding}; "
-            f"pass the file's encoding with --encoding (e.g. --encoding latin-1)"
-        ) from exc
+        raise DataError(f"{source}: {at} is not valid {encoding}; {_encoding_hint(path)}") from exc
+    except UnicodeError as exc:  # e.g. "UTF-16 stream does not start with BOM"
+        raise DataError(f"{source}: cannot be read as {encoding} ({exc}); {_encoding_hint(path)}") from exc
     except pd.errors.ParserError as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "parse error"
         raise DataError(

@@ -8,6 +8,7 @@ token by hashing it with the same key; tokens never seen in training map to UNK.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import pandas as pd
 from cryptography.hazmat.primitives import hashes, hmac
 
 from common.events import text_codes
+
+logger = logging.getLogger(__name__)
 
 PAD, UNK, BOS = 0, 1, 2
 #: The boundary id: as an *input* it marks the start of a sequence (BOS); as a
@@ -174,6 +177,11 @@ class Vocabulary:
         )
 
 
+ID_LIKE_SHARE = 0.5
+"""A context column whose values are unique on more than this share of training rows looks like an id."""
+ID_LIKE_MIN_ROWS = 50
+
+
 class ContextVocabulary:
     """Per-column category ids for categorical context (0 = unseen/missing).
 
@@ -192,12 +200,25 @@ class ContextVocabulary:
 
     @classmethod
     def fit(cls, names: tuple[str, ...], values: np.ndarray, max_size: int) -> ContextVocabulary:
+        """The ``max_size`` most frequent values of each column; warns of an id-like column
+        (most of its training rows carry a value seen only there), which teaches the model
+        nothing and reads as unseen on every new row."""
         cols: dict[str, list[str]] = {}
         for j, name in enumerate(names):
             codes, texts = text_codes(values[:, j])
             counts = np.bincount(codes, minlength=len(texts))
             kept = sorted(range(len(texts)), key=lambda i: (-counts[i], texts[i]))[:max_size]
             cols[name] = sorted(texts[kept].tolist())
+            once = int((counts == 1).sum())
+            if len(codes) >= ID_LIKE_MIN_ROWS and once > ID_LIKE_SHARE * len(codes):
+                logger.warning(
+                    "context column %r looks like an id: %d of its %d training values occur only once, so "
+                    "they teach the model nothing and new ones read as unseen; leave it out of the "
+                    "context columns, or group its values (e.g. a prefix)",
+                    name,
+                    once,
+                    len(codes),
+                )
         return cls(cols)
 
     def sizes(self) -> tuple[int, ...]:

@@ -885,6 +885,16 @@ def test_score_missing_data_file_and_undetectable_columns(
     assert main([*base, "--data", str(odd), "--sequence-col", "who", "--event-col", "what"]) == 0
     capsys.readouterr()
 
+    # the model read its events in the order column's order: without that column, file order
+    # would feed it another sequence, so the missing column is an error like any other
+    unordered = tmp_path / "unordered.csv"
+    pd.read_csv(workspace["test"]).drop(columns="order").iloc[::-1].to_csv(unordered, index=False)
+    base[2] = str(workspace["model"])
+    assert main([*base, "--data", str(unordered)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "no order column found: the model was fitted with order column 'order'" in line
+    assert "--order-col" in line
+
 
 def test_verbose_error_shows_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["-v", "explain", "--model", str(tmp_path), "--data", "x.csv", "--sequence", "a"])

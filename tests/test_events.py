@@ -831,3 +831,90 @@ def test_integer_positions_beyond_float_precision_keep_their_order(tmp_path: Pat
         "second",
         "third",
     ]
+
+
+def test_epoch_numbers_are_checked_for_their_unit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    timed = ColumnMap(sequence="user", event="action", order="ts", time=True)
+    ms = _write(tmp_path / "ms.csv", "user,action,ts\nu,a,1735718400000\nu,b,1735718460000\n")
+    with pytest.raises(
+        DataError,
+        match=r"ms.csv: line 2, column 'ts': '1735718400000' is too large for epoch seconds .*"
+        r"epoch milliseconds: divide the column by 1,000",
+    ):
+        read_table(ms, timed)
+    ns = _write(tmp_path / "ns.csv", "user,action,ts\nu,a,1735718400000000000\n")
+    with pytest.raises(DataError, match="epoch nanoseconds: divide the column by 1,000,000,000"):
+        read_table(ns, timed)
+    # numbers that are dates (20251231) read as seconds fall in 1970: read, with a warning
+    dates = _write(tmp_path / "dates.csv", "user,action,ts\nu,a,20251231\nu,b,20260101\n")
+    with caplog.at_level(logging.WARNING, logger="common.tableio"):
+        assert read_table(dates, timed).time_ordered
+    assert "every value falls before 1973 ('20251231' at line 2 is 1970-08-23" in caplog.text
+    # epoch seconds read as positions (no --time): said, since the gaps between them are lost
+    caplog.clear()
+    seconds = _write(tmp_path / "s.csv", "user,action,ts\nu,a,1735718400\nu,b,1735718460\n")
+    with caplog.at_level(logging.WARNING, logger="common.tableio"):
+        table = read_table(seconds, ColumnMap(sequence="user", event="action", order="ts"))
+    assert not table.time_ordered and GAP not in table.numeric
+    assert "read as positions (only their order counts); they look like epoch seconds" in caplog.text
+    # ... and a model remembers it read them as positions, so a timestamped file is not taken for its data
+    as_fitted = ColumnMap(sequence="user", event="action", order="ts").as_read(table)
+    assert as_fitted.time is False
+    iso = _write(tmp_path / "iso.csv", "user,action,ts\nu,a,2025-01-01T00:00:00Z\n")
+    with pytest.raises(
+        DataError, match=r"column 'ts' holds timestamps \('2025-01-01T00:00:00Z'\), but it is"
+    ):
+        read_table(iso, as_fitted)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="common.tableio"):
+        positions = _write(tmp_path / "pos.csv", "user,action,ts\nu,a,1\nu,b,2\n")
+        read_table(positions, ColumnMap(sequence="user", event="action", order="ts"))
+    assert "look like epoch" not in caplog.text  # small positions are just positions
+
+
+def test_undecodable_files_say_what_they_are(tmp_path: Path) -> None:
+    text = "sequence_id,event\na,login\n"
+    utf16 = _write(tmp_path / "u16.csv", text, "utf-16")  # with a byte-order mark
+    with pytest.raises(DataError, match="UTF-16 byte-order mark: pass --encoding utf-16"):
+        read_table(utf16)
+    assert read_table(utf16, encoding="utf-16").n_events == 1
+    bare = _write(tmp_path / "u16le.csv", text, "utf-16-le")
+    with pytest.raises(DataError, match=r"u16le\.csv: cannot be read as utf-16 .*--encoding utf-16-le"):
+        read_table(bare, encoding="utf-16")
+    packed = tmp_path / "packed.csv"
+    packed.write_bytes(gzip.compress(text.encode()))
+    with pytest.raises(DataError, match=r"gzip-compressed: name it packed\.csv\.gz"):
+        read_table(packed)
+    windows = _write(tmp_path / "w.csv", "sequence_id,event\na,caf\u00e9 \u20ac\n", "cp1252")
+    with pytest.raises(DataError, match=r"line 2 \(byte 0xe9\) is not valid utf-8; .*--encoding cp1252"):
+        read_table(windows)
+    assert [str(e) for e in read_table(windows, encoding="cp1252").grouped().events] == ["caf\u00e9 \u20ac"]
+    tabbed = _write(tmp_path / "tabbed.csv", "sequence_id\tevent\na\tx\n")
+    with pytest.raises(DataError, match=r"looks separated by '\\t'; name it \.tsv"):
+        read_table(tabbed)
+
+
+def test_column_map_files_in_other_encodings(tmp_path: Path) -> None:
+    bom = tmp_path / "map.toml"
+    bom.write_bytes(b'\xef\xbb\xbfsequence = "user"\nevent = "action"\n')  # as Windows Notepad saves it
+    assert ColumnMap.from_file(bom).sequence == "user"
+    latin = tmp_path / "map.json"
+    latin.write_bytes('{\n "sequence": "cl\u00e9",\n "event": "e"\n}\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"map.json: line 2 is not valid UTF-8 \(byte 0xe9\); save"):
+        ColumnMap.from_file(latin)
+
+
+def test_float_categories_read_the_same_in_every_file(tmp_path: Path) -> None:
+    columns = ColumnMap(context=("tier",))
+    whole = pd.DataFrame({"sequence_id": ["a", "a"], "event": ["x", "y"], "tier": [1.0, 2.0]})
+    mixed = whole.assign(tier=[1.0, 2.5])
+    whole.to_parquet(tmp_path / "whole.parquet")
+    mixed.to_parquet(tmp_path / "mixed.parquet")
+    assert list(read_table(tmp_path / "whole.parquet", columns).frame["tier"]) == ["1", "2"]
+    assert list(read_table(tmp_path / "mixed.parquet", columns).frame["tier"]) == ["1", "2.5"]
+
+
+def test_excel_na_is_a_missing_number(tmp_path: Path) -> None:
+    path = _write(tmp_path / "x.csv", "sequence_id,event,amount\na,x,#N/A\na,y,2.5\n")
+    table = read_table(path, ColumnMap(numeric=("amount",)))
+    assert np.isnan(table.frame["amount"].iloc[0]) and table.frame["amount"].iloc[1] == 2.5

@@ -228,3 +228,31 @@ def test_a_hashed_vocabulary_needs_its_own_key_to_encode():
     with pytest.raises(ConfigError, match=r"no vocab\.hash-key is set"):
         Encoder.from_dict(data, need_key=True)
     Encoder.from_dict(data)  # a server that only holds the encoder needs no key
+
+
+def test_values_too_large_to_scale_are_an_error_naming_the_feature() -> None:
+    import warnings
+
+    from common.errors import DataError
+    from common.scaling import FeatureStats
+
+    values = np.array([[1.0, 1.0], [2.0, 2.0], [1e300, 1e300]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy overflow warning on the way
+        with pytest.raises(DataError, match=r"numeric feature 'risk': values up to 1e\+300 are too large"):
+            FeatureStats.compute(("amount", "risk"), values)
+        stats = FeatureStats.compute(("amount",), values[:, :1])  # log-scaled: fine
+    assert np.isfinite(stats.sq_dev).all()
+
+
+def test_an_id_like_context_column_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    rows = np.array([[f"txn-{i}", ("phone", "laptop")[i % 2]] for i in range(100)], dtype=object)
+    with caplog.at_level(logging.WARNING, logger="common.vocab"):
+        vocab = ContextVocabulary.fit(("txn", "device"), rows, max_size=1_000)
+    assert vocab.sizes() == (101, 3)
+    assert "context column 'txn' looks like an id: 100 of its 100 training values occur only once" in (
+        caplog.text
+    )
+    assert "'device'" not in caplog.text
