@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from client.console import PROG, Console, CountProgress, EpochProgress, setup_logging
 from client.datafiles import (
+    DEFAULT_ENCODING,
     LAYOUT_FILE,
     ORDER_CANDIDATES,
     SEQUENCE_CANDIDATES,
@@ -237,7 +238,7 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     if beside is not None:
         console.info(f"columns from {beside}, the column map beside the data")
     describe(console, "training data", train)
-    unused = unused_columns(args.data, layout.columns, args.encoding)
+    unused = unused_columns(args.data, layout.columns, layout.encoding or DEFAULT_ENCODING)
     if unused:
         console.info(
             f"columns not used: {', '.join(unused)} (to fuse them with the events: "
@@ -509,7 +510,11 @@ def _add_data_flags(p: argparse.ArgumentParser, *, for_model: bool) -> None:
         "day_first; replaces detection, flags above override it. A model's columns.json also brings "
         "its session gap or block size",
     )
-    g.add_argument("--encoding", default="utf-8", help="text encoding of CSV/TSV files (default: utf-8)")
+    g.add_argument(
+        "--encoding",
+        help="text encoding of CSV/TSV files, e.g. cp1252 (default: the one fit read the model's data in, "
+        "else utf-8)",
+    )
     g.add_argument(
         "--session-gap",
         metavar="SECONDS",

@@ -35,6 +35,8 @@ SEQUENCE_CANDIDATES = ("sequence", "sequence_id")
 """Header names tried, in order, for the sequence-id column."""
 EVENT_CANDIDATES = ("event",)
 """Header names tried for the event column."""
+DEFAULT_ENCODING = "utf-8"
+"""Text encoding of CSV/TSV files when neither --encoding nor the model names one."""
 ORDER_CANDIDATES = ("order", "timestamp")
 """Header names tried for the order column (none found: file order)."""
 
@@ -46,6 +48,8 @@ class DataLayout:
     columns: ColumnMap
     session_gap: float | None = None
     block_size: int | None = None
+    #: Text encoding the CSV/TSV file was read in (None: not recorded, read as UTF-8).
+    encoding: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``fit`` writes to :data:`LAYOUT_FILE`)."""
@@ -57,6 +61,7 @@ class DataLayout:
             "columns": self.columns.to_dict(),
             "session_gap": self.session_gap,
             "block_size": self.block_size,
+            "encoding": self.encoding,
         }
 
     @classmethod
@@ -76,7 +81,13 @@ class DataLayout:
             columns = ColumnMap.from_dict(data["columns"], source=source)
             gap = data.get("session_gap")
             block = data.get("block_size")
-            return cls(columns, None if gap is None else float(gap), None if block is None else int(block))
+            encoding = data.get("encoding")
+            return cls(
+                columns,
+                None if gap is None else float(gap),
+                None if block is None else int(block),
+                None if encoding is None else str(encoding),
+            )
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelFileError(f"{source}: damaged data layout ({exc}); re-run 'seqwatch fit'") from exc
 
@@ -248,10 +259,16 @@ def read_data(
     saved: DataLayout | None = None,
     features: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
 ) -> tuple[EventTable, DataLayout]:
-    """Read (and sessionize) an event file as the data-reading flags say; see :func:`resolve_columns`."""
+    """Read (and sessionize) an event file as the data-reading flags say; see :func:`resolve_columns`.
+
+    The text encoding is ``--encoding``, else the one the model's data was read in (``saved``),
+    else UTF-8; the returned layout records it."""
     from common.sessions import sessionize
     from common.tableio import read_table
 
+    encoding = args.encoding or (saved.encoding if saved is not None else None) or DEFAULT_ENCODING
+    if encoding != args.encoding:
+        args = argparse.Namespace(**{**vars(args), "encoding": encoding})
     columns = resolve_columns(path, args, saved=saved.columns if saved else None, features=features)
     log.info("reading %s with columns %s", path, columns.to_dict())
     table = read_table(path, columns, encoding=args.encoding)
@@ -266,7 +283,7 @@ def read_data(
         table = sessionize(table, gap_seconds=gap, block_size=block)
         how = f"after {gap:g} s of inactivity" if gap is not None else f"into blocks of {block} events"
         log.info("%s: sessionized %d sequence(s) %s: %d sequence(s)", path, n_before, how, len(table))
-    return table, DataLayout(columns, gap, block)
+    return table, DataLayout(columns, gap, block, encoding)
 
 
 def unused_columns(path: str | Path, columns: ColumnMap, encoding: str = "utf-8") -> list[str]:

@@ -1488,3 +1488,24 @@ def test_written_frames_keep_one_time_format_and_odd_columns(
     back = pd.read_csv(out, sep=sep)
     # (pandas 2.2 reads no year 3000 in nanoseconds: the first two)
     assert pd.to_datetime(back["t"].iloc[:2], utc=True).iloc[1] == pd.Timestamp("2026-01-05T08:00:00Z")
+
+
+def test_fit_saves_the_encoding_it_read_and_score_reuses_it(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = make_frame(3, 30, 0, "w")
+    frame["event"] = frame["event"] + "\u00e9"  # é: one byte in cp1252, not valid UTF-8 alone
+    data = tmp_path / "windows.csv"
+    frame.to_csv(data, index=False, encoding="cp1252")
+    model = tmp_path / "model"
+    base = ["--config", str(workspace["config"]), "-q"]
+    assert main(["fit", "--data", str(data), "--encoding", "cp1252", "--out", str(model), *base]) == 0
+    assert json.loads((model / LAYOUT_FILE).read_text(encoding="utf-8"))["encoding"] == "cp1252"
+    out = tmp_path / "s.csv"
+    assert main(["score", "--model", str(model), "--data", str(data), "--out", str(out), "-q"]) == 0
+    assert pd.read_csv(out)["unknown_events"].eq(0).all()  # read as fit read them
+    # a flag still decides, and the old default's error says what to pass
+    score = ["score", "--model", str(model), "--data", str(data), "--out", str(out)]
+    code = main([*score, "--encoding", "utf-8"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "is not valid utf-8" in line and "--encoding cp1252" in line
