@@ -362,7 +362,7 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
         explanation, threshold=threshold, flagged=bool(explanation.score > threshold)
     )
     if args.json:
-        console.result(json.dumps(explanation.to_dict(), indent=2))
+        console.result(explanation.to_json())
     else:
         console.result(explanation.to_text(max_events=args.max_events, expected_k=args.top_k))
     return 0

@@ -48,6 +48,20 @@ class _OurRecords(logging.Filter):
         return record.levelno >= logging.WARNING or record.name.split(".")[0] in _OUR_LOGGERS
 
 
+class _BarAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes records above a terminal progress bar (through tqdm) while one is drawn."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm = sys.modules.get("tqdm")  # only a process that drew a bar imported it
+        if tqdm is None or not getattr(tqdm.tqdm, "_instances", None):
+            super().emit(record)
+            return
+        try:
+            tqdm.tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging must not raise: report it as logging does
+            self.handleError(record)
+
+
 @dataclass
 class _LoggingSetup:
     handler: logging.Handler
@@ -69,7 +83,7 @@ def setup_logging(verbose: int, quiet: bool) -> _LoggingSetup:
         level = logging.ERROR
     else:
         level = logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _BarAwareHandler(sys.stderr)
     handler.setLevel(level)
     handler.setFormatter(_LogFormatter(with_name=verbose > 0))
     handler.addFilter(_OurRecords())

@@ -262,13 +262,15 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
     expected = events.expected
     if expected is None:
         raise ValueError("top_events_texts() needs a table scored with expected_k > 0")
-    positions = [scored.top_events(i, n) for i in range(len(data))]
+    positions = scored.top_events_all(n)
     vocab = detector.encoder_.vocab
     context_names = detector.encoder_.context_names
     numeric_names = detector.encoder_.numeric_names
+    offsets, lengths = data.offsets.tolist(), data.lengths.tolist()
+    any_unseen = (data.context == 0).any(axis=1).tolist() if context_names else [False] * len(data.tokens)
     texts = []
     for i, pos in enumerate(positions):
-        start, length = int(data.offsets[i]), int(data.lengths[i])
+        start, length = offsets[i], lengths[i]
         parts = []
         for t in pos:
             if t == length and events.end_expected is not None:  # the END step
@@ -278,9 +280,8 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
                 token = int(data.tokens[row])
                 raw = scored.raw_events[row] if scored.raw_events is not None else vocab.token(token)
                 unseen = " [unseen]" if token == UNK else ""
-                new_context = list(scored.unseen_context(row, context_names))
-                if new_context:
-                    unseen += f" [unseen {', '.join(new_context)}]"
+                if any_unseen[row]:
+                    unseen += f" [unseen {', '.join(scored.unseen_context(row, context_names))}]"
                 for j, name in enumerate(numeric_names):
                     r = float(events.residual[row, j])
                     if not math.isfinite(r):

@@ -79,18 +79,28 @@ class ScoredTable:
 
     def order_text(self, row: int) -> str | None:
         """Event ``row``'s order value: ISO 8601 UTC for timestamps, else the position (``3``)."""
+        texts = self.order_texts(slice(row, row + 1))
+        return None if texts is None else texts[0]
+
+    def order_texts(self, rows: slice) -> list[str] | None:
+        """:meth:`order_text` of every event in ``rows`` at once (None without order values).
+
+        Timestamps are rounded to the microsecond as ``score --events-out`` writes them:
+        ``2026-01-05T08:00:00Z``, ``2026-01-05T08:00:00.123000Z``.
+        """
         if self.order is None:
             return None
-        value = self.order[row]
+        values = self.order[rows]
         if self.time_ordered:
-            stamp = pd.Timestamp(float(value), unit="s", tz="UTC").round("us")
-            return (
-                stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                if stamp.microsecond
-                else stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
-            )
-        number = value.item() if hasattr(value, "item") else value
-        return str(int(number)) if isinstance(number, float) and number.is_integer() else str(number)
+            stamps = pd.to_datetime(np.asarray(values, dtype=np.float64), unit="s", utc=True).round("us")
+            micro = stamps.microsecond.to_numpy()
+            texts = np.datetime_as_string(stamps.tz_localize(None).to_numpy().astype("datetime64[us]"))
+            whole = (micro == 0).tolist()
+            return [t[:19] + "Z" if w else t + "Z" for t, w in zip(texts.tolist(), whole, strict=True)]
+        out = []
+        for value in values.tolist():
+            out.append(str(int(value)) if isinstance(value, float) and value.is_integer() else str(value))
+        return out
 
     def unseen_context(self, row: int, names: tuple[str, ...]) -> dict[str, str]:
         """The context values of event ``row`` (of all events) never seen in training, by column."""
@@ -117,6 +127,48 @@ class ScoredTable:
         key_score = np.where(np.isnan(score), lowest, score)
         key_surprisal = np.where(np.isnan(surprisal), lowest, surprisal)
         return np.lexsort((np.arange(len(score)), -key_surprisal, -key_score))[:k]
+
+    def top_events_all(self, n: int) -> list[np.ndarray]:
+        """:meth:`top_events` of every sequence, in one sort over all steps."""
+        ev = self.events
+        offsets = ev.offsets
+        lengths = np.diff(offsets)
+        with_end = ev.end_surprisal is not None
+        steps = lengths + with_end
+        step_offsets = np.concatenate(([0], np.cumsum(steps)))
+        if with_end:
+            assert ev.end_surprisal is not None
+            is_event = np.ones(int(step_offsets[-1]), dtype=bool)
+            is_event[step_offsets[1:] - 1] = False
+            score = np.empty(len(is_event))
+            surprisal = np.empty(len(is_event))
+            score[is_event], surprisal[is_event] = ev.score, ev.surprisal
+            score[~is_event] = surprisal[~is_event] = ev.end_surprisal
+        else:
+            score, surprisal = np.asarray(ev.score, np.float64), np.asarray(ev.surprisal, np.float64)
+        owner = np.repeat(np.arange(len(steps)), steps)
+        position = np.arange(len(owner)) - np.repeat(step_offsets[:-1], steps)
+        key_score = np.where(np.isnan(score), -np.inf, score)
+        key_surprisal = np.where(np.isnan(surprisal), -np.inf, surprisal)
+        ranked = np.lexsort((position, -key_surprisal, -key_score, owner))
+        # sorted by owner first, so each sequence's steps keep its own block of step_offsets
+        picked = ranked[position < n]
+        return np.split(position[picked], np.cumsum(np.minimum(steps, max(n, 0)))[:-1])
+
+
+class _TokenNames(dict[int, str]):
+    """Vocabulary ids to token names, each looked up once (explanations repeat the same few)."""
+
+    def __init__(self, name: Callable[[int], str]) -> None:
+        super().__init__()
+        self._name = name
+
+    def __missing__(self, idx: int) -> str:
+        self[idx] = value = self._name(idx)
+        return value
+
+    def __call__(self, idx: int) -> str:
+        return self[idx]
 
 
 MIN_VALIDATION_CONTENTS = 10
@@ -511,28 +563,42 @@ class SequenceDetector:
             raise ValueError("explanation() needs a table scored with score_table(..., expected_k=k)")
         vocab = self.encoder_.vocab
         sl = ev.of(i)
-        exp_ids, exp_p = ev.expected[sl], ev.expected_p[sl]
+        n = sl.stop - sl.start
+        token_of = _TokenNames(vocab.token)
         tokens = data.tokens[sl]
+        raw = scored.raw_events[sl].tolist() if scored.raw_events is not None else None
         names = self.encoder_.numeric_names
         context_names = self.encoder_.context_names
+        # whole columns as Python lists first: a sequence may hold a million events
+        residuals = ev.residual[sl].tolist()
+        any_unseen = (data.context[sl] == 0).any(axis=1).tolist() if context_names else [False] * n
+        orders: list[str] | list[None] = scored.order_texts(sl) or [None] * n
+        columns = zip(
+            tokens.tolist(),
+            ev.surprisal[sl].tolist(),
+            ev.rank[sl].tolist(),
+            ev.score[sl].tolist(),
+            ev.expected[sl].tolist(),
+            ev.expected_p[sl].tolist(),
+            strict=True,
+        )
         events = []
-        for t in range(len(tokens)):
-            # a missing value (NaN: it adds nothing to the score) is shown as missing
-            resid = {n: float(ev.residual[sl][t, j]) for j, n in enumerate(names)}
+        for t, (token, surprisal, rank, score, exp_ids, exp_p) in enumerate(columns):
             events.append(
                 EventExplanation(
                     position=t,
-                    event=self._raw_token(scored, i, t),
-                    surprisal=float(ev.surprisal[sl][t]),
-                    rank=int(ev.rank[sl][t]),
-                    expected=tuple(
-                        (vocab.token(int(a)), float(p)) for a, p in zip(exp_ids[t], exp_p[t], strict=True)
+                    event=str(raw[t]) if raw is not None else vocab.token(token),
+                    surprisal=surprisal,
+                    rank=rank,
+                    expected=tuple((token_of(a), p) for a, p in zip(exp_ids, exp_p, strict=True)),
+                    unseen=token == UNK,
+                    # a missing value (NaN: it adds nothing to the score) is shown as missing
+                    numeric_residuals=dict(zip(names, residuals[t], strict=True)),
+                    score=score,
+                    unseen_context=(
+                        scored.unseen_context(sl.start + t, context_names) if any_unseen[t] else {}
                     ),
-                    unseen=bool(tokens[t] == UNK),
-                    numeric_residuals=resid,
-                    score=float(ev.score[sl][t]),
-                    unseen_context=scored.unseen_context(sl.start + t, context_names),
-                    order=scored.order_text(sl.start + t),
+                    order=orders[t],
                 )
             )
         if ev.end_surprisal is not None and ev.end_rank is not None:
@@ -596,12 +662,6 @@ class SequenceDetector:
             f"{steps} {terms['steps']:.3f} + END weight {weight:.4g} × END surprisal "
             f"{end:.3f} ({weight * end:.3f})"
         )
-
-    def _raw_token(self, scored: ScoredTable, i: int, t: int) -> str:
-        row = int(scored.encoded.offsets[i]) + t
-        if scored.raw_events is not None:
-            return str(scored.raw_events[row])
-        return self.encoder_.vocab.token(int(scored.encoded.tokens[row]))
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

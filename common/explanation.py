@@ -10,6 +10,7 @@ the flagging decision. Both are plain frozen dataclasses with ``to_dict`` /
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -191,6 +192,15 @@ class SequenceExplanation:
             "p_value": None if self.p_value is None else float(self.p_value),
             "events": [ev.to_dict() for ev in self.events],
         }
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as JSON text: the sequence's fields indented, one event per line
+        (a sequence of a million events stays a file of a million lines)."""
+        data = self.to_dict()
+        events = data.pop("events")
+        head = json.dumps(data, indent=2)
+        body = "".join(f"\n    {json.dumps(ev)}," for ev in events).rstrip(",")
+        return f'{head[:-2]},\n  "events": [{body}\n  ]\n}}'
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SequenceExplanation:

@@ -326,8 +326,8 @@ def _event_title(ev: EventExplanation) -> str:
     return "\n".join(lines)
 
 
-def _events_html(expl: SequenceExplanation, scale: float) -> str:
-    top_ids = {id(ev) for ev in expl.top_events(TOP_EVENTS)}
+def _events_html(expl: SequenceExplanation, scale: float, top: tuple[EventExplanation, ...]) -> str:
+    top_ids = {id(ev) for ev in top}
     shown = expl.events[:MAX_INLINE_EVENTS]
     parts = []
     for ev in shown:
@@ -339,7 +339,7 @@ def _events_html(expl: SequenceExplanation, scale: float) -> str:
             f"{_e(ev.event)}{sup}</span>"
         )
     if len(expl.events) > len(shown):
-        hidden_top = [ev for ev in expl.top_events(TOP_EVENTS) if ev.position >= shown[-1].position + 1]
+        hidden_top = [ev for ev in top if ev.position >= shown[-1].position + 1]
         note = f" (includes {len(hidden_top)} of the top events, listed below)" if hidden_top else ""
         more = expl.steps_text(len(shown), len(expl.events))
         parts.append(f'<span class="muted">… {_e(more)} not drawn{_e(note)}</span>')
@@ -354,9 +354,9 @@ def _unseen_cell(ev: EventExplanation) -> str:
     return "; ".join(parts)
 
 
-def _top_events_table(expl: SequenceExplanation) -> str:
+def _top_events_table(top: tuple[EventExplanation, ...]) -> str:
     rows = []
-    for ev in expl.top_events(TOP_EVENTS):
+    for ev in top:
         residuals = ", ".join(residual_text(k, v) for k, v in ev.numeric_residuals.items())
         rows.append(
             "<tr>"
@@ -387,6 +387,7 @@ def _sequence_html(expl: SequenceExplanation, scale: float) -> str:
     )
     if expl.label is not None:
         badge += f'<span class="badge lab{1 if expl.label else 0}">label {int(expl.label)}</span>'
+    top = expl.top_events(TOP_EVENTS)
     thr = "" if expl.threshold is None else f" · threshold {_e(_num(expl.threshold))}"
     if expl.p_value is not None:
         thr += f" · p-value {_e(p_value_text(expl.p_value))}"
@@ -395,8 +396,8 @@ def _sequence_html(expl: SequenceExplanation, scale: float) -> str:
         f"<h3>{_e(expl.sequence_id)}{badge}</h3>"
         f'<div class="meta">score {_e(_num(expl.score))}{thr} · {expl.n_events} events</div>'
         + (f'<div class="meta">score = {_e(expl.score_parts)}</div>' if expl.score_parts else "")
-        + f'<div class="events">{_events_html(expl, scale)}</div>'
-        f"{_top_events_table(expl)}"
+        + f'<div class="events">{_events_html(expl, scale, top)}</div>'
+        f"{_top_events_table(top)}"
         "</div>"
     )
 

@@ -105,6 +105,16 @@ def chunk_counts(mask: torch.Tensor, chunk_len: int) -> list[int]:
     return [int(per_step[start : start + chunk_len].sum()) for start in range(0, mask.shape[1], chunk_len)]
 
 
+def chunk_events(mask: torch.Tensor, counts: list[int], chunk_len: int, end: bool) -> list[int]:
+    """Events (END steps not counted) in each time chunk of ``mask`` (B, L), whose real steps per
+    chunk are ``counts``: with an END step, each sequence's last real step is its END."""
+    if not end:
+        return counts
+    last = mask.sum(1) - 1  # (B,) a sequence's END step: its last real step (padding follows)
+    ends = torch.bincount(torch.div(last, chunk_len, rounding_mode="floor"), minlength=len(counts))
+    return [c - int(e) for c, e in zip(counts, ends.tolist(), strict=True)]
+
+
 class LossTotals:
     """Running sums of (loss, event NLL, numeric SE) kept on the device.
 
@@ -167,8 +177,9 @@ def train_epochs(
 ) -> list[EpochStats]:
     """Train for ``epochs`` passes; FedProx adds ``mu/2·||w - w_global||²`` when ``proximal_mu > 0``.
 
-    ``on_batch`` is called after every batch with the number of events it
-    trained on (END steps not counted): a count from the CPU, no device sync.
+    ``on_batch`` is called after every chunk of truncated back-propagation with
+    the number of events it trained on (END steps not counted): a count from
+    the CPU, no device sync.
     """
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     stats: list[EpochStats] = []
@@ -183,11 +194,12 @@ def train_epochs(
             if config.unk_dropout > 0:
                 batch = with_unknown_inputs(batch, config.unk_dropout, rng)
             counts = chunk_counts(batch.mask, config.chunk_len)
-            n_events = sum(counts) - (len(batch.index) if model.config.end_event else 0)
+            events_in = chunk_events(batch.mask, counts, config.chunk_len, model.config.end_event)
             batch = batch.to(device)
             weights = sequence_weights(batch) if config.loss_weighting == "sequence" else None
             state: State | None = None
-            for start, n in zip(range(0, batch.max_len, config.chunk_len), counts, strict=True):
+            chunks = zip(range(0, batch.max_len, config.chunk_len), counts, events_in, strict=True)
+            for start, n, n_events in chunks:
                 sl = slice(start, start + config.chunk_len)
                 loss, nll, se, state = chunk_loss(model, batch, sl, state, config.numeric_weight, weights)
                 objective = loss / n
@@ -200,8 +212,8 @@ def train_epochs(
                 optimizer.step()
                 state = detach_state(state)
                 totals.add(nll.detach() + config.numeric_weight * se.detach(), nll, se, n)
-            if on_batch is not None:
-                on_batch(n_events)
+                if on_batch is not None:  # per chunk: a batch of a few long sequences is a whole epoch
+                    on_batch(n_events)
         es = totals.stats(time.perf_counter() - t0)
         stats.append(es)
         if on_epoch is not None:
@@ -249,7 +261,7 @@ def fit_model(
 
     Seeded by ``config.seed``; the caller's torch random state is left as it was.
     ``progress(epoch, row)`` follows each epoch (its losses);
-    ``batch_progress(epoch, events_per_epoch, events)`` each batch within it.
+    ``batch_progress(epoch, events_per_epoch, events)`` each chunk of each batch within it.
     """
     cuda = (
         [device.index if device.index is not None else torch.cuda.current_device()]

@@ -1157,6 +1157,26 @@ def test_count_progress_draws_a_bar_only_on_a_terminal(
     assert capsys.readouterr().err == ""
 
 
+def test_a_warning_during_a_progress_bar_gets_its_own_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from client.console import CountProgress, setup_logging
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    setup = setup_logging(verbose=0, quiet=False)
+    try:
+        with CountProgress(1000, desc="score", unit="event", quiet=False) as progress:
+            progress(400)
+            logging.getLogger("common.test").warning("look at this")
+            progress(600)
+    finally:
+        setup.undo()
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert "seqwatch: warning: look at this" in lines  # a line of its own, not glued to the bar
+
+
 def test_epoch_progress_shows_each_epochs_events_on_a_terminal_only(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

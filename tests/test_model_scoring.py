@@ -382,6 +382,18 @@ def test_batch_progress_counts_every_event_once_per_epoch_and_changes_nothing():
     no_end: list[tuple[int, int, int]] = []
     fit_model(tiny("lstm", end=False), train, None, cfg, CPU, batch_progress=lambda *a: no_end.append(a))
     assert sum(n for e, _, n in no_end if e == 1) == events
+    # one long sequence is one batch: progress still moves chunk by chunk (100 events + END = 13 chunks)
+    long: list[tuple[int, int, int]] = []
+    one = encoded([[3 + i % 4 for i in range(100)]])
+    fit_model(
+        tiny("lstm"),
+        one,
+        None,
+        dataclasses.replace(cfg, epochs=1),
+        CPU,
+        batch_progress=lambda *a: long.append(a),
+    )
+    assert [n for _, _, n in long] == [8] * 12 + [4]
 
 
 def test_loss_totals_match_reading_every_chunk_back():

@@ -89,6 +89,10 @@ def test_explanation_text_and_dict() -> None:
     assert "omitted" in short and "showing the 3 most anomalous of 8 events" in short
     restored = SequenceExplanation.from_dict(json.loads(json.dumps(expl.to_dict())))
     assert restored == expl
+    text = expl.to_json()  # one event per line
+    assert json.loads(text) == expl.to_dict() and len(text.splitlines()) == 12 + len(expl.events)
+    empty = dataclasses.replace(expl, events=())
+    assert json.loads(empty.to_json())["events"] == []
     assert hash(expl.events[0]) == hash(restored.events[0])
     # "unseen", as the events file names it; files that still say "unknown" load
     old = expl.events[3].to_dict()
