@@ -198,17 +198,35 @@ def build_config(args: argparse.Namespace) -> DetectorConfig:
     Raises:
         ConfigError: unreadable file, unknown key or invalid value.
     """
-    from common.config import DetectorConfig, load_config_file, parse_config, with_overrides
+    from common.config import APP_SECTIONS, DetectorConfig, load_config_file, parse_config, with_overrides
 
     config = DetectorConfig()
     if args.config is not None:
         flat = load_config_file(args.config)
         prefix = "tool.flwr.app.config."
         if any(k.startswith("tool.") for k in flat):
+            beside = sorted(k for k in flat if k.split(".")[0] in APP_SECTIONS)
+            if beside:
+                raise ConfigError(
+                    f"{args.config}: seqwatch keys both in [tool.flwr.app.config] and beside it "
+                    f"({', '.join(beside[:3])}{', ...' if len(beside) > 3 else ''}); keep them in one place"
+                )
             flat = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
             if not flat:
                 raise ConfigError(f"{args.config}: no [tool.flwr.app.config] table with seqwatch keys")
-        config = parse_config(flat).detector
+        else:
+            ignored = sorted(k for k in flat if k.split(".")[0] in ("federation", "data"))
+            if ignored:
+                log.warning(
+                    "%s: %s set the federation or its simulation (flwr run, python -m "
+                    "simulations.experiment), not this detector: seqwatch fit ignores them",
+                    args.config,
+                    ", ".join(ignored),
+                )
+        try:
+            config = parse_config(flat).detector
+        except ConfigError as exc:
+            raise ConfigError(f"{args.config}: {exc}") from exc
     changes: dict[str, dict[str, Any]] = {}
     if args.model_kind is not None:
         changes.setdefault("model", {})["kind"] = args.model_kind
@@ -610,7 +628,9 @@ The --config file holds flat dotted keys (or tables) such as:
   hidden = 64
   [train]
   epochs = 8
-A pyproject.toml with a [tool.flwr.app.config] table works too. Flags override it.
+A pyproject.toml with a [tool.flwr.app.config] table works too, and so does a saved
+model's folder (the config it was fitted with). Flags override it. Every key, its
+default and meaning: docs/configuration.md.
 On a host shared with other busy processes, cap the CPU threads with --threads N
 (train.threads; 0, the default, lets PyTorch use every core). score, explain and
 report take --threads too.
@@ -750,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{auto,cpu,cuda,cuda:N}",
         help="where to train (train.device; default auto = CUDA when available)",
     )
-    g.add_argument("--seed", type=int, metavar="N", help="random seed (train.seed)")
+    g.add_argument("--seed", type=nonnegative_int, metavar="N", help="random seed (train.seed)")
     g.add_argument(
         "--threads",
         type=nonnegative_int,

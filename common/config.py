@@ -3,8 +3,8 @@
 Every knob of seqwatch lives in one of the frozen dataclasses below. Flat,
 dotted, kebab-case keys (``model.hidden``, ``train.epochs``) are the single
 external spelling: the same keys appear in ``[tool.flwr.app.config]`` (Flower
-run config), in ``seqwatch fit --config FILE`` (TOML or JSON) and in the
-``config.json`` of a saved model. :func:`parse_config` turns such a flat mapping
+run config), in ``seqwatch fit --config FILE`` (TOML or JSON) and under
+``"config"`` in a saved model's ``detector.json``. :func:`parse_config` turns such a flat mapping
 into an :class:`AppConfig` and names any unknown, missing or mistyped key.
 """
 
@@ -88,6 +88,7 @@ class TrainConfig:
         _choice("train.loss-weighting", self.loss_weighting, ("event", "sequence"))
         _unit("train.unk-dropout", self.unk_dropout, closed=False)
         _unit("train.validation-fraction", self.validation_fraction, closed=False)
+        _nonnegative("train.seed", self.seed)
         _nonnegative("train.threads", self.threads)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"train.device = {self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -253,6 +254,7 @@ class DataConfig:
         _choice("data.partitioner", self.partitioner, ("iid", "dirichlet", "natural"))
         _positive("data.alpha", self.alpha)
         _positive("data.synthetic-users", self.synthetic_users)
+        _nonnegative("data.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,9 @@ _APP_SECTIONS: dict[str, type] = {
     "federation": FederationConfig,
     "data": DataConfig,
 }
+
+APP_SECTIONS: tuple[str, ...] = tuple(_APP_SECTIONS)
+"""The sections of a run config (``model``, ``train``, ..., ``federation``, ``data``)."""
 
 Scalar = bool | int | float | str
 T = TypeVar("T")
@@ -407,20 +412,32 @@ def to_flat(config: Any) -> dict[str, Scalar]:
     return out
 
 
+DETECTOR_FORMAT = "seqwatch-detector"
+"""The ``format`` of a saved model's ``detector.json``, whose ``config`` is a config file's keys."""
+DETECTOR_META = "detector.json"
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML or JSON config file into flat dotted keys.
 
     Nested tables (``[model]`` with ``hidden = 64``) and dotted keys
-    (``"model.hidden" = 64``) are both accepted.
+    (``"model.hidden" = 64``) are both accepted. A saved model's folder, or
+    its ``detector.json``, gives the config the model was fitted with.
     """
     p = Path(path)
+    if p.is_dir() and (p / DETECTOR_META).is_file():
+        p = p / DETECTOR_META
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        text = p.read_text(encoding="utf-8")
-        raw = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+        text = p.read_bytes().decode("utf-8-sig")
+        raw = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot parse config file ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: a config file holds a table of keys, not {type(raw).__name__}")
+    if raw.get("format") == DETECTOR_FORMAT and isinstance(raw.get("config"), dict):
+        raw = raw["config"]  # a saved model's hyperparameters
     return flatten(raw)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
@@ -206,13 +207,21 @@ def load_adfa_ld(src_dir: str | Path) -> dict[str, EventTable]:
         traces, source, first_line = _adfa_from_zip(zpath), str(zpath), 1
     _check_tokens(traces["syscalls"], Path(source), first_line, "system calls")
     ids = traces["source_file"].str.rsplit("/", n=1).str[-1].str.removesuffix(".txt").to_numpy(dtype=object)
-    if len(set(ids)) != len(ids):
+    repeated = pd.Series(ids).duplicated().to_numpy()
+    if repeated.any():
+        pos = int(np.flatnonzero(repeated)[0])
         raise DataError(
-            f"{source}: trace file names are not unique; the file is garbled, restore it from the source"
+            f"{source}: line {pos + first_line}: trace {ids[pos]!r} appears twice (trace file names must be "
+            f"unique); the file is garbled, restore it from the source"
         )
     out: dict[str, EventTable] = {}
     for split, parts in (("train", ("train",)), ("test", ("validation", "attack"))):
         mask = traces["split"].isin(parts).to_numpy()
+        if not mask.any():
+            raise DataError(
+                f"{source}: no {' or '.join(parts)} traces (the {split} split); the file is incomplete, "
+                f"restore it from the source"
+            )
         sub = traces.loc[mask].reset_index(drop=True)
         out[split] = _explode(
             ids[mask],
@@ -228,7 +237,13 @@ def load_adfa_ld(src_dir: str | Path) -> dict[str, EventTable]:
 def _adfa_from_tsv(path: Path) -> pd.DataFrame:
     """The derived TSV: one row per trace (see PROVENANCE.md)."""
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, compression="gzip")
+        with warnings.catch_warnings():
+            # a tab after a row's last field is an empty field past the header: dropped (index_col=False
+            # keeps the columns in place), with a pandas warning that says nothing useful here
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                path, sep="\t", dtype=str, keep_default_na=False, compression="gzip", index_col=False
+            )
     except (
         OSError,
         EOFError,
@@ -462,8 +477,24 @@ def convert(
         raise ConfigError(f"unknown data set {name!r}; use one of {', '.join(CONVERTERS)}")
     if fmt not in _FORMATS:
         raise ConfigError(f"unknown output format {fmt!r}; use one of {', '.join(_FORMATS)}")
-    splits = CONVERTERS[name](src, **options)
     out = Path(out_dir)
+    if out.resolve() == Path(src).resolve():
+        raise ConfigError(f"--out {out} is the source folder: write the tables to a folder of their own")
+    splits = CONVERTERS[name](src, **options)
     written = {split: write_table(table, out / f"{split}.{fmt}") for split, table in splits.items()}
     logger.info("converted %s to %s", name, {k: str(v) for k, v in written.items()})
+    mine = {path.resolve() for path in written.values()}
+    suffixes = tuple(f".{f}" for f in _FORMATS)
+    others = sorted(
+        path.name
+        for path in out.iterdir()
+        if path.is_file() and path.name.endswith(suffixes) and path.resolve() not in mine
+    )
+    if others:
+        logger.warning(
+            "%s also holds %s, not written by this conversion (an earlier one's?): remove them, or "
+            "convert into an empty folder, so that no table of another data set or format is read by mistake",
+            out,
+            ", ".join(others),
+        )
     return written

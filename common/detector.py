@@ -30,9 +30,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from common import __version__
-from common.config import DetectorConfig, ScoreConfig, parse_detector_config, to_flat
+from common.config import (
+    DETECTOR_FORMAT,
+    DETECTOR_META,
+    DetectorConfig,
+    ScoreConfig,
+    parse_detector_config,
+    to_flat,
+)
 from common.encoding import EncodedSequences, Encoder
-from common.errors import DataError, ModelFileError, NotFittedError
+from common.errors import ConfigError, DataError, ModelFileError, NotFittedError
 from common.events import ORDER, EventTable, Sequences
 from common.explanation import EventExplanation, SequenceExplanation
 from common.metrics import normal_p_values, threshold_for_contamination, threshold_for_far, unresolved_rate
@@ -57,10 +64,10 @@ from common.vocab import END, UNK
 
 log = logging.getLogger(__name__)
 
-FORMAT = "seqwatch-detector"
+FORMAT = DETECTOR_FORMAT
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
-META_FILE = "detector.json"
+META_FILE = DETECTOR_META
 ENCODER_FILE = "encoder.json"
 
 
@@ -338,9 +345,11 @@ class SequenceDetector:
                 f"{train.source}: no normal training sequences to fit on "
                 f"(a model learns normal behaviour: give sequences whose label is 0, or no label column)"
             )
-        self.encoder_ = Encoder.fit(
+        encoder = Encoder.fit(
             g, numeric_names=train.numeric, context_names=train.context, vocab_config=cfg.vocab
         )
+        _check_vocabulary(encoder, cfg, train.source)
+        self.encoder_ = encoder
         enc_train = self.encoder_.encode(g)
         enc_val = _encoded(self.encoder_, g_val, train if validation is None else validation)
         del g, g_val
@@ -801,6 +810,29 @@ def _fit_result_from(saved: object) -> FitResult | None:
         train_events_per_second=float(saved["train_events_per_second"]),
         monitored=str(saved["monitored"]),
     )
+
+
+def _check_vocabulary(encoder: Encoder, config: DetectorConfig, source: str) -> None:
+    """Refuse a vocabulary that leaves nothing to learn or to score.
+
+    Raises:
+        DataError: ``vocab.min-count`` kept no event type.
+        ConfigError: ``score.top-k`` covers every id the model can predict, so that
+            ``topk-miss`` would score every sequence 0.
+    """
+    vocab = encoder.vocab
+    if not vocab.tokens:
+        raise DataError(
+            f"{source}: vocab.min-count = {config.vocab.min_count} keeps no event type (all "
+            f"{vocab.cut_types:,} distinct events occur fewer times in training): lower vocab.min-count"
+        )
+    candidates = len(vocab) - 1  # every id but padding can come next
+    if config.score.aggregate == "topk-miss" and config.score.top_k >= candidates:
+        raise ConfigError(
+            f"score.top-k = {config.score.top_k} is not below the {candidates} ids the model can predict "
+            f"({len(vocab.tokens)} event types, <unk> and <end>): with score.aggregate = 'topk-miss' every "
+            f"event would be among the top-k and every score 0; set score.top-k below {candidates}"
+        )
 
 
 def _check_table(table: object, name: str = "table") -> None:

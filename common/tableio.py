@@ -1255,6 +1255,11 @@ def write_table(table: EventTable, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = table.frame[column_order(table.frame, table.numeric, table.context)]
     name = path.name.lower()
+    if not name.endswith(".parquet") and not table.time_ordered:
+        positions = frame[ORDER].to_numpy(np.float64)
+        whole = np.isfinite(positions) & (positions == np.round(positions)) & (np.abs(positions) < 2.0**53)
+        if whole.all():
+            frame = frame.assign(**{ORDER: positions.astype(np.int64)})  # 17, not 17.0, in text
     if name.endswith(".parquet"):
         frame.to_parquet(path, index=False)
     elif name.endswith((".tsv", ".tsv.gz")):

@@ -1529,3 +1529,41 @@ def test_fit_saves_the_encoding_it_read_and_score_reuses_it(
     code = main([*score, "--encoding", "utf-8"])
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "is not valid utf-8" in line and "--encoding cp1252" in line
+
+
+def test_fit_config_files_are_read_as_a_whole_or_refused(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fit = ["fit", "--data", str(workspace["train"]), "--out", str(tmp_path / "m")]
+
+    def one_line(text: str, name: str) -> str:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        assert main([*fit, "--config", str(path), "-q"]) == 2
+        return _one_error_line(capsys.readouterr().err)
+
+    # seqwatch keys both beside and inside [tool.flwr.app.config]: one set would be dropped
+    mixed = '[model]\nhidden = 16\n[tool.flwr.app.config]\n"model.kind" = "gru"\n'
+    assert "keys both in [tool.flwr.app.config] and beside it (model.hidden)" in one_line(mixed, "mixed.toml")
+    # errors name the file they come from
+    assert one_line("[model]\nhiden = 16\n", "typo.toml").endswith(
+        "typo.toml: unknown config key 'model.hiden' (did you mean 'model.hidden'?)"
+    )
+    # a top-k that covers every id makes topk-miss score everything 0
+    topk = '[score]\naggregate = "topk-miss"\ntop-k = 1000\n'
+    assert "score.top-k = 1000 is not below the" in one_line(topk, "topk.toml")
+    assert "vocab.min-count = 1000000 keeps no event type" in one_line(
+        "[vocab]\nmin-count = 1000000\n", "mincount.toml"
+    )
+    # federation keys do nothing for a local fit: said, not silently dropped
+    fed = tmp_path / "fed.toml"
+    fed.write_text(workspace["config"].read_text(encoding="utf-8") + "[federation]\nlocal-epochs = 5\n")
+    assert main([*fit, "--config", str(fed), "--out", str(tmp_path / "f")]) == 0
+    assert "federation.local-epochs set the federation or its simulation" in capsys.readouterr().err
+    # a model's folder gives the config it was fitted with
+    assert main([*fit, "--config", str(workspace["model"]), "--out", str(tmp_path / "again"), "-q"]) == 0
+    again = json.loads((tmp_path / "again" / "detector.json").read_text(encoding="utf-8"))["config"]
+    first = json.loads((workspace["model"] / "detector.json").read_text(encoding="utf-8"))["config"]
+    assert again == first
+    assert main([*fit, "--seed", "-1"]) == 2
+    assert "argument --seed: must be >= 0, got -1" in capsys.readouterr().err

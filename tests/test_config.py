@@ -151,3 +151,46 @@ def test_federation_values_flower_or_the_file_system_would_refuse_later(key, val
     a fraction of 0 trains no node, and a run name is one folder inside the run directory."""
     with pytest.raises(ConfigError, match=message):
         parse_config({key: value})
+
+
+def test_a_saved_models_config_and_odd_files(tmp_path):
+    import json
+
+    saved = {
+        "format": "seqwatch-detector",
+        "config": to_flat(with_overrides(DetectorConfig(), model={"hidden": 16})),
+    }
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "detector.json").write_text(json.dumps(saved), encoding="utf-8")
+    for path in (model, model / "detector.json"):  # the folder, or its detector.json
+        assert parse_detector_config(load_config_file(path)).model.hidden == 16
+    upper = tmp_path / "c.JSON"
+    upper.write_text('{"train.epochs": 3}', encoding="utf-8")
+    assert load_config_file(upper) == {"train.epochs": 3}
+    bom = tmp_path / "c.toml"
+    bom.write_bytes(b"\xef\xbb\xbf[train]\nepochs = 4\n")  # as Windows Notepad saves it
+    assert load_config_file(bom) == {"train.epochs": 4}
+    listed = tmp_path / "l.json"
+    listed.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ConfigError, match="holds a table of keys, not list"):
+        load_config_file(listed)
+    for key in ("train.seed", "data.seed"):
+        with pytest.raises(ConfigError, match=f"'{key}' must be >= 0, got -1"):
+            parse_config({key: -1})
+
+
+def test_every_key_is_documented_with_its_default():
+    """docs/configuration.md has a row per key, with the default the dataclasses give it."""
+    import json
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 3 and cells[1].startswith("`") and "." in cells[1]:
+            rows[cells[1].strip("`")] = cells[2].strip("`")
+    flat = to_flat(AppConfig())
+    assert set(rows) == set(flat)
+    for key, value in flat.items():
+        assert rows[key] == json.dumps(value), key

@@ -6,6 +6,8 @@ when the data folder is absent; the others build tiny files in ``tmp_path``.
 
 from __future__ import annotations
 
+import gzip
+import logging
 import time
 import zipfile
 from pathlib import Path
@@ -232,3 +234,42 @@ def test_convert_synthetic_parquet(tmp_path: Path) -> None:
     }
     back = read_table(paths["train"], CANONICAL)
     assert back.has_labels and np.array_equal(back.grouped().offsets, [0, 3, 5])
+
+
+def test_adfa_tsv_without_a_split_or_with_trailing_tabs(tmp_path: Path) -> None:
+    rows = "split\tlabel\tattack_type\tattack_run\tsource_file\tsyscalls\n"
+    only_test = rows + "validation\t0\t\t\tValidation_Data_Master/UVD-0001.txt\t1 2 3\n"
+    path = tmp_path / "adfa_ld_traces.tsv.gz"
+    path.write_bytes(gzip.compress(only_test.encode()))
+    with pytest.raises(DataError, match=r"no train traces \(the train split\); the file is incomplete"):
+        load_adfa_ld(tmp_path)
+    # a tab after every row is one empty field too many: it must not shift the columns
+    train = "train\t0\t\t\tTraining_Data_Master/UTD-0001.txt\t4 5\t\n"
+    path.write_bytes(gzip.compress((rows + train + only_test.splitlines()[1] + "\t\n").encode()))
+    tables = load_adfa_ld(tmp_path)
+    assert list(tables["train"].grouped().ids) == ["UTD-0001"]
+    path.write_bytes(gzip.compress((rows + train + "validation\t0\t\t\tV/UTD-0001.txt\t1\n").encode()))
+    with pytest.raises(DataError, match=r"line 3: trace 'UTD-0001' appears twice"):
+        load_adfa_ld(tmp_path)
+
+
+def test_convert_refuses_its_source_and_warns_of_other_tables(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hdfs_train").write_text("5 5 22 \n11 9 ")
+    (src / "hdfs_test_abnormal").write_text("1 2 ")
+    with pytest.raises(ConfigError, match="is the source folder"):
+        convert("hdfs", src, src)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "test.parquet").write_bytes(b"an earlier conversion's table")
+    with caplog.at_level(logging.WARNING, logger="common.datasets"):
+        convert("hdfs", src, out, fmt="csv")
+    assert "also holds test.parquet, not written by this conversion" in caplog.text
+    caplog.clear()
+    (out / "test.parquet").unlink()
+    with caplog.at_level(logging.WARNING, logger="common.datasets"):
+        convert("hdfs", src, out, fmt="csv")  # its own earlier files are replaced, not warned about
+    assert "also holds" not in caplog.text
