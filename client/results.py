@@ -262,7 +262,7 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
     expected = events.expected
     if expected is None:
         raise ValueError("top_events_texts() needs a table scored with expected_k > 0")
-    positions = scored.top_events_all(n)
+    positions = scored.top_events(n)
     vocab = detector.encoder_.vocab
     context_names = detector.encoder_.context_names
     numeric_names = detector.encoder_.numeric_names

@@ -118,47 +118,25 @@ class ScoredTable:
             return dict.fromkeys(unseen, "")
         return {n: str(self.raw_context[row, self.raw_context_names.index(n)]) for n in unseen}
 
-    def top_events(self, i: int, n: int) -> np.ndarray:
-        """Positions (within sequence ``i``) of its ``n`` highest-scoring steps.
+    def top_events(self, n: int) -> list[np.ndarray]:
+        """Positions of each sequence's ``n`` highest-scoring steps, most anomalous first.
 
         With an end-of-sequence model, position ``len(sequence)`` is its END step.
         Ties go as in explanations: the higher surprisal, then the earlier position.
+        One sort over all steps of all sequences.
         """
-        sl = self.events.of(i)
-        score, surprisal = self.events.score[sl], self.events.surprisal[sl]
-        if self.events.end_surprisal is not None:
-            score = np.append(score, self.events.end_surprisal[i])
-            surprisal = np.append(surprisal, self.events.end_surprisal[i])
-        k = min(n, len(score))
+        ev = self.events
+        step_offsets, _ = ev.step_layout()
+        steps = np.diff(step_offsets)
+        score = ev.on_steps(np.asarray(ev.score, np.float64), ev.end_surprisal, np.nan)
+        surprisal = ev.on_steps(np.asarray(ev.surprisal, np.float64), ev.end_surprisal, np.nan)
+        owner = np.repeat(np.arange(len(steps)), steps)
+        position = np.arange(len(owner)) - np.repeat(step_offsets[:-1], steps)
         lowest = -np.inf  # NaN ranks last, as in explanations
         key_score = np.where(np.isnan(score), lowest, score)
         key_surprisal = np.where(np.isnan(surprisal), lowest, surprisal)
-        return np.lexsort((np.arange(len(score)), -key_surprisal, -key_score))[:k]
-
-    def top_events_all(self, n: int) -> list[np.ndarray]:
-        """:meth:`top_events` of every sequence, in one sort over all steps."""
-        ev = self.events
-        offsets = ev.offsets
-        lengths = np.diff(offsets)
-        with_end = ev.end_surprisal is not None
-        steps = lengths + with_end
-        step_offsets = np.concatenate(([0], np.cumsum(steps)))
-        if with_end:
-            assert ev.end_surprisal is not None
-            is_event = np.ones(int(step_offsets[-1]), dtype=bool)
-            is_event[step_offsets[1:] - 1] = False
-            score = np.empty(len(is_event))
-            surprisal = np.empty(len(is_event))
-            score[is_event], surprisal[is_event] = ev.score, ev.surprisal
-            score[~is_event] = surprisal[~is_event] = ev.end_surprisal
-        else:
-            score, surprisal = np.asarray(ev.score, np.float64), np.asarray(ev.surprisal, np.float64)
-        owner = np.repeat(np.arange(len(steps)), steps)
-        position = np.arange(len(owner)) - np.repeat(step_offsets[:-1], steps)
-        key_score = np.where(np.isnan(score), -np.inf, score)
-        key_surprisal = np.where(np.isnan(surprisal), -np.inf, surprisal)
         ranked = np.lexsort((position, -key_surprisal, -key_score, owner))
-        # sorted by owner first, so each sequence's steps keep its own block of step_offsets
+        # sorted by sequence first, so slot j of the sort is rank position[j] of its sequence
         picked = ranked[position < n]
         return np.split(position[picked], np.cumsum(np.minimum(steps, max(n, 0)))[:-1])
 

@@ -423,3 +423,41 @@ def test_end_model_flags_a_sequence_cut_short(kind):
     s_full, s_cut = score_events(model, full, sc, CPU), score_events(model, cut, sc, CPU)
     assert s_cut.end_surprisal[0] > s_full.end_surprisal[0] + 2.0
     assert aggregate(s_cut, sc)[0] > aggregate(s_full, sc)[0] + 1.0
+
+
+@pytest.mark.parametrize("with_end", [True, False])
+def test_top_events_of_all_sequences_match_one_sort_per_sequence(with_end):
+    """The one sort over all steps ranks each sequence's steps as sorting it alone does: by score,
+    then surprisal (both descending, NaN last), then position; the END step is the last position."""
+    from common.detector import ScoredTable
+    from common.scoring import EventScores
+
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(0, 9, size=40)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    n = int(offsets[-1])
+    surprisal = rng.integers(0, 4, size=n).astype(np.float32)  # many ties
+    score = surprisal + rng.integers(0, 2, size=n).astype(np.float32)
+    score[rng.random(n) < 0.1] = np.nan
+    end = rng.integers(0, 5, size=len(lengths)).astype(np.float32) if with_end else None
+    events = EventScores(
+        offsets=offsets,
+        surprisal=surprisal,
+        rank=np.ones(n, np.int64),
+        residual=np.zeros((n, 0), np.float32),
+        score=score,
+        end_surprisal=end,
+        end_rank=None if end is None else np.ones(len(lengths), np.int64),
+    )
+    scored = ScoredTable(encoded=None, events=events, scores=np.zeros(len(lengths)))  # type: ignore[arg-type]
+    for k in (0, 1, 3, 20):
+        got = scored.top_events(k)
+        for i in range(len(lengths)):
+            s, p = list(score[offsets[i] : offsets[i + 1]]), list(surprisal[offsets[i] : offsets[i + 1]])
+            if end is not None:
+                s, p = [*s, end[i]], [*p, end[i]]
+            key = [
+                (-(x if x == x else -np.inf), -(y if y == y else -np.inf), t)
+                for t, (x, y) in enumerate(zip(s, p, strict=True))
+            ]
+            assert got[i].tolist() == [t for *_, t in sorted(key)][:k]
