@@ -645,15 +645,16 @@ examples:
 """
 
 _SCORE_EPILOG = """\
-Output columns: sequence_id, score (higher = more anomalous), p_value (the share of
-the model's normal validation sequences scoring at least as high, counting this one:
-0.002 means rarer than all but 0.2 % of normal data; its floor is 1/(validation
-sequences + 1)), flagged (score > threshold), threshold, n_events, unknown_events
-(events never seen in training),
+Output columns: sequence_id, score (higher = more anomalous), flagged (score >
+threshold), threshold, n_events, unknown_events (events never seen in training),
 top_events (the most surprising events, e.g. "pos 17: open (expected read, write)";
 positions are 0-based; "pos N: <end>" after the last of N events means the sequence
-stopped where the model expected it to go on), and label when the data has labels. The format follows the
-suffix of --out: .parquet, .tsv(.gz) or .csv(.gz); other suffixes are refused.
+stopped where the model expected it to go on), label when the data has labels, and
+p_value (the share of the model's normal validation sequences scoring at least as high,
+counting this one: 0.002 means rarer than all but 0.2 % of normal data; its floor is
+1/(validation sequences + 1); empty for a model without held-out validation sequences).
+The format follows the suffix of --out: .parquet, .tsv(.gz) or .csv(.gz); other suffixes
+are refused.
 
 --events-out FILE writes one row per event, each sequence's END step last: sequence_id,
 position (0-based; the END step of N events is position N, event <end>), order (the

@@ -148,10 +148,12 @@ def read_deployment_data(path: str) -> NodeData:
     else:
         raise DataError(f"data-path {p}: no such file or folder")
     columns = infer_columns(train_path)
-    train = read_table(train_path, columns)
-    columns = columns.as_read(train)  # test dates read as the training dates were
-    test = read_table(test_path, columns) if test_path is not None else None
     layout = layout_file(beside_column_map(train_path))
+    # a model's columns.json beside the data: read in the encoding seqwatch fit read it in
+    encoding = layout.encoding if layout is not None and layout.encoding else "utf-8"
+    train = read_table(train_path, columns, encoding=encoding)
+    columns = columns.as_read(train)  # test dates read as the training dates were
+    test = read_table(test_path, columns, encoding=encoding) if test_path is not None else None
     if layout is not None and (layout.session_gap is not None or layout.block_size is not None):
         from common.sessions import sessionize
 

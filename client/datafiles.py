@@ -104,7 +104,7 @@ def layout_file(path: str | Path | None) -> DataLayout | None:
     if path is None or Path(path).suffix.lower() != ".json":
         return None
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_bytes().decode("utf-8-sig"))
     except (OSError, UnicodeError, ValueError):
         return None
     if not (isinstance(data, dict) and data.get("format") == DATA_LAYOUT_FORMAT):
@@ -217,7 +217,8 @@ def resolve_columns(
     as_saved = saved if read_like_fit else None
     if "time" not in given:
         if as_saved is not None:
-            found["time"] = as_saved.time
+            # a model saved before "time": false was written (null) read its order column as positions
+            found["time"] = as_saved.time if as_saved.time is not None else False
         elif order == ORDER and header is not None and GAP in header:
             found["time"] = True  # a timestamped table written by write_table
         else:
@@ -269,6 +270,8 @@ def read_data(
     encoding = args.encoding or (saved.encoding if saved is not None else None) or DEFAULT_ENCODING
     if encoding != args.encoding:
         args = argparse.Namespace(**{**vars(args), "encoding": encoding})
+        if encoding != DEFAULT_ENCODING:
+            _check_model_encoding(Path(path), encoding)
     columns = resolve_columns(path, args, saved=saved.columns if saved else None, features=features)
     log.info("reading %s with columns %s", path, columns.to_dict())
     table = read_table(path, columns, encoding=args.encoding)
@@ -284,6 +287,37 @@ def read_data(
         how = f"after {gap:g} s of inactivity" if gap is not None else f"into blocks of {block} events"
         log.info("%s: sessionized %d sequence(s) %s: %d sequence(s)", path, n_before, how, len(table))
     return table, DataLayout(columns, gap, block, encoding)
+
+
+_ENCODING_SAMPLE = 1 << 16
+
+
+def _check_model_encoding(path: Path, encoding: str) -> None:
+    """Say that ``path`` is read in the encoding the model's data was read in, and warn when its
+    first bytes are UTF-8 with non-ASCII text (then that encoding would garble them)."""
+    import gzip
+
+    log.info("%s: read as %s, the encoding of the model's data (--encoding to change)", path, encoding)
+    if path.name.lower().endswith(".parquet"):
+        return
+    try:
+        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as fh:
+            head = fh.read(_ENCODING_SAMPLE)
+    except (OSError, EOFError):
+        return
+    if head.isascii():
+        return
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the end of the sample
+            return
+    log.warning(
+        "%s is read as %s, the encoding the model's data was read in, but its text looks like UTF-8: "
+        "pass --encoding utf-8 if it is, or its events will not match the model's",
+        path,
+        encoding,
+    )
 
 
 def unused_columns(path: str | Path, columns: ColumnMap, encoding: str = "utf-8") -> list[str]:

@@ -386,6 +386,9 @@ def final_report(
     if data.test is not None and len(data.test):
         scored = det.score_table(data.test, expected_k=2)
         frame = score_frame(det, scored, local_threshold, top_events=3)
+        if not len(data.validation):  # the reference would be the training split's own scores
+            frame["p_value"] = np.nan
+            metrics["p_value_note"] = "no p-values: no validation sequences were held out"
         frame["global_threshold"] = float(global_threshold)
         frame["flagged_global"] = frame["score"] > float(global_threshold)
         frame.to_csv(output_dir / "scores.csv", index=False)

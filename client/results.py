@@ -236,6 +236,14 @@ def summarize_scores(
         console.info("unknown events: none")
     if stats.get("unknown_context"):
         console.info(f"unknown context values: {int(stats['unknown_context'])}")
+    if detector.p_value_reference is None:
+        why = (
+            "the model keeps no validation scores (a federation's global model)"
+            if detector.validation_scores_.size == 0
+            else "the model was fitted without validation sequences, and against its training "
+            "sequences' own scores they would come out too small"
+        )
+        console.result(f"p-values: none; {why}")
 
 
 def _short(token: object) -> str:
@@ -300,9 +308,9 @@ def score_frame(
 ) -> pd.DataFrame:
     """Per-sequence table.
 
-    Columns: sequence_id, score, p_value (the share of the model's normal validation
-    sequences scoring at least as high, :meth:`SequenceDetector.p_values`), flagged,
-    threshold, n_events, unknown_events, top_events, and label when the data is labelled.
+    Columns: sequence_id, score, flagged, threshold, n_events, unknown_events, top_events,
+    label when the data is labelled, and p_value (the share of the model's normal validation
+    sequences scoring at least as high, :meth:`SequenceDetector.p_values`; NaN without them).
     """
     import numpy as np
     import pandas as pd
@@ -319,7 +327,6 @@ def score_frame(
         {
             "sequence_id": np.asarray(enc.ids).astype(str),
             "score": scores,
-            "p_value": detector.p_values_from_scores(scores),
             "flagged": scores > threshold,
             "threshold": np.full(n_seq, threshold, dtype=np.float64),
             "n_events": lengths.astype(np.int64),
@@ -329,6 +336,7 @@ def score_frame(
     )
     if enc.labels is not None:
         frame["label"] = np.asarray(enc.labels).astype(np.int64)
+    frame["p_value"] = detector.p_values_from_scores(scores)  # last: the columns before it keep their places
     return frame
 
 

@@ -54,10 +54,11 @@ def nonnegative_float(text: str) -> float:
 
 
 def rate(text: str) -> float:
-    """A rate strictly between 0 and 1 (``--false-alarm-rate``)."""
+    """A rate in [0, 1) (``--false-alarm-rate``; 0: no validation score above the threshold),
+    as ``calibration.false-alarm-rate`` takes it."""
     value = _number(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.01 for 1 %), got {text}")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (e.g. 0.01 for 1 %), got {text}")
     return value
 
 

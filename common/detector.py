@@ -92,7 +92,7 @@ class ScoredTable:
     def order_texts(self, rows: slice) -> list[str] | None:
         """:meth:`order_text` of every event in ``rows`` at once (None without order values).
 
-        Timestamps are rounded to the microsecond as ``score --events-out`` writes them:
+        Timestamps are rounded to the microsecond, as ``score --events-out`` rounds them:
         ``2026-01-05T08:00:00Z``, ``2026-01-05T08:00:00.123000Z``.
         """
         if self.order is None:
@@ -512,9 +512,28 @@ class SequenceDetector:
         return self.p_values_from_scores(self.decision_function(table))
 
     def p_values_from_scores(self, scores: np.ndarray) -> np.ndarray:
-        """:meth:`p_values` for scores already computed (e.g. ``score_table(...).scores``)."""
+        """:meth:`p_values` for scores already computed (e.g. ``score_table(...).scores``).
+
+        NaN when there is no held-out reference (:attr:`p_value_reference` is None): a model
+        fitted without validation sequences holds its training sequences' scores, which it fits
+        better than new data, so p-values against them would come out too small.
+        """
         self._check_fitted()
+        if self.p_value_reference is None:
+            return np.full(np.shape(scores), np.nan)
         return normal_p_values(scores, self.validation_scores_)
+
+    @property
+    def p_value_reference(self) -> str | None:
+        """What p-values are computed against, in words, or None when there is nothing honest to
+        compare with: no validation scores (a federation's global model), or the training
+        sequences' own (fitted without validation sequences)."""
+        self._check_fitted()
+        scores = getattr(self, "validation_scores_", np.empty(0))
+        fit = getattr(self, "fit_result_", None)
+        if scores.size == 0 or (fit is not None and fit.monitored == "training"):
+            return None
+        return f"the {scores.size} normal validation sequences saved with the model"
 
     def predict(self, table: EventTable, threshold: float | None = None) -> np.ndarray:
         """1 for sequences scoring above the threshold (default ``threshold_``), else 0."""

@@ -508,6 +508,10 @@ def _labels(s: pd.Series, column: str, where: _Where) -> np.ndarray:
         return vals.astype(np.int8)
     words = s.astype(str).str.strip().str.lower()
     mapped = words.map(_LABEL_WORDS)
+    unmapped = mapped.isna().to_numpy()
+    if unmapped.any():  # numbers written otherwise: "1.00", "0e0"
+        numbers = pd.to_numeric(words[unmapped], errors="coerce")
+        mapped[unmapped] = numbers.where(numbers.isin([0.0, 1.0]))
     bad = mapped.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
@@ -617,9 +621,10 @@ def _build(df: pd.DataFrame, columns: ColumnMap, source: str, where: _Where) -> 
             if columns.time is False and looks_time:
                 first = order_s.dropna().iloc[0]
                 raise DataError(
-                    f"{source}: column {columns.order!r} holds timestamps ({_show(first)}), but it is to be "
-                    f"read as positions (time = false, as a model fitted on numbers in this column saves "
-                    f"it): give positions as numbers there, or refit the model on timestamps"
+                    f"{source}: column {columns.order!r} holds timestamps ({_show(first)}), but time = "
+                    f"false reads it as positions (--no-time, or a model fitted on positions in this "
+                    f"column): give positions as numbers there, or read the column as time (a model "
+                    f"fitted on positions must then be refitted)"
                 )
             order, mask, infinite = _numeric(order_s, columns.order, where, "position")
             if not mask.any():
@@ -715,8 +720,9 @@ def _check_epoch_seconds(
         unit, per_second = next((u, n) for limit, u, n in _FINER_UNITS if abs(value) > limit)
         raise DataError(
             f"{source}: {where.at(pos)}, column {column!r}: {_show(raw.iloc[pos])} is too large for epoch "
-            f"seconds (it would be after the year 5000); these look like epoch {unit}: divide the "
-            f"column by {per_second:,} or write ISO 8601 times (2026-01-05T08:00:00Z)"
+            f"seconds (more than 3,000 years from 1970); these look like epoch {unit}: divide the "
+            f"column by {per_second:,} or write ISO 8601 times (2026-01-05T08:00:00Z); a model fitted "
+            f"on them as seconds must be refitted"
         )
     if finite.any() and np.nanmax(np.abs(seconds[finite])) < _EARLIEST_PLAUSIBLE:
         pos = int(np.flatnonzero(finite)[0])

@@ -9,6 +9,7 @@ token by hashing it with the same key; tokens never seen in training map to UNK.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -177,6 +178,7 @@ class Vocabulary:
         )
 
 
+_FLOAT_WHOLE = re.compile(r"-?\d+\.0")
 ID_LIKE_SHARE = 0.5
 """A context column whose values are unique on more than this share of training rows looks like an id."""
 ID_LIKE_MIN_ROWS = 50
@@ -197,6 +199,15 @@ class ContextVocabulary:
         self._index = {c: pd.Index(v) for c, v in self.columns.items()}
         self.hash_key = hash_key
         self.hashed = bool(hash_key) if hashed is None else bool(hashed)
+        # Whole numbers in float columns were "1.0" in models saved before they read as "1" (in a
+        # column that also held fractions): such a saved value also answers to its integer text.
+        self._aliases: dict[str, pd.Index] = {}
+        self._alias_ids: dict[str, np.ndarray] = {}
+        for c, values in self.columns.items():
+            known = set(values)
+            whole = [v for v in values if _FLOAT_WHOLE.fullmatch(v) and v[:-2] not in known]
+            self._aliases[c] = pd.Index([v[:-2] for v in whole])
+            self._alias_ids[c] = self._index[c].get_indexer(whole)
 
     @classmethod
     def fit(cls, names: tuple[str, ...], values: np.ndarray, max_size: int) -> ContextVocabulary:
@@ -237,7 +248,12 @@ class ContextVocabulary:
             codes, keys = text_codes(values[:, j])
             if hasher is not None:
                 keys = np.array([hasher(k) for k in keys], dtype=object)
-            out[:, j] = (self._index[name].get_indexer(keys) + 1)[codes]
+            ids = self._index[name].get_indexer(keys)
+            if hasher is None and len(self._aliases[name]):
+                at = self._aliases[name].get_indexer(keys)
+                found = (ids < 0) & (at >= 0)
+                ids[found] = self._alias_ids[name][at[found]]
+            out[:, j] = (ids + 1)[codes]
         return out
 
     def to_dict(self) -> dict[str, list[str]]:

@@ -46,13 +46,13 @@ threads = 1
 SCORE_COLUMNS = [
     "sequence_id",
     "score",
-    "p_value",
     "flagged",
     "threshold",
     "n_events",
     "unknown_events",
     "top_events",
     "label",
+    "p_value",
 ]
 EVENT_COLUMNS = ["sequence_id", "position", "order", "event", "unseen", "score", "surprisal", "rank"]
 METRIC_KEYS = {
@@ -590,7 +590,7 @@ def test_outputs_and_flags_are_checked_before_any_work(
     # flags with a range are refused by the parser, naming the flag
     code = main(["fit", "--data", missing_data, "--out", str(tmp_path / "m"), "--false-alarm-rate", "2"])
     assert code == 2
-    assert "argument --false-alarm-rate: must be between 0 and 1" in capsys.readouterr().err
+    assert "argument --false-alarm-rate: must be at least 0 and below 1" in capsys.readouterr().err
     code = main(["score", "--model", model, "--data", missing_data, "--out", "s.csv", "--device", "gpu"])
     assert code == 2
     assert "argument --device: use auto, cpu, cuda or cuda:N, not 'gpu'" in capsys.readouterr().err
@@ -827,6 +827,11 @@ def test_fit_without_anything_to_hold_out_says_what_it_calibrated_on(
     assert code == 0, captured.err
     assert "on 3 normal training sequences" in captured.out and "training loss" in captured.out
     assert "no normal validation sequences" in captured.err and "cannot resolve" not in captured.err
+    # p-values against the training sequences' own scores would be too small: none, and said so
+    scores = tmp_path / "s.csv"
+    assert main(["score", "--model", str(tmp_path / "m"), "--data", str(data), "--out", str(scores)]) == 0
+    assert "p-values: none; the model was fitted without validation sequences" in capsys.readouterr().out
+    assert pd.read_csv(scores)["p_value"].isna().all()
     # nothing normal at all: one line that says what a model needs
     same["label"] = 1
     same.to_csv(data, index=False)
@@ -1524,6 +1529,18 @@ def test_fit_saves_the_encoding_it_read_and_score_reuses_it(
     out = tmp_path / "s.csv"
     assert main(["score", "--model", str(model), "--data", str(data), "--out", str(out), "-q"]) == 0
     assert pd.read_csv(out)["unknown_events"].eq(0).all()  # read as fit read them
+    # a UTF-8 export read in the model's cp1252 would be garbled: said
+    utf8 = tmp_path / "utf8.csv"
+    frame.to_csv(utf8, index=False, encoding="utf-8")
+    assert main(["score", "--model", str(model), "--data", str(utf8), "--out", str(out)]) == 0
+    assert "but its text looks like UTF-8: pass --encoding utf-8" in capsys.readouterr().err
+    # a model's columns.json saved again with a byte-order mark still brings its layout
+    from client.datafiles import layout_file
+
+    bom = tmp_path / "columns.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + (model / LAYOUT_FILE).read_bytes())
+    layout = layout_file(bom)
+    assert layout is not None and layout.encoding == "cp1252"
     # a flag still decides, and the old default's error says what to pass
     score = ["score", "--model", str(model), "--data", str(data), "--out", str(out)]
     code = main([*score, "--encoding", "utf-8"])

@@ -862,7 +862,7 @@ def test_epoch_numbers_are_checked_for_their_unit(tmp_path: Path, caplog: pytest
     assert as_fitted.time is False
     iso = _write(tmp_path / "iso.csv", "user,action,ts\nu,a,2025-01-01T00:00:00Z\n")
     with pytest.raises(
-        DataError, match=r"column 'ts' holds timestamps \('2025-01-01T00:00:00Z'\), but it is"
+        DataError, match=r"column 'ts' holds timestamps \('2025-01-01T00:00:00Z'\), but time = false"
     ):
         read_table(iso, as_fitted)
     caplog.clear()
@@ -918,3 +918,11 @@ def test_excel_na_is_a_missing_number(tmp_path: Path) -> None:
     path = _write(tmp_path / "x.csv", "sequence_id,event,amount\na,x,#N/A\na,y,2.5\n")
     table = read_table(path, ColumnMap(numeric=("amount",)))
     assert np.isnan(table.frame["amount"].iloc[0]) and table.frame["amount"].iloc[1] == 2.5
+
+
+def test_labels_written_as_other_numbers(tmp_path: Path) -> None:
+    path = _write(tmp_path / "l.csv", "sequence_id,event,label\na,x,1.00\na,y,1\nb,z,0.0\n")
+    assert read_table(path, ColumnMap()).frame["label"].tolist() == [1, 1, 0]
+    bad = _write(tmp_path / "b.csv", "sequence_id,event,label\na,x,2.0\n")
+    with pytest.raises(DataError, match=r"line 2, column 'label': label '2.0' is not understood"):
+        read_table(bad, ColumnMap())

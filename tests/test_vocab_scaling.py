@@ -256,3 +256,11 @@ def test_an_id_like_context_column_is_warned_about(caplog: pytest.LogCaptureFixt
         caplog.text
     )
     assert "'device'" not in caplog.text
+
+
+def test_whole_float_categories_of_older_models_still_match() -> None:
+    """Models saved before whole floats read as "1" know "1.0": an unseen "1" finds it; a value the
+    model knows as itself, or any other, is looked up as it is."""
+    vocab = ContextVocabulary({"tier": ["1.0", "2.5", "3.0", "3"]})
+    values = np.array([["1"], ["1.0"], ["2.5"], ["3"], ["3.0"], ["7"], ["-1"]], dtype=object)
+    assert vocab.encode(values).ravel().tolist() == [1, 1, 2, 4, 3, 0, 0]
