@@ -222,11 +222,17 @@ def test_convert_rejects_unknown_names(tmp_path: Path) -> None:
         convert("hdfs", tmp_path, tmp_path, fmt="xlsx")
 
 
-def test_convert_synthetic_parquet(tmp_path: Path) -> None:
+def _hdfs_source(tmp_path: Path) -> Path:
+    """A tiny HDFS source folder: two training sessions, one abnormal test session."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "hdfs_train").write_text("5 5 22 \n11 9 ")
     (src / "hdfs_test_abnormal").write_text("1 2 ")
+    return src
+
+
+def test_convert_synthetic_parquet(tmp_path: Path) -> None:
+    src = _hdfs_source(tmp_path)
     paths = convert("hdfs", src, tmp_path / "out")
     assert paths == {
         "train": tmp_path / "out/train.parquet",
@@ -256,10 +262,7 @@ def test_adfa_tsv_without_a_split_or_with_trailing_tabs(tmp_path: Path) -> None:
 def test_convert_refuses_its_source_and_warns_of_other_tables(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "hdfs_train").write_text("5 5 22 \n11 9 ")
-    (src / "hdfs_test_abnormal").write_text("1 2 ")
+    src = _hdfs_source(tmp_path)
     with pytest.raises(ConfigError, match="is the source folder"):
         convert("hdfs", src, src)
     out = tmp_path / "out"
