@@ -57,6 +57,7 @@ from client.results import (
     TOP_EVENT_EXPECTED,
     chosen_threshold,
     event_frame,
+    event_scale,
     labelled_metrics,
     load_model,
     print_metrics,
@@ -403,10 +404,12 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     summarize_scores(console, detector, scored, frame, threshold, threshold_name)
     metrics = labelled_metrics(scored, threshold, threshold_name)
     order = np.argsort(-np.nan_to_num(scored.scores, nan=-np.inf), kind="stable")[: args.top]
-    explanations = [detector.explanation(scored, int(i)) for i in order]
-    explanations = [
-        dataclasses.replace(x, threshold=threshold, flagged=bool(x.score > threshold)) for x in explanations
-    ]
+    # built one at a time as the report draws them: a sequence of a million events is a million
+    # explanation objects, and --top of them at once would not fit in memory
+    explanations = (
+        dataclasses.replace(x, threshold=threshold, flagged=bool(x.score > threshold))
+        for x in (detector.explanation(scored, int(i)) for i in order)
+    )
     title = args.title or f"seqwatch report: {Path(args.data).name}"
     html = write_report(
         args.out,
@@ -414,6 +417,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         threshold=threshold,
         metrics=metrics,
         explanations=explanations,
+        event_scale=event_scale(scored, order),
         title=title,
         global_threshold=detector.global_threshold_,
         threshold_note=threshold_note(detector, threshold_name, args),
@@ -422,9 +426,9 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     if metrics is not None:
         print_metrics(console, metrics)
     console.info(f"scores written to {scores_path}")
-    n_flagged = sum(x.flagged for x in explanations)
+    n_flagged = int((scored.scores[order] > threshold).sum())
     console.result(
-        f"report written to {html} (the {len(explanations)} highest-scoring sequences explained, "
+        f"report written to {html} (the {len(order)} highest-scoring sequences explained, "
         f"{n_flagged} of them flagged)"
     )
     return 0

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -244,6 +245,23 @@ def summarize_scores(
             "sequences' own scores they would come out too small"
         )
         console.result(f"p-values: none; {why}")
+
+
+def event_scale(scored: ScoredTable, sequences: Iterable[int]) -> float:
+    """The largest finite step score (END steps included) of these sequences, at least 1: the
+    report shades events against it (:func:`common.report.write_report`'s ``event_scale``)."""
+    import numpy as np
+
+    ev = scored.events
+    largest = 1.0
+    for i in sequences:
+        steps = ev.score[ev.of(int(i))]
+        if ev.end_surprisal is not None:
+            steps = np.append(steps, ev.end_surprisal[int(i)])
+        finite = steps[np.isfinite(steps)]
+        if finite.size:
+            largest = max(largest, float(finite.max()))
+    return largest
 
 
 def _short(token: object) -> str:

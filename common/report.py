@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -459,10 +459,11 @@ def write_report(
     *,
     threshold: float,
     metrics: dict[str, Any] | None,
-    explanations: Sequence[SequenceExplanation],
+    explanations: Iterable[SequenceExplanation],
     title: str,
     global_threshold: float | None = None,
     threshold_note: str | None = None,
+    event_scale: float | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` and its PNG figures; return the HTML path.
 
@@ -474,11 +475,14 @@ def write_report(
         metrics: a metrics dict (e.g. :func:`common.metrics.detection_report`) shown
             as a table, or ``None``.
         explanations: explanations of the sequences to show in detail (typically the
-            top anomalies); shown by decreasing score.
+            top anomalies); shown by decreasing score. With ``event_scale``, they are drawn
+            in the order given and one at a time (an iterator keeps one in memory).
         title: report title.
         global_threshold: the federation-wide threshold, drawn as a second line when
             it differs from ``threshold``.
         threshold_note: how ``threshold`` was set, in words (shown beside it).
+        event_scale: the event score drawn darkest (the largest finite event score of the
+            explanations, at least 1); worked out from ``explanations`` when None.
 
     Figures: ``score_distribution.png`` always (when any score is finite),
     ``roc_curve.png`` and ``pr_curve.png`` when labels of both classes are
@@ -526,9 +530,16 @@ def write_report(
     if labels is not None:
         cards.append(_card("labelled anomalies", str(int(np.nansum(labels)))))
 
-    expl_sorted = sorted(explanations, key=lambda x: -x.score if not math.isnan(x.score) else math.inf)
-    event_scores = [ev.score for x in expl_sorted for ev in x.events if math.isfinite(ev.score)]
-    scale = max(max(event_scores, default=1.0), 1.0)
+    if event_scale is None:
+        explanations = sorted(explanations, key=lambda x: -x.score if not math.isnan(x.score) else math.inf)
+        event_scores = [ev.score for x in explanations for ev in x.events if math.isfinite(ev.score)]
+        event_scale = max(max(event_scores, default=1.0), 1.0)
+    scale = event_scale
+    drawn, n_explained, n_explained_flagged = [], 0, 0
+    for x in explanations:
+        drawn.append(_sequence_html(x, scale))
+        n_explained += 1
+        n_explained_flagged += bool(x.flagged)
 
     generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body: list[str] = [
@@ -547,11 +558,10 @@ def write_report(
         body += ["<h2>Figures</h2>", f'<div class="figs">{imgs}</div>']
     if n:
         body += [f"<h2>Highest scores (top {min(n, TOP_SEQUENCES)})</h2>", _top_sequences_html(df, labels)]
-    n_explained, n_explained_flagged = len(expl_sorted), sum(x.flagged for x in expl_sorted)
     body.append(
         f"<h2>The {n_explained} highest-scoring sequences, explained ({n_explained_flagged} flagged)</h2>"
     )
-    if expl_sorted:
+    if drawn:
         body.append(
             '<p class="legend">Each event is shaded by its event score, the surprisal plus any '
             f"numeric feature's term (white = 0, dark red ≥ {scale:.1f}); "
@@ -559,7 +569,7 @@ def write_report(
             "unseen in training); black outline = the sequence's top "
             f"{TOP_EVENTS} events. Hover an event for what the model expected instead.</p>"
         )
-        body += [_sequence_html(x, scale) for x in expl_sorted]
+        body += drawn
     else:
         body.append('<p class="muted">No explanations were provided.</p>')
 

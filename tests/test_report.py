@@ -145,6 +145,15 @@ def test_report_labelled(tmp_path: Path) -> None:
     from common.report import _bg
 
     assert f'style="background:{_bg(6.5, 9.5)[0]};' in doc and _bg(6.5, 9.5) != _bg(4.0, 9.5)
+    # drawn one at a time from an iterator, in the order given, against a given scale: the same page
+    import re
+
+    listed = [_explanation(), _explanation("plain", 6)]
+    one_by_one = write(
+        out, df, metrics=metrics, explanations=iter(listed), event_scale=9.5, global_threshold=4.5
+    )
+    generated = re.compile(r"generated [^<·]*")
+    assert generated.sub("", one_by_one.read_text(encoding="utf-8")) == generated.sub("", doc)
     # events counted as score counts them: the END step is none
     ended = dataclasses.replace(
         _explanation("ended", 6), events=(*_explanation().events[:6], _event(6, "<end>", 1.9))
