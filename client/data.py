@@ -133,7 +133,7 @@ def deployment_data(path: str) -> NodeData:
 
 def read_deployment_data(path: str) -> NodeData:
     """Read ``data-path`` (folder with train/test tables, or one training file)."""
-    from client.datafiles import beside_column_map, layout_file
+    from client.datafiles import DEFAULT_ENCODING, beside_column_map, layout_file
     from common.tableio import read_table
 
     p = Path(path).expanduser()
@@ -150,7 +150,7 @@ def read_deployment_data(path: str) -> NodeData:
     columns = infer_columns(train_path)
     layout = layout_file(beside_column_map(train_path))
     # a model's columns.json beside the data: read in the encoding seqwatch fit read it in
-    encoding = layout.encoding if layout is not None and layout.encoding else "utf-8"
+    encoding = layout.encoding if layout is not None and layout.encoding else DEFAULT_ENCODING
     train = read_table(train_path, columns, encoding=encoding)
     columns = columns.as_read(train)  # test dates read as the training dates were
     test = read_table(test_path, columns, encoding=encoding) if test_path is not None else None

@@ -295,13 +295,13 @@ _ENCODING_SAMPLE = 1 << 16
 def _check_model_encoding(path: Path, encoding: str) -> None:
     """Say that ``path`` is read in the encoding the model's data was read in, and warn when its
     first bytes are UTF-8 with non-ASCII text (then that encoding would garble them)."""
-    import gzip
+    from common.tableio import open_bytes
 
     log.info("%s: read as %s, the encoding of the model's data (--encoding to change)", path, encoding)
     if path.name.lower().endswith(".parquet"):
         return
     try:
-        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as fh:
+        with open_bytes(path) as fh:
             head = fh.read(_ENCODING_SAMPLE)
     except (OSError, EOFError):
         return

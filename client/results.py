@@ -237,7 +237,7 @@ def summarize_scores(
         console.info("unknown events: none")
     if stats.get("unknown_context"):
         console.info(f"unknown context values: {int(stats['unknown_context'])}")
-    if detector.p_value_reference is None:
+    if not detector.has_p_values:
         why = (
             "the model keeps no validation scores (a federation's global model)"
             if detector.validation_scores_.size == 0

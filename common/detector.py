@@ -84,13 +84,9 @@ class ScoredTable:
     order: np.ndarray | None = None  # (N,) the order values (epoch seconds when ``time_ordered``)
     time_ordered: bool = False
 
-    def order_text(self, row: int) -> str | None:
-        """Event ``row``'s order value: ISO 8601 UTC for timestamps, else the position (``3``)."""
-        texts = self.order_texts(slice(row, row + 1))
-        return None if texts is None else texts[0]
-
     def order_texts(self, rows: slice) -> list[str] | None:
-        """:meth:`order_text` of every event in ``rows`` at once (None without order values).
+        """The order value of every event in ``rows``, to join it back to the data: ISO 8601 UTC
+        for timestamps, else the position (``3``); None without order values.
 
         Timestamps are rounded to the microsecond, as ``score --events-out`` rounds them:
         ``2026-01-05T08:00:00Z``, ``2026-01-05T08:00:00.123000Z``.
@@ -139,21 +135,6 @@ class ScoredTable:
         # sorted by sequence first, so slot j of the sort is rank position[j] of its sequence
         picked = ranked[position < n]
         return np.split(position[picked], np.cumsum(np.minimum(steps, max(n, 0)))[:-1])
-
-
-class _TokenNames(dict[int, str]):
-    """Vocabulary ids to token names, each looked up once (explanations repeat the same few)."""
-
-    def __init__(self, name: Callable[[int], str]) -> None:
-        super().__init__()
-        self._name = name
-
-    def __missing__(self, idx: int) -> str:
-        self[idx] = value = self._name(idx)
-        return value
-
-    def __call__(self, idx: int) -> str:
-        return self[idx]
 
 
 MIN_VALIDATION_CONTENTS = 10
@@ -507,33 +488,29 @@ class SequenceDetector:
         """Conformal p-value per sequence (in ``table.grouped().ids`` order): the share of the
         normal validation sequences (``validation_scores_``) scoring at least as high, counting
         the sequence itself (:func:`common.metrics.normal_p_values`). Small = unusual among
-        normal data; a normal sequence gets ``p <= a`` with probability at most ``a``. NaN when
-        the detector holds no validation scores."""
+        normal data; a normal sequence gets ``p <= a`` with probability at most ``a``. NaN
+        without held-out validation scores (:attr:`has_p_values`)."""
         return self.p_values_from_scores(self.decision_function(table))
 
     def p_values_from_scores(self, scores: np.ndarray) -> np.ndarray:
         """:meth:`p_values` for scores already computed (e.g. ``score_table(...).scores``).
 
-        NaN when there is no held-out reference (:attr:`p_value_reference` is None): a model
-        fitted without validation sequences holds its training sequences' scores, which it fits
-        better than new data, so p-values against them would come out too small.
+        NaN when there is no held-out reference (:attr:`has_p_values`): a model fitted without
+        validation sequences holds its training sequences' scores, which it fits better than new
+        data, so p-values against them would come out too small.
         """
-        self._check_fitted()
-        if self.p_value_reference is None:
+        if not self.has_p_values:
             return np.full(np.shape(scores), np.nan)
         return normal_p_values(scores, self.validation_scores_)
 
     @property
-    def p_value_reference(self) -> str | None:
-        """What p-values are computed against, in words, or None when there is nothing honest to
-        compare with: no validation scores (a federation's global model), or the training
-        sequences' own (fitted without validation sequences)."""
+    def has_p_values(self) -> bool:
+        """Whether held-out normal scores give p-values: not without validation scores (a
+        federation's global model), nor against the training sequences' own (a model fitted
+        without validation sequences)."""
         self._check_fitted()
-        scores = getattr(self, "validation_scores_", np.empty(0))
         fit = getattr(self, "fit_result_", None)
-        if scores.size == 0 or (fit is not None and fit.monitored == "training"):
-            return None
-        return f"the {scores.size} normal validation sequences saved with the model"
+        return self.validation_scores_.size > 0 and not (fit is not None and fit.monitored == "training")
 
     def predict(self, table: EventTable, threshold: float | None = None) -> np.ndarray:
         """1 for sequences scoring above the threshold (default ``threshold_``), else 0."""
@@ -570,7 +547,6 @@ class SequenceDetector:
         vocab = self.encoder_.vocab
         sl = ev.of(i)
         n = sl.stop - sl.start
-        token_of = _TokenNames(vocab.token)
         tokens = data.tokens[sl]
         raw = scored.raw_events[sl].tolist() if scored.raw_events is not None else None
         names = self.encoder_.numeric_names
@@ -596,7 +572,7 @@ class SequenceDetector:
                     event=str(raw[t]) if raw is not None else vocab.token(token),
                     surprisal=surprisal,
                     rank=rank,
-                    expected=tuple((token_of(a), p) for a, p in zip(exp_ids, exp_p, strict=True)),
+                    expected=tuple((vocab.token(a), p) for a, p in zip(exp_ids, exp_p, strict=True)),
                     unseen=token == UNK,
                     # a missing value (NaN: it adds nothing to the score) is shown as missing
                     numeric_residuals=dict(zip(names, residuals[t], strict=True)),

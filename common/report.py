@@ -535,10 +535,9 @@ def write_report(
         event_scores = [ev.score for x in explanations for ev in x.events if math.isfinite(ev.score)]
         event_scale = max(max(event_scores, default=1.0), 1.0)
     scale = event_scale
-    drawn, n_explained, n_explained_flagged = [], 0, 0
+    drawn, n_explained_flagged = [], 0
     for x in explanations:
         drawn.append(_sequence_html(x, scale))
-        n_explained += 1
         n_explained_flagged += bool(x.flagged)
 
     generated = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -559,7 +558,7 @@ def write_report(
     if n:
         body += [f"<h2>Highest scores (top {min(n, TOP_SEQUENCES)})</h2>", _top_sequences_html(df, labels)]
     body.append(
-        f"<h2>The {n_explained} highest-scoring sequences, explained ({n_explained_flagged} flagged)</h2>"
+        f"<h2>The {len(drawn)} highest-scoring sequences, explained ({n_explained_flagged} flagged)</h2>"
     )
     if drawn:
         body.append(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import calendar
 import csv
 import gzip
+import io
 import logging
 import re
 import warnings
@@ -820,10 +821,15 @@ def _open_text(path: Path, encoding: str, errors: str = "strict") -> IO[str]:
     return open(path, encoding=codec, errors=errors, newline="")
 
 
+def open_bytes(path: Path) -> io.BufferedIOBase:
+    """``path`` for reading bytes, unpacked when its name ends in ``.gz``."""
+    return gzip.GzipFile(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
 def _encoding_hint(path: Path) -> str:
     """What to do about a file that does not decode, from its first bytes."""
     try:
-        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as fh:
+        with open_bytes(path) as fh:
             head = fh.read(4)
     except (OSError, EOFError, zlib.error):
         head = b""
@@ -842,8 +848,7 @@ def _encoding_hint(path: Path) -> str:
 
 def _first_bad_line(path: Path, encoding: str) -> tuple[int, int] | None:
     """(line number, offending byte) of the first line not in ``encoding``."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as fh:
+    with open_bytes(path) as fh:
         for number, raw in enumerate(fh, start=1):
             try:
                 raw.decode(encoding)
