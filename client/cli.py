@@ -119,6 +119,11 @@ def _device(text: str) -> str:
 
         if not torch.cuda.is_available():
             raise argparse.ArgumentTypeError(f"{text}: no CUDA device is available here; use auto or cpu")
+        n = torch.cuda.device_count()
+        if int(text.partition(":")[2] or 0) >= n:
+            raise argparse.ArgumentTypeError(
+                f"{text}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}"
+            )
     return text
 
 
@@ -252,6 +257,9 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
 
     check_model_folder(args.out, "--out")
     config = build_config(args)
+    from common.model import resolve_device
+
+    resolve_device(config.train.device)  # a device this machine lacks stops here, before any reading
     train, layout = read_data(args.data, args)
     beside = beside_column_map(args.data) if args.columns is None else None
     if beside is not None:
@@ -609,7 +617,9 @@ Run 'seqwatch COMMAND --help' for the flags of a command. Errors print one line
 _CONVERT_EPILOG = """\
 Writes OUT/<split>.<format> (e.g. train.parquet, test.parquet) with the canonical
 columns sequence, order, event, label (and attack_type for ADFA-LD), which the other
-commands read without column flags.
+commands read without column flags. Where the source folder (or the one above it)
+holds a SHA256SUMS list, as the shared data sets do, each file read is checked
+against it first: a damaged or different file is an error, not wrong counts.
 
 examples:
   seqwatch convert adfa-ld --src ../shared/data/adfa-ld --out data/adfa

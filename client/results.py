@@ -631,9 +631,13 @@ def labelled_metrics(scored: ScoredTable, threshold: float, source: str) -> dict
     labels = scored.encoded.labels
     if labels is None:
         return None
-    from common.metrics import detection_report
+    from common.metrics import detection_by_group, detection_report
 
-    return {**detection_report(labels, scored.scores, threshold), "threshold_source": source}
+    metrics = {**detection_report(labels, scored.scores, threshold), "threshold_source": source}
+    types = scored.attack_types
+    if types is not None and labels.any() and any(str(t) for t in types[labels == 1]):
+        metrics["by_attack_type"] = detection_by_group(labels, scored.scores, types, threshold)
+    return metrics
 
 
 def _fmt(value: Any) -> str:
@@ -661,3 +665,17 @@ def print_metrics(console: Console, metrics: dict[str, Any]) -> None:
     )
     for title, key in rows:
         console.result(f"  {title:<18} {_fmt(metrics.get(key))}")
+    groups = metrics.get("by_attack_type")
+    if groups:
+        width = max(18, *(len(name) for name in groups))
+        console.result(
+            f"  {'by attack type':<{width}} {'n':>6} {'recall':>7} {'AUROC':>7} {'det@1%':>7} {'det@5%':>7}"
+        )
+        for name, g in groups.items():
+            figures = (
+                g["recall"],
+                g["auroc"],
+                g["detection_rate_at_1pct_far"],
+                g["detection_rate_at_5pct_far"],
+            )
+            console.result(f"  {name:<{width}} {g['n']:>6} " + " ".join(f"{_fmt(v):>7}" for v in figures))

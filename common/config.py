@@ -422,7 +422,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
     Nested tables (``[model]`` with ``hidden = 64``) and dotted keys
     (``"model.hidden" = 64``) are both accepted. A saved model's folder, or
-    its ``detector.json``, gives the config the model was fitted with.
+    its ``detector.json``, gives the config the model was fitted with, less
+    ``train.device`` (the default ``auto`` picks this host's).
     """
     p = Path(path)
     if p.is_dir() and (p / DETECTOR_META).is_file():
@@ -437,7 +438,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: a config file holds a table of keys, not {type(raw).__name__}")
     if raw.get("format") == DETECTOR_FORMAT and isinstance(raw.get("config"), dict):
-        raw = raw["config"]  # a saved model's hyperparameters
+        # a saved model's hyperparameters; the device it trained on is its host's, not this one's
+        raw = {k: v for k, v in raw["config"].items() if k != "train.device"}
     return flatten(raw)
 
 

@@ -17,10 +17,13 @@ sequence's label, and ADFA-LD keeps ``attack_type``.
 read them back with ``read_table(path, CANONICAL)``.
 
 The data live outside the repository; :func:`shared_data_dir` finds them.
+Where a ``SHA256SUMS`` file sits beside a source file or one folder above it
+(as in the shared data), every file a loader reads is checked against it first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -115,10 +118,57 @@ def _locate(src: str | Path, names: tuple[str, ...], subdirs: tuple[str, ...]) -
     )
 
 
+CHECKSUMS = "SHA256SUMS"
+"""The checksum list (``sha256sum`` format) a data set's folder may carry."""
+
+_SUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
+
+
+def _listed_digest(path: Path) -> tuple[Path, str] | None:
+    """The ``SHA256SUMS`` beside ``path`` or one folder up that lists it, and its digest there."""
+    for folder in (path.parent, path.parent.parent):
+        sums = folder / CHECKSUMS
+        if not sums.is_file():
+            continue
+        want = path.resolve()
+        for number, line in enumerate(sums.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            match = _SUM_LINE.fullmatch(line)
+            if match is None:
+                raise DataError(
+                    f"{sums}: line {number}: not a sha256sum line ('<64 hex digits>  <file>'); "
+                    f"restore the file from the source"
+                )
+            if (folder / match.group(2)).resolve() == want:
+                return sums, match.group(1).lower()
+    return None
+
+
+def _verify(path: Path) -> None:
+    """Check ``path`` against its ``SHA256SUMS`` entry, where one lists it."""
+    listed = _listed_digest(path)
+    if listed is None:
+        return
+    sums, want = listed
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    got = digest.hexdigest()
+    if got != want:
+        raise DataError(
+            f"{path}: SHA-256 {got[:16]}… differs from {want[:16]}… in {sums}: the file is damaged or "
+            f"another release; restore it from the source (or delete its line in {CHECKSUMS} "
+            f"to read it as it is)"
+        )
+
+
 def _read_lines(path: Path) -> list[str]:
     """Lines of an ASCII text file, without line ends."""
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the data folder")
+    _verify(path)
     try:
         text = path.read_bytes().decode("ascii")
     except UnicodeDecodeError as exc:
@@ -236,6 +286,7 @@ def load_adfa_ld(src_dir: str | Path) -> dict[str, EventTable]:
 
 def _adfa_from_tsv(path: Path) -> pd.DataFrame:
     """The derived TSV: one row per trace (see PROVENANCE.md)."""
+    _verify(path)
     try:
         with warnings.catch_warnings():
             # a tab after a row's last field is an empty field past the header: dropped (index_col=False
@@ -286,6 +337,7 @@ def _adfa_from_zip(path: Path) -> pd.DataFrame:
     """The original zip: one ``.txt`` trace per file, label from the folder."""
     if not path.is_file():
         raise DataError(f"{path}: file not found (and no {ADFA_TSV} beside it); check the data folder")
+    _verify(path)
     rows: list[tuple[str, int, str, str, str]] = []
     folder_of = {v: k for k, v in _ADFA_SPLITS.items()}
     try:

@@ -71,6 +71,25 @@ META_FILE = DETECTOR_META
 ENCODER_FILE = "encoder.json"
 
 
+def _device_here(saved: str, path: Path) -> str:
+    """The saved ``train.device`` where this host has it, else the nearest it has (said in the log)."""
+    if not saved.startswith("cuda"):
+        return saved
+    if not torch.cuda.is_available():
+        log.info("%s: trained on %s; this host has no CUDA device, so it runs on the CPU", path, saved)
+        return "auto"
+    index = torch.device(saved).index
+    if index is not None and index >= torch.cuda.device_count():
+        log.info(
+            "%s: trained on %s; this host has %d CUDA device(s), so it runs on cuda:0",
+            path,
+            saved,
+            torch.cuda.device_count(),
+        )
+        return "cuda"
+    return saved
+
+
 @dataclass
 class ScoredTable:
     """Everything one scoring pass produces for a table."""
@@ -83,6 +102,7 @@ class ScoredTable:
     raw_context_names: tuple[str, ...] = ()  # their columns (the table's order, not the encoder's)
     order: np.ndarray | None = None  # (N,) the order values (epoch seconds when ``time_ordered``)
     time_ordered: bool = False
+    attack_types: np.ndarray | None = None  # (S,) each sequence's ``attack_type`` when the table has one
 
     def order_texts(self, rows: slice) -> list[str] | None:
         """The order value of every event in ``rows``, to join it back to the data: ISO 8601 UTC
@@ -458,6 +478,7 @@ class SequenceDetector:
             () if grouped is None else grouped.context_names,
             None if table is None else table.frame[ORDER].to_numpy(),  # its rows are in grouped order
             table is not None and table.time_ordered,
+            None if grouped is None else grouped.attack_types,
         )
 
     def score_table(
@@ -717,13 +738,8 @@ class SequenceDetector:
             flat.setdefault("model.end-event", False)
             if device is not None:
                 flat["train.device"] = device
-            elif str(flat.get("train.device", "auto")).startswith("cuda") and not torch.cuda.is_available():
-                log.info(
-                    "%s: trained on %s; this host has no CUDA device, so it runs on the CPU",
-                    p,
-                    flat["train.device"],
-                )
-                flat["train.device"] = "auto"
+            else:
+                flat["train.device"] = _device_here(str(flat.get("train.device", "auto")), p)
             if threads is not None:
                 flat["train.threads"] = threads
             config = parse_detector_config(flat)

@@ -152,8 +152,15 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from common.errors import ConfigError
+    from common.errors import ConfigError
 
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ConfigError(
+            f"train.device = {name!r} but this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}; "
+            f"use one of those, 'cuda' or 'auto'"
+        )
+    return device

@@ -403,8 +403,33 @@ def _sequence_html(expl: SequenceExplanation, scale: float) -> str:
 
 
 def _metrics_html(metrics: Mapping[str, Any]) -> str:
-    rows = "".join(f'<tr><th>{_e(k)}</th><td class="num">{_e(_num(v))}</td></tr>' for k, v in metrics.items())
-    return f"<table>{rows}</table>"
+    rows = "".join(
+        f'<tr><th>{_e(k)}</th><td class="num">{_e(_num(v))}</td></tr>'
+        for k, v in metrics.items()
+        if not isinstance(v, Mapping)
+    )
+    html = f"<table>{rows}</table>"
+    groups = metrics.get("by_attack_type")
+    if isinstance(groups, Mapping) and groups:
+        head = "".join(f"<th>{_e(title)}</th>" for title, _ in _GROUP_COLUMNS)
+        body = "".join(
+            f"<tr><th>{_e(name)}</th>"
+            + "".join(f'<td class="num">{_e(_num(g.get(key)))}</td>' for _, key in _GROUP_COLUMNS)
+            + "</tr>"
+            for name, g in groups.items()
+        )
+        html += f"<h3>By attack type</h3><table><tr><th>attack type</th>{head}</tr>{body}</table>"
+    return html
+
+
+_GROUP_COLUMNS = (
+    ("sequences", "n"),
+    ("flagged", "detected"),
+    ("recall", "recall"),
+    ("AUROC", "auroc"),
+    ("detection @1% FAR", "detection_rate_at_1pct_far"),
+    ("detection @5% FAR", "detection_rate_at_5pct_far"),
+)
 
 
 def _top_sequences_html(df: pd.DataFrame, labels: np.ndarray | None) -> str:

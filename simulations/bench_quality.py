@@ -67,7 +67,7 @@ from common.datasets import load_adfa_ld, load_hdfs, load_openstack, shared_data
 from common.detector import SequenceDetector, content_groups, holdout_mask, holdout_split
 from common.errors import DataError
 from common.events import EventTable
-from common.metrics import detection_report, threshold_for_far
+from common.metrics import detection_by_group, detection_report, threshold_for_far
 from common.scoring import (
     WEIGHTED_END_AGGREGATES,
     EventScores,
@@ -134,6 +134,7 @@ def standard_split(
             cal = cfg.calibration
             threshold = threshold_for_far(aggregate(val_ev, sc), cal.false_alarm_rate, cal.confidence)
             rep = detection_report(labels, scores, threshold)
+            types = scored.attack_types
             rows.append(
                 {
                     "model": kind,
@@ -151,6 +152,9 @@ def standard_split(
                     "recall": rep["recall"],
                     "f1": rep["f1"],
                     "false_alarm_rate": rep["false_alarm_rate"],
+                    "by_attack_type": None
+                    if types is None
+                    else detection_by_group(labels, scores, types, threshold),
                     "best_epoch": det.fit_result_.best_epoch if det.fit_result_ else None,
                     "fit_sequences": len(train),
                     "validation_sequences": len(validation),

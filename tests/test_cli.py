@@ -419,6 +419,42 @@ def test_score_writes_table_and_metrics(
     assert metrics["auroc"] > 0.85  # unseen events stand out even for a 2-epoch, 16-unit model
 
 
+def test_score_and_report_break_detection_down_by_attack_type(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = make_frame(2, 20, 4, "te")
+    attack = {"te020": "Hydra_FTP", "te021": "Hydra_FTP", "te022": "Web_Shell", "te023": "Web_Shell"}
+    frame["attack_type"] = frame["sequence"].map(attack).fillna("")
+    data = tmp_path / "typed.csv"
+    frame.to_csv(data, index=False)
+    metrics_path = tmp_path / "metrics.json"
+    base = ["--model", str(workspace["model"]), "--data", str(data)]
+    code = main(["score", *base, "--out", str(tmp_path / "s.csv"), "--metrics-json", str(metrics_path)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    assert set(metrics) == METRIC_KEYS | {"by_attack_type"}
+    groups = metrics["by_attack_type"]
+    assert list(groups) == ["Hydra_FTP", "Web_Shell"]
+    assert sum(g["n"] for g in groups.values()) == 4
+    assert sum(g["detected"] for g in groups.values()) == metrics["tp"]
+    assert all(0.0 <= g["auroc"] <= 1.0 for g in groups.values())
+    lines = captured.out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "by attack type" in line)
+    assert lines[at].split()[-5:] == ["n", "recall", "AUROC", "det@1%", "det@5%"]
+    assert lines[at + 1].split()[:2] == ["Hydra_FTP", "2"] and lines[at + 2].split()[0] == "Web_Shell"
+    code = main(["report", *base, "--out", str(tmp_path / "report"), "--top", "1", "-q"])
+    assert code == 0 and "by attack type" in capsys.readouterr().out
+    html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "<h3>By attack type</h3>" in html and "<th>Web_Shell</th>" in html
+    assert "{&#x27;" not in html and "{'" not in html  # no dict printed as a metric value
+    # without the column, the metrics are as before
+    plain = ["--model", str(workspace["model"]), "--data", str(workspace["test"])]
+    code = main(["score", *plain, "--out", str(tmp_path / "plain.csv"), "--metrics-json", str(metrics_path)])
+    assert code == 0 and "by attack type" not in capsys.readouterr().out
+    assert set(json.loads(metrics_path.read_text(encoding="utf-8"))) == METRIC_KEYS
+
+
 def test_score_parquet_output_and_top_events_off(
     workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -599,6 +635,14 @@ def test_outputs_and_flags_are_checked_before_any_work(
     if not torch.cuda.is_available():
         assert main(["fit", "--data", missing_data, "--out", str(tmp_path / "m"), "--device", "cuda"]) == 2
         assert "argument --device: cuda: no CUDA device is available here" in capsys.readouterr().err
+        # a device from a config file is checked before the data are read
+        gpu_config = tmp_path / "gpu.toml"
+        gpu_config.write_text('[train]\ndevice = "cuda:1"\n', encoding="utf-8")
+        assert (
+            main(["fit", "--data", missing_data, "--out", str(tmp_path / "m"), "--config", str(gpu_config)])
+            == 2
+        )
+        assert "train.device = 'cuda:1' but no CUDA device is available" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
 
@@ -1577,10 +1621,10 @@ def test_fit_config_files_are_read_as_a_whole_or_refused(
     fed.write_text(workspace["config"].read_text(encoding="utf-8") + "[federation]\nlocal-epochs = 5\n")
     assert main([*fit, "--config", str(fed), "--out", str(tmp_path / "f")]) == 0
     assert "federation.local-epochs set the federation or its simulation" in capsys.readouterr().err
-    # a model's folder gives the config it was fitted with
+    # a model's folder gives the config it was fitted with, less the device of the host it was fitted on
     assert main([*fit, "--config", str(workspace["model"]), "--out", str(tmp_path / "again"), "-q"]) == 0
     again = json.loads((tmp_path / "again" / "detector.json").read_text(encoding="utf-8"))["config"]
     first = json.loads((workspace["model"] / "detector.json").read_text(encoding="utf-8"))["config"]
-    assert again == first
+    assert first["train.device"] == "cpu" and again == {**first, "train.device": "auto"}
     assert main([*fit, "--seed", "-1"]) == 2
     assert "argument --seed: must be >= 0, got -1" in capsys.readouterr().err

@@ -158,13 +158,14 @@ def test_a_saved_models_config_and_odd_files(tmp_path):
 
     saved = {
         "format": "seqwatch-detector",
-        "config": to_flat(with_overrides(DetectorConfig(), model={"hidden": 16})),
+        "config": to_flat(with_overrides(DetectorConfig(), model={"hidden": 16}, train={"device": "cuda:1"})),
     }
     model = tmp_path / "model"
     model.mkdir()
     (model / "detector.json").write_text(json.dumps(saved), encoding="utf-8")
     for path in (model, model / "detector.json"):  # the folder, or its detector.json
-        assert parse_detector_config(load_config_file(path)).model.hidden == 16
+        cfg = parse_detector_config(load_config_file(path))
+        assert cfg.model.hidden == 16 and cfg.train.device == "auto"  # the device was the model's host's
     upper = tmp_path / "c.JSON"
     upper.write_text('{"train.epochs": 3}', encoding="utf-8")
     assert load_config_file(upper) == {"train.epochs": 3}

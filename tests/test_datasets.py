@@ -191,6 +191,46 @@ def test_hdfs_missing_and_garbled(tmp_path: Path) -> None:
         load_hdfs(tmp_path)
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_source_files_are_checked_against_sha256sums(tmp_path: Path) -> None:
+    # HDFS: the list beside the files, in sha256sum's format (binary marker and "./" allowed)
+    (tmp_path / "hdfs_train").write_text("5 5 22\n")
+    (tmp_path / "hdfs_test_abnormal").write_text("1 2\n")
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_text(
+        f"{_sha256(tmp_path / 'hdfs_train')}  ./hdfs_train\n"
+        f"{_sha256(tmp_path / 'hdfs_test_abnormal')} *hdfs_test_abnormal\n"
+    )
+    assert len(load_hdfs(tmp_path)["train"].grouped()) == 1
+    (tmp_path / "hdfs_test_abnormal").write_text("1 2\n3\n")  # one session more than the release
+    with pytest.raises(
+        DataError,
+        match=r"hdfs_test_abnormal: SHA-256 [0-9a-f]{16}… differs from [0-9a-f]{16}… in .*SHA256SUMS",
+    ):
+        load_hdfs(tmp_path)
+    sums.write_text(sums.read_text().splitlines()[0] + "\n")  # a file it does not list is read as it is
+    assert len(load_hdfs(tmp_path)["test_abnormal"].grouped()) == 2
+    sums.write_text("not a checksum line\n")
+    with pytest.raises(DataError, match="SHA256SUMS: line 1: not a sha256sum line"):
+        load_hdfs(tmp_path)
+    # OpenStack: the list one folder above the release's folder, naming ./kalaki/...
+    folder = tmp_path / "os" / "kalaki"
+    folder.mkdir(parents=True)
+    for name, text in (("train", "a,1 2\n"), ("test_normal", "b,1\n"), ("test_abnormal", "c,9\n")):
+        (folder / f"openstack_{name}").write_text(text)
+    listing = "".join(f"{_sha256(f)}  ./kalaki/{f.name}\n" for f in sorted(folder.iterdir()))
+    (tmp_path / "os" / "SHA256SUMS").write_text(listing)
+    assert len(load_openstack(tmp_path / "os")["test"].grouped()) == 2
+    (folder / "openstack_train").write_text("a,1 3\n")
+    with pytest.raises(DataError, match=r"kalaki/openstack_train: SHA-256"):
+        load_openstack(tmp_path / "os")
+
+
 def test_openstack_duplicate_ids_and_garbled(tmp_path: Path) -> None:
     folder = tmp_path / "kalaki"
     folder.mkdir()

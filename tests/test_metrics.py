@@ -281,6 +281,40 @@ def test_detection_report() -> None:
     assert calm["precision"] is None and calm["recall"] is None and calm["f1"] is None
 
 
+def test_detection_by_group_measures_each_kind_against_all_normals() -> None:
+    normal = [0.1, 0.2, 0.3, 0.4]
+    labels = [0, 0, 0, 0, 1, 1, 1, 1, 1]
+    scores = [*normal, 0.35, 0.5, 0.05, 0.6, 0.25]
+    groups = ["", "", "", "", "hydra", "hydra", "shell", "shell", None]
+    rep = m.detection_by_group(labels, scores, groups, threshold=0.3)
+    assert list(rep) == ["(unnamed)", "hydra", "shell"]
+    hydra = rep["hydra"]
+    assert hydra["n"] == 2 and hydra["detected"] == 2 and hydra["recall"] == 1.0
+    assert hydra["auroc"] == pytest.approx(brute_auc(np.r_[[0] * 4, [1, 1]], np.r_[normal, [0.35, 0.5]]))
+    assert hydra["auroc"] == pytest.approx((3 + 4) / 8)
+    shell = rep["shell"]
+    assert shell["detected"] == 1 and shell["auroc"] == pytest.approx((0 + 4) / 8)
+    # the detection rates use the thresholds detection_report places on the normal scores
+    overall = m.detection_report(labels, scores, 0.3)
+    n_pos = sum(g["n"] for g in rep.values())
+    for key in ("detection_rate_at_1pct_far", "detection_rate_at_5pct_far"):
+        assert sum(g[key] * g["n"] for g in rep.values()) / n_pos == pytest.approx(overall[key])
+    assert rep["(unnamed)"] == {
+        "n": 1,
+        "detected": 0,
+        "recall": 0.0,
+        "auroc": pytest.approx(0.5),
+        "detection_rate_at_1pct_far": 0.0,
+        "detection_rate_at_5pct_far": 0.0,
+    }
+    json.dumps(rep, allow_nan=False)
+    # anomalies only: recall is all there is
+    alone = m.detection_by_group([1, 1], [1.0, 2.0], ["a", "b"], 1.5)
+    assert alone["b"]["recall"] == 1.0 and alone["b"]["auroc"] is None
+    with pytest.raises(ValueError, match="groups has shape"):
+        m.detection_by_group([0, 1], [1.0, 2.0], ["a"], 1.5)
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [

@@ -1,4 +1,6 @@
 import dataclasses
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -461,3 +463,32 @@ def test_top_events_of_all_sequences_match_one_sort_per_sequence(with_end):
                 for t, (x, y) in enumerate(zip(s, p, strict=True))
             ]
             assert got[i].tolist() == [t for *_, t in sorted(key)][:k]
+
+
+def test_devices_are_checked_against_what_this_host_has(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    from common.detector import _device_here
+    from common.errors import ConfigError
+    from common.model import resolve_device
+
+    caplog.set_level(logging.INFO, logger="common.detector")
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device is available"):
+        resolve_device("cuda:0")
+    assert _device_here("cuda:1", tmp_path) == "auto" and "runs on the CPU" in caplog.text
+    # one GPU: cuda:0 and cuda are fine, cuda:1 is named with what there is
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("cuda") == torch.device(
+        "cuda"
+    )
+    with pytest.raises(
+        ConfigError, match=r"'cuda:1' but this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"
+    ):
+        resolve_device("cuda:1")
+    # a model trained on a second GPU scores on the first of a one-GPU host
+    caplog.clear()
+    assert _device_here("cuda:1", tmp_path) == "cuda" and "runs on cuda:0" in caplog.text
+    assert _device_here("cuda:0", tmp_path) == "cuda:0" and _device_here("cpu", tmp_path) == "cpu"
