@@ -43,6 +43,12 @@ class ModelConfig:
     #: event): sequences cut short, or running on where normal ones stop, score
     #: as surprising at their end.
     end_event: bool = True
+    #: Predict an event's numeric values (amount, time gap) knowing which event it
+    #: is: ``p(event, numbers | history) = p(event | history) · p(numbers | event,
+    #: history)``. Without it the numbers are predicted before the event is known,
+    #: as one guess for whatever comes next (a payment's amount and a page view's 0
+    #: averaged), and ordinary events carry large residuals.
+    numeric_given_event: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -736,6 +736,8 @@ class SequenceDetector:
             flat = dict(meta["config"])
             # models saved before the END step existed were trained without it
             flat.setdefault("model.end-event", False)
+            # and before the numeric head read the next event
+            flat.setdefault("model.numeric-given-event", False)
             if device is not None:
                 flat["train.device"] = device
             else:

@@ -3,8 +3,11 @@
 Each step fuses the event embedding with categorical-context embeddings and the
 scaled numeric features of the *previous* event, runs a recurrent encoder, and
 predicts the distribution of the next event and, when numeric features exist,
-the next numeric values. Shapes: B = batch, L = time steps (a chunk),
-V = vocabulary size, C = context columns, F = numeric features, H = hidden.
+the next numeric values: with ``model.numeric-given-event`` (the default) from
+the recurrent state *and* the next event's embedding, so that a payment's amount
+is predicted as a payment's. Shapes: B = batch, L = time steps (a chunk),
+V = vocabulary size, C = context columns, F = numeric features, H = hidden,
+E = event embedding.
 """
 
 from __future__ import annotations
@@ -88,7 +91,17 @@ class NextEventModel(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
         self.event_head = nn.Linear(config.hidden, shape.vocab_size)
-        self.numeric_head = nn.Linear(config.hidden, shape.n_numeric) if shape.n_numeric else None
+        self.numeric_head: nn.Module | None = None
+        if shape.n_numeric and config.numeric_given_event:
+            # (B, L, H + E) -> (B, L, F): one hidden layer, so the event can switch the history's
+            # effect on (an amount on a payment) or off (no amount on a page view)
+            self.numeric_head = nn.Sequential(
+                nn.Linear(config.hidden + config.embed_dim, config.hidden),
+                nn.ReLU(),
+                nn.Linear(config.hidden, shape.n_numeric),
+            )
+        elif shape.n_numeric:
+            self.numeric_head = nn.Linear(config.hidden, shape.n_numeric)  # (B, L, H) -> (B, L, F)
 
     def forward(
         self,
@@ -96,12 +109,16 @@ class NextEventModel(nn.Module):
         context: torch.Tensor,
         numeric: torch.Tensor,
         state: State | None = None,
+        next_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
         """One chunk of steps.
 
         tokens (B, L) int64, context (B, L, C) int64, numeric (B, L, F) float32:
-        the inputs at each step (the previous event). Returns next-event logits
-        (B, L, V), numeric predictions (B, L, F) or None, and the new state.
+        the inputs at each step (the previous event); next_tokens (B, L) int64:
+        the event that follows each step, which the numeric head reads with
+        ``model.numeric-given-event`` (without them it predicts no numbers).
+        Returns next-event logits (B, L, V), numeric predictions (B, L, F) or
+        None, and the new state.
         """
         parts = [self.embed(tokens)]  # (B, L, E)
         for j, emb in enumerate(self.context_embeds):
@@ -124,7 +141,12 @@ class NextEventModel(nn.Module):
             new_state.append(buffer)
         out = self.drop(out)
         logits = self.event_head(out)  # (B, L, V)
-        num_pred = self.numeric_head(out) if self.numeric_head is not None else None  # (B, L, F)
+        num_pred: torch.Tensor | None = None
+        if self.numeric_head is not None and not self.config.numeric_given_event:
+            num_pred = self.numeric_head(out)  # (B, L, F)
+        elif self.numeric_head is not None and next_tokens is not None:
+            given = torch.cat([out, self.drop(self.embed(next_tokens))], dim=-1)  # (B, L, H + E)
+            num_pred = self.numeric_head(given)  # (B, L, F)
         return logits, num_pred, tuple(new_state)
 
 

@@ -156,11 +156,11 @@ def score_events(
         mask_all = batch.mask.cpu().numpy()
         for start in range(0, batch.max_len, SCORE_CHUNK):
             sl = slice(start, start + SCORE_CHUNK)
+            tgt = batch.targets[:, sl]
             logits, num_pred, state = model(
-                batch.tokens_in[:, sl], batch.context_in[:, sl], batch.numeric_in[:, sl], state
+                batch.tokens_in[:, sl], batch.context_in[:, sl], batch.numeric_in[:, sl], state, tgt
             )
             logp = next_event_logp(logits)  # (B, l, V)
-            tgt = batch.targets[:, sl]
             lp_t = logp.gather(-1, tgt.unsqueeze(-1))  # (B, l, 1)
             rk = (logp > lp_t).sum(-1) + 1  # (B, l)
             b_idx, t_idx = np.nonzero(mask_all[:, sl])

@@ -78,11 +78,11 @@ def chunk_loss(
     (B, L) when given; the NLL and SE sums are unweighted, for reporting.
     Its number of events comes from :func:`chunk_counts`.
     """
+    targets = batch.targets[:, sl]
     logits, num_pred, state = model(
-        batch.tokens_in[:, sl], batch.context_in[:, sl], batch.numeric_in[:, sl], state
+        batch.tokens_in[:, sl], batch.context_in[:, sl], batch.numeric_in[:, sl], state, targets
     )
     mask = batch.mask[:, sl]
-    targets = batch.targets[:, sl]
     nll_each = F.cross_entropy(logits[mask], targets[mask], reduction="none")  # (n,)
     se_each = nll_each.new_zeros(nll_each.shape)
     if num_pred is not None:

@@ -760,6 +760,34 @@ def test_save_load_round_trip_gives_identical_scores(
     assert old.score_table(test).events.end_surprisal is None
 
 
+def test_a_model_saved_before_the_numeric_head_read_the_next_event_still_loads(
+    workspace: dict[str, Path], tmp_path: Path
+) -> None:
+    from common.config import load_config_file, parse_detector_config, with_overrides
+    from common.detector import SequenceDetector
+    from common.events import ColumnMap
+    from common.tableio import from_frame
+
+    frame = make_frame(3, 30, 0, "am")
+    frame["amount"] = np.random.default_rng(0).lognormal(size=len(frame))
+    columns = ColumnMap(sequence="sequence", event="event", order="order", numeric=("amount",), label="label")
+    table = from_frame(frame, columns)
+    config = parse_detector_config(load_config_file(workspace["config"]))
+    for given in (True, False):
+        cfg = with_overrides(config, model={"numeric_given_event": given})
+        fitted = SequenceDetector(cfg).fit(table)
+        fitted.save(tmp_path / str(given))
+        meta_path = tmp_path / str(given) / "detector.json"
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        assert meta["config"]["model.numeric-given-event"] is given
+        if not given:  # as saved before the key existed
+            del meta["config"]["model.numeric-given-event"]
+            meta_path.write_text(json.dumps(meta), encoding="utf-8")
+        loaded = SequenceDetector.load(tmp_path / str(given))
+        assert loaded.config.model.numeric_given_event is given
+        np.testing.assert_array_equal(loaded.decision_function(table), fitted.decision_function(table))
+
+
 def test_explain_text_and_json(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     base = ["explain", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
     code = main([*base, "--sequence", "te020"])

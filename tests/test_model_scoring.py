@@ -38,7 +38,7 @@ def encoded(seqs, *, c=0, f=0, seed=0):
     )
 
 
-def tiny(kind="lstm", vocab=8, c=0, f=0, end=True):
+def tiny(kind="lstm", vocab=8, c=0, f=0, end=True, given=True):
     cfg = ModelConfig(
         kind=kind,
         embed_dim=8,
@@ -48,6 +48,7 @@ def tiny(kind="lstm", vocab=8, c=0, f=0, end=True):
         conv_channels=8,
         dropout=0.0,
         end_event=end,
+        numeric_given_event=given,
     )
     return build_model(cfg, NetworkShape(vocab, (3,) * c, f), seed=1)
 
@@ -288,18 +289,49 @@ def test_numeric_residual_enters_event_score():
     assert (weighted.score > plain.score).all()
 
 
-def test_numeric_residual_is_actual_minus_expected():
+@pytest.mark.parametrize("given", [True, False], ids=["given-event", "before-event"])
+def test_numeric_residual_is_actual_minus_expected(given: bool) -> None:
     """Positive residual: the value is above what the model expected (the usual sign)."""
-    model = tiny("lstm", f=1)
+    model = tiny("lstm", f=1, given=given)
     assert model.numeric_head is not None
+    last = (
+        model.numeric_head[-1] if isinstance(model.numeric_head, torch.nn.Sequential) else model.numeric_head
+    )
     with torch.no_grad():
-        model.numeric_head.weight.zero_()
-        model.numeric_head.bias.fill_(0.5)  # the model expects 0.5 everywhere
+        last.weight.zero_()
+        last.bias.fill_(0.5)  # the model expects 0.5 everywhere
     data = encoded([[3, 4, 5, 3]], f=1)
     scored = score_events(model, data, ScoreConfig(), CPU)
     predicted = ~np.isnan(scored.residual[:, 0])
     assert predicted[1:].all()
     np.testing.assert_allclose(scored.residual[predicted, 0], data.numeric[predicted, 0] - 0.5, rtol=1e-6)
+
+
+def test_the_numeric_head_reads_the_next_event() -> None:
+    """The numbers of an event are predicted knowing the event: a payment's amount as a payment's."""
+    model = tiny("lstm", f=1)
+    tokens = torch.tensor([[BOS, 3, 4]])
+    ctx, num = torch.zeros(1, 3, 0, dtype=torch.int64), torch.zeros(1, 3, 1)
+    _, as_views, _ = model(tokens, ctx, num, None, torch.tensor([[3, 3, 3]]))
+    _, as_payments, _ = model(tokens, ctx, num, None, torch.tensor([[4, 4, 4]]))
+    assert as_views is not None and as_payments is not None
+    assert not torch.allclose(as_views, as_payments)
+    assert model(tokens, ctx, num)[1] is None  # without the next events: no numbers predicted
+    # trained on views (amount 0) and payments (amount 2) in random order, a head that knows
+    # the event predicts each; one that does not can only guess their mean for both
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.choice([3, 4], size=int(rng.integers(8, 16)))) for _ in range(48)]
+    data = encoded(seqs, f=1)
+    data.numeric[:, 0] = np.where(data.tokens == 4, 2.0, 0.0)
+    cfg = TrainConfig(epochs=12, lr=0.02, chunk_len=16, batch_size=8, patience=12, seed=0)
+    mse = {}
+    for given in (True, False):
+        torch.manual_seed(0)
+        model = tiny("lstm", f=1, given=given)
+        fit_model(model, data, data, cfg, CPU)
+        residual = score_events(model, data, ScoreConfig(), CPU).residual[:, 0]
+        mse[given] = float(np.nanmean(residual**2))
+    assert mse[True] < 0.05 and mse[False] > 0.5, mse
 
 
 @pytest.mark.parametrize("kind", KINDS)

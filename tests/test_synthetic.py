@@ -194,3 +194,25 @@ def test_no_anomalies_and_tiny_spec() -> None:
     frames = generate(SyntheticSpec(users=3, institutions=3, sessions_per_user=(2, 2), anomaly_rate=0.0))
     assert (frames["test"]["label"] == 0).all()
     assert len(frames["train"]) and len(frames["test"])
+
+
+def test_the_context_benchmark_adds_one_kind_of_context_per_row() -> None:
+    """``bench_quality synthetic-context``, at a toy size: the same sessions read four ways."""
+    from common.config import DetectorConfig, with_overrides
+    from simulations.bench_quality import CONTEXT_VARIANTS, synthetic_context
+
+    base = with_overrides(
+        DetectorConfig(), model={"embed_dim": 8, "hidden": 8}, train={"epochs": 1, "threads": 1}
+    )
+    rows = synthetic_context(base, None, seeds=1, first_seed=0, users=60)["rows"]
+    assert [r["sees"] for r in rows] == [name for name, _ in CONTEXT_VARIANTS]
+    assert [(r["numeric"], r["context"]) for r in rows] == [
+        ([], []),
+        ([GAP], []),
+        (["amount", GAP], []),
+        (["amount", GAP], ["device", "channel", "country"]),
+    ]
+    assert len({r["test_sequences"] for r in rows}) == 1  # the same sessions every time
+    for row in rows:
+        assert set(row["by_attack_type"]) == set(ATTACK_TYPES)
+        assert 0.0 <= row["auroc"] <= 1.0
