@@ -297,6 +297,7 @@ def test_numeric_residual_is_actual_minus_expected(given: bool) -> None:
     last = (
         model.numeric_head[-1] if isinstance(model.numeric_head, torch.nn.Sequential) else model.numeric_head
     )
+    assert isinstance(last, torch.nn.Linear)
     with torch.no_grad():
         last.weight.zero_()
         last.bias.fill_(0.5)  # the model expects 0.5 everywhere
