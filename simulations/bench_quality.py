@@ -110,6 +110,24 @@ def openstack(
     return {"dataset": "OpenStack (AECID sequences, Landauer et al.'s split)", "rows": rows}
 
 
+def _fitted(
+    base: DetectorConfig, fit_table: EventTable, seed: int, epochs: int | None, kind: str | None = None
+) -> tuple[DetectorConfig, SequenceDetector, tuple[EventTable, EventTable], float]:
+    """``base`` with this seed (and model kind and epochs, when given), fitted on ``fit_table``
+    less a content-grouped hold-out: (config, detector, (fit part, hold-out), seconds to fit)."""
+    overrides: dict[str, Any] = {"train": {"seed": seed}}
+    if kind is not None:
+        overrides["model"] = {"kind": kind}
+    if epochs:
+        overrides["train"]["epochs"] = epochs
+    cfg = with_overrides(base, **overrides)
+    train, validation = holdout_split(fit_table, cfg.train.validation_fraction, seed)
+    det = SequenceDetector(cfg)
+    t0 = time.perf_counter()
+    det.fit(train, validation)
+    return cfg, det, (train, validation), time.perf_counter() - t0
+
+
 def standard_split(
     fit_table: EventTable,
     test: EventTable,
@@ -122,15 +140,7 @@ def standard_split(
     part held out for early stopping and calibration), score the labelled ``test``."""
     rows = []
     for kind in kinds:
-        overrides: dict[str, Any] = {"model": {"kind": kind}, "train": {"seed": seed}}
-        if epochs:
-            overrides["train"]["epochs"] = epochs
-        cfg = with_overrides(base, **overrides)
-        train, validation = holdout_split(fit_table, cfg.train.validation_fraction, seed)
-        det = SequenceDetector(cfg)
-        t0 = time.perf_counter()
-        det.fit(train, validation)
-        fit_s = time.perf_counter() - t0
+        cfg, det, (train, validation), fit_s = _fitted(base, fit_table, seed, epochs, kind=kind)
         scored = det.score_table(test)
         labels = scored.encoded.labels
         if labels is None:
@@ -250,15 +260,7 @@ def synthetic_context(
         for name, columns in CONTEXT_VARIANTS:
             fit_table = from_frame(frames["train"], columns, source=f"synthetic[train, seed={seed}]")
             test = from_frame(frames["test"], columns, source=f"synthetic[test, seed={seed}]")
-            overrides: dict[str, Any] = {"train": {"seed": seed}}
-            if epochs:
-                overrides["train"]["epochs"] = epochs
-            cfg = with_overrides(base, **overrides)
-            train, validation = holdout_split(fit_table, cfg.train.validation_fraction, seed)
-            det = SequenceDetector(cfg)
-            t0 = time.perf_counter()
-            det.fit(train, validation)
-            fit_s = time.perf_counter() - t0
+            _, det, (train, validation), fit_s = _fitted(base, fit_table, seed, epochs)
             scored = det.score_table(test)
             labels, types = scored.encoded.labels, scored.attack_types
             if labels is None or types is None:
