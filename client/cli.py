@@ -112,7 +112,7 @@ def _column_name(text: str) -> str:
 
 def _device(text: str) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; CUDA only where a CUDA device is present."""
-    if text not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", text):
+    if text not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:(0|[1-9]\d*)", text):
         raise argparse.ArgumentTypeError(f"use auto, cpu, cuda or cuda:N, not {text!r}")
     if text.startswith("cuda"):
         import torch

@@ -311,7 +311,8 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
                 for j, name in enumerate(numeric_names):
                     r = float(events.residual[row, j])
                     if not math.isfinite(r):
-                        unseen += f" [{name} missing]"
+                        if token != UNK:  # an unseen event's numbers are not judged
+                            unseen += f" [{name} missing]"
                     elif abs(r) >= RESIDUAL_MARK:
                         unseen += f" [{name} {r:+.1f}σ]"
                 guess_ids = expected[row, :TOP_EVENT_EXPECTED]
@@ -631,12 +632,14 @@ def labelled_metrics(scored: ScoredTable, threshold: float, source: str) -> dict
     labels = scored.encoded.labels
     if labels is None:
         return None
-    from common.metrics import detection_by_group, detection_report
+    from common.metrics import UNNAMED_GROUP, detection_by_group, detection_report
 
     metrics = {**detection_report(labels, scored.scores, threshold), "threshold_source": source}
     types = scored.attack_types
-    if types is not None and labels.any() and any(str(t) for t in types[labels == 1]):
-        metrics["by_attack_type"] = detection_by_group(labels, scored.scores, types, threshold)
+    if types is not None and labels.any():
+        groups = detection_by_group(labels, scored.scores, types, threshold)
+        if set(groups) != {UNNAMED_GROUP}:  # some anomaly names its type
+            metrics["by_attack_type"] = groups
     return metrics
 
 
@@ -667,7 +670,10 @@ def print_metrics(console: Console, metrics: dict[str, Any]) -> None:
         console.result(f"  {title:<18} {_fmt(metrics.get(key))}")
     groups = metrics.get("by_attack_type")
     if groups:
-        width = max(18, *(len(name) for name in groups))
+        from common.explanation import printable_name
+
+        names = {name: printable_name(name, 40) for name in groups}
+        width = max(18, *(len(name) for name in names.values()))
         console.result(
             f"  {'by attack type':<{width}} {'n':>6} {'recall':>7} {'AUROC':>7} {'det@1%':>7} {'det@5%':>7}"
         )
@@ -678,4 +684,6 @@ def print_metrics(console: Console, metrics: dict[str, Any]) -> None:
                 g["detection_rate_at_1pct_far"],
                 g["detection_rate_at_5pct_far"],
             )
-            console.result(f"  {name:<{width}} {g['n']:>6} " + " ".join(f"{_fmt(v):>7}" for v in figures))
+            console.result(
+                f"  {names[name]:<{width}} {g['n']:>6} " + " ".join(f"{_fmt(v):>7}" for v in figures)
+            )

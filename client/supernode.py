@@ -623,6 +623,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
+    from client.datafiles import COLUMN_FILES
+    from common.events import canonical_columns
     from common.tableio import write_table
     from simulations.partition import partition
     from simulations.synthetic import SYNTHETIC_KEYS, SyntheticSpec, load_synthetic
@@ -638,6 +640,12 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         part = partition(tables[split], args.of, "natural", key=SYNTHETIC_KEYS["institution"], seed=args.seed)
         path = write_table(part[args.institution], out / f"{split}.{args.format}")
         print(f"{split}: {len(part[args.institution])} sequences -> {path}")
+    # the column map beside the tables: the node and `seqwatch fit` then read the same features
+    columns = canonical_columns(tables["train"])
+    col_map = out / COLUMN_FILES[0]
+    col_map.write_text(json.dumps(columns.to_dict(), indent=1) + "\n", encoding="utf-8")
+    features = f"numeric {', '.join(columns.numeric)}; context {', '.join(columns.context)}"
+    print(f"column map ({features}) -> {col_map}")
     return 0
 
 

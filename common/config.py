@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -96,7 +97,7 @@ class TrainConfig:
         _unit("train.validation-fraction", self.validation_fraction, closed=False)
         _nonnegative("train.seed", self.seed)
         _nonnegative("train.threads", self.threads)
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+        if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:(0|[1-9]\d*)", self.device):
             raise ConfigError(f"train.device = {self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
@@ -418,6 +419,16 @@ def to_flat(config: Any) -> dict[str, Scalar]:
     return out
 
 
+#: Model keys that saved models and runs from before the key existed lack, with the value
+#: they were trained with: the END step and the event-aware numeric head came later.
+LEGACY_MODEL_DEFAULTS: dict[str, Any] = {"model.end-event": False, "model.numeric-given-event": False}
+
+
+def with_legacy_defaults(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config (flat keys) with :data:`LEGACY_MODEL_DEFAULTS` for the keys it lacks."""
+    return {**LEGACY_MODEL_DEFAULTS, **flat}
+
+
 DETECTOR_FORMAT = "seqwatch-detector"
 """The ``format`` of a saved model's ``detector.json``, whose ``config`` is a config file's keys."""
 DETECTOR_META = "detector.json"
@@ -444,8 +455,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: a config file holds a table of keys, not {type(raw).__name__}")
     if raw.get("format") == DETECTOR_FORMAT and isinstance(raw.get("config"), dict):
-        # a saved model's hyperparameters; the device it trained on is its host's, not this one's
-        raw = {k: v for k, v in raw["config"].items() if k != "train.device"}
+        # a saved model's hyperparameters (as it was trained: keys it predates at their old values);
+        # the device it trained on is its host's, not this one's
+        raw = {k: v for k, v in with_legacy_defaults(raw["config"]).items() if k != "train.device"}
     return flatten(raw)
 
 

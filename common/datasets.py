@@ -131,15 +131,13 @@ def _listed_digest(path: Path) -> tuple[Path, str] | None:
         if not sums.is_file():
             continue
         want = path.resolve()
-        for number, line in enumerate(sums.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip() or line.startswith("#"):
-                continue
+        text = sums.read_text(encoding="utf-8-sig", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
             match = _SUM_LINE.fullmatch(line)
-            if match is None:
-                raise DataError(
-                    f"{sums}: line {number}: not a sha256sum line ('<64 hex digits>  <file>'); "
-                    f"restore the file from the source"
-                )
+            if match is None:  # another format or a comment: it lists nothing this loader can check
+                if line.strip() and not line.startswith("#"):
+                    logger.warning("%s: line %d is not a sha256sum line; skipped", sums, number)
+                continue
             if (folder / match.group(2)).resolve() == want:
                 return sums, match.group(1).lower()
     return None

@@ -37,6 +37,7 @@ from common.config import (
     ScoreConfig,
     parse_detector_config,
     to_flat,
+    with_legacy_defaults,
 )
 from common.encoding import EncodedSequences, Encoder
 from common.errors import ConfigError, DataError, ModelFileError, NotFittedError
@@ -595,8 +596,13 @@ class SequenceDetector:
                     rank=rank,
                     expected=tuple((vocab.token(a), p) for a, p in zip(exp_ids, exp_p, strict=True)),
                     unseen=token == UNK,
-                    # a missing value (NaN: it adds nothing to the score) is shown as missing
-                    numeric_residuals=dict(zip(names, residuals[t], strict=True)),
+                    # a missing value (NaN: it adds nothing to the score) is shown as missing; an
+                    # unseen event's numbers are not judged (NaN throughout) and not shown
+                    numeric_residuals=(
+                        {}
+                        if token == UNK and not any(math.isfinite(r) for r in residuals[t])
+                        else dict(zip(names, residuals[t], strict=True))
+                    ),
                     score=score,
                     unseen_context=(
                         scored.unseen_context(sl.start + t, context_names) if any_unseen[t] else {}
@@ -733,11 +739,8 @@ class SequenceDetector:
                 f"reads version {FORMAT_VERSION}: re-train the model with this version"
             )
         try:
-            flat = dict(meta["config"])
-            # models saved before the END step existed were trained without it
-            flat.setdefault("model.end-event", False)
-            # and before the numeric head read the next event
-            flat.setdefault("model.numeric-given-event", False)
+            # models saved before the END step or the event-aware numeric head existed lack their keys
+            flat = with_legacy_defaults(meta["config"])
             if device is not None:
                 flat["train.device"] = device
             else:

@@ -124,6 +124,11 @@ def p_value_text(p: float) -> str:
     return f"{p:.2g}"
 
 
+def printable_name(text: str, width: int = 24) -> str:
+    """A name from the data (a column, an attack type) as one terminal-safe line of at most ``width``."""
+    return _printable(text, width)
+
+
 def unseen_context_text(values: Mapping[str, str]) -> str:
     """``device 'iPhone 15', channel 'fax'``: context values never seen in training."""
     return ", ".join(f"{_printable(k, 24)} {_printable(repr(v), 32)}" for k, v in values.items())

@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "UNNAMED_GROUP",
     "Confusion",
     "allowed_above",
     "average_precision",
@@ -577,6 +578,18 @@ def detection_report(labels: ArrayLike, scores: ArrayLike, threshold: float) -> 
     }
 
 
+UNNAMED_GROUP = "(unnamed)"
+"""The group of anomalous sequences whose group name is empty or missing."""
+
+_MISSING_NAMES = frozenset({"", "nan", "NaN", "<NA>", "None", "NaT"})
+
+
+def _group_name(value: object) -> str:
+    """A group name as text; empty, None, NaN and pandas' NA are :data:`UNNAMED_GROUP`."""
+    text = "" if value is None else str(value)
+    return UNNAMED_GROUP if text.strip() in _MISSING_NAMES else text
+
+
 def detection_by_group(
     labels: ArrayLike, scores: ArrayLike, groups: Sequence[Any] | NDArray[Any], threshold: float
 ) -> dict[str, dict[str, Any]]:
@@ -584,7 +597,7 @@ def detection_by_group(
     anomalous sequences against *all* the normal ones.
 
     ``groups`` names each sequence's group (read for anomalous sequences only;
-    an empty or missing name is the group ``"(unnamed)"``). Keys are the group
+    an empty or missing name is the group :data:`UNNAMED_GROUP`). Keys are the group
     names in sorted order; each value holds ``n``, ``detected`` (scores
     ``> threshold``), ``recall``, ``auroc`` and ``detection_rate_at_1pct_far`` /
     ``_5pct_far``. The last three are None without normal sequences. Because the
@@ -595,9 +608,7 @@ def detection_by_group(
     g = np.asarray(groups, dtype=object)
     if g.shape != y.shape:
         raise ValueError(f"groups has shape {g.shape} but labels has {y.shape}")
-    names = np.array(
-        ["(unnamed)" if v is None or v != v or str(v) == "" else str(v) for v in g[y]], dtype=object
-    )
+    names = np.array([_group_name(v) for v in g[y]], dtype=object)
     normal = s[~y]
     anomalous = s[y]
     has_normal = normal.size > 0

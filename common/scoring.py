@@ -21,7 +21,7 @@ from common.batching import iter_batches
 from common.config import ScoreConfig
 from common.encoding import EncodedSequences
 from common.model import NextEventModel, State
-from common.vocab import PAD
+from common.vocab import PAD, UNK
 
 #: Padded tokens per scoring batch; bounds memory on long traces.
 SCORE_BATCH_TOKENS = 1 << 17
@@ -177,8 +177,12 @@ def score_events(
                 expected[dst], expected_p[dst] = top_i[ev_b, ev_t], top_p[ev_b, ev_t]
                 end_expected[end_dst], end_expected_p[end_dst] = top_i[end_b, end_t], top_p[end_b, end_t]
             if num_pred is not None:
-                res = (batch.numeric_target[:, sl] - num_pred).cpu().numpy()
-                residual[dst] = res[ev_b, ev_t]
+                res = batch.numeric_target[:, sl] - num_pred  # (B, l, F)
+                if model.config.numeric_given_event:
+                    # an event unseen in training has no known numbers to judge: its residual is
+                    # left out (NaN), as a missing value is; its surprisal already marks it
+                    res = res.masked_fill((tgt == UNK).unsqueeze(-1), float("nan"))
+                residual[dst] = res.cpu().numpy()[ev_b, ev_t]
         if progress is not None:
             progress(int(n_events.sum()))
     sq = np.nansum(residual * residual, axis=1) if f else np.zeros(n, dtype=np.float32)

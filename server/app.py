@@ -45,7 +45,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import AppConfig, parse_config, to_flat, with_overrides
+from common.config import AppConfig, parse_config, to_flat, with_legacy_defaults, with_overrides
 from common.encoding import Encoder
 from common.errors import ConfigError
 from common.metrics import threshold_from_histogram, unresolved_rate
@@ -247,7 +247,8 @@ def resume_phase(
         log.warning("%s: state.json without setup.json or checkpoint; starting the run over", run.root)
         return None
     setup = run.load_setup()
-    before, now = _model_keys(dict(setup.get("config", {}))), _model_keys(to_flat(cfg))
+    # a run started before a model key existed trained with that key's old value
+    before, now = _model_keys(with_legacy_defaults(setup.get("config", {}))), _model_keys(to_flat(cfg))
     if before and before != now:
         changed = {k: (before.get(k), now.get(k)) for k in now if before.get(k) != now.get(k)}
         raise ConfigError(

@@ -576,6 +576,29 @@ def test_resume_refuses_another_model_shape(tmp_path: Path) -> None:
         run_federation(FakeGrid(rc, sim_nodes(2)), parse_config(rc))
 
 
+def test_a_run_started_before_a_model_key_existed_resumes_with_its_old_value(tmp_path: Path) -> None:
+    from common.errors import ConfigError
+
+    old_head = {**SIM, "model.numeric-given-event": False, "federation.run-dir": str(tmp_path)}
+    rc = {**old_head, "federation.num-server-rounds": 1, "federation.run-name": "old"}
+    run_federation(FakeGrid(rc, sim_nodes(2)), parse_config(rc))
+    setup_path = tmp_path / "old" / "setup.json"
+    setup = json.loads(setup_path.read_text(encoding="utf-8"))
+    del setup["config"]["model.numeric-given-event"]  # as a run of an earlier release wrote it
+    setup_path.write_text(json.dumps(setup), encoding="utf-8")
+    now = {
+        **SIM,
+        "federation.run-dir": str(tmp_path),
+        "federation.num-server-rounds": 2,
+        "federation.run-name": "old",
+    }
+    with pytest.raises(ConfigError, match=r"'model\.numeric-given-event': \(False, True\)"):
+        run_federation(FakeGrid(now, sim_nodes(2)), parse_config(now))
+    again = {**now, "model.numeric-given-event": False}
+    grid = FakeGrid(again, sim_nodes(2))
+    assert run_federation(grid, parse_config(again))["resumed_after_round"] == 1
+
+
 def test_deployment_data_folder_is_read_with_inferred_columns(tmp_path: Path) -> None:
     nodes, _ = distinctive_nodes(tmp_path, 1)
     node = node_data(nodes[0], parse_config({}).data)

@@ -197,7 +197,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_source_files_are_checked_against_sha256sums(tmp_path: Path) -> None:
+def test_source_files_are_checked_against_sha256sums(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # HDFS: the list beside the files, in sha256sum's format (binary marker and "./" allowed)
     (tmp_path / "hdfs_train").write_text("5 5 22\n")
     (tmp_path / "hdfs_test_abnormal").write_text("1 2\n")
@@ -215,9 +217,13 @@ def test_source_files_are_checked_against_sha256sums(tmp_path: Path) -> None:
         load_hdfs(tmp_path)
     sums.write_text(sums.read_text().splitlines()[0] + "\n")  # a file it does not list is read as it is
     assert len(load_hdfs(tmp_path)["test_abnormal"].grouped()) == 2
-    sums.write_text("not a checksum line\n")
-    with pytest.raises(DataError, match="SHA256SUMS: line 1: not a sha256sum line"):
+    # a byte-order mark, and lines of another format (skipped, said in the log), do not stop the check
+    listing = f"\ufeff{_sha256(tmp_path / 'hdfs_train')}  hdfs_train\nSHA256 (x) = 00\n"
+    sums.write_text(listing + f"{'0' * 64}  hdfs_test_abnormal\n", encoding="utf-8")
+    mismatch = r"hdfs_test_abnormal: SHA-256 .* differs from 0{16}…"
+    with caplog.at_level(logging.WARNING, logger="common.datasets"), pytest.raises(DataError, match=mismatch):
         load_hdfs(tmp_path)
+    assert "SHA256SUMS: line 2 is not a sha256sum line; skipped" in caplog.text
     # OpenStack: the list one folder above the release's folder, naming ./kalaki/...
     folder = tmp_path / "os" / "kalaki"
     folder.mkdir(parents=True)

@@ -745,8 +745,8 @@ def test_node_check_reads_the_data_as_the_node_will(
     assert "data read as the node reads it: " in capsys.readouterr().out
     train, test = pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")
     numeric = [c for c in train.columns if c not in ("sequence", "order", "event", "label", "attack_type")]
-    broken = {
-        "test.csv": (test.drop(columns=numeric[:1]), f"missing column {numeric[0]!r}"),
+    broken = {  # demo-data writes a column map beside the tables: the check names what it lacks
+        "test.csv": (test.drop(columns=numeric[:1]), f"names column(s) [{numeric[0]!r}] that the file lacks"),
         "train.csv": (train, "line 3 has"),
     }
     for name, (frame, message) in broken.items():

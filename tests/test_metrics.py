@@ -308,6 +308,11 @@ def test_detection_by_group_measures_each_kind_against_all_normals() -> None:
         "detection_rate_at_5pct_far": 0.0,
     }
     json.dumps(rep, allow_nan=False)
+    # missing names in any spelling are one group
+    import pandas as pd
+
+    missing = m.detection_by_group([0, 1, 1, 1], [0.0, 1.0, 2.0, 3.0], [None, pd.NA, np.nan, "x"], 0.5)
+    assert list(missing) == [m.UNNAMED_GROUP, "x"] and missing[m.UNNAMED_GROUP]["n"] == 2
     # anomalies only: recall is all there is
     alone = m.detection_by_group([1, 1], [1.0, 2.0], ["a", "b"], 1.5)
     assert alone["b"]["recall"] == 1.0 and alone["b"]["auroc"] is None
