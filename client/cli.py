@@ -115,15 +115,11 @@ def _device(text: str) -> str:
     if text not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:(0|[1-9]\d*)", text):
         raise argparse.ArgumentTypeError(f"use auto, cpu, cuda or cuda:N, not {text!r}")
     if text.startswith("cuda"):
-        import torch
+        from common.model import missing_device
 
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text}: no CUDA device is available here; use auto or cpu")
-        n = torch.cuda.device_count()
-        if int(text.partition(":")[2] or 0) >= n:
-            raise argparse.ArgumentTypeError(
-                f"{text}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}"
-            )
+        problem = missing_device(text)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"{text}: {problem}")
     return text
 
 

@@ -149,11 +149,8 @@ def _verify(path: Path) -> None:
     if listed is None:
         return
     sums, want = listed
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    got = digest.hexdigest()
+        got = hashlib.file_digest(fh, "sha256").hexdigest()
     if got != want:
         raise DataError(
             f"{path}: SHA-256 {got[:16]}… differs from {want[:16]}… in {sums}: the file is damaged or "

@@ -48,6 +48,7 @@ from common.model import (
     NetworkShape,
     NextEventModel,
     build_model,
+    missing_device,
     resolve_device,
     set_threads,
     shape_of,
@@ -65,30 +66,21 @@ from common.vocab import END, UNK
 
 log = logging.getLogger(__name__)
 
-FORMAT = DETECTOR_FORMAT
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
-META_FILE = DETECTOR_META
 ENCODER_FILE = "encoder.json"
 
 
 def _device_here(saved: str, path: Path) -> str:
     """The saved ``train.device`` where this host has it, else the nearest it has (said in the log)."""
-    if not saved.startswith("cuda"):
+    if missing_device(saved) is None:
         return saved
     if not torch.cuda.is_available():
         log.info("%s: trained on %s; this host has no CUDA device, so it runs on the CPU", path, saved)
         return "auto"
-    index = torch.device(saved).index
-    if index is not None and index >= torch.cuda.device_count():
-        log.info(
-            "%s: trained on %s; this host has %d CUDA device(s), so it runs on cuda:0",
-            path,
-            saved,
-            torch.cuda.device_count(),
-        )
-        return "cuda"
-    return saved
+    count = torch.cuda.device_count()
+    log.info("%s: trained on %s; this host has %d CUDA device(s), so it runs on cuda:0", path, saved, count)
+    return "cuda"
 
 
 @dataclass
@@ -235,7 +227,7 @@ def check_model_folder(path: str | Path, flag: str = "") -> Path:
     where = f"{flag} {path}".strip()
     if p.exists() and not p.is_dir():
         raise ModelFileError(f"{where}: is a file; name a folder for the model (it is created if missing)")
-    if p.is_dir() and not (p / META_FILE).is_file() and any(p.iterdir()):
+    if p.is_dir() and not (p / DETECTOR_META).is_file() and any(p.iterdir()):
         raise ModelFileError(
             f"{where}: the folder holds other files and no seqwatch model; name a new or empty folder "
             f"(an earlier model's folder is replaced)"
@@ -685,7 +677,7 @@ class SequenceDetector:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
         save_file(state, str(out / WEIGHTS_FILE))
         meta: dict[str, Any] = {
-            "format": FORMAT,
+            "format": DETECTOR_FORMAT,
             "format_version": FORMAT_VERSION,
             "seqwatch_version": __version__,
             "config": to_flat(self.config),
@@ -700,7 +692,7 @@ class SequenceDetector:
             "validation_scores": self.validation_scores_.tolist(),
             "fit": dataclasses.asdict(self.fit_result_) if self.fit_result_ else None,
         }
-        meta_path = out / META_FILE
+        meta_path = out / DETECTOR_META
         if self.config.vocab.hash_key:  # the institutions' shared secret is in the config: owner only
             meta_path.unlink(missing_ok=True)
             fd = os.open(meta_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -722,20 +714,22 @@ class SequenceDetector:
         A model trained on ``cuda`` runs on the CPU where there is no CUDA device.
         """
         p = Path(path)
-        for name in (WEIGHTS_FILE, META_FILE, ENCODER_FILE):
+        for name in (WEIGHTS_FILE, DETECTOR_META, ENCODER_FILE):
             if not (p / name).is_file():
                 raise ModelFileError(f"{p}: not a seqwatch model directory ({name} is missing)")
         try:
-            meta = json.loads((p / META_FILE).read_text(encoding="utf-8"))
+            meta = json.loads((p / DETECTOR_META).read_text(encoding="utf-8"))
             enc_data = json.loads((p / ENCODER_FILE).read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ModelFileError(f"{p}: unreadable model metadata ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != DETECTOR_FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise ModelFileError(f"{p / META_FILE}: not a seqwatch model ({found!r}, expected {FORMAT!r})")
+            raise ModelFileError(
+                f"{p / DETECTOR_META}: not a seqwatch model ({found!r}, expected {DETECTOR_FORMAT!r})"
+            )
         if meta.get("format_version") != FORMAT_VERSION:
             raise ModelFileError(
-                f"{p / META_FILE}: model format version {meta.get('format_version')!r}; this seqwatch "
+                f"{p / DETECTOR_META}: model format version {meta.get('format_version')!r}; this seqwatch "
                 f"reads version {FORMAT_VERSION}: re-train the model with this version"
             )
         try:
@@ -767,7 +761,7 @@ class SequenceDetector:
             ) from exc
         if shape_of(encoder) != shape:
             raise ModelFileError(
-                f"{p}: {ENCODER_FILE} implies sizes {shape_of(encoder)}, {META_FILE} says {shape}; "
+                f"{p}: {ENCODER_FILE} implies sizes {shape_of(encoder)}, {DETECTOR_META} says {shape}; "
                 f"the files come from different models: re-save or re-train the model"
             )
         model = NextEventModel(config.model, shape)

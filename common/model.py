@@ -174,15 +174,24 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from common.errors import ConfigError
+    problem = missing_device(name)
+    if problem is not None:
+        from common.errors import ConfigError
 
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        n = torch.cuda.device_count()
-        raise ConfigError(
-            f"train.device = {name!r} but this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}; "
-            f"use one of those, 'cuda' or 'auto'"
+        raise ConfigError(f"train.device = {name!r} but {problem}")
+    return torch.device(name)
+
+
+def missing_device(name: str) -> str | None:
+    """Why this host cannot run on ``name`` (``cuda`` or ``cuda:N``), or None when it can."""
+    if not name.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA device is available here; use 'auto' or 'cpu'"
+    n = torch.cuda.device_count()
+    index = torch.device(name).index
+    if index is not None and index >= n:
+        return (
+            f"this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}; use one of those, 'cuda' or 'auto'"
         )
-    return device
+    return None

@@ -228,16 +228,11 @@ def adfa_seeds(
 
 
 #: What each row of ``synthetic-context`` lets the model see, cumulatively.
+_GAPS_ONLY = dataclasses.replace(SYNTHETIC_COLUMNS, numeric=(), context=())
 CONTEXT_VARIANTS: tuple[tuple[str, ColumnMap], ...] = (
-    ("events", ColumnMap(sequence="sequence_id", event="event", order="position", time=False, label="label")),
-    (
-        "+ time gaps",
-        ColumnMap(sequence="sequence_id", event="event", order="timestamp", time=True, label="label"),
-    ),
-    (
-        "+ amounts",
-        dataclasses.replace(SYNTHETIC_COLUMNS, context=()),
-    ),
+    ("events", dataclasses.replace(_GAPS_ONLY, order="position", time=False)),
+    ("+ time gaps", _GAPS_ONLY),
+    ("+ amounts", dataclasses.replace(SYNTHETIC_COLUMNS, context=())),
     ("+ device, channel, country", SYNTHETIC_COLUMNS),
 )
 

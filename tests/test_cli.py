@@ -1181,8 +1181,8 @@ def test_end_weight_is_fitted_on_validation_normals_and_saved(
 ) -> None:
     import json
 
-    from common.config import ScoreConfig, load_config_file, parse_detector_config
-    from common.detector import META_FILE, SequenceDetector
+    from common.config import DETECTOR_META, ScoreConfig, load_config_file, parse_detector_config
+    from common.detector import SequenceDetector
     from common.events import CANONICAL
     from common.tableio import read_table
 
@@ -1204,7 +1204,7 @@ def test_end_weight_is_fitted_on_validation_normals_and_saved(
 
     # a model saved before the weight was fitted scores with the configured one
     det.save(tmp_path / "m")
-    meta_path = tmp_path / "m" / META_FILE
+    meta_path = tmp_path / "m" / DETECTOR_META
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     del meta["end_weight"]
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
