@@ -12,16 +12,19 @@ Message types (the ServerApp in :mod:`server.app` sends them in this order):
 ``evaluate``            reply ``val-loss``, ``num-examples`` (validation events),
                         ``compute-seconds`` (wall time of the handler),
                         ``tp fp tn fn`` at the local threshold (fitted on local
-                        validation; END weight ``end-weight`` when the message
-                        has one, else fitted locally too), ``hist-normal`` /
+                        validation; END weight ``end-weight`` and context fusion
+                        ``context-shift`` / ``context-scale`` when the message
+                        has them, else fitted locally too), ``hist-normal`` /
                         ``hist-anomalous`` on the fixed edges
                         ``round_edges(hist-bins)``
-``query.calib_spread``  reply ``spread-moments`` of the two parts of the
-                        validation scores (:func:`common.scoring.spread_moments`), from
-                        which the server fits the END weight: before each round's
-                        ``evaluate`` and before calibration (only sent when
-                        ``score.fit-end-weight`` applies)
-``query.calib_hist``    reply ``hist`` of validation scores (with ``end-weight``)
+``query.calib_spread``  reply ``spread-moments`` of the parts of the validation
+                        scores (:func:`common.scoring.spread_moments`), from
+                        which the server fits the END weight and the context
+                        fusion: before each round's ``evaluate`` and before
+                        calibration (only sent when ``score.fit-end-weight``
+                        applies or the model has a context head)
+``query.calib_hist``    reply ``hist`` of validation scores (with ``end-weight``
+                        and the context fusion)
                         on the fixed edges ``round_edges(hist-bins)``
 ``query.report``        write the local report into ``output-dir``; reply confusion
                         counts at the local and the global threshold + histograms
@@ -57,7 +60,13 @@ from client import local
 from client.data import describe, is_simulation, node_data
 from common.config import AppConfig, DetectorConfig, parse_config
 from common.errors import ConfigError
-from common.protocol import ENCODER_RECORD, encoder_from_config, resolve_hash_key, round_edges
+from common.protocol import (
+    ENCODER_RECORD,
+    encoder_from_config,
+    fusion_from_config,
+    resolve_hash_key,
+    round_edges,
+)
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +220,13 @@ def evaluate(msg: Message, context: Context) -> Message:
         encoder = _encoder(msg, node)
         end_weight = _number(conf, "end-weight") if "end-weight" in conf else None
         out = local.evaluate_round(
-            node.cfg, encoder, _state(msg), node.data, _edges(conf), end_weight=end_weight
+            node.cfg,
+            encoder,
+            _state(msg),
+            node.data,
+            _edges(conf),
+            end_weight=end_weight,
+            context_fusion=fusion_from_config(conf) if end_weight is not None else None,
         )
         c = out.confusion
         return _reply(
@@ -256,7 +271,13 @@ def calib_hist(msg: Message, context: Context) -> Message:
         encoder = _encoder(msg, node)
         edges = _edges(conf)
         counts = local.calibration_histogram(
-            node.cfg, encoder, _state(msg), node.data, edges, end_weight=_end_weight(conf, node)
+            node.cfg,
+            encoder,
+            _state(msg),
+            node.data,
+            edges,
+            end_weight=_end_weight(conf, node),
+            context_fusion=fusion_from_config(conf),
         )
         return _reply(msg, metrics=MetricRecord({"hist": counts, "num-examples": int(sum(counts))}))
 
@@ -290,6 +311,7 @@ def report(msg: Message, context: Context) -> Message:
             node.data,
             global_threshold=_number(conf, "global-threshold"),
             end_weight=_end_weight(conf, node),
+            context_fusion=fusion_from_config(conf),
             edges=_edges(conf),
             output_dir=output_dir(context, conf),
             extra={"run_name": str(conf.get("run-name", "")), "hash_key_source": node.key_source},

@@ -314,6 +314,15 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
             else f"score.end-weight: {n_val} {part} sequences are too few to fit it"
         )
         console.info(f"END weight: {detector.end_weight_:.4g} ({source})")
+    if detector.model_.context_trunk is not None:
+        fusion = detector.context_fusion_
+        console.info(
+            "context part: not scored (too few or too uniform "
+            f"{part} sequences to fit it: {n_val}, at least {MIN_SPREAD_SEQUENCES} needed)"
+            if fusion is None
+            else f"context part: {fusion.shift:.4g} + {fusion.scale:.4g} × a sequence's largest context "
+            f"surprisal, when that exceeds its event score (fitted on the {part} sequences)"
+        )
     # (too few validation sequences for the rate, or none: fit() has warned)
     console.result(f"threshold: {detector.threshold_:.6g} ({how} on {n_val} normal {part} sequences)")
     console.result(f"model saved to {out}")

@@ -37,7 +37,7 @@ from common.metrics import Confusion, confusion_at, detection_report, histogram_
 from common.model import NextEventModel, resolve_device, set_threads, shape_of
 from common.protocol import SetupStats, count_categories, key_fingerprint
 from common.scaling import FeatureStats
-from common.scoring import score_events, spread_moments
+from common.scoring import ContextFusion, score_events, spread_moments
 from common.train import diverged_message, evaluate_loss, make_optimizer, train_epochs
 from common.vocab import UNK, count_tokens
 
@@ -123,15 +123,19 @@ def build_detector(
     *,
     threshold: float = float("inf"),
     end_weight: float | None = None,
+    context_fusion: ContextFusion | None = None,
 ) -> SequenceDetector:
     """A detector with the given (global) weights; the threshold is set by :meth:`calibrate` later.
 
-    ``end_weight``: the federation's fitted END weight (default ``score.end-weight``).
+    ``end_weight``: the federation's fitted END weight (default ``score.end-weight``);
+    ``context_fusion``: its context fusion (default none: no context part).
     """
     model = NextEventModel(cfg.model, shape_of(encoder))
     model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
     model.eval()
-    return SequenceDetector.from_parts(cfg, encoder, model, threshold=threshold, end_weight=end_weight)
+    return SequenceDetector.from_parts(
+        cfg, encoder, model, threshold=threshold, end_weight=end_weight, context_fusion=context_fusion
+    )
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -244,11 +248,12 @@ def evaluate_round(
     edges: np.ndarray,
     *,
     end_weight: float | None = None,
+    context_fusion: ContextFusion | None = None,
 ) -> EvalOutcome:
     """Validation loss; with labelled test data, confusion counts and score histograms.
 
-    ``end_weight``: the federation's END weight for this round; ``None`` fits
-    it on the local validation sequences (as the threshold always is).
+    ``end_weight`` and ``context_fusion``: the federation's for this round; without
+    ``end_weight`` both are fitted on the local validation sequences (as the threshold always is).
     """
     set_threads(cfg.train.threads)
     det = build_detector(cfg, encoder, state)
@@ -258,7 +263,9 @@ def evaluate_round(
     vs = evaluate_loss(det.model_, val, cfg.train, device)
     # local threshold (and END weight unless given), on the validation sequences just encoded
     # (or the training split)
-    det.fit_scoring(val if len(val) else det.encode(data.train), end_weight=end_weight)
+    det.fit_scoring(
+        val if len(val) else det.encode(data.train), end_weight=end_weight, context_fusion=context_fusion
+    )
     threshold = det.threshold_
     confusion = Confusion(0, 0, 0, 0)
     hist_n = hist_a = [0] * (len(edges) - 1)
@@ -290,7 +297,7 @@ def calibration_spread(
 ) -> list[float]:
     """:func:`~common.scoring.spread_moments` of the validation scores under the global weights.
 
-    The server sums them over nodes into the federation's END weight.
+    The server sums them over nodes into the federation's END weight and context fusion.
     """
     det = build_detector(cfg, encoder, state)
     det.model_.to(det.device)
@@ -306,9 +313,10 @@ def calibration_histogram(
     edges: np.ndarray,
     *,
     end_weight: float,
+    context_fusion: ContextFusion | None = None,
 ) -> list[int]:
     """Validation-score counts on the agreed edges (:func:`~common.protocol.round_edges`)."""
-    det = build_detector(cfg, encoder, state, end_weight=end_weight)
+    det = build_detector(cfg, encoder, state, end_weight=end_weight, context_fusion=context_fusion)
     return _hist(validation_scores(det, data), edges)
 
 
@@ -338,13 +346,14 @@ def final_report(
     *,
     global_threshold: float,
     end_weight: float,
+    context_fusion: ContextFusion | None = None,
     edges: np.ndarray,
     output_dir: Path,
     extra: Mapping[str, Any] | None = None,
 ) -> ReportOutcome:
     """Score the node's test data with the global weights and write the local report.
 
-    Scores with the federation's ``end_weight``. Writes into ``output_dir``:
+    Scores with the federation's ``end_weight`` and ``context_fusion``. Writes into ``output_dir``:
     ``model/`` (the global weights with this node's encoder, the END weight,
     local threshold and the global one; ``seqwatch score --model``
     reads it, ``--threshold global`` picks the federation's threshold),
@@ -356,7 +365,7 @@ def final_report(
 
     from client.results import score_frame
 
-    det = build_detector(cfg, encoder, state, end_weight=end_weight)
+    det = build_detector(cfg, encoder, state, end_weight=end_weight, context_fusion=context_fusion)
     for table in (data.train, data.validation, data.test):
         if table is not None and len(table):
             encoder.vocab.learn_names(table.grouped().events)  # raw names for the local report only

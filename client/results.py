@@ -374,7 +374,9 @@ def event_frame(
     feature (actual − expected in the units the model reads: standard
     deviations of the training data, after the log transform of heavy-tailed
     features); ``unseen_<name>`` per context column (its value never seen in
-    training, so the model read it as unseen); and label when the data is
+    training, so the model read it as unseen); ``context_surprisal`` with a
+    context head (``-log p`` of the event's context values given the event and
+    its history, nats; empty on END rows); and label when the data is
     labelled (the row's label; on an END row its sequence's, 1 if any of its
     rows is anomalous). ``scored`` must be ``table``'s, scored with ``expected_k >=
     expected`` (or with every event of the vocabulary, when it has fewer).
@@ -439,6 +441,8 @@ def event_frame(
         columns[f"residual_{name}"] = ev.on_steps(ev.residual[:, j], None, np.nan)
     for j, name in enumerate(detector.encoder_.context_names):
         columns[f"unseen_{name}"] = ev.on_steps(enc.context[:, j] == 0, None, False)
+    if ev.context_surprisal is not None:
+        columns["context_surprisal"] = ev.on_steps(ev.context_surprisal, None, np.nan)
     if LABEL in table.frame.columns and enc.labels is not None:
         columns["label"] = ev.on_steps(
             table.frame[LABEL].to_numpy(dtype=np.int8), np.asarray(enc.labels, dtype=np.int8), 0

@@ -30,6 +30,7 @@ class Batch:
     numeric_in:     (B, L, F) scaled numerics of the input event (0 at BOS, padding, missing)
     numeric_target: (B, L, F) numerics of the target event (NaN where missing or padding)
     mask:           (B, L)    True at real steps (events, and the END step with end)
+    context_target: (B, L, C) context of the target event (0 at END and padding)
     """
 
     index: np.ndarray
@@ -39,6 +40,7 @@ class Batch:
     numeric_in: torch.Tensor
     numeric_target: torch.Tensor
     mask: torch.Tensor
+    context_target: torch.Tensor
 
     @property
     def max_len(self) -> int:
@@ -59,6 +61,7 @@ class Batch:
             move(self.numeric_in),
             move(self.numeric_target),
             move(self.mask),
+            move(self.context_target),
         )
 
 
@@ -89,8 +92,10 @@ def make_batch(data: EncodedSequences, index: np.ndarray, *, end: bool = False) 
     context_in = np.zeros((b, length, c), dtype=np.int64)
     numeric_in = np.zeros((b, length, f), dtype=np.float32)
     numeric_target = np.full((b, length, f), np.nan, dtype=np.float32)
+    context_target = np.zeros((b, length, c), dtype=np.int64)
     if c:
         context_in[row[shifted], pos[shifted] + 1] = data.context[src[shifted]]
+        context_target[row, pos] = data.context[src]
     if f:
         numeric_target[row, pos] = data.numeric[src]
         numeric_in[row[shifted], pos[shifted] + 1] = np.nan_to_num(data.numeric[src[shifted]])
@@ -102,6 +107,7 @@ def make_batch(data: EncodedSequences, index: np.ndarray, *, end: bool = False) 
         numeric_in=torch.from_numpy(numeric_in),
         numeric_target=torch.from_numpy(numeric_target),
         mask=torch.from_numpy(mask),
+        context_target=torch.from_numpy(context_target),
     )
 
 

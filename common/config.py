@@ -50,6 +50,15 @@ class ModelConfig:
     #: as one guess for whatever comes next (a payment's amount and a page view's 0
     #: averaged), and ordinary events carry large residuals.
     numeric_given_event: bool = True
+    #: Predict an event's categorical context values (device, channel, country)
+    #: knowing the event and the history, as the numbers are: their surprisal is
+    #: the score's context part, so an unlikely device or country is scored, not
+    #: only read (see :class:`common.scoring.ContextFusion`). No effect without
+    #: context columns. Off by default: it pays with thousands of training
+    #: sessions and hundreds of validation ones, and costs small institutions,
+    #: where one normal session with a rare context sets the threshold
+    #: (docs/results.md, "Context fusion").
+    context_head: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -420,8 +429,12 @@ def to_flat(config: Any) -> dict[str, Scalar]:
 
 
 #: Model keys that saved models and runs from before the key existed lack, with the value
-#: they were trained with: the END step and the event-aware numeric head came later.
-LEGACY_MODEL_DEFAULTS: dict[str, Any] = {"model.end-event": False, "model.numeric-given-event": False}
+#: they were trained with: the END step, the event-aware numeric head and the context head came later.
+LEGACY_MODEL_DEFAULTS: dict[str, Any] = {
+    "model.end-event": False,
+    "model.numeric-given-event": False,
+    "model.context-head": False,
+}
 
 
 def with_legacy_defaults(flat: Mapping[str, Any]) -> dict[str, Any]:

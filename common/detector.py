@@ -55,8 +55,11 @@ from common.model import (
 )
 from common.scoring import (
     WEIGHTED_END_AGGREGATES,
+    ContextFusion,
     EventScores,
     aggregate,
+    context_fusion_from_moments,
+    context_part,
     end_weight_from_moments,
     score_events,
     spread_moments,
@@ -96,6 +99,10 @@ class ScoredTable:
     order: np.ndarray | None = None  # (N,) the order values (epoch seconds when ``time_ordered``)
     time_ordered: bool = False
     attack_types: np.ndarray | None = None  # (S,) each sequence's ``attack_type`` when the table has one
+    #: (S,) with a context part (:class:`~common.scoring.ContextFusion`): the score without it,
+    #: and the context part on that scale; ``scores`` is the larger of the two
+    events_part: np.ndarray | None = None
+    context_score: np.ndarray | None = None
 
     def order_texts(self, rows: slice) -> list[str] | None:
         """The order value of every event in ``rows``, to join it back to the data: ISO 8601 UTC
@@ -253,6 +260,8 @@ class SequenceDetector:
     threshold_: float
     #: Weight of the END step in the averaging aggregates (fitted on validation normals).
     end_weight_: float
+    #: How the context part enters the score (fitted on validation normals); None: it does not.
+    context_fusion_: ContextFusion | None
     validation_scores_: np.ndarray
     fit_result_: FitResult | None
     global_threshold_: float | None
@@ -365,13 +374,22 @@ class SequenceDetector:
             )
         return self
 
-    def fit_scoring(self, normal: EncodedSequences, *, end_weight: float | None = None) -> np.ndarray:
-        """Fit the END weight and the threshold on normal sequences; returns their scores.
+    def fit_scoring(
+        self,
+        normal: EncodedSequences,
+        *,
+        end_weight: float | None = None,
+        context_fusion: ContextFusion | None = None,
+    ) -> np.ndarray:
+        """Fit the END weight, the context fusion and the threshold on normal sequences; returns
+        their scores.
 
-        One scoring pass: ``end_weight_`` from the spreads of the two score
-        parts (:func:`~common.scoring.end_weight_from_moments`) unless
-        ``end_weight`` is given (e.g. the federation's), then ``threshold_`` by
-        :meth:`calibrate` on the resulting scores.
+        One scoring pass: ``end_weight_`` and ``context_fusion_`` from the
+        moments of the score parts (:func:`~common.scoring.end_weight_from_moments`,
+        :func:`~common.scoring.context_fusion_from_moments`) unless ``end_weight``
+        is given: then it and ``context_fusion`` are the federation's, fitted on
+        every node's validation sequences. Then ``threshold_`` by :meth:`calibrate`
+        on the resulting scores.
         """
         if not hasattr(self, "model_"):
             self._check_fitted()
@@ -379,12 +397,13 @@ class SequenceDetector:
         set_threads(self.config.train.threads)
         self.model_.to(self.device)
         events = score_events(self.model_, normal, cfg, self.device)
-        self.end_weight_ = (
-            end_weight_from_moments(spread_moments(events, cfg), cfg)
-            if end_weight is None
-            else float(end_weight)
-        )
-        scores = aggregate(events, self.score_config_)
+        if end_weight is None:
+            moments = spread_moments(events, cfg)
+            self.end_weight_ = end_weight_from_moments(moments, cfg)
+            self.context_fusion_ = context_fusion_from_moments(moments, self.end_weight_)
+        else:
+            self.end_weight_, self.context_fusion_ = float(end_weight), context_fusion
+        scores = aggregate(events, self.score_config_, self.context_fusion_)
         self.calibrate(scores)
         return scores
 
@@ -427,16 +446,19 @@ class SequenceDetector:
         validation_scores: np.ndarray | None = None,
         global_threshold: float | None = None,
         end_weight: float | None = None,
+        context_fusion: ContextFusion | None = None,
     ) -> SequenceDetector:
         """Assemble a fitted detector (used by the federation with global weights).
 
-        ``end_weight`` defaults to ``score.end-weight``; :meth:`fit_scoring`
-        fits it (and the threshold) on normal sequences.
+        ``end_weight`` defaults to ``score.end-weight`` and ``context_fusion`` to
+        none (no context part); :meth:`fit_scoring` fits them (and the
+        threshold) on normal sequences.
         """
         det = cls(config)
         det.encoder_, det.model_ = encoder, model
         det.threshold_ = float(threshold)
         det.end_weight_ = float(config.score.end_weight if end_weight is None else end_weight)
+        det.context_fusion_ = context_fusion
         det.validation_scores_ = np.asarray(validation_scores if validation_scores is not None else [])
         det.fit_result_ = None
         det.global_threshold_ = global_threshold
@@ -462,16 +484,24 @@ class SequenceDetector:
         set_threads(self.config.train.threads)
         self.model_.to(self.device)
         events = score_events(self.model_, data, sc, self.device, expected_k=expected_k, progress=progress)
+        # the fitted fusion belongs to this detector's own score (another aggregate has other spreads)
+        fusion = self.context_fusion_ if sc == self.score_config_ else None
+        base = aggregate(events, sc)
+        mapped = None
+        if fusion is not None and events.context_surprisal is not None:
+            mapped = fusion.shift + fusion.scale * context_part(events)
         return ScoredTable(
             data,
             events,
-            aggregate(events, sc),
+            base if mapped is None else np.maximum(base, mapped),
             raw_events,
             None if grouped is None else grouped.context,
             () if grouped is None else grouped.context_names,
             None if table is None else table.frame[ORDER].to_numpy(),  # its rows are in grouped order
             table is not None and table.time_ordered,
             None if grouped is None else grouped.attack_types,
+            None if mapped is None else base,
+            mapped,
         )
 
     def score_table(
@@ -569,6 +599,9 @@ class SequenceDetector:
         residuals = ev.residual[sl].tolist()
         any_unseen = (data.context[sl] == 0).any(axis=1).tolist() if context_names else [False] * n
         orders: list[str] | list[None] = scored.order_texts(sl) or [None] * n
+        context_sur: list[float] | list[None] = (
+            ev.context_surprisal[sl].tolist() if ev.context_surprisal is not None else [None] * n
+        )
         columns = zip(
             tokens.tolist(),
             ev.surprisal[sl].tolist(),
@@ -600,6 +633,7 @@ class SequenceDetector:
                         scored.unseen_context(sl.start + t, context_names) if any_unseen[t] else {}
                     ),
                     order=orders[t],
+                    context_surprisal=context_sur[t],
                 )
             )
         if ev.end_surprisal is not None and ev.end_rank is not None:
@@ -621,7 +655,11 @@ class SequenceDetector:
             )
         label = None if data.labels is None else int(data.labels[i])
         end = None if ev.end_surprisal is None else float(ev.end_surprisal[i])
-        terms = self._score_terms(float(scored.scores[i]), end)
+        base = float(scored.scores[i] if scored.events_part is None else scored.events_part[i])
+        terms = self._score_terms(base, end)
+        if scored.context_score is not None and ev.context_surprisal is not None and n:
+            terms["context_surprisal"] = float(ev.context_surprisal[sl].max())
+            terms["context_score"] = float(scored.context_score[i])
         p_value = float(self.p_values_from_scores(scored.scores[i : i + 1])[0])
         return SequenceExplanation(
             sequence_id=str(data.ids[i]),
@@ -636,8 +674,10 @@ class SequenceDetector:
         )
 
     def _score_terms(self, score: float, end_surprisal: float | None) -> dict[str, float]:
-        """The numbers of :meth:`_score_parts`: ``steps`` (the aggregate of the event scores) and,
-        when the END step enters apart, ``end_weight`` and ``end_surprisal``."""
+        """The numbers of :meth:`_score_parts` for a score without context part: ``steps`` (the
+        aggregate of the event scores) and, when the END step enters apart, ``end_weight`` and
+        ``end_surprisal`` (:meth:`explanation` adds ``context_surprisal``, the sequence's largest,
+        and ``context_score``, that on the events' scale, with a context part)."""
         sc = self.score_config_
         if end_surprisal is None or sc.aggregate not in WEIGHTED_END_AGGREGATES:
             return {"steps": score}
@@ -655,13 +695,23 @@ class SequenceDetector:
             "topk-miss": f"share of steps outside the model's top {sc.top_k} guesses",
         }[sc.aggregate]
         if not has_end:
-            return steps
-        if "end_weight" not in terms:
-            return f"{steps} (the END step counted as one more step)"
-        weight, end = terms["end_weight"], terms["end_surprisal"]
+            text = steps
+        elif "end_weight" not in terms:
+            text = f"{steps} (the END step counted as one more step)"
+        else:
+            weight, end = terms["end_weight"], terms["end_surprisal"]
+            text = (
+                f"{steps} {terms['steps']:.3f} + END weight {weight:.4g} × END surprisal "
+                f"{end:.3f} ({weight * end:.3f})"
+            )
+        if "context_score" not in terms:
+            return text
+        fusion = self.context_fusion_
+        assert fusion is not None
         return (
-            f"{steps} {terms['steps']:.3f} + END weight {weight:.4g} × END surprisal "
-            f"{end:.3f} ({weight * end:.3f})"
+            f"the larger of: {text}; and the largest context surprisal {terms['context_surprisal']:.3f} "
+            f"on the events' scale ({fusion.shift:.4g} + {fusion.scale:.4g} × it = "
+            f"{terms['context_score']:.3f})"
         )
 
     # -- persistence ----------------------------------------------------------------------
@@ -688,6 +738,7 @@ class SequenceDetector:
             },
             "threshold": self.threshold_,
             "end_weight": self.end_weight_,
+            "context_fusion": None if self.context_fusion_ is None else self.context_fusion_.to_dict(),
             "global_threshold": self.global_threshold_,
             "validation_scores": self.validation_scores_.tolist(),
             "fit": dataclasses.asdict(self.fit_result_) if self.fit_result_ else None,
@@ -754,6 +805,7 @@ class SequenceDetector:
             end_weight = meta.get("end_weight")
             global_threshold = None if global_threshold is None else float(global_threshold)
             end_weight = None if end_weight is None else float(end_weight)
+            context_fusion = ContextFusion.from_dict(meta.get("context_fusion"))
             fit_result = _fit_result_from(meta.get("fit"))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise ModelFileError(
@@ -780,6 +832,7 @@ class SequenceDetector:
             validation_scores=validation_scores,
             global_threshold=global_threshold,
             end_weight=end_weight,
+            context_fusion=context_fusion,
         )
         det.fit_result_ = fit_result
         return det

@@ -47,6 +47,9 @@ class EventExplanation:
             training row shows as ``<missing>``). The model read them as "unseen".
         order: the event's order value, to join it back to the data (ISO 8601 UTC for
             timestamped data, else the position column's value); None for the END step.
+        context_surprisal: ``-log p(its context values | event, history)`` in nats, from a
+            model with a context head (the largest in a sequence is its context part);
+            None without one, and for the END step.
     """
 
     position: int
@@ -59,6 +62,7 @@ class EventExplanation:
     score: float
     unseen_context: dict[str, str] = field(default_factory=dict, hash=False)
     order: str | None = None
+    context_surprisal: float | None = None
 
     def expected_text(self, k: int | None = None) -> str:
         """``"a (0.61), b (0.20)"`` for the first ``k`` expected tokens (all when ``None``)."""
@@ -81,6 +85,7 @@ class EventExplanation:
             "score": float(self.score),
             "unseen_context": {str(k): str(v) for k, v in self.unseen_context.items()},
             "order": self.order,
+            "context_surprisal": None if self.context_surprisal is None else float(self.context_surprisal),
         }
 
     @classmethod
@@ -101,6 +106,9 @@ class EventExplanation:
             score=float(data["score"]),
             unseen_context={str(k): str(v) for k, v in (data.get("unseen_context") or {}).items()},
             order=None if data.get("order") is None else str(data["order"]),
+            context_surprisal=None
+            if data.get("context_surprisal") is None
+            else float(data["context_surprisal"]),
         )
 
 
@@ -232,8 +240,10 @@ class SequenceExplanation:
         Each line shows the position, the actual event, its surprisal (nats),
         its rank, ``UNSEEN`` for tokens unseen in training, what the model
         expected instead (``expected: a (0.61), b (0.20)``), context values
-        unseen in training (``unseen context: device 'iPhone 15'``) and any
-        numeric residuals. The ``highlight`` most anomalous events are marked ``>>``.
+        unseen in training (``unseen context: device 'iPhone 15'``), the
+        surprisal of its context values (``context 5.31 nats``, from a model
+        with a context head) and any numeric residuals. The ``highlight`` most
+        anomalous events are marked ``>>``.
         When there are more than ``max_events`` events, only the most
         anomalous ``max_events`` are shown (still in sequence order) and the
         gaps are summarised.
@@ -291,6 +301,8 @@ class SequenceExplanation:
                 )
             if ev.unseen_context:
                 parts.append("unseen context: " + unseen_context_text(ev.unseen_context))
+            if ev.context_surprisal is not None:
+                parts.append(f"context {_fmt(ev.context_surprisal, 2)} nats")
             if ev.numeric_residuals:
                 parts.append(
                     "numbers: " + ", ".join(residual_text(k, v) for k, v in ev.numeric_residuals.items())

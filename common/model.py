@@ -5,9 +5,11 @@ scaled numeric features of the *previous* event, runs a recurrent encoder, and
 predicts the distribution of the next event and, when numeric features exist,
 the next numeric values: with ``model.numeric-given-event`` (the default) from
 the recurrent state *and* the next event's embedding, so that a payment's amount
-is predicted as a payment's. Shapes: B = batch, L = time steps (a chunk),
+is predicted as a payment's. With ``model.context-head`` (the default) it also
+predicts the next event's categorical context values (device, channel, ...)
+from the same two inputs. Shapes: B = batch, L = time steps (a chunk),
 V = vocabulary size, C = context columns, F = numeric features, H = hidden,
-E = event embedding.
+E = event embedding, n_j = ids of context column j.
 """
 
 from __future__ import annotations
@@ -102,6 +104,14 @@ class NextEventModel(nn.Module):
             )
         elif shape.n_numeric:
             self.numeric_head = nn.Linear(config.hidden, shape.n_numeric)  # (B, L, H) -> (B, L, F)
+        self.context_trunk: nn.Module | None = None
+        self.context_heads = nn.ModuleList()
+        if shape.context_sizes and config.context_head:
+            # (B, L, H + E) -> (B, L, H), then one (B, L, n_j) logit head per context column
+            self.context_trunk = nn.Sequential(
+                nn.Linear(config.hidden + config.embed_dim, config.hidden), nn.ReLU()
+            )
+            self.context_heads = nn.ModuleList(nn.Linear(config.hidden, n) for n in shape.context_sizes)
 
     def forward(
         self,
@@ -110,15 +120,16 @@ class NextEventModel(nn.Module):
         numeric: torch.Tensor,
         state: State | None = None,
         next_tokens: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...], State]:
         """One chunk of steps.
 
         tokens (B, L) int64, context (B, L, C) int64, numeric (B, L, F) float32:
         the inputs at each step (the previous event); next_tokens (B, L) int64:
         the event that follows each step, which the numeric head reads with
-        ``model.numeric-given-event`` (without them it predicts no numbers).
-        Returns next-event logits (B, L, V), numeric predictions (B, L, F) or
-        None, and the new state.
+        ``model.numeric-given-event`` and the context head always (without them
+        neither predicts). Returns next-event logits (B, L, V), numeric
+        predictions (B, L, F) or None, context logits (one (B, L, n_j) per
+        context column, or none), and the new state.
         """
         parts = [self.embed(tokens)]  # (B, L, E)
         for j, emb in enumerate(self.context_embeds):
@@ -144,10 +155,19 @@ class NextEventModel(nn.Module):
         num_pred: torch.Tensor | None = None
         if self.numeric_head is not None and not self.config.numeric_given_event:
             num_pred = self.numeric_head(out)  # (B, L, F)
-        elif self.numeric_head is not None and next_tokens is not None:
+        given: torch.Tensor | None = None
+        reads_next = self.context_trunk is not None or (
+            self.numeric_head is not None and self.config.numeric_given_event
+        )
+        if next_tokens is not None and reads_next:
             given = torch.cat([out, self.drop(self.embed(next_tokens))], dim=-1)  # (B, L, H + E)
+        if self.numeric_head is not None and self.config.numeric_given_event and given is not None:
             num_pred = self.numeric_head(given)  # (B, L, F)
-        return logits, num_pred, tuple(new_state)
+        ctx_logits: tuple[torch.Tensor, ...] = ()
+        if self.context_trunk is not None and given is not None:
+            z = self.context_trunk(given)  # (B, L, H)
+            ctx_logits = tuple(head(z) for head in self.context_heads)  # each (B, L, n_j)
+        return logits, num_pred, ctx_logits, tuple(new_state)
 
 
 def detach_state(state: State) -> State:

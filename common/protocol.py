@@ -38,6 +38,7 @@ from common.config import VocabConfig
 from common.encoding import Encoder
 from common.errors import ConfigError
 from common.scaling import FeatureStats, Scaler
+from common.scoring import ContextFusion
 from common.vocab import ContextVocabulary, Vocabulary, key_fingerprint
 
 log = logging.getLogger(__name__)
@@ -314,6 +315,42 @@ def encoder_from_config(data: Mapping[str, Any], hash_key: str) -> Encoder:
         Scaler(numeric, mean, std),
         key_print=expected,
     )
+
+
+# --------------------------------------------------------------------------- score parts
+
+#: ConfigRecord keys of the federation's :class:`~common.scoring.ContextFusion` (both or neither).
+FUSION_SHIFT = "context-shift"
+FUSION_SCALE = "context-scale"
+
+
+def fusion_to_config(fusion: ContextFusion | None) -> dict[str, float]:
+    """The federation's context fusion as ConfigRecord values; none without a context part."""
+    return {} if fusion is None else {FUSION_SHIFT: float(fusion.shift), FUSION_SCALE: float(fusion.scale)}
+
+
+def fusion_from_config(conf: Mapping[str, Any]) -> ContextFusion | None:
+    """Inverse of :func:`fusion_to_config`.
+
+    Raises:
+        ConfigError: only one of the two keys, or a value that is not a finite number (the
+            scale positive).
+    """
+    present = [k for k in (FUSION_SHIFT, FUSION_SCALE) if k in conf]
+    if not present:
+        return None
+    if len(present) == 1:
+        raise ConfigError(
+            f"the message carries {present[0]!r} without its pair: the server and this node run "
+            f"different seqwatch versions"
+        )
+    try:
+        shift, scale = float(conf[FUSION_SHIFT]), float(conf[FUSION_SCALE])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the message's context fusion is not numeric ({exc})") from exc
+    if not (np.isfinite(shift) and np.isfinite(scale) and scale > 0):
+        raise ConfigError(f"the message's context fusion is invalid (shift {shift!r}, scale {scale!r})")
+    return ContextFusion(shift=shift, scale=scale)
 
 
 # --------------------------------------------------------------------------- score histograms

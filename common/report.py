@@ -319,6 +319,8 @@ def _event_title(ev: EventExplanation) -> str:
         lines.append("expected instead: " + ev.expected_text())
     if ev.unseen_context:
         lines.append("unseen context: " + unseen_context_text(ev.unseen_context))
+    if ev.context_surprisal is not None:
+        lines.append(f"context surprisal {_num(ev.context_surprisal)} nats")
     if ev.numeric_residuals:
         lines.append("numbers: " + ", ".join(residual_text(k, v) for k, v in ev.numeric_residuals.items()))
     if not math.isclose(ev.score, ev.surprisal, rel_tol=1e-9, abs_tol=1e-9):

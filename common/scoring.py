@@ -5,7 +5,9 @@ memory, state carried), so every event is scored with its full prefix. A
 model trained with ``model.end-event`` also scores the end of each sequence
 (how surprising it is that the sequence stops there): the END step. A sequence
 score is an aggregate of its event scores and its END step (see
-:func:`aggregate`).
+:func:`aggregate`); a model with a context head also gives every event the
+surprisal of its context values, whose largest in a sequence can raise that
+score (:class:`ContextFusion`).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ SCORE_CHUNK = 512
 #: Fewest validation sequences from which an END weight is fitted; fewer keep
 #: ``score.end-weight``.
 MIN_SPREAD_SEQUENCES = 20
-#: Length of :func:`spread_moments`: n, sum b, sum b^2, sum e, sum e^2.
-N_SPREAD_MOMENTS = 5
+#: Length of :func:`spread_moments`: n, sum b, sum b^2, sum e, sum e^2, sum b*e, sum c, sum c^2.
+N_SPREAD_MOMENTS = 8
 #: Averaging aggregates: the END step enters them with a weight.
 WEIGHTED_END_AGGREGATES = ("mean", "window", "window-min")
 
@@ -50,6 +52,10 @@ class EventScores:
     With an end-of-sequence model, the END step of each sequence (S of them):
     end_surprisal (S,), end_rank (S,), end_expected (S, k), end_expected_p (S, k);
     the END step has no numeric part, so its score is its surprisal.
+
+    With a context head: context_surprisal (N,) -log p(the event's context values |
+    event, prefix), summed over the context columns, nats (not part of ``score``:
+    see :class:`ContextFusion`).
     """
 
     offsets: np.ndarray
@@ -63,6 +69,7 @@ class EventScores:
     end_rank: np.ndarray | None = None
     end_expected: np.ndarray | None = None
     end_expected_p: np.ndarray | None = None
+    context_surprisal: np.ndarray | None = None
 
     def of(self, i: int) -> slice:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
@@ -141,6 +148,8 @@ def score_events(
     surprisal = np.zeros(n, dtype=np.float32)
     rank = np.zeros(n, dtype=np.int32)
     residual = np.full((n, f), np.nan, dtype=np.float32)
+    with_context = model.context_trunk is not None
+    context_surprisal = np.zeros(n if with_context else 0, dtype=np.float32)
     expected = np.zeros((n, k), dtype=np.int32)
     expected_p = np.zeros((n, k), dtype=np.float32)
     end_surprisal = np.zeros(s, dtype=np.float32)
@@ -157,7 +166,7 @@ def score_events(
         for start in range(0, batch.max_len, SCORE_CHUNK):
             sl = slice(start, start + SCORE_CHUNK)
             tgt = batch.targets[:, sl]
-            logits, num_pred, state = model(
+            logits, num_pred, ctx_logits, state = model(
                 batch.tokens_in[:, sl], batch.context_in[:, sl], batch.numeric_in[:, sl], state, tgt
             )
             logp = next_event_logp(logits)  # (B, l, V)
@@ -183,6 +192,13 @@ def score_events(
                     # left out (NaN), as a missing value is; its surprisal already marks it
                     res = res.masked_fill((tgt == UNK).unsqueeze(-1), float("nan"))
                 residual[dst] = res.cpu().numpy()[ev_b, ev_t]
+            if ctx_logits:
+                ctx_tgt = batch.context_target[:, sl]  # (B, l, C)
+                ctx_sur = torch.zeros(ctx_tgt.shape[:2], device=ctx_tgt.device)  # (B, l)
+                for j, lg in enumerate(ctx_logits):
+                    logp_j = torch.log_softmax(lg.float(), dim=-1)  # (B, l, n_j)
+                    ctx_sur -= logp_j.gather(-1, ctx_tgt[:, :, j : j + 1]).squeeze(-1)
+                context_surprisal[dst] = ctx_sur.cpu().numpy()[ev_b, ev_t]
         if progress is not None:
             progress(int(n_events.sum()))
     sq = np.nansum(residual * residual, axis=1) if f else np.zeros(n, dtype=np.float32)
@@ -199,10 +215,57 @@ def score_events(
         end_rank if end else None,
         end_expected if end and k else None,
         end_expected_p if end and k else None,
+        context_surprisal if with_context else None,
     )
 
 
-def aggregate(events: EventScores, config: ScoreConfig) -> np.ndarray:
+@dataclass(frozen=True)
+class ContextFusion:
+    """How the context part enters a sequence score: ``max(events part, shift + scale × context part)``.
+
+    The events part is the score without context (:func:`aggregate` of the
+    event steps and the END step); the context part is the sequence's largest
+    context surprisal (:func:`context_part`), so one new device abroad stands
+    out however long the session is. ``scale`` and ``shift`` put the context
+    part on the events part's scale by matching the two parts' mean and spread
+    on the validation normals (:func:`context_fusion_from_moments`): the score
+    is the events part unless the context is the more unusual of the two, in
+    standard deviations of normal data (the ranking of the larger of the two
+    validation z-scores). A sequence is flagged when either part is unusual; a
+    sum would let ordinary context variation drown what the events show, and
+    the reverse.
+    """
+
+    shift: float
+    scale: float
+
+    def apply(self, events_part: np.ndarray, context: np.ndarray) -> np.ndarray:
+        return np.maximum(events_part, self.shift + self.scale * context)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"shift": float(self.shift), "scale": float(self.scale)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ContextFusion | None:
+        """Inverse of :meth:`to_dict`; None stays None (no context part)."""
+        if data is None:
+            return None
+        return cls(shift=float(data["shift"]), scale=float(data["scale"]))
+
+
+def context_part(events: EventScores) -> np.ndarray:
+    """(S,) each sequence's largest context surprisal; 0 for an empty sequence or without a context head."""
+    lengths = np.diff(events.offsets)
+    out = np.zeros(len(lengths), dtype=np.float64)
+    if events.context_surprisal is None:
+        return out
+    nonempty = lengths > 0
+    values = events.context_surprisal.astype(np.float64)
+    out[nonempty] = np.maximum.reduceat(values, events.offsets[:-1][nonempty])
+    return out
+
+
+def aggregate(events: EventScores, config: ScoreConfig, fusion: ContextFusion | None = None) -> np.ndarray:
     """Sequence scores (S,) from event scores; higher = more anomalous.
 
     mean:      mean event score
@@ -219,7 +282,17 @@ def aggregate(events: EventScores, config: ScoreConfig) -> np.ndarray:
     length, so they add ``end_weight`` × its surprisal instead of averaging it in
     (a detector fits that weight on its validation normals:
     :func:`end_weight_from_moments`).
+
+    With ``fusion`` (a detector's fitted :class:`ContextFusion`) and context
+    surprisals, the score is the larger of that and the mapped context part.
     """
+    base = _events_part(events, config)
+    if fusion is None or events.context_surprisal is None:
+        return base
+    return fusion.apply(base, context_part(events))
+
+
+def _events_part(events: EventScores, config: ScoreConfig) -> np.ndarray:
     if events.end_surprisal is None:
         return _aggregate_steps(events.offsets, events.score, events.rank, config)
     if config.aggregate not in WEIGHTED_END_AGGREGATES:  # max, topk-miss
@@ -229,17 +302,26 @@ def aggregate(events: EventScores, config: ScoreConfig) -> np.ndarray:
 
 
 def spread_moments(events: EventScores, config: ScoreConfig) -> np.ndarray:
-    """Mergeable moments of normal sequences' two score parts, for fitting the END weight.
+    """Mergeable moments of normal sequences' score parts, for the END weight and the context fusion.
 
-    ``[n, sum b, sum b^2, sum e, sum e^2]`` over sequences, where ``b`` is the
-    averaging aggregate without END and ``e`` the END surprisal. Moments of
-    several parties add up exactly (the federation sums them across nodes).
+    ``[n, sum b, sum b^2, sum e, sum e^2, sum b·e, sum c, sum c^2]`` over
+    sequences: ``e`` is the END surprisal where it enters with a weight (an
+    averaging aggregate with an END step; else 0), ``b`` the rest of the score
+    without context (so that it is ``b + w·e`` for the END weight ``w``), and
+    ``c`` the context part (:func:`context_part`; 0 without a context head).
+    Moments of several parties add up exactly (the federation sums them across nodes).
     """
-    if events.end_surprisal is None:
-        return np.zeros(N_SPREAD_MOMENTS)
-    b = _aggregate_steps(events.offsets, events.score, events.rank, config)
-    e = events.end_surprisal.astype(np.float64)
-    return np.array([len(b), b.sum(), (b * b).sum(), e.sum(), (e * e).sum()], dtype=np.float64)
+    if events.end_surprisal is not None and config.aggregate in WEIGHTED_END_AGGREGATES:
+        b = _aggregate_steps(events.offsets, events.score, events.rank, config)
+        e = events.end_surprisal.astype(np.float64)
+    else:
+        b = _events_part(events, config)
+        e = np.zeros(len(b))
+    c = context_part(events)
+    return np.array(
+        [len(b), b.sum(), (b * b).sum(), e.sum(), (e * e).sum(), (b * e).sum(), c.sum(), (c * c).sum()],
+        dtype=np.float64,
+    )
 
 
 def end_weight_is_fitted(config: ScoreConfig) -> bool:
@@ -256,7 +338,7 @@ def end_weight_from_moments(moments: np.ndarray | list[float], config: ScoreConf
     data (the same ranking as adding their z-scores). Otherwise
     ``score.end-weight``.
     """
-    n, sb, sbb, se, see = (float(x) for x in moments)
+    n, sb, sbb, se, see = (float(x) for x in moments[:5])
     if not end_weight_is_fitted(config) or n < MIN_SPREAD_SEQUENCES:
         return config.end_weight
     var_b = max(sbb / n - (sb / n) ** 2, 0.0)
@@ -264,6 +346,25 @@ def end_weight_from_moments(moments: np.ndarray | list[float], config: ScoreConf
     if var_e <= 1e-12:
         return config.end_weight
     return float(np.sqrt(var_b / var_e))
+
+
+def context_fusion_from_moments(moments: np.ndarray | list[float], end_weight: float) -> ContextFusion | None:
+    """The :class:`ContextFusion` of :func:`spread_moments` of validation normals, for the score
+    with END weight ``end_weight``: the context part's mean and spread matched to those of the
+    score without context. None (no context part) without a context head, with fewer than
+    :data:`MIN_SPREAD_SEQUENCES` sequences, or when either part is constant there.
+    """
+    n, sb, sbb, se, see, sbe, sc, scc = (float(x) for x in moments)
+    if n < MIN_SPREAD_SEQUENCES:
+        return None
+    w = float(end_weight)
+    mb, me, mc = sb / n, se / n, sc / n
+    var_score = (sbb / n - mb * mb) + w * w * (see / n - me * me) + 2 * w * (sbe / n - mb * me)
+    var_c = scc / n - mc * mc
+    if var_c <= 1e-12 or var_score <= 1e-12:
+        return None
+    scale = float(np.sqrt(var_score / var_c))
+    return ContextFusion(shift=float(mb + w * me - scale * mc), scale=scale)
 
 
 #: Step scores up to this size go through one running sum over all sequences; a

@@ -24,7 +24,7 @@ from common.config import TrainConfig
 from common.encoding import EncodedSequences
 from common.errors import TrainingError
 from common.model import NextEventModel, State, detach_state
-from common.vocab import BOS, UNK
+from common.vocab import BOS, END, UNK
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,20 @@ def chunk_loss(
     state: State | None,
     numeric_weight: float,
     weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, State]:
-    """Losses of one time chunk: (objective, event NLL sum, numeric SE sum, state).
+    context_present: list[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, State]:
+    """Losses of one time chunk: (objective, event NLL sum, numeric SE sum, context NLL sum, state).
 
     The objective is the summed loss, each event weighted by ``weights``
-    (B, L) when given; the NLL and SE sums are unweighted, for reporting.
-    Its number of events comes from :func:`chunk_counts`.
+    (B, L) when given: its next-event NLL, ``numeric_weight`` × its numeric
+    squared error and, with a context head, the NLL of its context values (an
+    END step has none; with ``context_present``, :func:`context_present`, each
+    column's softmax covers only the ids this training data holds). The three
+    sums are unweighted, for reporting. Its number of events comes from
+    :func:`chunk_counts`.
     """
     targets = batch.targets[:, sl]
-    logits, num_pred, state = model(
+    logits, num_pred, ctx_logits, state = model(
         batch.tokens_in[:, sl], batch.context_in[:, sl], batch.numeric_in[:, sl], state, targets
     )
     mask = batch.mask[:, sl]
@@ -90,9 +95,34 @@ def chunk_loss(
         ok = ~torch.isnan(tgt) & mask.unsqueeze(-1)
         diff = torch.where(ok, num_pred - torch.nan_to_num(tgt), torch.zeros_like(num_pred))
         se_each = 0.5 * (diff * diff).sum(-1)[mask]  # (n,)
-    loss_each = nll_each + numeric_weight * se_each
+    ctx_each = nll_each.new_zeros(nll_each.shape)
+    if ctx_logits:
+        ctx_target = batch.context_target[:, sl][mask]  # (n, C)
+        is_event = (targets[mask] != END).to(ctx_each.dtype)  # (n,)
+        for j, lg in enumerate(ctx_logits):
+            if context_present is not None:
+                lg = lg.masked_fill(~context_present[j], float("-inf"))
+            ctx_each = ctx_each + is_event * F.cross_entropy(lg[mask], ctx_target[:, j], reduction="none")
+    loss_each = nll_each + numeric_weight * se_each + ctx_each
     objective = loss_each.sum() if weights is None else (loss_each * weights[:, sl][mask]).sum()
-    return objective, nll_each.sum(), se_each.sum(), state
+    return objective, nll_each.sum(), se_each.sum(), ctx_each.sum(), state
+
+
+def context_present(data: EncodedSequences, model: NextEventModel) -> list[torch.Tensor]:
+    """Per context column, which of its ids (n_j,) bool this training data holds, and id 0 (unseen).
+
+    Local training restricts each context head's softmax to them (as FedRS, Li & Zhan 2021, does
+    for label-skewed federations): an institution without branch visits leaves the "branch" logit
+    alone instead of pushing it down every round, which would make the federated model call the
+    branch visits of the one bank that has them near impossible. Id 0 always takes part: no
+    institution sees an unseen value, and each should teach the model that one is unlikely. With
+    every id present (any fit on data whose vocabulary it built) the restriction changes nothing.
+    """
+    device = next(model.parameters()).device
+    return [
+        torch.from_numpy((np.bincount(data.context[:, j], minlength=n) > 0) | (np.arange(n) == 0)).to(device)
+        for j, n in enumerate(model.shape.context_sizes)
+    ]
 
 
 def chunk_counts(mask: torch.Tensor, chunk_len: int) -> list[int]:
@@ -182,6 +212,7 @@ def train_epochs(
     the CPU, no device sync.
     """
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    present = context_present(data, model) if model.context_trunk is not None else None
     stats: list[EpochStats] = []
     for epoch in range(epochs):
         model.train()
@@ -201,7 +232,9 @@ def train_epochs(
             chunks = zip(range(0, batch.max_len, config.chunk_len), counts, events_in, strict=True)
             for start, n, n_events in chunks:
                 sl = slice(start, start + config.chunk_len)
-                loss, nll, se, state = chunk_loss(model, batch, sl, state, config.numeric_weight, weights)
+                loss, nll, se, ctx, state = chunk_loss(
+                    model, batch, sl, state, config.numeric_weight, weights, present
+                )
                 objective = loss / n
                 if anchor is not None:
                     prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
@@ -211,7 +244,7 @@ def train_epochs(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
                 optimizer.step()
                 state = detach_state(state)
-                totals.add(nll.detach() + config.numeric_weight * se.detach(), nll, se, n)
+                totals.add(nll.detach() + config.numeric_weight * se.detach() + ctx.detach(), nll, se, n)
                 if on_batch is not None:  # per chunk: a batch of a few long sequences is a whole epoch
                     on_batch(n_events)
         es = totals.stats(time.perf_counter() - t0)
@@ -238,7 +271,7 @@ def evaluate_loss(
         state: State | None = None
         for start, n in zip(range(0, batch.max_len, chunk), counts, strict=True):
             sl = slice(start, start + chunk)
-            loss, nll, se, state = chunk_loss(model, batch, sl, state, config.numeric_weight)
+            loss, nll, se, _, state = chunk_loss(model, batch, sl, state, config.numeric_weight)
             totals.add(loss, nll, se, n)
     return totals.stats(time.perf_counter() - t0)
 

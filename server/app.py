@@ -8,14 +8,15 @@ The phases (message types in :mod:`client.app`):
    (numbered on from the last completed round);
 2. **rounds** — ``strategy.start(...)`` with the recording hooks of
    :mod:`server.strategy` (checkpoint, metrics, state after every round);
-   when the END weight is fitted, each round's evaluation is preceded by
-   ``query.calib_spread`` under the new global weights, so every node scores
-   its round with the same federation END weight that calibration would fit
-   (per-round AUROC and the final one measure the same score);
-3. **calibration** — ``query.calib_spread`` (when the END weight is fitted:
-   summed moments of the validation scores' two parts give the federation's
-   END weight, :func:`common.scoring.end_weight_from_moments`; skipped when the
-   last round's evaluation already fitted it under the same weights and nodes), then
+   when the END weight or the context fusion is fitted (:func:`fits_score_parts`), each
+   round's evaluation is preceded by ``query.calib_spread`` under the new global weights,
+   so every node scores its round with the same federation END weight and context fusion
+   that calibration would fit (per-round AUROC and the final one measure the same score);
+3. **calibration** — ``query.calib_spread`` (when they are fitted: summed moments of
+   the validation scores' parts give the federation's END weight and context fusion,
+   :func:`common.scoring.end_weight_from_moments` and
+   :func:`common.scoring.context_fusion_from_moments`; skipped when the last round's
+   evaluation already fitted them under the same weights and nodes), then
    ``query.calib_hist``: the global threshold at
    ``calibration.false-alarm-rate`` from the summed validation histograms on
    the fixed log-spaced edges :func:`common.protocol.round_edges` (fixed, so
@@ -51,15 +52,23 @@ from common.errors import ConfigError
 from common.metrics import threshold_from_histogram, unresolved_rate
 from common.model import build_model, shape_of
 from common.protocol import (
+    ENC_CONTEXT_NAMES,
     ENCODER_RECORD,
     SIMULATION_HASH_KEY,
     SetupStats,
     encoder_to_config,
+    fusion_to_config,
     key_fingerprint,
     merge_setup,
     round_edges,
 )
-from common.scoring import N_SPREAD_MOMENTS, end_weight_from_moments, end_weight_is_fitted
+from common.scoring import (
+    N_SPREAD_MOMENTS,
+    ContextFusion,
+    context_fusion_from_moments,
+    end_weight_from_moments,
+    end_weight_is_fitted,
+)
 from server.replies import Check, metrics_problem, usable
 from server.rundir import RunDir
 from server.strategy import (
@@ -301,7 +310,7 @@ def training_phase(
     done: int,
     strategy_state: Path | None,
     strategy_before: str,
-    spread_memo: EndWeightMemo | None = None,
+    spread_memo: ScoreFitMemo | None = None,
 ) -> ArrayRecord:
     """Run rounds ``done + 1 .. num-server-rounds``; returns the latest global weights.
 
@@ -319,22 +328,24 @@ def training_phase(
         )
         return arrays
     strategy = make_strategy(fed, client_lr=cfg.detector.train.lr)
-    score = cfg.detector.score
-    round_end_weight = None
-    if cfg.detector.model.end_event and end_weight_is_fitted(score):
+    round_score_fit = None
+    if fits_score_parts(cfg, enc_conf):
 
-        def round_end_weight(
+        def round_score_fit(
             round_arrays: ArrayRecord, round_grid: Grid, nodes: list[int]
         ) -> dict[str, float]:
-            """The federation's END weight under this round's global weights, for its evaluation."""
+            """The federation's END weight and context fusion under this round's global weights,
+            for its evaluation."""
             try:
-                weight, n_val, replied = federation_end_weight(round_grid, cfg, enc_conf, round_arrays, nodes)
+                weight, fusion, n_val, replied = federation_score_fit(
+                    round_grid, cfg, enc_conf, round_arrays, nodes
+                )
             except RuntimeError as exc:
-                log.warning("round END weight: %s; nodes fit their own this round", exc)
+                log.warning("round END weight and context fusion: %s; nodes fit their own this round", exc)
                 return {}
             if spread_memo is not None:
-                spread_memo.remember(round_arrays, replied, weight, n_val)
-            return {"end-weight": weight}
+                spread_memo.remember(round_arrays, replied, weight, fusion, n_val)
+            return {"end-weight": weight, **fusion_to_config(fusion)}
 
     strategy.setup_recording(  # type: ignore[attr-defined]
         run,
@@ -342,7 +353,7 @@ def training_phase(
         round_offset=done,
         total_rounds=fed.num_server_rounds,
         extra_records={ENCODER_RECORD: ConfigRecord(enc_conf)},
-        evaluate_config=round_end_weight,
+        evaluate_config=round_score_fit,
         histogram_bins=_bins(fed.histogram_bins),
     )
     if strategy_state is not None and strategy_before == fed.strategy and strategy_state.is_file():
@@ -370,9 +381,20 @@ def training_phase(
     return strategy.global_arrays  # type: ignore[attr-defined,no-any-return]
 
 
+def fits_score_parts(cfg: AppConfig, enc_conf: dict[str, Any]) -> bool:
+    """Whether the federation fits score parts on the nodes' validation moments: the END weight
+    (``score.fit-end-weight`` with an END step) or the context fusion (a context head and context
+    columns in the shared encoder)."""
+    model = cfg.detector.model
+    return (model.end_event and end_weight_is_fitted(cfg.detector.score)) or (
+        model.context_head and bool(enc_conf.get(ENC_CONTEXT_NAMES))
+    )
+
+
 @dataclass
-class EndWeightMemo:
-    """The federation END weight last fitted, and under which global weights and nodes.
+class ScoreFitMemo:
+    """The federation END weight and context fusion last fitted, and under which global weights
+    and nodes.
 
     The last round's evaluation fits it under the final global weights; calibration
     reuses that answer rather than asking every node for the same validation pass again.
@@ -383,23 +405,35 @@ class EndWeightMemo:
     arrays: ArrayRecord | None = None
     nodes: tuple[int, ...] = ()
     weight: float = 0.0
+    fusion: ContextFusion | None = None
     n_val: int = 0
 
-    def remember(self, arrays: ArrayRecord, nodes: Sequence[int], weight: float, n_val: int) -> None:
-        self.arrays, self.nodes, self.weight, self.n_val = arrays, tuple(sorted(nodes)), weight, n_val
+    def remember(
+        self,
+        arrays: ArrayRecord,
+        nodes: Sequence[int],
+        weight: float,
+        fusion: ContextFusion | None,
+        n_val: int,
+    ) -> None:
+        self.arrays, self.nodes = arrays, tuple(sorted(nodes))
+        self.weight, self.fusion, self.n_val = weight, fusion, n_val
 
-    def lookup(self, arrays: ArrayRecord, nodes: Sequence[int]) -> tuple[float, int] | None:
-        """(weight, validation sequences) when fitted under these weights on these nodes, else None."""
+    def lookup(
+        self, arrays: ArrayRecord, nodes: Sequence[int]
+    ) -> tuple[float, ContextFusion | None, int] | None:
+        """(weight, fusion, validation sequences) when fitted under these weights on these nodes,
+        else None."""
         if self.arrays is arrays and self.nodes == tuple(sorted(nodes)):
-            return self.weight, self.n_val
+            return self.weight, self.fusion, self.n_val
         return None
 
 
-def federation_end_weight(
+def federation_score_fit(
     grid: Grid, cfg: AppConfig, enc_conf: dict[str, Any], arrays: ArrayRecord, nodes: Sequence[int]
-) -> tuple[float, int, tuple[int, ...]]:
-    """(END weight, validation sequences, the nodes that replied) from the summed spread moments
-    of the nodes' validation scores."""
+) -> tuple[float, ContextFusion | None, int, tuple[int, ...]]:
+    """(END weight, context fusion, validation sequences, the nodes that replied) from the summed
+    spread moments of the nodes' validation scores."""
     content = RecordDict(
         {"arrays": arrays, ENCODER_RECORD: ConfigRecord(enc_conf), "config": ConfigRecord({})}
     )
@@ -416,7 +450,9 @@ def federation_end_weight(
     # exactly rounded sums: the same weight whatever order the replies came in
     moments = np.array([math.fsum(p[i] for p in parts) for i in range(N_SPREAD_MOMENTS)])
     replied = tuple(int(r.metadata.src_node_id) for r in replies)
-    return end_weight_from_moments(moments, cfg.detector.score), int(moments[0]), replied
+    weight = end_weight_from_moments(moments, cfg.detector.score)
+    fusion = context_fusion_from_moments(moments, weight) if cfg.detector.model.context_head else None
+    return weight, fusion, int(moments[0]), replied
 
 
 def calibration_phase(
@@ -424,27 +460,28 @@ def calibration_phase(
     cfg: AppConfig,
     enc_conf: dict[str, Any],
     arrays: ArrayRecord,
-    spread_memo: EndWeightMemo | None = None,
+    spread_memo: ScoreFitMemo | None = None,
 ) -> dict[str, Any]:
     """Global threshold from the summed validation-score histograms on agreed edges.
 
-    The END weight comes from ``spread_memo`` when the last round fitted it under
-    these weights on the same nodes, else from a ``query.calib_spread`` round.
+    The END weight and context fusion come from ``spread_memo`` when the last round fitted
+    them under these weights on the same nodes, else from a ``query.calib_spread`` round.
     """
     fed, cal = cfg.federation, cfg.detector.calibration
     nodes = wait_for_nodes(grid, fed.min_nodes, fed.round_timeout)
     encoder = ConfigRecord(enc_conf)
     score = cfg.detector.score
-    end_weight = score.end_weight
-    if cfg.detector.model.end_event and end_weight_is_fitted(score):
+    end_weight, fusion = score.end_weight, None
+    if fits_score_parts(cfg, enc_conf):
         known = spread_memo.lookup(arrays, nodes) if spread_memo is not None else None
         if known is None:
-            end_weight, n_val, _ = federation_end_weight(grid, cfg, enc_conf, arrays, nodes)
+            end_weight, fusion, n_val, _ = federation_score_fit(grid, cfg, enc_conf, arrays, nodes)
         else:
-            end_weight, n_val = known
+            end_weight, fusion, n_val = known
         log.info(
-            "calibration: END weight %.4g from %d validation sequences%s",
+            "calibration: END weight %.4g, context part %s, from %d validation sequences%s",
             end_weight,
+            "none" if fusion is None else f"{fusion.shift:.4g} + {fusion.scale:.4g} × largest surprisal",
             n_val,
             " (fitted for the last round's evaluation)" if known is not None else "",
         )
@@ -453,7 +490,9 @@ def calibration_phase(
         {
             "arrays": arrays,
             ENCODER_RECORD: encoder,
-            "config": ConfigRecord({"hist-bins": fed.histogram_bins, "end-weight": end_weight}),
+            "config": ConfigRecord(
+                {"hist-bins": fed.histogram_bins, "end-weight": end_weight, **fusion_to_config(fusion)}
+            ),
         }
     )
     bins = _bins(fed.histogram_bins)
@@ -480,6 +519,7 @@ def calibration_phase(
     return {
         "global_threshold": float(threshold),
         "end_weight": float(end_weight),
+        "context_fusion": None if fusion is None else fusion.to_dict(),
         "rule": "contamination" if cal.contamination > 0 else "false-alarm-rate",
         "rate": float(rate),
         "confidence": float(cal.confidence),
@@ -509,6 +549,7 @@ def report_phase(
     conf: dict[str, Any] = {
         "global-threshold": float(calibration["global_threshold"]),
         "end-weight": float(calibration["end_weight"]),
+        **fusion_to_config(ContextFusion.from_dict(calibration.get("context_fusion"))),
         "hist-bins": fed.histogram_bins,
         "run-name": fed.run_name,
         "run-path": str(run.root),
@@ -589,6 +630,7 @@ def save_global_model(
         threshold=threshold,
         global_threshold=threshold,
         end_weight=float(calibration["end_weight"]),
+        context_fusion=ContextFusion.from_dict(calibration.get("context_fusion")),
     )
     return det.save(run.model_dir)
 
@@ -639,7 +681,7 @@ def run_federation(grid: Grid, cfg: AppConfig) -> dict[str, Any]:
     else:
         encoder, key_print, arrays, done, strat_state, strat_before = resumed
     enc_conf = encoder_to_config(encoder, key_print)
-    spread_memo = EndWeightMemo()
+    spread_memo = ScoreFitMemo()
     arrays = training_phase(grid, cfg, run, enc_conf, arrays, done, strat_state, strat_before, spread_memo)
     state = run.read_state()
     rounds = state.last_round if state else done

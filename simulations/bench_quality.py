@@ -79,8 +79,10 @@ from common.events import ColumnMap, EventTable
 from common.metrics import detection_by_group, detection_report, threshold_for_far
 from common.scoring import (
     WEIGHTED_END_AGGREGATES,
+    ContextFusion,
     EventScores,
     aggregate,
+    context_fusion_from_moments,
     end_weight_from_moments,
     spread_moments,
 )
@@ -150,10 +152,10 @@ def standard_split(
             test_ev, val_ev = (
                 (scored.events, val_events) if end else (_no_end(scored.events), _no_end(val_events))
             )
-            sc = _score_config(cfg, agg, val_ev)
-            scores = aggregate(test_ev, sc)
+            sc, fusion = _score_parts(cfg, agg, val_ev)
+            scores = aggregate(test_ev, sc, fusion)
             cal = cfg.calibration
-            threshold = threshold_for_far(aggregate(val_ev, sc), cal.false_alarm_rate, cal.confidence)
+            threshold = threshold_for_far(aggregate(val_ev, sc, fusion), cal.false_alarm_rate, cal.confidence)
             rep = detection_report(labels, scores, threshold)
             types = scored.attack_types
             rows.append(
@@ -380,9 +382,9 @@ def hdfs(
         halves = _group_halves(content_groups(held), seed + k)
         for agg, end in per_agg:
             held_events, ab_events = (held_all, ab_all) if end else (_no_end(held_all), _no_end(ab_all))
-            sc = _score_config(cfg, agg, held_events)
-            held_scores = aggregate(held_events, sc)
-            ab_scores = aggregate(ab_events, sc)
+            sc, fusion = _score_parts(cfg, agg, held_events)
+            held_scores = aggregate(held_events, sc, fusion)
+            ab_scores = aggregate(ab_events, sc, fusion)
             cal = cfg.calibration
             threshold = threshold_for_far(held_scores, cal.false_alarm_rate, cal.confidence)
             recall = float((ab_scores > threshold).mean())
@@ -476,10 +478,15 @@ def _variants(cfg: DetectorConfig) -> list[tuple[str, bool]]:
     return [(agg, True) for agg in AGGREGATES] + without if cfg.model.end_event else without
 
 
-def _score_config(cfg: DetectorConfig, agg: str, normal: EventScores) -> ScoreConfig:
-    """``cfg.score`` with aggregate ``agg`` and its END weight fitted on ``normal``, as a detector does."""
+def _score_parts(
+    cfg: DetectorConfig, agg: str, normal: EventScores
+) -> tuple[ScoreConfig, ContextFusion | None]:
+    """``cfg.score`` with aggregate ``agg`` and its END weight fitted on ``normal``, and the context
+    fusion fitted there too, as a detector does."""
     sc = dataclasses.replace(cfg.score, aggregate=agg)
-    return dataclasses.replace(sc, end_weight=end_weight_from_moments(spread_moments(normal, sc), sc))
+    moments = spread_moments(normal, sc)
+    sc = dataclasses.replace(sc, end_weight=end_weight_from_moments(moments, sc))
+    return sc, context_fusion_from_moments(moments, sc.end_weight)
 
 
 def _no_end(events: EventScores) -> EventScores:

@@ -66,7 +66,7 @@ def deeplog_scores(model: NextEventModel, data: EncodedSequences, window: int, b
         tokens = torch.cat([torch.full((len(x), 1), BOS, dtype=torch.long), x], dim=1)
         ctx = torch.zeros((*tokens.shape, c), dtype=torch.long)
         num = torch.zeros((*tokens.shape, f))
-        logits, _, _ = model(tokens, ctx, num)
+        logits, _, _, _ = model(tokens, ctx, num)
         logp = next_event_logp(logits[:, -1])
         y = torch.from_numpy(ys[start : start + batch])
         out[start : start + len(y)] = -logp.gather(1, y.unsqueeze(1)).squeeze(1).numpy()

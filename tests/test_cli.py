@@ -788,6 +788,68 @@ def test_a_model_saved_before_the_numeric_head_read_the_next_event_still_loads(
         np.testing.assert_array_equal(loaded.decision_function(table), fitted.decision_function(table))
 
 
+def test_an_unlikely_device_is_scored_through_the_context_part_and_saved(
+    workspace: dict[str, Path], tmp_path: Path
+) -> None:
+    from common.config import DETECTOR_META, load_config_file, parse_detector_config, with_overrides
+    from common.detector import SequenceDetector
+    from common.events import ColumnMap
+    from common.tableio import from_frame
+
+    rng = np.random.default_rng(0)
+    columns = ColumnMap(sequence="sequence", event="event", order="order", context=("device",), label="label")
+
+    def with_devices(frame: pd.DataFrame) -> pd.DataFrame:
+        ids = frame["sequence"].unique()
+        device = dict(zip(ids, rng.choice(["phone", "laptop"], size=len(ids), p=[0.7, 0.3]), strict=True))
+        return frame.assign(device=frame["sequence"].map(device))
+
+    train = from_frame(with_devices(make_frame(5, 80, 0, "tr")), columns)
+    validation = from_frame(with_devices(make_frame(6, 40, 0, "va")), columns)
+    cfg = parse_detector_config(load_config_file(workspace["config"]))
+    config = with_overrides(cfg, model={"context_head": True}, train={"epochs": 20, "lr": 0.02})
+    det = SequenceDetector(config).fit(train, validation)
+    assert det.context_fusion_ is not None and det.context_fusion_.scale > 0
+    # the same events on a device never seen in training: the context part decides, and flags it
+    one = make_frame(7, 1, 0, "x")
+    usual = from_frame(one.assign(device="phone"), columns)
+    tablet = from_frame(one.assign(device="tablet"), columns)
+    s_usual, s_tablet = det.decision_function(usual)[0], det.decision_function(tablet)[0]
+    assert s_tablet > det.threshold_ and s_tablet > s_usual + 1.0
+    why = det.explain(tablet, "x000")
+    assert why.score_parts is not None and why.score_terms is not None
+    assert "largest context surprisal" in why.score_parts and why.score == pytest.approx(s_tablet)
+    assert why.score_terms["context_score"] == pytest.approx(s_tablet)
+    per_event = [ev.context_surprisal for ev in why.events[: why.n_events]]
+    assert all(x is not None for x in per_event) and why.events[-1].context_surprisal is None  # END
+    assert max(x for x in per_event if x is not None) == pytest.approx(why.score_terms["context_surprisal"])
+    assert "context " in why.to_text() and why.to_dict()["events"][0]["context_surprisal"] == per_event[0]
+    from client.results import event_frame
+
+    frame = event_frame(det, det.score_table(tablet, expected_k=1), tablet, 1)
+    np.testing.assert_allclose(
+        frame["context_surprisal"].to_numpy()[:-1], np.array(per_event, float), rtol=1e-6
+    )
+
+    # saved and loaded: the same scores and fusion
+    det.save(tmp_path / "m")
+    loaded = SequenceDetector.load(tmp_path / "m")
+    assert loaded.context_fusion_ == det.context_fusion_
+    np.testing.assert_array_equal(loaded.decision_function(validation), det.decision_function(validation))
+
+    # a model saved before the context head existed: context values are inputs only, as they were
+    old = SequenceDetector(with_overrides(config, model={"context_head": False})).fit(train, validation)
+    assert old.context_fusion_ is None and old.model_.context_trunk is None
+    old.save(tmp_path / "old")
+    meta_path = tmp_path / "old" / DETECTOR_META
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    del meta["config"]["model.context-head"], meta["context_fusion"]
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    reloaded = SequenceDetector.load(tmp_path / "old")
+    assert reloaded.config.model.context_head is False and reloaded.context_fusion_ is None
+    np.testing.assert_array_equal(reloaded.decision_function(tablet), old.decision_function(tablet))
+
+
 def test_explain_text_and_json(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     base = ["explain", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
     code = main([*base, "--sequence", "te020"])

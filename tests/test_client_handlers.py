@@ -36,8 +36,15 @@ from common.detector import SequenceDetector
 from common.events import EventTable
 from common.metrics import unresolved_rate
 from common.model import build_model, shape_of
-from common.protocol import ENCODER_RECORD, SetupStats, encoder_to_config, merge_setup
-from common.scoring import MIN_SPREAD_SEQUENCES
+from common.protocol import (
+    ENCODER_RECORD,
+    FUSION_SCALE,
+    FUSION_SHIFT,
+    SetupStats,
+    encoder_to_config,
+    merge_setup,
+)
+from common.scoring import MIN_SPREAD_SEQUENCES, N_SPREAD_MOMENTS, ContextFusion
 from common.tableio import write_table
 from server.app import run_federation
 from simulations.inprocess import InProcessGrid as FakeGrid
@@ -52,6 +59,7 @@ TINY = {
     "federation.histogram-bins": 40,
     "train.batch-size": 16,
     "federation.local-epochs": 1,
+    "model.context-head": True,  # the demo data has device, channel and country: exercise that path
 }
 SIM = {**TINY, "data.synthetic-users": 24}
 R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
@@ -199,7 +207,7 @@ def test_evaluate_and_calibration_handlers(shared: dict[str, Any]) -> None:
     )
     spread_metrics = record(spread.content, "metrics", MetricRecord)
     moments = numbers(spread_metrics, "spread-moments")
-    assert len(moments) == 5 and moments[0] == number(spread_metrics, "num-examples") > 0
+    assert len(moments) == N_SPREAD_MOMENTS and moments[0] == number(spread_metrics, "num-examples") > 0
     hist = client_app.calib_hist(
         instruction(
             RecordDict({**base, "config": ConfigRecord({"hist-bins": 40, "end-weight": 0.5})}),
@@ -220,6 +228,16 @@ def test_evaluate_and_calibration_handlers(shared: dict[str, Any]) -> None:
     heavier = numbers(record(heavier_reply.content, "metrics", MetricRecord), "hist")
     # a larger END weight moves every validation score up: the histogram's mass shifts right
     assert _mean_bin(heavier) > _mean_bin(counts)
+    # the federation's context fusion reaches the scores (the demo data has device, channel, country)
+    fused_conf = ConfigRecord({"hist-bins": 40, "end-weight": 0.5, FUSION_SHIFT: 50.0, FUSION_SCALE: 1.0})
+    fused_reply = client_app.calib_hist(
+        instruction(RecordDict({**base, "config": fused_conf}), "query.calib_hist"), ctx
+    )
+    fused = numbers(record(fused_reply.content, "metrics", MetricRecord), "hist")
+    assert sum(fused) == sum(counts) and _mean_bin(fused) > _mean_bin(counts)
+    half = ConfigRecord({"hist-bins": 40, "end-weight": 0.5, FUSION_SHIFT: 1.0})
+    with pytest.raises(RuntimeError, match="without its pair"):
+        client_app.calib_hist(instruction(RecordDict({**base, "config": half}), "query.calib_hist"), ctx)
 
 
 def _mean_bin(counts: list[float]) -> float:
@@ -389,6 +407,11 @@ def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:
     # round's model is the final one, so its weight and AUROC are the final ones
     assert all(r["end-weight"] > 0 for r in rows) and rows[-1]["end-weight"] == pytest.approx(weight)
     assert rows[-1]["auroc"] == pytest.approx(rep["auroc_histogram"])
+    # the context fusion likewise (the demo data has device, channel and country)
+    fusion = ContextFusion.from_dict(final["calibration"]["context_fusion"])
+    assert fusion is not None and det.context_fusion_ == fusion
+    assert rows[-1]["context-scale"] == pytest.approx(fusion.scale)
+    assert rows[-1]["context-shift"] == pytest.approx(fusion.shift)
     # ... so calibration reuses the last round's fit: one spread query per node and round, none more
     spread = [m for m in grid.sent if m.metadata.message_type == "query.calib_spread"]
     assert len(spread) == 2 * 2
@@ -397,7 +420,7 @@ def test_federation_writes_run_dir_and_loadable_model(tmp_path: Path) -> None:
         metrics = json.loads((d / "metrics.json").read_text())
         local_det = SequenceDetector.load(d / "model")
         assert local_det.global_threshold_ == pytest.approx(final["calibration"]["global_threshold"])
-        assert local_det.end_weight_ == pytest.approx(weight)
+        assert local_det.end_weight_ == pytest.approx(weight) and local_det.context_fusion_ == fusion
         assert (d / "scores.csv").is_file() and "global" in metrics and "local" in metrics
         # a node with too few validation sequences for the target rate is told so in its report
         far = parse_config({**SIM}).detector.calibration.false_alarm_rate

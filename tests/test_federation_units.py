@@ -564,3 +564,32 @@ def test_histogram_threshold_is_conservative_on_pooled_validation() -> None:
     assert np.mean(pooled_scores > t) <= 0.01
     exact = np.quantile(pooled_scores, 0.99)
     assert exact <= t <= exact * 1.01  # within a few 0.4 % bins of the exact quantile
+
+
+def test_context_fusion_travels_as_both_keys_or_none() -> None:
+    from common.protocol import FUSION_SCALE, FUSION_SHIFT, fusion_from_config, fusion_to_config
+    from common.scoring import ContextFusion
+
+    fusion = ContextFusion(shift=-0.25, scale=0.5)
+    assert fusion_from_config(fusion_to_config(fusion)) == fusion
+    assert fusion_to_config(None) == {} and fusion_from_config({"end-weight": 0.3}) is None
+    for bad in (
+        {FUSION_SHIFT: 1.0},
+        {FUSION_SHIFT: 1.0, FUSION_SCALE: 0.0},
+        {FUSION_SHIFT: "x", FUSION_SCALE: 1.0},
+    ):
+        with pytest.raises(ConfigError):
+            fusion_from_config(bad)
+
+
+def test_the_server_asks_for_score_moments_when_an_end_weight_or_a_context_part_is_fitted() -> None:
+    from common.config import parse_config
+    from common.protocol import ENC_CONTEXT_NAMES
+    from server.app import fits_score_parts
+
+    with_context = {ENC_CONTEXT_NAMES: ["device"]}
+    assert fits_score_parts(parse_config({}), {})  # the END weight
+    no_end = parse_config({"model.end-event": False, "model.context-head": True})
+    assert not fits_score_parts(no_end, {}) and fits_score_parts(no_end, with_context)
+    assert not fits_score_parts(parse_config({"model.end-event": False}), with_context)  # no context head
+    assert not fits_score_parts(parse_config({"score.fit-end-weight": False}), {})

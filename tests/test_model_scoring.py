@@ -14,11 +14,21 @@ from common.model import NetworkShape, build_model
 from common.scoring import (
     EventScores,
     aggregate,
+    context_fusion_from_moments,
+    context_part,
     end_weight_from_moments,
     score_events,
     spread_moments,
 )
-from common.train import EpochStats, LossTotals, chunk_counts, evaluate_loss, fit_model
+from common.train import (
+    EpochStats,
+    LossTotals,
+    chunk_counts,
+    chunk_loss,
+    context_present,
+    evaluate_loss,
+    fit_model,
+)
 from common.vocab import BOS, END, PAD
 
 CPU = torch.device("cpu")
@@ -38,7 +48,7 @@ def encoded(seqs, *, c=0, f=0, seed=0):
     )
 
 
-def tiny(kind="lstm", vocab=8, c=0, f=0, end=True, given=True):
+def tiny(kind="lstm", vocab=8, c=0, f=0, end=True, given=True, context_head=True):
     cfg = ModelConfig(
         kind=kind,
         embed_dim=8,
@@ -49,6 +59,7 @@ def tiny(kind="lstm", vocab=8, c=0, f=0, end=True, given=True):
         dropout=0.0,
         end_event=end,
         numeric_given_event=given,
+        context_head=context_head,
     )
     return build_model(cfg, NetworkShape(vocab, (3,) * c, f), seed=1)
 
@@ -280,6 +291,100 @@ def test_end_weight_falls_back_to_the_configured_one():
     assert end_weight_from_moments(spread_moments(no_end, few), few) == 0.7
 
 
+def _with_context(events: EventScores, seed: int) -> EventScores:
+    rng = np.random.default_rng(seed)
+    return dataclasses.replace(
+        events, context_surprisal=rng.gamma(1.5, 2.0, size=len(events.score)).astype(np.float32)
+    )
+
+
+def test_context_fusion_matches_the_scores_spread_and_parties_merge_exactly() -> None:
+    sc = ScoreConfig(aggregate="mean")
+    a, b = _with_context(_ended(40, 0), 2), _with_context(_ended(25, 1), 3)
+    merged = spread_moments(a, sc) + spread_moments(b, sc)
+    w = end_weight_from_moments(merged, sc)
+    fusion = context_fusion_from_moments(merged, w)
+    assert fusion is not None and fusion.scale > 0
+    weighted = dataclasses.replace(sc, end_weight=w)
+    score = np.concatenate([aggregate(x, weighted) for x in (a, b)])
+    largest = np.concatenate([context_part(x) for x in (a, b)])
+    # the context part (each sequence's largest context surprisal) mapped onto the score's mean and spread
+    assert a.context_surprisal is not None and largest[0] == a.context_surprisal[a.of(0)].max()
+    mapped = fusion.shift + fusion.scale * largest
+    assert mapped.mean() == pytest.approx(score.mean(), rel=1e-9)
+    assert mapped.std() == pytest.approx(score.std(), rel=1e-9)
+    # the sequence score is the larger of the two
+    fused = aggregate(a, weighted, fusion)
+    np.testing.assert_allclose(fused, np.maximum(aggregate(a, weighted), mapped[:40]), rtol=1e-12)
+    assert (fused > aggregate(a, weighted)).any() and (fused == aggregate(a, weighted)).any()
+    # an aggregate without an END weight: the whole score is the part matched
+    top = ScoreConfig(aggregate="max")
+    f_max = context_fusion_from_moments(spread_moments(a, top), 0.7)
+    assert f_max is not None
+    assert (f_max.scale * context_part(a)).std() == pytest.approx(aggregate(a, top).std(), rel=1e-9)
+    # no context part: no context head, too few sequences, or a constant context part
+    assert context_fusion_from_moments(spread_moments(_ended(40, 0), sc), w) is None
+    few = _with_context(_ended(scoring.MIN_SPREAD_SEQUENCES - 1, 0), 1)
+    assert context_fusion_from_moments(spread_moments(few, sc), w) is None
+    flat = dataclasses.replace(a, context_surprisal=np.ones_like(a.score))
+    assert context_fusion_from_moments(spread_moments(flat, sc), w) is None
+    assert np.array_equal(aggregate(_ended(40, 0), sc, fusion), aggregate(_ended(40, 0), sc))
+
+
+def test_the_context_head_learns_an_events_context_and_scores_an_unlikely_one() -> None:
+    """Views come from device 1, payments from device 2: a payment from device 1 is surprising."""
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.choice([3, 4], size=int(rng.integers(8, 16)))) for _ in range(48)]
+    data = encoded(seqs, c=1)
+    data.context[:, 0] = np.where(data.tokens == 4, 2, 1)
+    cfg = TrainConfig(epochs=12, lr=0.02, chunk_len=16, batch_size=8, patience=12, seed=0)
+    torch.manual_seed(0)
+    model = tiny("lstm", c=1)
+    assert model.context_trunk is not None
+    fit_model(model, data, data, cfg, CPU)
+    usual = score_events(model, data, ScoreConfig(), CPU).context_surprisal
+    assert usual is not None and float(usual.mean()) < 0.1
+    swapped = dataclasses.replace(data, context=3 - data.context)  # every event on the other device
+    odd = score_events(model, swapped, ScoreConfig(), CPU).context_surprisal
+    assert odd is not None and float(odd.min()) > 2.0
+    # the head reads the event: the same history, another next event, other context odds
+    tokens, ctx = torch.tensor([[BOS, 3, 4]]), torch.tensor([[[0], [1], [2]]])
+    num = torch.zeros(1, 3, 0)
+    as_views = model(tokens, ctx, num, None, torch.tensor([[3, 3, 3]]))[2]
+    as_payments = model(tokens, ctx, num, None, torch.tensor([[4, 4, 4]]))[2]
+    assert len(as_views) == 1 and not torch.allclose(as_views[0], as_payments[0])
+    assert model(tokens, ctx, num)[2] == ()  # without the next events: no context predicted
+    # without the head (or without context columns) there is no context part
+    plain = tiny("lstm", c=1, context_head=False)
+    assert plain.context_trunk is None
+    assert score_events(plain, data, ScoreConfig(), CPU).context_surprisal is None
+    assert score_events(tiny("lstm"), encoded(seqs), ScoreConfig(), CPU).context_surprisal is None
+
+
+def test_local_training_leaves_the_context_ids_it_does_not_hold_alone() -> None:
+    """A federation's shared vocabulary holds categories some institutions never see: their
+    training must not push those down (a restricted softmax), but it does teach that an
+    unseen value (id 0) is unlikely."""
+    data = encoded([[3, 4, 5, 3]] * 4, c=1)
+    data.context[:, 0] = 1  # this institution holds id 1 only; id 2 is another's
+    model = tiny("lstm", c=1)
+    present = context_present(data, model)
+    assert present[0].tolist() == [True, True, False]
+    batch = make_batch(data, np.arange(4), end=True)
+    moved = {}
+    for name, restricted in (("full", None), ("restricted", present)):
+        model.zero_grad()
+        loss, *_ = chunk_loss(model, batch, slice(0, batch.max_len), None, 1.0, None, restricted)
+        loss.backward()
+        grad = model.context_heads[0].bias.grad
+        assert grad is not None and bool(grad[0] != 0)
+        moved[name] = bool(grad[2] != 0)
+    assert moved == {"full": True, "restricted": False}
+    # with every id present (a fit on data whose vocabulary it built) nothing is restricted
+    data.context[:2, 0] = 2
+    assert all(bool(p.all()) for p in context_present(data, model))
+
+
 def test_numeric_residual_enters_event_score():
     model = tiny("lstm", f=1)
     data = encoded([[3, 4, 5, 3]], f=1)
@@ -313,8 +418,8 @@ def test_the_numeric_head_reads_the_next_event() -> None:
     model = tiny("lstm", f=1)
     tokens = torch.tensor([[BOS, 3, 4]])
     ctx, num = torch.zeros(1, 3, 0, dtype=torch.int64), torch.zeros(1, 3, 1)
-    _, as_views, _ = model(tokens, ctx, num, None, torch.tensor([[3, 3, 3]]))
-    _, as_payments, _ = model(tokens, ctx, num, None, torch.tensor([[4, 4, 4]]))
+    _, as_views, _, _ = model(tokens, ctx, num, None, torch.tensor([[3, 3, 3]]))
+    _, as_payments, _, _ = model(tokens, ctx, num, None, torch.tensor([[4, 4, 4]]))
     assert as_views is not None and as_payments is not None
     assert not torch.allclose(as_views, as_payments)
     assert model(tokens, ctx, num)[1] is None  # without the next events: no numbers predicted
