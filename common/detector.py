@@ -59,7 +59,6 @@ from common.scoring import (
     EventScores,
     aggregate,
     context_fusion_from_moments,
-    context_part,
     end_weight_from_moments,
     score_events,
     spread_moments,
@@ -485,11 +484,11 @@ class SequenceDetector:
         self.model_.to(self.device)
         events = score_events(self.model_, data, sc, self.device, expected_k=expected_k, progress=progress)
         # the fitted fusion belongs to this detector's own score (another aggregate has other spreads)
-        fusion = self.context_fusion_ if sc == self.score_config_ else None
+        fusion = self.context_fusion_ if _scores_alike(sc, self.score_config_) else None
         base = aggregate(events, sc)
         mapped = None
         if fusion is not None and events.context_surprisal is not None:
-            mapped = fusion.shift + fusion.scale * context_part(events)
+            mapped = fusion.on_score_scale(events)
         return ScoredTable(
             data,
             events,
@@ -599,8 +598,11 @@ class SequenceDetector:
         residuals = ev.residual[sl].tolist()
         any_unseen = (data.context[sl] == 0).any(axis=1).tolist() if context_names else [False] * n
         orders: list[str] | list[None] = scored.order_texts(sl) or [None] * n
-        context_sur: list[float] | list[None] = (
-            ev.context_surprisal[sl].tolist() if ev.context_surprisal is not None else [None] * n
+        # an unseen event's context is not judged (NaN): shown as none
+        context_sur: list[float | None] = (
+            [None if math.isnan(x) else x for x in ev.context_surprisal[sl].tolist()]
+            if ev.context_surprisal is not None
+            else [None] * n
         )
         columns = zip(
             tokens.tolist(),
@@ -658,7 +660,8 @@ class SequenceDetector:
         base = float(scored.scores[i] if scored.events_part is None else scored.events_part[i])
         terms = self._score_terms(base, end)
         if scored.context_score is not None and ev.context_surprisal is not None and n:
-            terms["context_surprisal"] = float(ev.context_surprisal[sl].max())
+            largest = float(np.fmax.reduce(ev.context_surprisal[sl]))  # fmax: unseen events left out
+            terms["context_surprisal"] = 0.0 if math.isnan(largest) else largest
             terms["context_score"] = float(scored.context_score[i])
         p_value = float(self.p_values_from_scores(scored.scores[i : i + 1])[0])
         return SequenceExplanation(
@@ -706,6 +709,8 @@ class SequenceDetector:
             )
         if "context_score" not in terms:
             return text
+        if "end_weight" not in terms:
+            text = f"{text} {terms['steps']:.3f}"
         fusion = self.context_fusion_
         assert fusion is not None
         return (
@@ -836,6 +841,12 @@ class SequenceDetector:
         )
         det.fit_result_ = fit_result
         return det
+
+
+def _scores_alike(a: ScoreConfig, b: ScoreConfig) -> bool:
+    """Whether two score configs give the same scores (the batch size and whether the END weight
+    is fitted do not change a score once the weight is set)."""
+    return dataclasses.replace(a, batch_size=b.batch_size, fit_end_weight=b.fit_end_weight) == b
 
 
 def _fit_result_from(saved: object) -> FitResult | None:

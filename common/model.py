@@ -5,7 +5,7 @@ scaled numeric features of the *previous* event, runs a recurrent encoder, and
 predicts the distribution of the next event and, when numeric features exist,
 the next numeric values: with ``model.numeric-given-event`` (the default) from
 the recurrent state *and* the next event's embedding, so that a payment's amount
-is predicted as a payment's. With ``model.context-head`` (the default) it also
+is predicted as a payment's. With ``model.context-head`` (off by default) it also
 predicts the next event's categorical context values (device, channel, ...)
 from the same two inputs. Shapes: B = batch, L = time steps (a chunk),
 V = vocabulary size, C = context columns, F = numeric features, H = hidden,

@@ -345,12 +345,9 @@ def fusion_from_config(conf: Mapping[str, Any]) -> ContextFusion | None:
             f"different seqwatch versions"
         )
     try:
-        shift, scale = float(conf[FUSION_SHIFT]), float(conf[FUSION_SCALE])
+        return ContextFusion(shift=float(conf[FUSION_SHIFT]), scale=float(conf[FUSION_SCALE]))
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"the message's context fusion is not numeric ({exc})") from exc
-    if not (np.isfinite(shift) and np.isfinite(scale) and scale > 0):
-        raise ConfigError(f"the message's context fusion is invalid (shift {shift!r}, scale {scale!r})")
-    return ContextFusion(shift=shift, scale=scale)
+        raise ConfigError(f"the message's context fusion is invalid ({exc})") from exc
 
 
 # --------------------------------------------------------------------------- score histograms

@@ -12,6 +12,7 @@ score (:class:`ContextFusion`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,9 @@ SCORE_CHUNK = 512
 MIN_SPREAD_SEQUENCES = 20
 #: Length of :func:`spread_moments`: n, sum b, sum b^2, sum e, sum e^2, sum b*e, sum c, sum c^2.
 N_SPREAD_MOMENTS = 8
+#: Smallest spread (nats) of the context part on validation normals from which a context fusion is
+#: fitted: below it the part is constant there, and float noise would set its scale.
+MIN_CONTEXT_SPREAD = 1e-3
 #: Averaging aggregates: the END step enters them with a weight.
 WEIGHTED_END_AGGREGATES = ("mean", "window", "window-min")
 
@@ -55,7 +59,8 @@ class EventScores:
 
     With a context head: context_surprisal (N,) -log p(the event's context values |
     event, prefix), summed over the context columns, nats (not part of ``score``:
-    see :class:`ContextFusion`).
+    see :class:`ContextFusion`); NaN for an event unseen in training, whose
+    context the head has never learned to expect.
     """
 
     offsets: np.ndarray
@@ -198,6 +203,8 @@ def score_events(
                 for j, lg in enumerate(ctx_logits):
                     logp_j = torch.log_softmax(lg.float(), dim=-1)  # (B, l, n_j)
                     ctx_sur -= logp_j.gather(-1, ctx_tgt[:, :, j : j + 1]).squeeze(-1)
+                # an event unseen in training: its context cannot be judged (as its numbers)
+                ctx_sur = ctx_sur.masked_fill(tgt == UNK, float("nan"))
                 context_surprisal[dst] = ctx_sur.cpu().numpy()[ev_b, ev_t]
         if progress is not None:
             progress(int(n_events.sum()))
@@ -239,8 +246,19 @@ class ContextFusion:
     shift: float
     scale: float
 
-    def apply(self, events_part: np.ndarray, context: np.ndarray) -> np.ndarray:
-        return np.maximum(events_part, self.shift + self.scale * context)
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.shift) and math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(
+                "a context fusion needs a finite shift and a positive scale, "
+                f"got {self.shift!r} and {self.scale!r}"
+            )
+
+    def on_score_scale(self, events: EventScores) -> np.ndarray:
+        """(S,) the context part of each sequence on the events part's scale; -inf for a
+        sequence without events (no context to judge)."""
+        mapped = self.shift + self.scale * context_part(events)
+        mapped[np.diff(events.offsets) == 0] = -np.inf
+        return mapped
 
     def to_dict(self) -> dict[str, float]:
         return {"shift": float(self.shift), "scale": float(self.scale)}
@@ -254,15 +272,16 @@ class ContextFusion:
 
 
 def context_part(events: EventScores) -> np.ndarray:
-    """(S,) each sequence's largest context surprisal; 0 for an empty sequence or without a context head."""
+    """(S,) each sequence's largest context surprisal (events unseen in training left out); 0 for
+    a sequence without any judged event, or without a context head."""
     lengths = np.diff(events.offsets)
     out = np.zeros(len(lengths), dtype=np.float64)
     if events.context_surprisal is None:
         return out
     nonempty = lengths > 0
     values = events.context_surprisal.astype(np.float64)
-    out[nonempty] = np.maximum.reduceat(values, events.offsets[:-1][nonempty])
-    return out
+    out[nonempty] = np.fmax.reduceat(values, events.offsets[:-1][nonempty])  # fmax: NaN left out
+    return np.nan_to_num(out, nan=0.0)
 
 
 def aggregate(events: EventScores, config: ScoreConfig, fusion: ContextFusion | None = None) -> np.ndarray:
@@ -289,7 +308,7 @@ def aggregate(events: EventScores, config: ScoreConfig, fusion: ContextFusion | 
     base = _events_part(events, config)
     if fusion is None or events.context_surprisal is None:
         return base
-    return fusion.apply(base, context_part(events))
+    return np.maximum(base, fusion.on_score_scale(events))
 
 
 def _events_part(events: EventScores, config: ScoreConfig) -> np.ndarray:
@@ -361,7 +380,7 @@ def context_fusion_from_moments(moments: np.ndarray | list[float], end_weight: f
     mb, me, mc = sb / n, se / n, sc / n
     var_score = (sbb / n - mb * mb) + w * w * (see / n - me * me) + 2 * w * (sbe / n - mb * me)
     var_c = scc / n - mc * mc
-    if var_c <= 1e-12 or var_score <= 1e-12:
+    if var_c < MIN_CONTEXT_SPREAD**2 or var_score <= 1e-12:
         return None
     scale = float(np.sqrt(var_score / var_c))
     return ContextFusion(shift=float(mb + w * me - scale * mc), scale=scale)

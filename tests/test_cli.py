@@ -6,6 +6,7 @@ the score / explain / report tests, so the whole file runs in seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import re
@@ -25,7 +26,7 @@ from client.cli import main
 from client.datafiles import LAYOUT_FILE
 from client.results import write_frame
 from common.detector import SequenceDetector
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError, ModelFileError
 from common.events import CANONICAL
 from common.tableio import read_table
 
@@ -831,11 +832,26 @@ def test_an_unlikely_device_is_scored_through_the_context_part_and_saved(
         frame["context_surprisal"].to_numpy()[:-1], np.array(per_event, float), rtol=1e-6
     )
 
+    # another aggregate has other spreads: scored with it, the fusion is left out; a batch size is no score
+    from common.config import ScoreConfig
+
+    other = det.score_table(tablet, ScoreConfig(aggregate="max"))
+    assert other.events_part is None and other.context_score is None
+    bigger = det.score_table(tablet, dataclasses.replace(det.score_config_, batch_size=7))
+    assert bigger.scores[0] == pytest.approx(s_tablet)
+
     # saved and loaded: the same scores and fusion
     det.save(tmp_path / "m")
     loaded = SequenceDetector.load(tmp_path / "m")
     assert loaded.context_fusion_ == det.context_fusion_
     np.testing.assert_array_equal(loaded.decision_function(validation), det.decision_function(validation))
+    # a damaged fusion is refused when the model loads, not turned into NaN scores
+    meta_path = tmp_path / "m" / DETECTOR_META
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["context_fusion"] = {"shift": "nan", "scale": -2}
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ModelFileError, match="context fusion"):
+        SequenceDetector.load(tmp_path / "m")
 
     # a model saved before the context head existed: context values are inputs only, as they were
     old = SequenceDetector(with_overrides(config, model={"context_head": False})).fit(train, validation)

@@ -577,6 +577,8 @@ def test_context_fusion_travels_as_both_keys_or_none() -> None:
         {FUSION_SHIFT: 1.0},
         {FUSION_SHIFT: 1.0, FUSION_SCALE: 0.0},
         {FUSION_SHIFT: "x", FUSION_SCALE: 1.0},
+        {FUSION_SHIFT: float("nan"), FUSION_SCALE: 1.0},
+        {FUSION_SHIFT: 0.0, FUSION_SCALE: float("inf")},
     ):
         with pytest.raises(ConfigError):
             fusion_from_config(bad)

@@ -48,7 +48,7 @@ def encoded(seqs, *, c=0, f=0, seed=0):
     )
 
 
-def tiny(kind="lstm", vocab=8, c=0, f=0, end=True, given=True, context_head=True):
+def tiny(kind="lstm", vocab=8, c=0, f=0, end=True, given=True, context_head=False):
     cfg = ModelConfig(
         kind=kind,
         embed_dim=8,
@@ -107,9 +107,10 @@ def test_batches_group_by_length_and_respect_token_budget():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_scores_are_causal(kind):
+@pytest.mark.parametrize("context_head", [False, True], ids=["inputs", "context-head"])
+def test_scores_are_causal(kind, context_head):
     """Changing a later event must not change the scores of earlier ones."""
-    model = tiny(kind, c=1, f=1)
+    model = tiny(kind, c=1, f=1, context_head=context_head)
     a = encoded([[3, 4, 5, 6, 7, 3]], c=1, f=1)
     b = encoded([[3, 4, 5, 6, 7, 3]], c=1, f=1)
     b.tokens[4] = 5
@@ -117,11 +118,18 @@ def test_scores_are_causal(kind):
     sb = score_events(model, b, ScoreConfig(), CPU)
     np.testing.assert_allclose(sa.surprisal[:4], sb.surprisal[:4], rtol=1e-5)
     assert not np.allclose(sa.surprisal[4:], sb.surprisal[4:])
+    if context_head:
+        assert sa.context_surprisal is not None and sb.context_surprisal is not None
+        np.testing.assert_allclose(sa.context_surprisal[:4], sb.context_surprisal[:4], rtol=1e-5)
+        assert not np.allclose(sa.context_surprisal[4:], sb.context_surprisal[4:])
+    else:
+        assert sa.context_surprisal is None
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_chunked_scoring_equals_one_pass_and_padding_is_inert(kind, monkeypatch):
-    model = tiny(kind, c=1, f=2)
+@pytest.mark.parametrize("context_head", [False, True], ids=["inputs", "context-head"])
+def test_chunked_scoring_equals_one_pass_and_padding_is_inert(kind, context_head, monkeypatch):
+    model = tiny(kind, c=1, f=2, context_head=context_head)
     rng = np.random.default_rng(3)
     seqs = [rng.integers(3, 8, size=n).tolist() for n in (40, 7, 23)]
     data = encoded(seqs, c=1, f=2)
@@ -134,6 +142,13 @@ def test_chunked_scoring_equals_one_pass_and_padding_is_inert(kind, monkeypatch)
     np.testing.assert_allclose(whole.end_surprisal, chunked.end_surprisal, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(whole.end_surprisal[1:2], alone.end_surprisal, rtol=1e-4, atol=1e-5)
     assert (whole.rank >= 1).all() and (whole.end_rank >= 1).all()
+    if context_head:
+        assert whole.context_surprisal is not None and chunked.context_surprisal is not None
+        assert alone.context_surprisal is not None
+        np.testing.assert_allclose(whole.context_surprisal, chunked.context_surprisal, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            whole.context_surprisal[whole.of(1)], alone.context_surprisal, rtol=1e-4, atol=1e-5
+        )
 
 
 def test_scoring_progress_counts_every_event_once_per_batch() -> None:
@@ -339,7 +354,7 @@ def test_the_context_head_learns_an_events_context_and_scores_an_unlikely_one() 
     data.context[:, 0] = np.where(data.tokens == 4, 2, 1)
     cfg = TrainConfig(epochs=12, lr=0.02, chunk_len=16, batch_size=8, patience=12, seed=0)
     torch.manual_seed(0)
-    model = tiny("lstm", c=1)
+    model = tiny("lstm", c=1, context_head=True)
     assert model.context_trunk is not None
     fit_model(model, data, data, cfg, CPU)
     usual = score_events(model, data, ScoreConfig(), CPU).context_surprisal
@@ -354,8 +369,16 @@ def test_the_context_head_learns_an_events_context_and_scores_an_unlikely_one() 
     as_payments = model(tokens, ctx, num, None, torch.tensor([[4, 4, 4]]))[2]
     assert len(as_views) == 1 and not torch.allclose(as_views[0], as_payments[0])
     assert model(tokens, ctx, num)[2] == ()  # without the next events: no context predicted
+    # an event never seen in training: the head has no idea of its context, which is not judged
+    from common.vocab import UNK
+
+    unseen = dataclasses.replace(data, tokens=np.where(np.arange(len(data.tokens)) == 2, UNK, data.tokens))
+    with_unk = score_events(model, unseen, ScoreConfig(), CPU).context_surprisal
+    assert with_unk is not None and np.isnan(with_unk[2]) and np.isfinite(np.delete(with_unk, 2)).all()
+    first = slice(int(unseen.offsets[0]), int(unseen.offsets[1]))
+    assert context_part(score_events(model, unseen, ScoreConfig(), CPU))[0] == np.nanmax(with_unk[first])
     # without the head (or without context columns) there is no context part
-    plain = tiny("lstm", c=1, context_head=False)
+    plain = tiny("lstm", c=1)
     assert plain.context_trunk is None
     assert score_events(plain, data, ScoreConfig(), CPU).context_surprisal is None
     assert score_events(tiny("lstm"), encoded(seqs), ScoreConfig(), CPU).context_surprisal is None
@@ -367,7 +390,7 @@ def test_local_training_leaves_the_context_ids_it_does_not_hold_alone() -> None:
     unseen value (id 0) is unlikely."""
     data = encoded([[3, 4, 5, 3]] * 4, c=1)
     data.context[:, 0] = 1  # this institution holds id 1 only; id 2 is another's
-    model = tiny("lstm", c=1)
+    model = tiny("lstm", c=1, context_head=True)
     present = context_present(data, model)
     assert present[0].tolist() == [True, True, False]
     batch = make_batch(data, np.arange(4), end=True)
@@ -380,6 +403,11 @@ def test_local_training_leaves_the_context_ids_it_does_not_hold_alone() -> None:
         assert grad is not None and bool(grad[0] != 0)
         moved[name] = bool(grad[2] != 0)
     assert moved == {"full": True, "restricted": False}
+    # an END step has no context to predict: whatever its context target, the context loss is the same
+    odd_end = dataclasses.replace(batch, context_target=batch.context_target.clone())
+    odd_end.context_target[~(batch.targets != END) & batch.mask] = 2
+    ctx = [chunk_loss(model, b, slice(0, batch.max_len), None, 1.0)[3] for b in (batch, odd_end)]
+    assert torch.equal(ctx[0], ctx[1])
     # with every id present (a fit on data whose vocabulary it built) nothing is restricted
     data.context[:2, 0] = 2
     assert all(bool(p.all()) for p in context_present(data, model))
