@@ -598,6 +598,7 @@ class SequenceDetector:
         residuals = ev.residual[sl].tolist()
         any_unseen = (data.context[sl] == 0).any(axis=1).tolist() if context_names else [False] * n
         orders: list[str] | list[None] = scored.order_texts(sl) or [None] * n
+        expected_ctx = self._expected_context(ev, data, sl)
         # an unseen event's context is not judged (NaN): shown as none
         context_sur: list[float | None] = (
             [None if math.isnan(x) else x for x in ev.context_surprisal[sl].tolist()]
@@ -636,6 +637,7 @@ class SequenceDetector:
                     ),
                     order=orders[t],
                     context_surprisal=context_sur[t],
+                    expected_context=expected_ctx(t),
                 )
             )
         if ev.end_surprisal is not None and ev.end_rank is not None:
@@ -675,6 +677,31 @@ class SequenceDetector:
             score_terms=terms,
             p_value=None if math.isnan(p_value) else p_value,
         )
+
+    def _expected_context(
+        self, ev: EventScores, data: EncodedSequences, sl: slice
+    ) -> Callable[[int], dict[str, tuple[str, float]]]:
+        """Event ``t`` of ``sl`` -> the context values its model expected where the actual ones
+        differ (:attr:`EventExplanation.expected_context`); none for hashed categories, whose
+        names the model does not know, or an event unseen in training (not judged)."""
+        context = self.encoder_.context
+        if ev.context_expected is None or ev.context_expected_p is None or context.hashed:
+            return lambda t: {}
+        names = self.encoder_.context_names
+        values = [context.columns[name] for name in names]
+        ids, probs = ev.context_expected[sl].tolist(), ev.context_expected_p[sl].tolist()
+        actual, tokens = data.context[sl].tolist(), data.tokens[sl].tolist()
+
+        def expected(t: int) -> dict[str, tuple[str, float]]:
+            if tokens[t] == UNK:
+                return {}
+            return {
+                name: (values[j][ids[t][j] - 1] if ids[t][j] else "<unseen>", probs[t][j])
+                for j, name in enumerate(names)
+                if ids[t][j] != actual[t][j]
+            }
+
+        return expected
 
     def _score_terms(self, score: float, end_surprisal: float | None) -> dict[str, float]:
         """The numbers of :meth:`_score_parts` for a score without context part: ``steps`` (the

@@ -50,6 +50,10 @@ class EventExplanation:
         context_surprisal: ``-log p(its context values | event, history)`` in nats, from a
             model with a context head (the largest in a sequence is its context part);
             None without one, and for the END step.
+        expected_context: with a context head, the value the model found most likely in
+            each context column where the actual one differs, with its probability
+            (``{"device": ("ios", 0.82)}``; ``<unseen>`` for a value it reads as never
+            seen; empty for a federation's hashed categories, which it cannot name).
     """
 
     position: int
@@ -63,6 +67,7 @@ class EventExplanation:
     unseen_context: dict[str, str] = field(default_factory=dict, hash=False)
     order: str | None = None
     context_surprisal: float | None = None
+    expected_context: dict[str, tuple[str, float]] = field(default_factory=dict, hash=False)
 
     def expected_text(self, k: int | None = None) -> str:
         """``"a (0.61), b (0.20)"`` for the first ``k`` expected tokens (all when ``None``)."""
@@ -86,6 +91,7 @@ class EventExplanation:
             "unseen_context": {str(k): str(v) for k, v in self.unseen_context.items()},
             "order": self.order,
             "context_surprisal": None if self.context_surprisal is None else float(self.context_surprisal),
+            "expected_context": {str(k): [str(v), float(p)] for k, (v, p) in self.expected_context.items()},
         }
 
     @classmethod
@@ -109,6 +115,9 @@ class EventExplanation:
             context_surprisal=None
             if data.get("context_surprisal") is None
             else float(data["context_surprisal"]),
+            expected_context={
+                str(k): (str(v), float(p)) for k, (v, p) in (data.get("expected_context") or {}).items()
+            },
         )
 
 
@@ -140,6 +149,13 @@ def printable_name(text: str, width: int = 24) -> str:
 def unseen_context_text(values: Mapping[str, str]) -> str:
     """``device 'iPhone 15', channel 'fax'``: context values never seen in training."""
     return ", ".join(f"{_printable(k, 24)} {_printable(repr(v), 32)}" for k, v in values.items())
+
+
+def expected_context_text(values: Mapping[str, tuple[str, float]]) -> str:
+    """``device 'ios' (0.82)``: the context values the model expected instead."""
+    return ", ".join(
+        f"{_printable(k, 24)} {_printable(repr(v), 32)} ({p:.2f})" for k, (v, p) in values.items()
+    )
 
 
 def _printable(text: str, width: int = _MAX_EVENT_WIDTH) -> str:
@@ -303,6 +319,8 @@ class SequenceExplanation:
                 parts.append("unseen context: " + unseen_context_text(ev.unseen_context))
             if ev.context_surprisal is not None:
                 parts.append(f"context {_fmt(ev.context_surprisal, 2)} nats")
+            if ev.expected_context:
+                parts.append("expected context: " + expected_context_text(ev.expected_context))
             if ev.numeric_residuals:
                 parts.append(
                     "numbers: " + ", ".join(residual_text(k, v) for k, v in ev.numeric_residuals.items())

@@ -30,6 +30,7 @@ from common.errors import DataError
 from common.explanation import (
     EventExplanation,
     SequenceExplanation,
+    expected_context_text,
     p_value_text,
     residual_text,
     unseen_context_text,
@@ -321,6 +322,8 @@ def _event_title(ev: EventExplanation) -> str:
         lines.append("unseen context: " + unseen_context_text(ev.unseen_context))
     if ev.context_surprisal is not None:
         lines.append(f"context surprisal {_num(ev.context_surprisal)} nats")
+    if ev.expected_context:
+        lines.append("expected context: " + expected_context_text(ev.expected_context))
     if ev.numeric_residuals:
         lines.append("numbers: " + ", ".join(residual_text(k, v) for k, v in ev.numeric_residuals.items()))
     if not math.isclose(ev.score, ev.surprisal, rel_tol=1e-9, abs_tol=1e-9):

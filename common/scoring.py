@@ -60,7 +60,9 @@ class EventScores:
     With a context head: context_surprisal (N,) -log p(the event's context values |
     event, prefix), summed over the context columns, nats (not part of ``score``:
     see :class:`ContextFusion`); NaN for an event unseen in training, whose
-    context the head has never learned to expect.
+    context the head has never learned to expect; with ``expected_k > 0`` also
+    context_expected (N, C), each column's most likely id, and
+    context_expected_p (N, C), its probability.
     """
 
     offsets: np.ndarray
@@ -75,6 +77,8 @@ class EventScores:
     end_expected: np.ndarray | None = None
     end_expected_p: np.ndarray | None = None
     context_surprisal: np.ndarray | None = None
+    context_expected: np.ndarray | None = None
+    context_expected_p: np.ndarray | None = None
 
     def of(self, i: int) -> slice:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
@@ -155,6 +159,9 @@ def score_events(
     residual = np.full((n, f), np.nan, dtype=np.float32)
     with_context = model.context_trunk is not None
     context_surprisal = np.zeros(n if with_context else 0, dtype=np.float32)
+    c = data.context.shape[1]
+    context_expected = np.zeros((n, c) if with_context and k else (0, 0), dtype=np.int32)
+    context_expected_p = np.zeros((n, c) if with_context and k else (0, 0), dtype=np.float32)
     expected = np.zeros((n, k), dtype=np.int32)
     expected_p = np.zeros((n, k), dtype=np.float32)
     end_surprisal = np.zeros(s, dtype=np.float32)
@@ -203,6 +210,10 @@ def score_events(
                 for j, lg in enumerate(ctx_logits):
                     logp_j = torch.log_softmax(lg.float(), dim=-1)  # (B, l, n_j)
                     ctx_sur -= logp_j.gather(-1, ctx_tgt[:, :, j : j + 1]).squeeze(-1)
+                    if k:
+                        best = logp_j.max(dim=-1)  # (B, l) each
+                        context_expected[dst, j] = best.indices.cpu().numpy()[ev_b, ev_t]
+                        context_expected_p[dst, j] = best.values.exp().cpu().numpy()[ev_b, ev_t]
                 # an event unseen in training: its context cannot be judged (as its numbers)
                 ctx_sur = ctx_sur.masked_fill(tgt == UNK, float("nan"))
                 context_surprisal[dst] = ctx_sur.cpu().numpy()[ev_b, ev_t]
@@ -223,6 +234,8 @@ def score_events(
         end_expected if end and k else None,
         end_expected_p if end and k else None,
         context_surprisal if with_context else None,
+        context_expected if with_context and k else None,
+        context_expected_p if with_context and k else None,
     )
 
 

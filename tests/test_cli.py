@@ -825,6 +825,18 @@ def test_an_unlikely_device_is_scored_through_the_context_part_and_saved(
     assert all(x is not None for x in per_event) and why.events[-1].context_surprisal is None  # END
     assert max(x for x in per_event if x is not None) == pytest.approx(why.score_terms["context_surprisal"])
     assert "context " in why.to_text() and why.to_dict()["events"][0]["context_surprisal"] == per_event[0]
+    # what it expected instead: a device it knows, never the unseen one, on every event of the session
+    from common.explanation import EventExplanation
+
+    first = why.events[0]
+    assert (
+        first.expected_context["device"][0] in {"phone", "laptop"}
+        and 0 < first.expected_context["device"][1] <= 1
+    )
+    assert all("device" in ev.expected_context for ev in why.events[: why.n_events])
+    assert "expected context: device" in why.to_text()
+    assert EventExplanation.from_dict(first.to_dict()) == first
+    assert not any(ev.expected_context.get("device") for ev in det.explain(usual, "x000").events[1:3])
     from client.results import event_frame
 
     frame = event_frame(det, det.score_table(tablet, expected_k=1), tablet, 1)

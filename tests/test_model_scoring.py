@@ -359,6 +359,12 @@ def test_the_context_head_learns_an_events_context_and_scores_an_unlikely_one() 
     fit_model(model, data, data, cfg, CPU)
     usual = score_events(model, data, ScoreConfig(), CPU).context_surprisal
     assert usual is not None and float(usual.mean()) < 0.1
+    # asked for what it expected, it names each column's most likely value: the learned device
+    full = score_events(model, data, ScoreConfig(), CPU, expected_k=2)
+    assert full.context_expected is not None and full.context_expected_p is not None
+    np.testing.assert_array_equal(full.context_expected[:, 0], data.context[:, 0])
+    assert (full.context_expected_p > 0.9).all()
+    assert score_events(model, data, ScoreConfig(), CPU).context_expected is None
     swapped = dataclasses.replace(data, context=3 - data.context)  # every event on the other device
     odd = score_events(model, swapped, ScoreConfig(), CPU).context_surprisal
     assert odd is not None and float(odd.min()) > 2.0
