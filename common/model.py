@@ -152,16 +152,14 @@ class NextEventModel(nn.Module):
             new_state.append(buffer)
         out = self.drop(out)
         logits = self.event_head(out)  # (B, L, V)
+        numbers_given_event = self.numeric_head is not None and self.config.numeric_given_event
         num_pred: torch.Tensor | None = None
-        if self.numeric_head is not None and not self.config.numeric_given_event:
+        if self.numeric_head is not None and not numbers_given_event:
             num_pred = self.numeric_head(out)  # (B, L, F)
         given: torch.Tensor | None = None
-        reads_next = self.context_trunk is not None or (
-            self.numeric_head is not None and self.config.numeric_given_event
-        )
-        if next_tokens is not None and reads_next:
+        if next_tokens is not None and (numbers_given_event or self.context_trunk is not None):
             given = torch.cat([out, self.drop(self.embed(next_tokens))], dim=-1)  # (B, L, H + E)
-        if self.numeric_head is not None and self.config.numeric_given_event and given is not None:
+        if self.numeric_head is not None and numbers_given_event and given is not None:
             num_pred = self.numeric_head(given)  # (B, L, F)
         ctx_logits: tuple[torch.Tensor, ...] = ()
         if self.context_trunk is not None and given is not None:

@@ -451,7 +451,7 @@ def federation_score_fit(
     moments = np.array([math.fsum(p[i] for p in parts) for i in range(N_SPREAD_MOMENTS)])
     replied = tuple(int(r.metadata.src_node_id) for r in replies)
     weight = end_weight_from_moments(moments, cfg.detector.score)
-    fusion = context_fusion_from_moments(moments, weight) if cfg.detector.model.context_head else None
+    fusion = context_fusion_from_moments(moments, weight)  # None without a context head: its part is 0
     return weight, fusion, int(moments[0]), replied
 
 
