@@ -54,11 +54,18 @@ class ModelConfig:
     #: knowing the event and the history, as the numbers are: their surprisal is
     #: the score's context part, so an unlikely device or country is scored, not
     #: only read (see :class:`common.scoring.ContextFusion`). No effect without
-    #: context columns. Off by default: it pays with thousands of training
-    #: sessions and hundreds of validation ones, and costs small institutions,
-    #: where one normal session with a rare context sets the threshold
-    #: (docs/results.md, "Context fusion").
+    #: context columns. Off by default: it ranks better on the synthetic
+    #: institutions large and small, but at its threshold an institution with
+    #: about 75 validation sessions sees twice the false alarms (docs/results.md,
+    #: "Context fusion").
     context_head: bool = False
+    #: The context head also reads the previous event's context values (their embeddings)
+    #: directly: a session's device or country usually stays the same, which a head reading
+    #: only the recurrent state learns slowly on a few hundred sessions (docs/results.md).
+    context_previous: bool = True
+    #: The context head learns from a detached copy of the recurrent state and the next event's
+    #: embedding: its loss trains the head and the context embeddings, never the event model.
+    context_detached: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -429,11 +436,14 @@ def to_flat(config: Any) -> dict[str, Scalar]:
 
 
 #: Model keys that saved models and runs from before the key existed lack, with the value
-#: they were trained with: the END step, the event-aware numeric head and the context head came later.
+#: they were trained with: the END step, the event-aware numeric head, the context head and its
+#: previous-context input and detached training came later.
 LEGACY_MODEL_DEFAULTS: dict[str, Any] = {
     "model.end-event": False,
     "model.numeric-given-event": False,
     "model.context-head": False,
+    "model.context-previous": False,
+    "model.context-detached": False,
 }
 
 

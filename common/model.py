@@ -7,9 +7,12 @@ the next numeric values: with ``model.numeric-given-event`` (the default) from
 the recurrent state *and* the next event's embedding, so that a payment's amount
 is predicted as a payment's. With ``model.context-head`` (off by default) it also
 predicts the next event's categorical context values (device, channel, ...)
-from the same two inputs. Shapes: B = batch, L = time steps (a chunk),
-V = vocabulary size, C = context columns, F = numeric features, H = hidden,
-E = event embedding, n_j = ids of context column j.
+from the same two inputs and the previous event's context values
+(``model.context-previous``), learning from a detached copy of the first two
+(``model.context-detached``), so that its loss leaves the event model alone.
+Shapes: B = batch, L = time steps (a chunk), V = vocabulary size, C = context
+columns, F = numeric features, H = hidden, E = event embedding, Dc = context
+embedding, n_j = ids of context column j.
 """
 
 from __future__ import annotations
@@ -107,10 +110,11 @@ class NextEventModel(nn.Module):
         self.context_trunk: nn.Module | None = None
         self.context_heads = nn.ModuleList()
         if shape.context_sizes and config.context_head:
-            # (B, L, H + E) -> (B, L, H), then one (B, L, n_j) logit head per context column
-            self.context_trunk = nn.Sequential(
-                nn.Linear(config.hidden + config.embed_dim, config.hidden), nn.ReLU()
-            )
+            # (B, L, H + E [+ C·Dc]) -> (B, L, H), then one (B, L, n_j) logit head per context column
+            trunk_in = config.hidden + config.embed_dim
+            if config.context_previous:
+                trunk_in += config.context_dim * len(shape.context_sizes)
+            self.context_trunk = nn.Sequential(nn.Linear(trunk_in, config.hidden), nn.ReLU())
             self.context_heads = nn.ModuleList(nn.Linear(config.hidden, n) for n in shape.context_sizes)
 
     def forward(
@@ -134,6 +138,7 @@ class NextEventModel(nn.Module):
         parts = [self.embed(tokens)]  # (B, L, E)
         for j, emb in enumerate(self.context_embeds):
             parts.append(emb(context[:, :, j]))  # (B, L, Dc)
+        previous_context = parts[1:]  # the previous event's context values, C × (B, L, Dc)
         if self.shape.n_numeric:
             parts.append(numeric)  # (B, L, F)
         x = self.drop(torch.cat(parts, dim=-1))  # (B, L, D)
@@ -163,7 +168,10 @@ class NextEventModel(nn.Module):
             num_pred = self.numeric_head(given)  # (B, L, F)
         ctx_logits: tuple[torch.Tensor, ...] = ()
         if self.context_trunk is not None and given is not None:
-            z = self.context_trunk(given)  # (B, L, H)
+            ctx_in = [given.detach() if self.config.context_detached else given]  # (B, L, H + E)
+            if self.config.context_previous:
+                ctx_in.extend(self.drop(p) for p in previous_context)  # C × (B, L, Dc)
+            z = self.context_trunk(torch.cat(ctx_in, dim=-1))  # (B, L, H)
             ctx_logits = tuple(head(z) for head in self.context_heads)  # each (B, L, n_j)
         return logits, num_pred, ctx_logits, tuple(new_state)
 

@@ -192,8 +192,13 @@ def _redacted(cfg: AppConfig) -> dict[str, Any]:
     return flat
 
 
+#: Model keys that act only with another one on: without it, what they say changes nothing.
+_ONLY_WITH = {"model.context-previous": "model.context-head", "model.context-detached": "model.context-head"}
+
+
 def _model_keys(flat: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in flat.items() if k.startswith("model.")}
+    keys = {k: v for k, v in flat.items() if k.startswith("model.")}
+    return {k: v for k, v in keys.items() if k not in _ONLY_WITH or keys.get(_ONLY_WITH[k])}
 
 
 def setup_phase(grid: Grid, cfg: AppConfig, run: RunDir) -> tuple[Encoder, str, ArrayRecord]:

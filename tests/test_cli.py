@@ -876,6 +876,19 @@ def test_an_unlikely_device_is_scored_through_the_context_part_and_saved(
     reloaded = SequenceDetector.load(tmp_path / "old")
     assert reloaded.config.model.context_head is False and reloaded.context_fusion_ is None
     np.testing.assert_array_equal(reloaded.decision_function(tablet), old.decision_function(tablet))
+    # a context-head model saved before its previous-context input and detached training: its head
+    # reads the recurrent state and the next event only, and loads and scores as it did
+    early = SequenceDetector(
+        with_overrides(config, model={"context_previous": False, "context_detached": False})
+    ).fit(train, validation)
+    early.save(tmp_path / "first")
+    meta_path = tmp_path / "first" / DETECTOR_META
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    del meta["config"]["model.context-previous"], meta["config"]["model.context-detached"]
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    again = SequenceDetector.load(tmp_path / "first")
+    assert not again.config.model.context_previous and again.context_fusion_ == early.context_fusion_
+    np.testing.assert_array_equal(again.decision_function(tablet), early.decision_function(tablet))
 
 
 def test_explain_text_and_json(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

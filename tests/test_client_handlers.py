@@ -602,12 +602,14 @@ def test_resume_refuses_another_model_shape(tmp_path: Path) -> None:
 def test_a_run_started_before_a_model_key_existed_resumes_with_its_old_value(tmp_path: Path) -> None:
     from common.errors import ConfigError
 
-    old_head = {**SIM, "model.numeric-given-event": False, "federation.run-dir": str(tmp_path)}
+    newer = ("model.numeric-given-event", "model.context-previous", "model.context-detached")
+    old_head = {**SIM, **dict.fromkeys(newer, False), "federation.run-dir": str(tmp_path)}
     rc = {**old_head, "federation.num-server-rounds": 1, "federation.run-name": "old"}
     run_federation(FakeGrid(rc, sim_nodes(2)), parse_config(rc))
     setup_path = tmp_path / "old" / "setup.json"
     setup = json.loads(setup_path.read_text(encoding="utf-8"))
-    del setup["config"]["model.numeric-given-event"]  # as a run of an earlier release wrote it
+    for key in newer:  # as a run of an earlier release wrote it
+        del setup["config"][key]
     setup_path.write_text(json.dumps(setup), encoding="utf-8")
     now = {
         **SIM,
@@ -615,11 +617,29 @@ def test_a_run_started_before_a_model_key_existed_resumes_with_its_old_value(tmp
         "federation.num-server-rounds": 2,
         "federation.run-name": "old",
     }
-    with pytest.raises(ConfigError, match=r"'model\.numeric-given-event': \(False, True\)"):
+    with pytest.raises(ConfigError, match=r"'model\.numeric-given-event': \(False, True\)") as err:
         run_federation(FakeGrid(now, sim_nodes(2)), parse_config(now))
-    again = {**now, "model.numeric-given-event": False}
+    assert "'model.context-previous': (False, True)" in str(err.value)
+    again = {**now, **dict.fromkeys(newer, False)}
     grid = FakeGrid(again, sim_nodes(2))
     assert run_federation(grid, parse_config(again))["resumed_after_round"] == 1
+    # keys that act only with the context head: a run without it resumes whatever they say
+    plain = {
+        **SIM,
+        "model.context-head": False,
+        "federation.run-dir": str(tmp_path),
+        "federation.run-name": "plain",
+    }
+    run_federation(
+        FakeGrid({**plain, "federation.num-server-rounds": 1}, sim_nodes(2)),
+        parse_config({**plain, "federation.num-server-rounds": 1}),
+    )
+    setup_path = tmp_path / "plain" / "setup.json"
+    setup = json.loads(setup_path.read_text(encoding="utf-8"))
+    del setup["config"]["model.context-previous"], setup["config"]["model.context-detached"]
+    setup_path.write_text(json.dumps(setup), encoding="utf-8")
+    resumed = {**plain, "federation.num-server-rounds": 2}
+    assert run_federation(FakeGrid(resumed, sim_nodes(2)), parse_config(resumed))["resumed_after_round"] == 1
 
 
 def test_deployment_data_folder_is_read_with_inferred_columns(tmp_path: Path) -> None:

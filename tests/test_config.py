@@ -168,11 +168,19 @@ def test_a_saved_models_config_and_odd_files(tmp_path):
         assert cfg.model.hidden == 16 and cfg.train.device == "auto"  # the device was the model's host's
         assert cfg.model.end_event and cfg.model.numeric_given_event
     # a model saved before the END step and the event-aware numeric head: fitted without them
-    for key in ("model.end-event", "model.numeric-given-event"):
+    # (and the context head's previous-context input and detached training, which came later still)
+    assert cfg.model.context_previous and cfg.model.context_detached
+    for key in (
+        "model.end-event",
+        "model.numeric-given-event",
+        "model.context-previous",
+        "model.context-detached",
+    ):
         del saved["config"][key]
     (model / "detector.json").write_text(json.dumps(saved), encoding="utf-8")
     old = parse_detector_config(load_config_file(model))
     assert not old.model.end_event and not old.model.numeric_given_event
+    assert not old.model.context_previous and not old.model.context_detached
     for device in ("cuda:01", "cuda:abc", "cuda:", "cuda:-1"):
         with pytest.raises(ConfigError, match="use 'auto', 'cpu', 'cuda' or 'cuda:N'"):
             parse_detector_config({"train.device": device})

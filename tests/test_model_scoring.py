@@ -48,7 +48,7 @@ def encoded(seqs, *, c=0, f=0, seed=0):
     )
 
 
-def tiny(kind="lstm", vocab=8, c=0, f=0, end=True, given=True, context_head=False):
+def tiny(kind="lstm", vocab=8, c=0, f=0, end=True, given=True, context_head=False, **model):
     cfg = ModelConfig(
         kind=kind,
         embed_dim=8,
@@ -60,6 +60,7 @@ def tiny(kind="lstm", vocab=8, c=0, f=0, end=True, given=True, context_head=Fals
         end_event=end,
         numeric_given_event=given,
         context_head=context_head,
+        **model,
     )
     return build_model(cfg, NetworkShape(vocab, (3,) * c, f), seed=1)
 
@@ -388,6 +389,56 @@ def test_the_context_head_learns_an_events_context_and_scores_an_unlikely_one() 
     assert plain.context_trunk is None
     assert score_events(plain, data, ScoreConfig(), CPU).context_surprisal is None
     assert score_events(tiny("lstm"), encoded(seqs), ScoreConfig(), CPU).context_surprisal is None
+
+
+def test_the_context_head_reads_the_previous_context_and_learns_that_a_session_keeps_it() -> None:
+    """Each session stays on one of two devices, drawn at random: after its first event a session's
+    device is certain, and a switch mid-session is surprising."""
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.choice([3, 4], size=int(rng.integers(8, 16)))) for _ in range(64)]
+    data = encoded(seqs, c=1)
+    lengths = np.diff(data.offsets)
+    data.context[:, 0] = np.repeat(rng.integers(1, 3, size=len(seqs)), lengths)
+    cfg = TrainConfig(epochs=12, lr=0.02, chunk_len=16, batch_size=8, patience=12, seed=0)
+    torch.manual_seed(0)
+    model = tiny("lstm", c=1, context_head=True)
+    assert model.config.context_previous and model.config.context_detached  # the defaults
+    fit_model(model, data, data, cfg, CPU)
+    sur = score_events(model, data, ScoreConfig(), CPU).context_surprisal
+    assert sur is not None
+    first = np.zeros(len(sur), dtype=bool)
+    first[data.offsets[:-1]] = True
+    assert abs(float(sur[first].mean()) - np.log(2)) < 0.2  # a coin toss at the first event
+    assert float(sur[~first].mean()) < 0.1  # then the session's own device
+    switched = dataclasses.replace(data, context=data.context.copy())
+    at = int(data.offsets[0]) + 4
+    switched.context[at:, 0] = 3 - switched.context[at:, 0]  # the first session changes device
+    odd = score_events(model, switched, ScoreConfig(), CPU).context_surprisal
+    assert odd is not None and float(odd[at]) > 2.0
+    # the previous context is an input of the head: without it the trunk is narrower
+    plain = tiny("lstm", c=2, context_head=True, context_previous=False)
+    read = tiny("lstm", c=2, context_head=True)
+    assert plain.context_trunk is not None and read.context_trunk is not None
+    assert read.context_trunk[0].in_features == plain.context_trunk[0].in_features + 2 * 4
+
+
+@pytest.mark.parametrize("detached", [True, False], ids=["detached", "shared"])
+def test_a_detached_context_head_leaves_the_event_model_alone(detached: bool) -> None:
+    model = tiny("lstm", c=1, f=1, context_head=True, context_detached=detached)
+    data = encoded([[3, 4, 5, 3], [4, 5, 6]], c=1, f=1)
+    batch = make_batch(data, np.arange(2), end=True)
+    model.zero_grad()
+    context_nll = chunk_loss(model, batch, slice(0, batch.max_len), None, 1.0)[3]
+    context_nll.backward()
+
+    def moved(module: torch.nn.Module) -> bool:
+        return any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in module.parameters())
+
+    assert moved(model.context_trunk) and moved(model.context_heads) and moved(model.context_embeds)
+    for read in (model.embed, model.rnn):  # the next event's embedding and the recurrent state
+        assert moved(read) is not detached
+    assert model.numeric_head is not None
+    assert not moved(model.event_head) and not moved(model.numeric_head)
 
 
 def test_local_training_leaves_the_context_ids_it_does_not_hold_alone() -> None:
