@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client.console import PROG, Console, CountProgress, EpochProgress, setup_logging
+from client.console import PROG, Console, CountProgress, EpochProgress, Status, setup_logging, size_text
 from client.datafiles import (
     DEFAULT_ENCODING,
     LAYOUT_FILE,
@@ -247,6 +247,11 @@ def build_config(args: argparse.Namespace) -> DetectorConfig:
     return with_overrides(config, **changes) if changes else config
 
 
+def _reading(path: str, console: Console) -> Status:
+    """The status line while a data file is read (on a terminal)."""
+    return Status(f"reading {path}{size_text(path)}", quiet=console.quiet)
+
+
 def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch fit``: train a local detector and calibrate its threshold."""
     from common.detector import SequenceDetector, check_model_folder
@@ -256,7 +261,8 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     from common.model import resolve_device
 
     resolve_device(config.train.device)  # a device this machine lacks stops here, before any reading
-    train, layout = read_data(args.data, args)
+    with _reading(args.data, console):
+        train, layout = read_data(args.data, args)
     beside = beside_column_map(args.data) if args.columns is None else None
     if beside is not None:
         console.info(f"columns from {beside}, the column map beside the data")
@@ -269,7 +275,8 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
         )
     validation = None
     if args.validation is not None:
-        validation, _ = read_data(args.validation, args, saved=layout)
+        with _reading(args.validation, console):
+            validation, _ = read_data(args.validation, args, saved=layout)
         describe(console, "validation data", validation)
 
     from common.scoring import MIN_SPREAD_SEQUENCES, end_weight_is_fitted
@@ -343,7 +350,8 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     event_expected = DEFAULT_EVENT_EXPECTED if args.event_expected is None else args.event_expected
     detector, layout = load_model(args.model, args.device, args.threads)
     threshold, threshold_name = chosen_threshold(detector, args.threshold, args, console)
-    table = read_for_model(args.data, args, detector, layout)
+    with _reading(args.data, console):
+        table = read_for_model(args.data, args, detector, layout)
     describe(console, "data", table)
     expected_k = max(
         TOP_EVENT_EXPECTED if args.top_events > 0 else 0,
@@ -351,12 +359,17 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     )
     with CountProgress(table.n_events, desc="score", unit="event", quiet=console.quiet) as progress:
         scored = detector.score_table(table, expected_k=expected_k, progress=progress)
-    frame = score_frame(detector, scored, threshold, args.top_events)
-    out = write_frame(frame, args.out)
+    with Status(
+        "listing each sequence's most surprising events", quiet=console.quiet or args.top_events <= 0
+    ):
+        frame = score_frame(detector, scored, threshold, args.top_events)
+    with Status(f"writing {args.out}", quiet=console.quiet):
+        out = write_frame(frame, args.out)
     if args.events_out is not None:
-        events = event_frame(detector, scored, table, event_expected)
-        events_out, n_event_rows = write_frame(events, args.events_out), len(events)
-        del events
+        with Status(f"writing {args.events_out}", quiet=console.quiet):
+            events = event_frame(detector, scored, table, event_expected)
+            events_out, n_event_rows = write_frame(events, args.events_out), len(events)
+            del events
 
     summarize_scores(console, detector, scored, frame, threshold, threshold_name)
     metrics = labelled_metrics(scored, threshold, threshold_name)
@@ -380,7 +393,8 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     detector, layout = load_model(args.model, args.device, args.threads)
     # with --json, stdout holds the JSON alone: the recalibration line goes to the log
     threshold, _ = chosen_threshold(detector, args.threshold, args, None if args.json else console)
-    table = read_for_model(args.data, args, detector, layout)
+    with _reading(args.data, console):
+        table = read_for_model(args.data, args, detector, layout)
     ids = [str(x) for x in table.grouped().ids]
     if args.sequence not in set(ids):
         sessions = [i for i in ids if i.startswith(f"{args.sequence}#")]  # sessionized ids: "{entity}#{k}"
@@ -409,11 +423,13 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     folder_to_write(args.out, "--out")
     detector, layout = load_model(args.model, args.device, args.threads)
     threshold, threshold_name = chosen_threshold(detector, args.threshold, args, console)
-    table = read_for_model(args.data, args, detector, layout)
+    with _reading(args.data, console):
+        table = read_for_model(args.data, args, detector, layout)
     describe(console, "data", table)
     with CountProgress(table.n_events, desc="score", unit="event", quiet=console.quiet) as progress:
         scored = detector.score_table(table, expected_k=_EXPLAIN_EXPECTED, progress=progress)
-    frame = score_frame(detector, scored, threshold, top_events=3)
+    with Status("listing each sequence's most surprising events", quiet=console.quiet):
+        frame = score_frame(detector, scored, threshold, top_events=3)
     summarize_scores(console, detector, scored, frame, threshold, threshold_name)
     metrics = labelled_metrics(scored, threshold, threshold_name)
     order = np.argsort(-np.nan_to_num(scored.scores, nan=-np.inf), kind="stable")[: args.top]
@@ -424,18 +440,19 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         for x in (detector.explanation(scored, int(i)) for i in order)
     )
     title = args.title or f"seqwatch report: {Path(args.data).name}"
-    html = write_report(
-        args.out,
-        frame,
-        threshold=threshold,
-        metrics=metrics,
-        explanations=explanations,
-        event_scale=event_scale(scored, order),
-        title=title,
-        global_threshold=detector.global_threshold_,
-        threshold_note=threshold_note(detector, threshold_name, args),
-    )
-    scores_path = write_frame(frame, Path(args.out) / "scores.csv")
+    with Status(f"writing the report to {args.out}", quiet=console.quiet):
+        html = write_report(
+            args.out,
+            frame,
+            threshold=threshold,
+            metrics=metrics,
+            explanations=explanations,
+            event_scale=event_scale(scored, order),
+            title=title,
+            global_threshold=detector.global_threshold_,
+            threshold_note=threshold_note(detector, threshold_name, args),
+        )
+        scores_path = write_frame(frame, Path(args.out) / "scores.csv")
     if metrics is not None:
         print_metrics(console, metrics)
     console.info(f"scores written to {scores_path}")
@@ -668,7 +685,9 @@ Output columns: sequence_id, score (higher = more anomalous), flagged (score >
 threshold), threshold, n_events, unknown_events (events never seen in training),
 top_events (the most surprising events, e.g. "pos 17: open (expected read, write)";
 positions are 0-based; "pos N: <end>" after the last of N events means the sequence
-stopped where the model expected it to go on), label when the data has labels, and
+stopped where the model expected it to go on; with a context head, a score set by the
+context comes first as "context at pos 7: device 'tablet' (expected device 'phone'
+(0.93))"), label when the data has labels, and
 p_value (the share of the model's normal validation sequences scoring at least as high,
 counting this one: 0.002 means rarer than all but 0.2 % of normal data; its floor is
 1/(validation sequences + 1); empty for a model without held-out validation sequences).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from types import TracebackType
@@ -173,6 +174,30 @@ class EpochProgress(_Progress):
             self._bar.update(1)
         elif not self.quiet:
             print(f"epoch {epoch}/{self.total}  {text}", file=sys.stderr, flush=True)
+
+
+class Status(_Progress):
+    """Slow work without a count to show (``reading big.csv (154 MB)``): one line on stderr while it
+    runs, on a terminal only, erased when it is done; nothing elsewhere or with ``--quiet``.
+
+    Drawn through tqdm, so warnings logged meanwhile print above it instead of onto it.
+    """
+
+    def __init__(self, text: str, *, quiet: bool) -> None:
+        self._bar = _terminal_bar(quiet, total=None, desc=text, bar_format="{desc} …", leave=False)
+
+
+def size_text(path: str | os.PathLike[str]) -> str:
+    """`` (154 MB)``: a file's size for a status line; empty when it cannot be read."""
+    try:
+        size: float = os.path.getsize(path)
+    except OSError:
+        return ""
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f" ({size:,.0f} {unit})" if unit == "bytes" else f" ({size:,.1f} {unit})"
+        size /= 1000
+    return ""  # pragma: no cover - the loop returns
 
 
 class CountProgress(_Progress):

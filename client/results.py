@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -269,6 +268,10 @@ def _short(token: object) -> str:
     return text if len(text) <= _TOKEN_WIDTH else text[: _TOKEN_WIDTH - 1] + "…"
 
 
+_TEXT_CHUNK = 1 << 16
+"""Sequences whose top-event texts are built at once: vectorised, in bounded memory."""
+
+
 def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) -> list[str]:
     """The ``n`` most surprising events of every sequence, each as one compact string.
 
@@ -276,50 +279,134 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
     Positions are 0-based, as in ``seqwatch explain``; unseen tokens are marked
     ``[unseen]``, context values unseen in training ``[unseen device]``, numbers
     at least :data:`RESIDUAL_MARK` standard deviations from what the model expected
-    ``[amount +7.8σ]``, and missing ones ``[amount missing]``. ``n <= 0``
+    ``[amount +7.8σ]``, and missing ones ``[amount missing]``. A sequence whose
+    context part set its score (a model with a context head) starts with the event
+    whose context values were the least expected: ``"context at pos 7: device
+    'tablet' (expected device 'phone' (0.93)); pos 17: ..."``. ``n <= 0``
     gives empty strings (and skips the model pass).
+
+    Built column-wise (object arrays of shared ``str``), :data:`_TEXT_CHUNK`
+    sequences at a time, not event by event: millions of sequences take seconds.
     """
-    data = scored.encoded
+    import numpy as np
+
     if n <= 0:
-        return [""] * len(data)
-    from common.vocab import END, UNK
+        return [""] * len(scored.encoded)
+    if scored.events.expected is None:
+        raise ValueError("top_events_texts() needs a table scored with expected_k > 0")
+    counts, positions = scored.top_steps(n)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    vocab = detector.encoder_.vocab
+    names = np.array([_short(vocab.token(i)) for i in range(len(vocab))], dtype=object)
+    texts: list[str] = []
+    for lo in range(0, len(counts), _TEXT_CHUNK):
+        hi = min(lo + _TEXT_CHUNK, len(counts))
+        texts += _top_texts(detector, scored, names, lo, counts[lo:hi], positions[starts[lo] : starts[hi]])
+    for i in np.flatnonzero(scored.context_driven()).tolist():
+        lead = _context_lead(detector, scored, i)
+        if lead:
+            texts[i] = f"{lead}; {texts[i]}" if texts[i] else lead
+    return texts
+
+
+def _context_lead(detector: SequenceDetector, scored: ScoredTable, i: int) -> str:
+    """``"context at pos 7: device 'tablet' (expected device 'phone' (0.93))"``: the event whose
+    context values were the least expected, for a sequence whose score its context part set
+    (:meth:`~common.detector.ScoredTable.context_driven`); empty when no event was judged."""
+    import numpy as np
+
+    from common.explanation import expected_context_text, unseen_context_text
 
     events = scored.events
+    assert events.context_surprisal is not None
+    sl = events.of(i)
+    surprisal = np.asarray(events.context_surprisal[sl], dtype=np.float64)
+    if not np.isfinite(surprisal).any():  # only unseen events, whose context is not judged
+        return ""
+    t = int(np.nanargmax(surprisal))
+    expected = detector.expected_context_at(scored, sl.start + t)
+    # the columns it expected otherwise; with hashed categories (a federation's), which it cannot
+    # name, every column, with the surprisal instead
+    columns = tuple(expected) or detector.encoder_.context_names
+    actual = {name: scored.context_value(sl.start + t, name) for name in columns}
+    shown = {name: value for name, value in actual.items() if value is not None}
+    what = f"{unseen_context_text(shown)} " if shown else ""
+    if not expected:
+        return f"context at pos {t}: {what}({surprisal[t]:.1f} nats)"
+    return f"context at pos {t}: {what}(expected {expected_context_text(expected)})"
+
+
+def _top_texts(
+    detector: SequenceDetector,
+    scored: ScoredTable,
+    names: np.ndarray,
+    first: int,
+    counts: np.ndarray,
+    positions: np.ndarray,
+) -> list[str]:
+    """:func:`top_events_texts` of the sequences ``first, first + 1, ...``: ``counts`` steps
+    each, at ``positions`` (:meth:`~common.detector.ScoredTable.top_steps`)."""
+    import numpy as np
+    import pandas as pd
+
+    from common.vocab import END, UNK
+
+    data, events = scored.encoded, scored.events
     expected = events.expected
-    if expected is None:
-        raise ValueError("top_events_texts() needs a table scored with expected_k > 0")
-    positions = scored.top_events(n)
-    vocab = detector.encoder_.vocab
+    assert expected is not None
+    owner = first + np.repeat(np.arange(len(counts)), counts)  # each listed step's sequence
+    is_end = (
+        positions == data.lengths[owner] if events.end_expected is not None else np.zeros(len(owner), bool)
+    )
+    is_event = ~is_end
+    rows = (data.offsets[owner] + positions)[is_event]  # the listed events' rows in the table
+    tokens = data.tokens[rows]
+
+    raw = np.empty(len(owner), dtype=object)
+    raw[is_end] = names[END]
+    if scored.raw_events is not None:
+        codes, uniques = pd.factorize(scored.raw_events[rows], use_na_sentinel=False)
+        raw[is_event] = np.array([_short(u) for u in uniques], dtype=object)[codes]
+    else:
+        raw[is_event] = names[tokens]
+
+    marks = np.full(len(rows), "", dtype=object)
+    marks[tokens == UNK] = " [unseen]"
     context_names = detector.encoder_.context_names
-    numeric_names = detector.encoder_.numeric_names
-    offsets, lengths = data.offsets.tolist(), data.lengths.tolist()
-    any_unseen = (data.context == 0).any(axis=1).tolist() if context_names else [False] * len(data.tokens)
-    texts = []
-    for i, pos in enumerate(positions):
-        start, length = offsets[i], lengths[i]
-        parts = []
-        for t in pos:
-            if t == length and events.end_expected is not None:  # the END step
-                raw, unseen, guess_ids = vocab.token(END), "", events.end_expected[i, :TOP_EVENT_EXPECTED]
-            else:
-                row = start + int(t)
-                token = int(data.tokens[row])
-                raw = scored.raw_events[row] if scored.raw_events is not None else vocab.token(token)
-                unseen = " [unseen]" if token == UNK else ""
-                if any_unseen[row]:
-                    unseen += f" [unseen {', '.join(scored.unseen_context(row, context_names))}]"
-                for j, name in enumerate(numeric_names):
-                    r = float(events.residual[row, j])
-                    if not math.isfinite(r):
-                        if token != UNK:  # an unseen event's numbers are not judged
-                            unseen += f" [{name} missing]"
-                    elif abs(r) >= RESIDUAL_MARK:
-                        unseen += f" [{name} {r:+.1f}σ]"
-                guess_ids = expected[row, :TOP_EVENT_EXPECTED]
-            guesses = ", ".join(_short(vocab.token(int(a))) for a in guess_ids)
-            parts.append(f"pos {int(t)}: {_short(raw)}{unseen} (expected {guesses})")
-        texts.append("; ".join(parts))
-    return texts
+    if context_names:
+        for j in np.nonzero((data.context[rows] == 0).any(axis=1))[0].tolist():
+            marks[j] += f" [unseen {', '.join(scored.unseen_context(int(rows[j]), context_names))}]"
+    for c, name in enumerate(detector.encoder_.numeric_names):
+        r = np.asarray(events.residual[rows, c], dtype=np.float64)
+        finite = np.isfinite(r)
+        marks[~finite & (tokens != UNK)] += f" [{name} missing]"  # an unseen event's numbers are not judged
+        for j in np.nonzero(finite & (np.abs(np.where(finite, r, 0.0)) >= RESIDUAL_MARK))[0].tolist():
+            marks[j] += f" [{name} {float(r[j]):+.1f}σ]"
+    detail = np.full(len(owner), "", dtype=object)
+    detail[is_event] = marks
+
+    guesses = np.full(len(owner), "", dtype=object)
+    k_event = min(TOP_EVENT_EXPECTED, expected.shape[1])
+    end_expected = events.end_expected
+    k_end = 0 if end_expected is None else min(TOP_EVENT_EXPECTED, end_expected.shape[1])
+    for k in range(max(k_event, k_end)):
+        column = np.full(len(owner), "", dtype=object)
+        listed = np.zeros(len(owner), dtype=bool)
+        if k < k_event:
+            column[is_event], listed[is_event] = names[expected[rows, k]], True
+        if end_expected is not None and k < k_end:
+            column[is_end], listed[is_end] = names[end_expected[owner[is_end], k]], True
+        guesses = np.where(listed & (k > 0), guesses + ", ", guesses) + column
+
+    parts = (
+        "pos " + positions.astype(str).astype(object) + ": " + raw + detail + " (expected " + guesses + ")"
+    )
+    texts = np.full(len(counts), "", dtype=object)
+    starts = np.cumsum(counts) - counts
+    for k in range(int(counts.max(initial=0))):
+        has = np.nonzero(counts > k)[0]
+        texts[has] = (texts[has] + "; " if k else texts[has]) + parts[starts[has] + k]
+    return texts.tolist()
 
 
 def score_frame(

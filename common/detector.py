@@ -133,6 +133,19 @@ class ScoredTable:
             return dict.fromkeys(unseen, "")
         return {n: str(self.raw_context[row, self.raw_context_names.index(n)]) for n in unseen}
 
+    def context_value(self, row: int, name: str) -> str | None:
+        """The value of context column ``name`` at event ``row`` (of all events), as the data held
+        it; None when the scored table did not keep it."""
+        if self.raw_context is not None and name in self.raw_context_names:
+            return str(self.raw_context[row, self.raw_context_names.index(name)])
+        return None
+
+    def context_driven(self) -> np.ndarray:
+        """(S,) True where the context part set the score (above the score without it)."""
+        if self.context_score is None or self.events_part is None:
+            return np.zeros(len(self.scores), dtype=bool)
+        return np.asarray(self.context_score > self.events_part, dtype=bool)
+
     def top_events(self, n: int) -> list[np.ndarray]:
         """Positions of each sequence's ``n`` highest-scoring steps, most anomalous first.
 
@@ -140,6 +153,13 @@ class ScoredTable:
         Ties go as in explanations: the higher surprisal, then the earlier position.
         One sort over all steps of all sequences.
         """
+        counts, positions = self.top_steps(n)
+        return np.split(positions, np.cumsum(counts)[:-1])
+
+    def top_steps(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`top_events` flat: (S,) how many steps each sequence has among its ``n``
+        highest-scoring ones, and their positions (sum of counts,), sequence by sequence,
+        each sequence's most anomalous first."""
         ev = self.events
         step_offsets, _ = ev.step_layout()
         steps = np.diff(step_offsets)
@@ -153,7 +173,7 @@ class ScoredTable:
         ranked = np.lexsort((position, -key_surprisal, -key_score, owner))
         # sorted by sequence first, so slot j of the sort is rank position[j] of its sequence
         picked = ranked[position < n]
-        return np.split(position[picked], np.cumsum(np.minimum(steps, max(n, 0)))[:-1])
+        return np.minimum(steps, max(n, 0)), position[picked]
 
 
 MIN_VALIDATION_CONTENTS = 10
@@ -677,6 +697,12 @@ class SequenceDetector:
             score_terms=terms,
             p_value=None if math.isnan(p_value) else p_value,
         )
+
+    def expected_context_at(self, scored: ScoredTable, row: int) -> dict[str, tuple[str, float]]:
+        """The context values the model expected at event ``row`` (of all events of ``scored``)
+        where the actual ones differ, with their probabilities (as
+        :attr:`~common.explanation.EventExplanation.expected_context`)."""
+        return self._expected_context(scored.events, scored.encoded, slice(row, row + 1))(0)
 
     def _expected_context(
         self, ev: EventScores, data: EncodedSequences, sl: slice

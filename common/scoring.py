@@ -24,7 +24,7 @@ from common.batching import iter_batches
 from common.config import ScoreConfig
 from common.encoding import EncodedSequences
 from common.model import NextEventModel, State
-from common.vocab import PAD, UNK
+from common.vocab import END, PAD, UNK
 
 #: Padded tokens per scoring batch; bounds memory on long traces.
 SCORE_BATCH_TOKENS = 1 << 17
@@ -120,16 +120,18 @@ class EventScores:
         )
 
 
-def next_event_logp(logits: torch.Tensor) -> torch.Tensor:
+def next_event_logp(logits: torch.Tensor, *, end_event: bool = True) -> torch.Tensor:
     """Log-probabilities of the next event (..., V) from the model's logits, in float32.
 
     Padding is never a next event: its logit is excluded, so the distribution
     (and every surprisal, rank and expected event drawn from it) covers real
     events, UNK and END only. A trained model gives padding almost nothing
     (about 2e-5 on ADFA-LD), an undertrained one sometimes lists it among its
-    guesses.
+    guesses. Nor is END, for a model without an END step (``end_event`` False),
+    which never learned to predict it.
     """
-    logits = logits.float().index_fill(-1, torch.tensor([PAD], device=logits.device), float("-inf"))
+    never = [PAD] if end_event else [PAD, END]
+    logits = logits.float().index_fill(-1, torch.tensor(never, device=logits.device), float("-inf"))
     return torch.log_softmax(logits, dim=-1)
 
 
@@ -152,8 +154,10 @@ def score_events(
     model.eval()
     n, s = len(data.tokens), len(data)
     f = data.numeric.shape[1]
-    k = min(expected_k, model.shape.vocab_size - 1)  # every id but PAD can come next
     end = model.config.end_event
+    k = min(
+        expected_k, model.shape.vocab_size - (1 if end else 2)
+    )  # every id but PAD (and END) can come next
     surprisal = np.zeros(n, dtype=np.float32)
     rank = np.zeros(n, dtype=np.int32)
     residual = np.full((n, f), np.nan, dtype=np.float32)
@@ -181,7 +185,7 @@ def score_events(
             logits, num_pred, ctx_logits, state = model(
                 batch.tokens_in[:, sl], batch.context_in[:, sl], batch.numeric_in[:, sl], state, tgt
             )
-            logp = next_event_logp(logits)  # (B, l, V)
+            logp = next_event_logp(logits, end_event=end)  # (B, l, V)
             lp_t = logp.gather(-1, tgt.unsqueeze(-1))  # (B, l, 1)
             rk = (logp > lp_t).sum(-1) + 1  # (B, l)
             b_idx, t_idx = np.nonzero(mask_all[:, sl])

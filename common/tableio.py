@@ -1232,6 +1232,16 @@ def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:
         header = clean_header([str(n) for n in schema.names], _mapped(columns))
         used = _used_columns(list(header.values()), columns, source)
         usecols = [name for name, clean in header.items() if clean in used]
+        for name in usecols:
+            kind = schema.field(name).type
+            if pa.types.is_nested(kind) or (
+                pa.types.is_dictionary(kind) and pa.types.is_nested(kind.value_type)
+            ):
+                raise DataError(
+                    f"{source}: column {header[name]!r} holds nested values ({kind}), not one value per "
+                    f"row; an event table needs one event, number or category per cell: flatten the "
+                    f"column first (e.g. pandas explode or json_normalize) or map another one"
+                )
         text = (pa.types.is_string, pa.types.is_large_string)
         categories = _category_columns(columns)
         dictionary = [

@@ -67,7 +67,7 @@ def deeplog_scores(model: NextEventModel, data: EncodedSequences, window: int, b
         ctx = torch.zeros((*tokens.shape, c), dtype=torch.long)
         num = torch.zeros((*tokens.shape, f))
         logits, _, _, _ = model(tokens, ctx, num)
-        logp = next_event_logp(logits[:, -1])
+        logp = next_event_logp(logits[:, -1], end_event=model.config.end_event)
         y = torch.from_numpy(ys[start : start + batch])
         out[start : start + len(y)] = -logp.gather(1, y.unsqueeze(1)).squeeze(1).numpy()
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 import re
 import shutil
@@ -25,7 +26,7 @@ from client import cli
 from client.cli import main
 from client.datafiles import LAYOUT_FILE
 from client.results import write_frame
-from common.detector import SequenceDetector
+from common.detector import ScoredTable, SequenceDetector
 from common.errors import ConfigError, DataError, ModelFileError
 from common.events import CANONICAL
 from common.tableio import read_table
@@ -376,6 +377,69 @@ def test_score_and_explain_mark_context_values_unseen_in_training(
     assert "amount missing" in capsys.readouterr().out
 
 
+def _top_events_from_explanations(detector: SequenceDetector, scored: ScoredTable, n: int) -> list[str]:
+    """What ``top_events`` must say, built sequence by sequence from ``explain``'s explanations."""
+    from client.results import RESIDUAL_MARK, TOP_EVENT_EXPECTED, _short
+
+    texts = []
+    for i in range(len(scored.scores)):
+        parts = []
+        for ev in detector.explanation(scored, i).top_events(n):
+            marks = " [unseen]" if ev.unseen else ""
+            if ev.unseen_context:
+                marks += f" [unseen {', '.join(ev.unseen_context)}]"
+            for name, r in ev.numeric_residuals.items():
+                if not np.isfinite(r):
+                    marks += "" if ev.unseen else f" [{name} missing]"
+                elif abs(r) >= RESIDUAL_MARK:
+                    marks += f" [{name} {r:+.1f}σ]"
+            guesses = ", ".join(_short(t) for t, _ in ev.expected[:TOP_EVENT_EXPECTED])
+            parts.append(f"pos {ev.position}: {_short(ev.event)}{marks} (expected {guesses})")
+        texts.append("; ".join(parts))
+    return texts
+
+
+@pytest.mark.parametrize("end_event", [True, False])
+def test_top_events_agree_with_each_sequences_explanation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end_event: bool
+) -> None:
+    """The score table's top events, built for all sequences at once, are explain's, marks and all."""
+    from client.cli import build_parser
+    from client.results import load_model, read_for_model, top_events_texts
+
+    rng = np.random.default_rng(5)
+    frame = make_frame(4, 40, 10, "s")
+    frame["device"] = rng.choice(["laptop", "phone"], len(frame))
+    frame["amount"] = rng.lognormal(3.0, 0.5, len(frame)).round(2)
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    frame[frame["label"] == 0].to_csv(train, index=False)
+    frame.loc[rng.random(len(frame)) < 0.05, "device"] = "fridge"  # unseen context values
+    frame.loc[rng.random(len(frame)) < 0.05, "amount"] = np.nan  # missing numbers
+    frame.loc[rng.random(len(frame)) < 0.05, "amount"] = 1e6  # far from anything expected
+    frame.loc[rng.random(len(frame)) < 0.03, "event"] = "never seen, and a name well over forty characters"
+    frame.to_csv(test, index=False)
+    config = tmp_path / "tiny.toml"
+    end = "" if end_event else "end-event = false\n"
+    config.write_text(TINY_CONFIG.replace("[model]\n", "[model]\n" + end), encoding="utf-8")
+    model = str(tmp_path / "m")
+    fit = ["fit", "--data", str(train), "--config", str(config), "--out", model]
+    assert main([*fit, "--context-cols", "device", "--numeric-cols", "amount", "-q"]) == 0
+    args = build_parser().parse_args(["score", "--model", model, "--data", str(test), "--out", "x.csv"])
+    detector, layout = load_model(model, None)
+    table = read_for_model(test, args, detector, layout)
+    scored = detector.score_table(table, expected_k=3)
+    for n in (1, 3, 99):
+        assert top_events_texts(detector, scored, n) == _top_events_from_explanations(detector, scored, n)
+    built_at_once = top_events_texts(detector, scored, 3)
+    monkeypatch.setattr("client.results._TEXT_CHUNK", 7)  # a few sequences at a time
+    assert top_events_texts(detector, scored, 3) == built_at_once
+    texts = top_events_texts(detector, scored, 99)  # every event: each kind of mark is there
+    assert any("[unseen]" in t for t in texts) and any("[unseen device]" in t for t in texts)
+    assert any("[amount missing]" in t for t in texts) and any("σ]" in t for t in texts)
+    assert any("<end>" in t for t in texts) == end_event
+    assert top_events_texts(detector, scored, 0) == [""] * len(texts)
+
+
 def test_score_writes_table_and_metrics(
     workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -468,6 +532,32 @@ def test_score_parquet_output_and_top_events_off(
     assert list(scores.columns) == SCORE_COLUMNS
     assert (scores["top_events"] == "").all()
     assert captured.err == ""
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_slow_steps_without_a_count_show_a_status_line_on_a_terminal(
+    workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet: bool
+) -> None:
+    """Reading, listing the top events and writing each show a line on a terminal, erased after."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    out = tmp_path / "scores.csv"
+    base = ["score", "--model", str(workspace["model"]), "--data", str(workspace["test"]), "--out", str(out)]
+    assert main([*base, "--quiet"] if quiet else base) == 0
+    shown = terminal.getvalue()
+    if quiet:
+        assert shown == ""
+        return
+    size = workspace["test"].stat().st_size / 1000
+    assert f"reading {workspace['test']} ({size:,.1f} kB) …" in shown
+    assert "listing each sequence's most surprising events …" in shown and f"writing {out} …" in shown
+    assert shown.endswith("\r") and shown.rsplit("\r", 2)[-2].strip() == ""  # each line erased after
 
 
 def test_score_events_out_explains_every_sequence_score(
@@ -837,8 +927,18 @@ def test_an_unlikely_device_is_scored_through_the_context_part_and_saved(
     assert "expected context: device" in why.to_text()
     assert EventExplanation.from_dict(first.to_dict()) == first
     assert not any(ev.expected_context.get("device") for ev in det.explain(usual, "x000").events[1:3])
-    from client.results import event_frame
+    # the score table's top events start with the event whose context set the score
+    from client.results import event_frame, top_events_texts
 
+    scored_tablet = det.score_table(tablet, expected_k=2)
+    assert scored_tablet.context_driven().tolist() == [True]
+    lead = top_events_texts(det, scored_tablet, 3)[0].split("; ")[0]
+    assert re.fullmatch(
+        r"context at pos \d+: device 'tablet' \(expected device '(phone|laptop)' \(0\.\d\d\)\)", lead
+    )
+    scored_usual = det.score_table(usual, expected_k=2)
+    assert not scored_usual.context_driven().any()
+    assert "context at" not in top_events_texts(det, scored_usual, 3)[0]
     frame = event_frame(det, det.score_table(tablet, expected_k=1), tablet, 1)
     np.testing.assert_allclose(
         frame["context_surprisal"].to_numpy()[:-1], np.array(per_event, float), rtol=1e-6

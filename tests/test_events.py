@@ -317,6 +317,31 @@ def test_a_node_infers_parquet_columns_from_the_schema_as_read_table_reads_them(
         read_table(broken, infer_columns(broken))
 
 
+@pytest.mark.parametrize(
+    ("column", "values"),
+    [
+        ("event", [["open", "read"], ["close"]]),  # a list of events in one cell
+        ("amount", [{"value": 1.0}, {"value": 2.0}]),  # a struct
+        ("device", [{"k": "v"}, {"k": "w"}]),  # a map-like struct in a context column
+    ],
+)
+def test_nested_parquet_columns_are_refused_by_name(
+    tmp_path: Path, column: str, values: list[object]
+) -> None:
+    """One value per cell: a nested Parquet column is an error that names it, not its repr as text."""
+    frame = pd.DataFrame(
+        {"sequence_id": ["s", "s"], "event": ["open", "read"], "amount": [1.0, 2.0], "device": ["a", "b"]}
+    )
+    frame[column] = pd.Series(values, dtype=object)
+    path = tmp_path / "nested.parquet"
+    frame.to_parquet(path)
+    columns = ColumnMap(numeric=("amount",), context=("device",))
+    with pytest.raises(DataError, match=rf"nested\.parquet: column '{column}' holds nested values \("):
+        read_table(path, columns)
+    if column != "event":  # a nested column the map does not use is never read
+        assert read_table(path, ColumnMap()).n_events == 2
+
+
 def test_day_month_order_is_decided_once_per_column(tmp_path: Path) -> None:
     columns = ColumnMap(order="ts")
     # 05/01 alone reads month first; 13/01 only day first: the whole column is day first

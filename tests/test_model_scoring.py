@@ -29,7 +29,7 @@ from common.train import (
     evaluate_loss,
     fit_model,
 )
-from common.vocab import BOS, END, PAD
+from common.vocab import BOS, END, PAD, UNK
 
 CPU = torch.device("cpu")
 KINDS = ["lstm", "gru", "rnn", "cnn-lstm"]
@@ -178,11 +178,24 @@ def test_padding_is_never_a_next_event():
     assert torch.isneginf(logp[..., PAD]).all()
     ref = torch.log_softmax(logits[..., 1:], dim=-1)
     torch.testing.assert_close(logp[..., 1:], ref)
+    # nor END, for a model without an END step: it never learned to predict one
+    without_end = scoring.next_event_logp(logits, end_event=False)
+    assert torch.isneginf(without_end[..., [PAD, END]]).all()
+    keep = [UNK, *range(3, 8)]
+    torch.testing.assert_close(without_end[..., keep], torch.log_softmax(logits[..., keep], dim=-1))
+    model = tiny("lstm", vocab=8, end=False)
+    with torch.no_grad():
+        model.event_head.bias[END] += 50.0  # an undertrained model's guess
+    ev = score_events(model, data, ScoreConfig(), CPU, expected_k=20)
+    assert ev.expected is not None and ev.expected.shape[1] == 6  # all 8 ids but PAD and END
+    assert not np.isin(ev.expected, [PAD, END]).any() and (ev.surprisal < 10).all()
 
 
 def test_end_step_leaves_event_scores_unchanged():
     """The END step is one more causal step: the events before it score as without it."""
     with_end = tiny("lstm", end=True)
+    with torch.no_grad():  # as a model trained without END: next to no mass on it
+        with_end.event_head.bias[END] -= 50.0
     without = tiny("lstm", end=False)
     without.load_state_dict(with_end.state_dict())
     data = encoded([[3, 4, 5, 6], [7, 3]])
