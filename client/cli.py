@@ -685,8 +685,8 @@ Output columns: sequence_id, score (higher = more anomalous), flagged (score >
 threshold), threshold, n_events, unknown_events (events never seen in training),
 top_events (the most surprising events, e.g. "pos 17: open (expected read, write)";
 positions are 0-based; "pos N: <end>" after the last of N events means the sequence
-stopped where the model expected it to go on; with a context head, a score set by the
-context comes first as "context at pos 7: device 'tablet' (expected device 'phone'
+stopped where the model expected it to go on; with a context head, a sequence flagged
+by its context starts with "context at pos 7: device 'tablet' (expected device 'phone'
 (0.93))"), label when the data has labels, and
 p_value (the share of the model's normal validation sequences scoring at least as high,
 counting this one: 0.002 means rarer than all but 0.2 % of normal data; its floor is

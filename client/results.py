@@ -272,18 +272,21 @@ _TEXT_CHUNK = 1 << 16
 """Sequences whose top-event texts are built at once: vectorised, in bounded memory."""
 
 
-def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) -> list[str]:
+def top_events_texts(
+    detector: SequenceDetector, scored: ScoredTable, n: int, threshold: float | None = None
+) -> list[str]:
     """The ``n`` most surprising events of every sequence, each as one compact string.
 
     ``"pos 17: open (expected read, write); pos 3: ..."``, most surprising first.
     Positions are 0-based, as in ``seqwatch explain``; unseen tokens are marked
     ``[unseen]``, context values unseen in training ``[unseen device]``, numbers
     at least :data:`RESIDUAL_MARK` standard deviations from what the model expected
-    ``[amount +7.8σ]``, and missing ones ``[amount missing]``. A sequence whose
-    context part set its score (a model with a context head) starts with the event
-    whose context values were the least expected: ``"context at pos 7: device
-    'tablet' (expected device 'phone' (0.93)); pos 17: ..."``. ``n <= 0``
-    gives empty strings (and skips the model pass).
+    ``[amount +7.8σ]``, and missing ones ``[amount missing]``. A sequence flagged
+    (score above ``threshold``; None: any) by its context part (a model with a
+    context head) starts with the event whose context values were the least
+    expected: ``"context at pos 7: device 'tablet' (expected device 'phone'
+    (0.93)); pos 17: ..."``. ``n <= 0`` gives empty strings (and skips the
+    model pass).
 
     Built column-wise (object arrays of shared ``str``), :data:`_TEXT_CHUNK`
     sequences at a time, not event by event: millions of sequences take seconds.
@@ -302,37 +305,53 @@ def top_events_texts(detector: SequenceDetector, scored: ScoredTable, n: int) ->
     for lo in range(0, len(counts), _TEXT_CHUNK):
         hi = min(lo + _TEXT_CHUNK, len(counts))
         texts += _top_texts(detector, scored, names, lo, counts[lo:hi], positions[starts[lo] : starts[hi]])
-    for i in np.flatnonzero(scored.context_driven()).tolist():
-        lead = _context_lead(detector, scored, i)
-        if lead:
-            texts[i] = f"{lead}; {texts[i]}" if texts[i] else lead
+    sequences, rows = _context_culprits(scored, -np.inf if threshold is None else threshold)
+    for i, row in zip(sequences.tolist(), rows.tolist(), strict=True):
+        lead = _context_lead(detector, scored, i, row)
+        texts[i] = f"{lead}; {texts[i]}" if texts[i] else lead
     return texts
 
 
-def _context_lead(detector: SequenceDetector, scored: ScoredTable, i: int) -> str:
-    """``"context at pos 7: device 'tablet' (expected device 'phone' (0.93))"``: the event whose
-    context values were the least expected, for a sequence whose score its context part set
-    (:meth:`~common.detector.ScoredTable.context_driven`); empty when no event was judged."""
+def _context_culprits(scored: ScoredTable, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(sequences, rows): each sequence scoring above ``threshold`` whose context part set its
+    score (:meth:`~common.detector.ScoredTable.context_driven`) and the row of its event whose context
+    values were the least expected (the first of ties), where the model expected another value
+    in at least one column there; a context as expected names nothing. Whole columns at once."""
     import numpy as np
 
+    events, data = scored.events, scored.encoded
+    driven = scored.context_driven() & (scored.scores > threshold) & (data.lengths > 0)
+    if events.context_surprisal is None or events.context_expected is None or not driven.any():
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    surprisal = np.nan_to_num(events.context_surprisal.astype(np.float64), nan=-np.inf)  # unseen: not judged
+    owner = np.repeat(np.arange(len(data)), data.lengths)
+    nonempty = np.flatnonzero(data.lengths > 0)
+    largest = np.full(len(data), -np.inf)
+    largest[nonempty] = np.maximum.reduceat(surprisal, data.offsets[nonempty])
+    at_largest = np.flatnonzero((surprisal == largest[owner]) & driven[owner] & np.isfinite(surprisal))
+    sequences, first = np.unique(owner[at_largest], return_index=True)
+    rows = at_largest[first]
+    differs = (events.context_expected[rows] != data.context[rows]).any(axis=1)
+    return sequences[differs], rows[differs]
+
+
+def _context_lead(detector: SequenceDetector, scored: ScoredTable, i: int, row: int) -> str:
+    """``"context at pos 7: device 'tablet' (expected device 'phone' (0.93))"``: event ``row``
+    of sequence ``i``, whose context values set its score (:func:`_context_culprits`)."""
     from common.explanation import expected_context_text, unseen_context_text
 
     events = scored.events
     assert events.context_surprisal is not None
-    sl = events.of(i)
-    surprisal = np.asarray(events.context_surprisal[sl], dtype=np.float64)
-    if not np.isfinite(surprisal).any():  # only unseen events, whose context is not judged
-        return ""
-    t = int(np.nanargmax(surprisal))
-    expected = detector.expected_context_at(scored, sl.start + t)
+    t = row - int(events.offsets[i])
+    expected = detector.expected_context_at(scored, row)
     # the columns it expected otherwise; with hashed categories (a federation's), which it cannot
     # name, every column, with the surprisal instead
     columns = tuple(expected) or detector.encoder_.context_names
-    actual = {name: scored.context_value(sl.start + t, name) for name in columns}
+    actual = {name: scored.context_value(row, name) for name in columns}
     shown = {name: value for name, value in actual.items() if value is not None}
     what = f"{unseen_context_text(shown)} " if shown else ""
     if not expected:
-        return f"context at pos {t}: {what}({surprisal[t]:.1f} nats)"
+        return f"context at pos {t}: {what}({float(events.context_surprisal[row]):.1f} nats)"
     return f"context at pos {t}: {what}(expected {expected_context_text(expected)})"
 
 
@@ -437,7 +456,7 @@ def score_frame(
             "threshold": np.full(n_seq, threshold, dtype=np.float64),
             "n_events": lengths.astype(np.int64),
             "unknown_events": unknown,
-            "top_events": top_events_texts(detector, scored, top_events),
+            "top_events": top_events_texts(detector, scored, top_events, threshold),
         }
     )
     if enc.labels is not None:

@@ -259,7 +259,8 @@ class SequenceExplanation:
         unseen in training (``unseen context: device 'iPhone 15'``), the
         surprisal of its context values (``context 5.31 nats``, from a model
         with a context head) and any numeric residuals. The ``highlight`` most
-        anomalous events are marked ``>>``.
+        anomalous events are marked ``>>``, and so is :attr:`context_event` when
+        the context set the score (always shown).
         When there are more than ``max_events`` events, only the most
         anomalous ``max_events`` are shown (still in sequence order) and the
         gaps are summarised.
@@ -281,14 +282,21 @@ class SequenceExplanation:
             return "\n".join(lines)
 
         marked = {id(ev) for ev in self.top_events(highlight)}
+        culprit = self.context_event  # a score set by the context: its event is marked and shown
+        if culprit is not None and highlight > 0:
+            marked.add(id(culprit))
         if max_events > 0 and len(self.events) > max_events:
             # the END step enters the score on its own (see score_parts): it is always shown
             events = self.events[: self.n_events]
             keep = {id(ev) for ev in sorted(events, key=_sort_key)[:max_events]}
             if self.has_end_step:
                 keep.add(id(self.events[-1]))
+            extra = culprit is not None and id(culprit) not in keep
+            if culprit is not None:
+                keep.add(id(culprit))
             shown_at = [i for i, ev in enumerate(self.events) if id(ev) in keep]
-            end = ", and the END step" if self.has_end_step else ""
+            end = ", the event whose context set the score" if extra else ""
+            end += ", and the END step" if self.has_end_step else ""
             k = min(max_events, self.n_events)
             lines.append(f"  showing the {k} most anomalous of {self.n_events} events{end}")
         else:
@@ -336,6 +344,16 @@ class SequenceExplanation:
     def n_events(self) -> int:
         """How many events the sequence holds (the END step is no event), as ``score`` counts them."""
         return len(self.events) - self.has_end_step
+
+    @property
+    def context_event(self) -> EventExplanation | None:
+        """The event whose context values were the least expected, when the sequence's context
+        part set its score (``score_terms`` from a model with a context head); else None."""
+        terms = self.score_terms or {}
+        if "context_score" not in terms or not terms["context_score"] >= self.score:
+            return None
+        judged = [ev for ev in self.events if ev.context_surprisal is not None]
+        return max(judged, key=lambda ev: (ev.context_surprisal, -ev.position)) if judged else None
 
     @property
     def has_end_step(self) -> bool:

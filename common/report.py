@@ -360,9 +360,18 @@ def _unseen_cell(ev: EventExplanation) -> str:
 
 
 def _top_events_table(top: tuple[EventExplanation, ...]) -> str:
+    """The top events, one row each; with a context head, their context surprisal and the
+    context values the model expected instead."""
+    with_context = any(ev.context_surprisal is not None for ev in top)
     rows = []
     for ev in top:
         residuals = ", ".join(residual_text(k, v) for k, v in ev.numeric_residuals.items())
+        nats = "—" if ev.context_surprisal is None else _e(_num(ev.context_surprisal))
+        context = (
+            f'<td class="num">{nats}</td><td>{_e(expected_context_text(ev.expected_context)) or "—"}</td>'
+            if with_context
+            else ""
+        )
         rows.append(
             "<tr>"
             f'<td class="num">{ev.position}</td>'
@@ -372,6 +381,7 @@ def _top_events_table(top: tuple[EventExplanation, ...]) -> str:
             f"<td>{_e(_unseen_cell(ev))}</td>"
             f"<td>{_e(ev.expected_text()) or '—'}</td>"
             f"<td>{_e(residuals) or '—'}</td>"
+            f"{context}"
             f'<td class="num">{_e(_num(ev.score))}</td>'
             "</tr>"
         )
@@ -379,7 +389,9 @@ def _top_events_table(top: tuple[EventExplanation, ...]) -> str:
         return '<p class="muted">No events.</p>'
     head = (
         "<tr><th>pos</th><th>event</th><th>surprisal (nats)</th><th>rank</th><th>unseen</th>"
-        "<th>expected instead</th><th>numbers</th><th>event score</th></tr>"
+        "<th>expected instead</th><th>numbers</th>"
+        + ("<th>context (nats)</th><th>expected context</th>" if with_context else "")
+        + "<th>event score</th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -393,6 +405,9 @@ def _sequence_html(expl: SequenceExplanation, scale: float) -> str:
     if expl.label is not None:
         badge += f'<span class="badge lab{1 if expl.label else 0}">label {int(expl.label)}</span>'
     top = expl.top_events(TOP_EVENTS)
+    culprit = expl.context_event  # the context set the score: its least expected event comes first
+    if culprit is not None and all(ev is not culprit for ev in top):
+        top = (culprit, *top)
     thr = "" if expl.threshold is None else f" · threshold {_e(_num(expl.threshold))}"
     if expl.p_value is not None:
         thr += f" · p-value {_e(p_value_text(expl.p_value))}"

@@ -925,6 +925,17 @@ def test_an_unlikely_device_is_scored_through_the_context_part_and_saved(
     )
     assert all("device" in ev.expected_context for ev in why.events[: why.n_events])
     assert "expected context: device" in why.to_text()
+    # the context set the score: its least expected event is marked, and shown however few are
+    assert why.context_event is not None and why.context_event.context_surprisal == max(
+        x for x in per_event if x is not None
+    )
+    culprit_line = f">> {why.context_event.position} "
+    assert any(line.startswith(culprit_line) for line in why.to_text(highlight=1).splitlines())
+    few = why.to_text(max_events=1, highlight=1)
+    assert any(line.startswith(culprit_line) for line in few.splitlines())
+    shown = f"showing the 1 most anomalous of {why.n_events} events, the event whose context set the score"
+    assert shown in few
+    assert det.explain(usual, "x000").context_event is None
     assert EventExplanation.from_dict(first.to_dict()) == first
     assert not any(ev.expected_context.get("device") for ev in det.explain(usual, "x000").events[1:3])
     # the score table's top events start with the event whose context set the score
@@ -936,9 +947,20 @@ def test_an_unlikely_device_is_scored_through_the_context_part_and_saved(
     assert re.fullmatch(
         r"context at pos \d+: device 'tablet' \(expected device '(phone|laptop)' \(0\.\d\d\)\)", lead
     )
+    assert top_events_texts(det, scored_tablet, 3, det.threshold_)[0].startswith(lead)  # flagged
+    unflagged = top_events_texts(det, scored_tablet, 3, float(scored_tablet.scores[0]))[0]
+    assert not unflagged.startswith("context at") and unflagged.count("; ") == 2
     scored_usual = det.score_table(usual, expected_k=2)
     assert not scored_usual.context_driven().any()
     assert "context at" not in top_events_texts(det, scored_usual, 3)[0]
+    # hashed categories (a federation's): the model cannot name what it expected, so the lead
+    # gives the event's values and their surprisal
+    det.encoder_.context.hashed = True
+    try:
+        hashed_lead = top_events_texts(det, scored_tablet, 3)[0].split("; ")[0]
+    finally:
+        det.encoder_.context.hashed = False
+    assert re.fullmatch(r"context at pos \d+: device 'tablet' \(\d+\.\d nats\)", hashed_lead)
     frame = event_frame(det, det.score_table(tablet, expected_k=1), tablet, 1)
     np.testing.assert_allclose(
         frame["context_surprisal"].to_numpy()[:-1], np.array(per_event, float), rtol=1e-6

@@ -166,6 +166,41 @@ def test_report_labelled(tmp_path: Path) -> None:
     assert not (out / "roc_curve.png").exists() and not (out / "pr_curve.png").exists()
 
 
+def _context_set(expl: SequenceExplanation) -> SequenceExplanation:
+    """``expl`` from a model with a context head whose context part set the score: event 1's
+    device was the least expected, though its event score is among the lowest."""
+    events = [dataclasses.replace(ev, context_surprisal=0.1) for ev in expl.events]
+    events[1] = dataclasses.replace(
+        events[1], context_surprisal=11.0, expected_context={"device": ("phone", 0.93)}
+    )
+    terms = {"steps": 4.0, "context_surprisal": 11.0, "context_score": expl.score}
+    return dataclasses.replace(expl, events=tuple(events), score_terms=terms)
+
+
+def test_a_score_set_by_the_context_marks_and_lists_its_event(tmp_path: Path) -> None:
+    """explain marks the event whose context set the score; the report lists it first, with the
+    context values expected instead. Without a context part, neither changes."""
+    pytest.importorskip("matplotlib")
+    expl = _context_set(_explanation("ctx"))
+    assert expl.context_event is expl.events[1]
+    assert expl.events[1] not in expl.top_events(3)
+    marked = [line for line in expl.to_text().splitlines() if line.startswith(">>")]
+    assert len(marked) == 4 and any(line.startswith(">> 1 ") for line in marked)
+    assert "the event whose context set the score" in expl.to_text(max_events=2)
+    events_set = dataclasses.replace(expl, score_terms={**(expl.score_terms or {}), "context_score": 3.0})
+    assert events_set.context_event is None  # the events part set this score
+    assert _explanation().context_event is None  # no context head
+    doc = write(tmp_path / "rep", _scores(), metrics=None, explanations=[expl]).read_text(encoding="utf-8")
+    table = doc[doc.index("<th>pos</th>") :]
+    assert "<th>context (nats)</th><th>expected context</th>" in table
+    first_row = table[table.index("<tr><td") :].split("</tr>")[0]
+    assert (
+        first_row.startswith('<tr><td class="num">1</td>') and "device &#x27;phone&#x27; (0.93)" in first_row
+    )
+    plain = write(tmp_path / "rep2", _scores(), metrics=None, explanations=[_explanation()])
+    assert "<th>context (nats)</th>" not in plain.read_text(encoding="utf-8")
+
+
 def test_report_unlabelled_minimal(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     df = _scores(20, labelled=False)
