@@ -700,9 +700,10 @@ file's order value; for timed data an ISO 8601 UTC time, 2026-01-05T08:00:00Z), 
 unseen, score, surprisal (nats), rank (1 = the model's top guess), expected_1..K with
 expected_1_p..K_p, residual_<feature> per numeric feature (actual - expected, in
 standard deviations of the training data after the log transform of heavy-tailed
-features), unseen_<column> per context column (its value never seen in training), and
-label when the data has labels (on END rows the sequence's label). Parquet suits large
-files best.
+features), unseen_<column> per context column (its value never seen in training); with
+a context head also context_surprisal and, per context column, context_expected_<column>
+with context_expected_<column>_p (the value it found likeliest there); and label when
+the data has labels (on END rows the sequence's label). Parquet suits large files best.
 
 --false-alarm-rate and --confidence choose another operating point without refitting:
 the local threshold is set anew from the validation scores saved with the model (the

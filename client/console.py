@@ -193,11 +193,13 @@ def size_text(path: str | os.PathLike[str]) -> str:
         size: float = os.path.getsize(path)
     except OSError:
         return ""
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f" ({size:,.0f} {unit})" if unit == "bytes" else f" ({size:,.1f} {unit})"
+    if size < 1000:
+        return f" ({size:,.0f} byte{'' if size == 1 else 's'})"
+    for unit in ("kB", "MB", "GB"):
         size /= 1000
-    return ""  # pragma: no cover - the loop returns
+        if size < 999.95 or unit == "GB":  # 999,950 bytes is 1.0 MB, not 1,000.0 kB
+            break
+    return f" ({size:,.1f} {unit})"
 
 
 class CountProgress(_Progress):

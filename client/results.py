@@ -282,7 +282,7 @@ def top_events_texts(
     ``[unseen]``, context values unseen in training ``[unseen device]``, numbers
     at least :data:`RESIDUAL_MARK` standard deviations from what the model expected
     ``[amount +7.8σ]``, and missing ones ``[amount missing]``. A sequence flagged
-    (score above ``threshold``; None: any) by its context part (a model with a
+    (score above ``threshold``; None: the detector's own) by its context part (a model with a
     context head) starts with the event whose context values were the least
     expected: ``"context at pos 7: device 'tablet' (expected device 'phone'
     (0.93)); pos 17: ..."``. ``n <= 0`` gives empty strings (and skips the
@@ -305,7 +305,7 @@ def top_events_texts(
     for lo in range(0, len(counts), _TEXT_CHUNK):
         hi = min(lo + _TEXT_CHUNK, len(counts))
         texts += _top_texts(detector, scored, names, lo, counts[lo:hi], positions[starts[lo] : starts[hi]])
-    sequences, rows = _context_culprits(scored, -np.inf if threshold is None else threshold)
+    sequences, rows = _context_culprits(scored, detector.threshold_ if threshold is None else threshold)
     for i, row in zip(sequences.tolist(), rows.tolist(), strict=True):
         lead = _context_lead(detector, scored, i, row)
         texts[i] = f"{lead}; {texts[i]}" if texts[i] else lead
@@ -482,7 +482,8 @@ def event_frame(
     features); ``unseen_<name>`` per context column (its value never seen in
     training, so the model read it as unseen); ``context_surprisal`` with a
     context head (``-log p`` of the event's context values given the event and
-    its history, nats; empty on END rows); and label when the data is
+    its history, nats; empty on END rows) and, with ``expected > 0``, what it
+    expected there (:func:`_expected_context_columns`); and label when the data is
     labelled (the row's label; on an END row its sequence's, 1 if any of its
     rows is anomalous). ``scored`` must be ``table``'s, scored with ``expected_k >=
     expected`` (or with every event of the vocabulary, when it has fewer).
@@ -549,11 +550,43 @@ def event_frame(
         columns[f"unseen_{name}"] = ev.on_steps(enc.context[:, j] == 0, None, False)
     if ev.context_surprisal is not None:
         columns["context_surprisal"] = ev.on_steps(ev.context_surprisal, None, np.nan)
+    columns.update(_expected_context_columns(detector, scored, expected))
     if LABEL in table.frame.columns and enc.labels is not None:
         columns["label"] = ev.on_steps(
             table.frame[LABEL].to_numpy(dtype=np.int8), np.asarray(enc.labels, dtype=np.int8), 0
         )
     return pd.DataFrame(columns)
+
+
+def _expected_context_columns(
+    detector: SequenceDetector, scored: ScoredTable, expected: int
+) -> dict[str, Any]:
+    """``context_expected_<name>`` and ``context_expected_<name>_p`` per context column: the
+    value a context head found likeliest for each event (``<unseen>`` for the unseen-value
+    slot) and its probability; empty on END rows and for events unseen in training (their
+    context is not judged). None of them without a context head, with ``expected = 0`` or
+    with hashed categories (a federation's), whose names the model does not know."""
+    import numpy as np
+    import pandas as pd
+
+    from common.vocab import UNK
+
+    ev, enc = scored.events, scored.encoded
+    context = detector.encoder_.context
+    if not expected or ev.context_expected is None or ev.context_expected_p is None or context.hashed:
+        return {}
+    judged = enc.tokens != UNK
+    out: dict[str, Any] = {}
+    for j, name in enumerate(detector.encoder_.context_names):
+        values = np.array(["<unseen>", *context.columns[name]], dtype=object)  # id 0: unseen
+        categories, codes = np.unique(values.astype(str), return_inverse=True)
+        ids = np.where(judged, codes[ev.context_expected[:, j]], -1)
+        out[f"context_expected_{name}"] = pd.Categorical.from_codes(
+            ev.on_steps(ids, None, -1), pd.Index(categories)
+        ).remove_unused_categories()
+        p = np.where(judged, ev.context_expected_p[:, j], np.nan).astype(np.float32)
+        out[f"context_expected_{name}_p"] = ev.on_steps(p, None, np.nan)
+    return out
 
 
 def _head(values: np.ndarray | None, k: int) -> np.ndarray | None:

@@ -141,10 +141,11 @@ class ScoredTable:
         return None
 
     def context_driven(self) -> np.ndarray:
-        """(S,) True where the context part set the score (above the score without it)."""
+        """(S,) True where the context part set the score (at least as high as the score without
+        it, as :attr:`~common.explanation.SequenceExplanation.context_event` reads it)."""
         if self.context_score is None or self.events_part is None:
             return np.zeros(len(self.scores), dtype=bool)
-        return np.asarray(self.context_score > self.events_part, dtype=bool)
+        return np.asarray(self.context_score >= self.events_part, dtype=bool)
 
     def top_events(self, n: int) -> list[np.ndarray]:
         """Positions of each sequence's ``n`` highest-scoring steps, most anomalous first.
@@ -154,7 +155,7 @@ class ScoredTable:
         One sort over all steps of all sequences.
         """
         counts, positions = self.top_steps(n)
-        return np.split(positions, np.cumsum(counts)[:-1])
+        return np.split(positions, np.cumsum(counts)[:-1]) if len(counts) else []
 
     def top_steps(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`top_events` flat: (S,) how many steps each sequence has among its ``n``

@@ -347,10 +347,11 @@ class SequenceExplanation:
 
     @property
     def context_event(self) -> EventExplanation | None:
-        """The event whose context values were the least expected, when the sequence's context
-        part set its score (``score_terms`` from a model with a context head); else None."""
+        """The event whose context values were the least expected (the first of ties), when the
+        sequence is flagged and its context part set its score (``score_terms`` from a model
+        with a context head; the part at least as high as the score without it); else None."""
         terms = self.score_terms or {}
-        if "context_score" not in terms or not terms["context_score"] >= self.score:
+        if not self.flagged or "context_score" not in terms or not terms["context_score"] >= self.score:
             return None
         judged = [ev for ev in self.events if ev.context_surprisal is not None]
         return max(judged, key=lambda ev: (ev.context_surprisal, -ev.position)) if judged else None

@@ -539,6 +539,20 @@ class _Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, " (0 bytes)"), (1, " (1 byte)"), (999, " (999 bytes)"), (1000, " (1.0 kB)"), (999_950, " (1.0 MB)")],
+)
+def test_status_lines_give_a_files_size_in_readable_units(tmp_path: Path, size: int, text: str) -> None:
+    from client.console import size_text
+
+    path = tmp_path / "f"
+    with path.open("wb") as f:
+        f.truncate(size)
+    assert size_text(path) == text
+    assert size_text(tmp_path / "missing") == ""
+
+
 @pytest.mark.parametrize("quiet", [False, True])
 def test_slow_steps_without_a_count_show_a_status_line_on_a_terminal(
     workspace: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet: bool
@@ -965,6 +979,19 @@ def test_an_unlikely_device_is_scored_through_the_context_part_and_saved(
     np.testing.assert_allclose(
         frame["context_surprisal"].to_numpy()[:-1], np.array(per_event, float), rtol=1e-6
     )
+    # what the head expected at every event, as explain names it where it differs; none at END
+    assert [frame["context_expected_device"].iloc[t] for t in range(why.n_events)] == [
+        ev.expected_context["device"][0] for ev in why.events[: why.n_events]
+    ]
+    np.testing.assert_allclose(
+        frame["context_expected_device_p"].to_numpy()[:-1],
+        [ev.expected_context["device"][1] for ev in why.events[: why.n_events]],
+        rtol=1e-6,
+    )
+    assert pd.isna(frame["context_expected_device"].iloc[-1]) and np.isnan(
+        frame["context_expected_device_p"].iloc[-1]
+    )
+    assert "context_expected_device" not in event_frame(det, det.score_table(tablet), tablet, 0)
 
     # another aggregate has other spreads: scored with it, the fusion is left out; a batch size is no score
     from common.config import ScoreConfig

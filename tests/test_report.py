@@ -190,6 +190,7 @@ def test_a_score_set_by_the_context_marks_and_lists_its_event(tmp_path: Path) ->
     events_set = dataclasses.replace(expl, score_terms={**(expl.score_terms or {}), "context_score": 3.0})
     assert events_set.context_event is None  # the events part set this score
     assert _explanation().context_event is None  # no context head
+    assert dataclasses.replace(expl, flagged=False).context_event is None  # only a flagged sequence's
     doc = write(tmp_path / "rep", _scores(), metrics=None, explanations=[expl]).read_text(encoding="utf-8")
     table = doc[doc.index("<th>pos</th>") :]
     assert "<th>context (nats)</th><th>expected context</th>" in table
