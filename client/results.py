@@ -492,11 +492,12 @@ def event_frame(
     import pandas as pd
 
     from common.events import EVENT, LABEL, ORDER
+    from common.scoring import next_event_choices
     from common.vocab import END, UNK
 
     enc, ev = scored.encoded, scored.events
     vocab = detector.encoder_.vocab
-    expected = min(expected, len(vocab) - 1)  # every id but PAD can come next
+    expected = min(expected, next_event_choices(len(vocab), detector.config.model.end_event))
     if expected and (ev.expected is None or ev.expected.shape[1] < expected):
         raise ValueError(f"event_frame() needs a table scored with expected_k >= {expected}")
     step_offsets, is_event = ev.step_layout()

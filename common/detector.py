@@ -60,6 +60,7 @@ from common.scoring import (
     aggregate,
     context_fusion_from_moments,
     end_weight_from_moments,
+    next_event_choices,
     score_events,
     spread_moments,
 )
@@ -129,9 +130,7 @@ class ScoredTable:
         if not names:
             return {}
         unseen = [names[j] for j in np.nonzero(self.encoded.context[row] == 0)[0]]
-        if self.raw_context is None:
-            return dict.fromkeys(unseen, "")
-        return {n: str(self.raw_context[row, self.raw_context_names.index(n)]) for n in unseen}
+        return {n: self.context_value(row, n) or "" for n in unseen}
 
     def context_value(self, row: int, name: str) -> str | None:
         """The value of context column ``name`` at event ``row`` (of all events), as the data held
@@ -932,11 +931,12 @@ def _check_vocabulary(encoder: Encoder, config: DetectorConfig, source: str) -> 
             f"{source}: vocab.min-count = {config.vocab.min_count} keeps no event type (all "
             f"{vocab.cut_types:,} distinct events occur fewer times in training): lower vocab.min-count"
         )
-    candidates = len(vocab) - 1  # every id but padding can come next
+    candidates = next_event_choices(len(vocab), config.model.end_event)
     if config.score.aggregate == "topk-miss" and config.score.top_k >= candidates:
+        end = " and <end>" if config.model.end_event else ""
         raise ConfigError(
             f"score.top-k = {config.score.top_k} is not below the {candidates} ids the model can predict "
-            f"({len(vocab.tokens)} event types, <unk> and <end>): with score.aggregate = 'topk-miss' every "
+            f"({len(vocab.tokens)} event types, <unk>{end}): with score.aggregate = 'topk-miss' every "
             f"event would be among the top-k and every score 0; set score.top-k below {candidates}"
         )
 

@@ -120,6 +120,12 @@ class EventScores:
         )
 
 
+def next_event_choices(vocab_size: int, end_event: bool) -> int:
+    """How many ids :func:`next_event_logp` can give a next event: every id but PAD, and but END
+    for a model without an END step."""
+    return vocab_size - (1 if end_event else 2)
+
+
 def next_event_logp(logits: torch.Tensor, *, end_event: bool = True) -> torch.Tensor:
     """Log-probabilities of the next event (..., V) from the model's logits, in float32.
 
@@ -155,9 +161,7 @@ def score_events(
     n, s = len(data.tokens), len(data)
     f = data.numeric.shape[1]
     end = model.config.end_event
-    k = min(
-        expected_k, model.shape.vocab_size - (1 if end else 2)
-    )  # every id but PAD (and END) can come next
+    k = min(expected_k, next_event_choices(model.shape.vocab_size, end))
     surprisal = np.zeros(n, dtype=np.float32)
     rank = np.zeros(n, dtype=np.int32)
     residual = np.full((n, f), np.nan, dtype=np.float32)

@@ -438,6 +438,12 @@ def test_top_events_agree_with_each_sequences_explanation(
     assert any("[amount missing]" in t for t in texts) and any("σ]" in t for t in texts)
     assert any("<end>" in t for t in texts) == end_event
     assert top_events_texts(detector, scored, 0) == [""] * len(texts)
+    # every event the model can name comes next, as many as it can: END too only with an END step
+    from client.results import event_frame
+
+    choices = len(detector.encoder_.vocab) - (1 if end_event else 2)
+    all_of_them = event_frame(detector, detector.score_table(table, expected_k=999), table, 999)
+    assert f"expected_{choices}" in all_of_them and f"expected_{choices + 1}" not in all_of_them
 
 
 def test_score_writes_table_and_metrics(
