@@ -141,14 +141,14 @@ def batch_indices(
 ) -> list[np.ndarray]:
     """Group sequences of similar length (less padding), shuffled when ``rng`` is given.
 
-    With ``max_tokens``, a batch of long sequences holds fewer of them so that
-    ``len(batch) * longest <= max_tokens`` (at least one sequence). With
-    ``fill_tokens``, a batch of short sequences holds more of them, up to
+    With ``fill_tokens``, a batch of short sequences holds more of them, up to
     ``fill_tokens // longest``, so that short-session data (log sessions of
-    ~20 events) is not trained a few hundred events at a time. That size is
+    ~20 events) is not trained or scored a few hundred events at a time. That size is
     estimated from the first ``batch_size`` of them; where the sequences it
     adds are much longer (a mix of very short and very long ones), the batch
     is cut back so that it never pads to more than twice ``fill_tokens``.
+    With ``max_tokens``, a batch of long sequences holds fewer of them so that
+    ``len(batch) * longest <= max_tokens`` (at least one sequence), after any filling.
     """
     n = len(lengths)
     if n == 0:
@@ -164,8 +164,8 @@ def batch_indices(
             size = max(size, fill_tokens // longest)
             size = _cut_back(lengths, order, i, batch_size, size, 2 * fill_tokens)
         if max_tokens is not None:
-            longest = max(int(lengths[order[min(i + batch_size, n) - 1]]), 1)
-            size = max(1, min(batch_size, max_tokens // longest))
+            longest = max(int(lengths[order[min(i + size, n) - 1]]), 1)
+            size = max(1, min(size, max_tokens // longest))
         batches.append(order[i : i + size])
         i += size
     if rng is not None:

@@ -589,11 +589,19 @@ def text_categories(values: pd.Series) -> pd.Series:
             categorical = pd.Categorical.from_codes(new_code[codes], categories=cats[used], validate=False)
             return pd.Series(categorical, index=values.index, name=values.name)
     codes, texts = text_codes(values)
+    return coded_text_categories(texts, codes, index=values.index, name=values.name)
+
+
+def coded_text_categories(
+    texts: np.ndarray, codes: np.ndarray, *, index: Any = None, name: Any = None
+) -> pd.Series:
+    """The :func:`text_categories` series whose row ``i`` reads ``texts[codes[i]]`` (``texts``:
+    ``str``, one per code), built from the texts alone: each is sorted once, not once per row."""
     names, inverse = np.unique(texts.astype(str), return_inverse=True)
     categorical = pd.Categorical.from_codes(
         inverse.reshape(-1)[codes], categories=pd.Index(names, dtype=TEXT_DTYPE), validate=False
     )
-    return pd.Series(categorical, index=values.index, name=values.name)
+    return pd.Series(categorical, index=index, name=name)
 
 
 def _with_text_categories(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:

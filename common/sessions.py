@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from common.errors import ConfigError, DataError
 from common.events import (
@@ -12,6 +11,7 @@ from common.events import (
     SEQUENCE,
     EventTable,
     canonical_sort,
+    coded_text_categories,
     gaps_within,
     sequence_starts,
     text_codes,
@@ -44,7 +44,8 @@ def sessionize(
     if (gap_seconds is None) == (block_size is None):
         raise ConfigError("sessionize: give exactly one of gap_seconds or block_size")
     frame = table.frame
-    starts = sequence_starts(text_codes(frame[SEQUENCE])[0])
+    entity, names = text_codes(frame[SEQUENCE])
+    starts = sequence_starts(entity)
     n = len(frame)
     start_pos = np.maximum.accumulate(np.where(starts, np.arange(n), 0)) if n else np.zeros(0, dtype=np.int64)
     if gap_seconds is not None:
@@ -66,9 +67,17 @@ def sessionize(
         if isinstance(block_size, bool) or not isinstance(block_size, int | np.integer) or block_size <= 0:
             raise ConfigError(f"sessionize: block_size must be a positive integer, got {block_size!r}")
         k = (np.arange(n) - start_pos) // int(block_size)
-    ids = frame[SEQUENCE].astype(str) + "#" + pd.Series(k, index=frame.index).astype(str)
-    out = frame.assign(**{SEQUENCE: ids.astype(str)})
+        new = starts | ((np.arange(n) - start_pos) % int(block_size) == 0)
+    # one id per new sequence, not per row: "{entity}#{k}"
+    first = np.flatnonzero(new)
+    ids = np.array(
+        [f"{names[e]}#{j}" for e, j in zip(entity[first].tolist(), k[first].tolist(), strict=True)],
+        dtype=object,
+    )
+    session = np.cumsum(new) - 1
+    out = frame.assign(**{SEQUENCE: coded_text_categories(ids, session, index=frame.index)})
     out = canonical_sort(out)
     if table.time_ordered:
-        out[GAP] = gaps_within(text_codes(out[SEQUENCE])[0], out[ORDER].to_numpy(np.float64))
+        # the ids are canonical categories now: their codes tell sequences apart as their texts do
+        out[GAP] = gaps_within(out[SEQUENCE].cat.codes.to_numpy(), out[ORDER].to_numpy(np.float64))
     return table._like(out)

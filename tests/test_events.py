@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from common.events import (
     GAP,
     MISSING,
     ORDER,
+    SEQUENCE,
     ColumnMap,
     EventTable,
     as_text,
@@ -498,6 +500,24 @@ def test_parquet_categories_keep_missing_values_and_codes_of_numbers(tmp_path: P
     assert _categories(table, "device") == [MISSING, "pc"]  # the blank " " is gone with its rows
 
 
+def test_numeric_dates_are_found_as_the_exact_pattern_finds_them() -> None:
+    """The fast pre-filter (Arrow's RE2) misses no date that Python's ``re`` finds."""
+    import re
+
+    from common.tableio import _A_NUMERIC_DATE, _numeric_dates
+
+    values = [
+        "04/03/2024", " 4.3.24 10:00", "\t04/03/24", "\u00a004/03/2024", "٠٤/٠٣/2024", "04/03/2024\n",
+        "1/2/2024", "12-31-99x", "2024-01-31T12:00:00Z", "Mon 04/03/2024", "123/4/2024", "04/03/2",
+        "x12-3-2024", "",
+    ]  # fmt: skip
+    expected = [bool(re.search(_A_NUMERIC_DATE, v)) for v in values]
+    assert expected[:8] == [True] * 8 and not any(expected[8:])
+    for dtype in ("str", object):
+        assert _numeric_dates(pd.Series(values, dtype=dtype)).tolist() == expected
+        assert _numeric_dates(pd.Series(values[8:], dtype=dtype)).tolist() == expected[8:]  # ASCII only
+
+
 # --------------------------------------------------------------------------- #
 # Sessionize
 # --------------------------------------------------------------------------- #
@@ -525,6 +545,41 @@ def test_sessionize_by_block(tmp_path: Path) -> None:
     assert list(g.ids) == ["s#0", "s#1", "s#2"]
     assert list(g.lengths) == [2, 2, 1]
     assert g.labels is not None and list(g.labels) == [0, 1, 0]
+
+
+@pytest.mark.parametrize("cut", [{"gap_seconds": 5.0}, {"block_size": 3}])
+def test_sessionize_names_each_session_by_entity_and_count(tmp_path: Path, cut: dict[str, Any]) -> None:
+    """Ids ``entity#k``, k counting an entity's sessions in time order, sorted as text ("u#10"
+    before "u#2"); rows keep their time order and their gaps restart at each session."""
+    rng = np.random.default_rng(3)
+    entities = ["u", "01", "1", "é x"]
+    rows = []
+    for e in entities:
+        t = np.cumsum(rng.choice([1.0, 2.0, 9.0], size=40))
+        rows += [f"{e},ev{int(v) % 3},2024-01-01T00:{int(v) // 60:02d}:{int(v) % 60:02d}Z\n" for v in t]
+    order = rng.permutation(len(rows))
+    path = _write(tmp_path / "s.csv", "sequence_id,event,ts\n" + "".join(rows[i] for i in order))
+    table = read_table(path, ColumnMap(order="ts"))
+    assert table.time_ordered
+    out = sessionize(table, **cut)
+    g = out.grouped()
+    assert list(g.ids) == sorted(g.ids) and len(set(g.ids)) == len(g.ids)
+    frame = out.frame
+    for e in entities:
+        mine = [i for i in g.ids if i.rsplit("#", 1)[0] == e]
+        assert sorted(int(i.rsplit("#", 1)[1]) for i in mine) == list(range(len(mine)))
+        firsts = [frame.loc[frame[SEQUENCE] == f"{e}#{k}", ORDER].min() for k in range(len(mine))]
+        assert firsts == sorted(firsts)
+    assert "u#10" in g.ids and list(g.ids).index("u#10") < list(g.ids).index("u#2")
+    for i in range(len(g)):
+        seq = frame.iloc[g.offsets[i] : g.offsets[i + 1]]
+        assert seq[ORDER].is_monotonic_increasing
+        assert seq[GAP].iloc[0] == 0.0
+        assert np.allclose(seq[GAP].iloc[1:], np.diff(seq[ORDER].to_numpy()))
+        if "gap_seconds" in cut:
+            assert (seq[GAP] <= cut["gap_seconds"]).all()
+        else:
+            assert len(seq) <= cut["block_size"]
 
 
 def test_sessionize_arguments(user_csv: Path, tmp_path: Path) -> None:

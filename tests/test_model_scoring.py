@@ -105,6 +105,9 @@ def test_batches_group_by_length_and_respect_token_budget():
     assert all(
         len(b) * mixed[b].max() <= 800 or len(b) <= 8 for b in batch_indices(mixed, 8, fill_tokens=400)
     )
+    # scoring's pair: short ones filled, long ones cut to the token budget
+    both = batch_indices(np.r_[np.full(100, 10), np.full(10, 100)], 8, fill_tokens=400, max_tokens=300)
+    assert [len(b) for b in both] == [30, 30, 30, 10, 3, 3, 3, 1]  # 400 // 10 = 40, cut to 300 // 10
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -152,14 +155,34 @@ def test_chunked_scoring_equals_one_pass_and_padding_is_inert(kind, context_head
         )
 
 
-def test_scoring_progress_counts_every_event_once_per_batch() -> None:
+def test_scoring_progress_counts_every_event_once_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny("lstm")
     seqs = [[3, 4, 5] * k for k in (1, 2, 5, 9, 4)]
     data = encoded(seqs)
     calls: list[int] = []
     score_events(model, data, ScoreConfig(batch_size=2), CPU, progress=calls.append)
     assert sum(calls) == len(data.tokens) == sum(len(s) for s in seqs)
+    assert len(calls) == 1  # short sequences: one batch filled to scoring.SCORE_FILL_TOKENS steps
+    monkeypatch.setattr(scoring, "SCORE_FILL_TOKENS", 1)
+    calls.clear()
+    score_events(model, data, ScoreConfig(batch_size=2), CPU, progress=calls.append)
+    assert sum(calls) == len(data.tokens)
     assert len(calls) == 3  # 5 sequences, 2 per batch
+
+
+def test_filled_scoring_batches_score_as_batches_of_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packing short sequences into large batches changes the speed, not one score."""
+    model = tiny("lstm")
+    rng = np.random.default_rng(0)
+    data = encoded([rng.integers(3, 8, size=int(n)).tolist() for n in rng.integers(1, 30, size=300)])
+    filled = score_events(model, data, ScoreConfig(batch_size=4), CPU, expected_k=3)
+    monkeypatch.setattr(scoring, "SCORE_FILL_TOKENS", 1)
+    plain = score_events(model, data, ScoreConfig(batch_size=4), CPU, expected_k=3)
+    np.testing.assert_allclose(filled.surprisal, plain.surprisal, rtol=1e-5, atol=1e-6)
+    assert filled.end_surprisal is not None and plain.end_surprisal is not None
+    np.testing.assert_allclose(filled.end_surprisal, plain.end_surprisal, rtol=1e-5, atol=1e-6)
+    assert filled.expected is not None and plain.expected is not None
+    assert (filled.expected == plain.expected).mean() > 0.99
 
 
 def test_padding_is_never_a_next_event():
