@@ -12,7 +12,6 @@ training and validation data, never test labels or test scores.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -41,7 +40,7 @@ from common.config import (
 )
 from common.encoding import EncodedSequences, Encoder
 from common.errors import ConfigError, DataError, ModelFileError, NotFittedError
-from common.events import ORDER, EventTable, Sequences
+from common.events import ORDER, EventTable, Sequences, text_codes
 from common.explanation import EventExplanation, SequenceExplanation
 from common.metrics import normal_p_values, threshold_for_contamination, threshold_for_far, unresolved_rate
 from common.model import (
@@ -181,26 +180,51 @@ MIN_VALIDATION_CONTENTS = 10
 
 
 def content_groups(table: EventTable | Sequences) -> np.ndarray:
-    """A group id per sequence: identical sequences share a group.
+    """A group id per sequence: identical sequences share a group (ids in order of first
+    appearance, as ``pd.factorize`` numbers them).
 
     Identical means the same events with the same feature values (numbers,
     time gaps, context): sessions that repeat one path of events with other
-    amounts or devices are different data to the model, not copies.
+    amounts or devices are different data to the model, not copies. Each
+    sequence is keyed by two 64-bit hashes of its rows and their positions,
+    computed over whole columns (no loop over sequences).
     """
     g = table.grouped() if isinstance(table, EventTable) else table
+    n = len(g.ids)
+    lengths = np.diff(g.offsets).astype(np.int64)
+    # every row as integers: event and context values by their text, numbers by their bits
+    columns = [text_codes(g.events)[0]]
+    columns += [text_codes(g.context[:, j])[0] for j in range(g.context.shape[1])]
     numeric = np.ascontiguousarray(g.numeric, dtype=np.float64)
-    context = g.context
-    keys = np.empty(len(g.ids), dtype=object)
-    for i in range(len(g.ids)):
-        lo, hi = int(g.offsets[i]), int(g.offsets[i + 1])
-        digest = hashlib.blake2b(digest_size=12)
-        digest.update("\x1f".join(map(str, g.events[lo:hi])).encode("utf-8"))
-        if numeric.shape[1]:
-            digest.update(b"\x1d" + numeric[lo:hi].tobytes())
-        if context.shape[1]:
-            digest.update(("\x1d" + "\x1f".join(map(str, context[lo:hi].ravel()))).encode("utf-8"))
-        keys[i] = digest.digest()
-    return pd.factorize(keys)[0]
+    columns += [numeric[:, j].copy().view(np.int64) for j in range(numeric.shape[1])]
+    owner = np.repeat(np.arange(n), lengths)
+    position = np.arange(len(owner), dtype=np.int64) - np.repeat(g.offsets[:-1].astype(np.int64), lengths)
+    nonempty = np.flatnonzero(lengths > 0)
+    keys = np.zeros((n, 2), dtype=np.uint64)
+    for k, salt in enumerate(_CONTENT_SALTS):
+        row = _mix64(position.astype(np.uint64) ^ np.uint64(salt))
+        for values in columns:
+            row = _mix64(row ^ values.astype(np.uint64))
+        if len(nonempty):
+            keys[nonempty, k] = np.add.reduceat(row, g.offsets[nonempty])  # wraps, as intended
+        keys[:, k] = _mix64(keys[:, k] ^ lengths.astype(np.uint64))
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
+
+
+#: Two independent hashes per sequence (128 bits): two different sequences share a key with
+#: a chance of about 2^-128 per pair.
+_CONTENT_SALTS = (0x9E3779B97F4A7C15, 0xD1B54A32D192ED03)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 (multiplication wraps): each input bit flips about half
+    of the output bits."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def holdout_mask(groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:

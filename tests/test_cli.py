@@ -1738,6 +1738,33 @@ def test_fit_holds_out_the_fraction_keeps_the_callers_random_state_and_warns_of_
     )
     assert content_groups(table).tolist() == [0, 1, 2, 0]  # s3 copies s0; s1 and s2 differ
 
+    # against plain tuples of rows, on many near-copies: one event, number (NaN or -0.0
+    # among them), device or position apart
+    rng = np.random.default_rng(0)
+    base = [
+        (str(e), float(a), str(d))
+        for e, a, d in zip("abcab", [1.0, np.nan, 0.0, 2.0, 1.0], "pppwp", strict=True)
+    ]
+    variants = [base, base[:4], base[1:], base[::-1], [*base[:2], ("b", np.nan, "p"), *base[3:]]]
+    variants += [[*base[:2], ("c", -0.0, "p"), *base[3:]], [*base[:4], ("b", 1.0, "w")]]
+    picks = rng.integers(0, len(variants), size=60)
+    rows = [(f"q{i:02d}", pos, *row) for i, v in enumerate(picks) for pos, row in enumerate(variants[v])]
+    frame = pd.DataFrame(rows, columns=["sequence", "order", "event", "amount", "device"])
+    mapped = ColumnMap(
+        sequence="sequence", event="event", order="order", numeric=("amount",), context=("device",)
+    )
+    many = from_frame(frame, mapped)
+    g = many.grouped()
+    reference = [
+        tuple(
+            (str(g.events[r]), g.numeric[r].tobytes(), tuple(map(str, g.context[r])))
+            for r in range(g.offsets[i], g.offsets[i + 1])
+        )
+        for i in range(len(g))
+    ]
+    assert content_groups(many).tolist() == pd.factorize(pd.Series(reference, dtype=object))[0].tolist()
+    assert len(set(content_groups(many).tolist())) == len(set(picks.tolist())) == len(variants)
+
     # a large content group met early is passed over: the hold-out is still about the fraction
     groups = np.r_[np.zeros(50, dtype=np.int64), np.arange(1, 101)]
     for seed in range(20):
