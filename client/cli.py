@@ -343,6 +343,9 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     outputs = [Path(f).resolve() for f in (args.out, args.events_out, args.metrics_json) if f is not None]
     if len(set(outputs)) < len(outputs):
         raise ConfigError("--out, --events-out and --metrics-json must name different files")
+    _check_not_input(
+        args, {"--out": args.out, "--events-out": args.events_out, "--metrics-json": args.metrics_json}
+    )
     _check_table_output(args.out, "--out")
     _check_table_output(args.events_out, "--events-out")
     if args.metrics_json is not None:
@@ -388,6 +391,21 @@ def cmd_score(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _check_not_input(args: argparse.Namespace, outputs: dict[str, str | None]) -> None:
+    """Refuse an output file that is one of the command's inputs (``--data``, ``--columns``):
+    writing it would destroy the data before, or while, it is read."""
+    inputs = {
+        flag: getattr(args, name, None) for flag, name in (("--data", "data"), ("--columns", "columns"))
+    }
+    for out_flag, out in outputs.items():
+        for in_flag, given in inputs.items():
+            if out is not None and given is not None and Path(out).resolve() == Path(given).resolve():
+                raise ConfigError(
+                    f"{out_flag} {out} is the {in_flag} file: writing it would overwrite the input; "
+                    f"name another file"
+                )
+
+
 def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch explain``: per-event surprisal of one sequence."""
     detector, layout = load_model(args.model, args.device, args.threads)
@@ -421,6 +439,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from common.report import write_report
 
     folder_to_write(args.out, "--out")
+    _check_not_input(args, {"--out (its scores.csv)": str(Path(args.out) / "scores.csv")})
     detector, layout = load_model(args.model, args.device, args.threads)
     threshold, threshold_name = chosen_threshold(detector, args.threshold, args, console)
     with _reading(args.data, console):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,19 +78,49 @@ class DataLayout:
             raise ModelFileError(
                 f"{source}: not a seqwatch data layout file; delete it or re-run 'seqwatch fit'"
             )
+        version = data.get("format_version", 1)
+        if isinstance(version, bool) or version != 1:
+            raise ModelFileError(
+                f"{source}: data layout format_version {version!r} is not one this seqwatch reads (1); "
+                f"re-run 'seqwatch fit' with this version"
+            )
+        gap, block, encoding = data.get("session_gap"), data.get("block_size"), data.get("encoding")
+        if gap is not None and not (_is_finite(gap) and gap > 0):
+            raise ModelFileError(
+                f"{source}: key 'session_gap' must be a number of seconds > 0, or null for none; "
+                f"got {gap!r}: fix it or re-run 'seqwatch fit'"
+            )
+        if block is not None and not (_is_finite(block) and block == int(block) and block > 0):
+            raise ModelFileError(
+                f"{source}: key 'block_size' must be a whole number of events > 0, or null for none; "
+                f"got {block!r}: fix it or re-run 'seqwatch fit'"
+            )
+        if gap is not None and block is not None:
+            raise ModelFileError(
+                f"{source}: keys 'session_gap' and 'block_size' are both set; keep one (the other null)"
+            )
+        if encoding is not None and not isinstance(encoding, str):
+            raise ModelFileError(f"{source}: key 'encoding' must be text such as \"utf-8\", got {encoding!r}")
         try:
             columns = ColumnMap.from_dict(data["columns"], source=source)
-            gap = data.get("session_gap")
-            block = data.get("block_size")
-            encoding = data.get("encoding")
-            return cls(
-                columns,
-                None if gap is None else float(gap),
-                None if block is None else int(block),
-                None if encoding is None else str(encoding),
-            )
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise ModelFileError(f"{source}: damaged data layout ({exc}); re-run 'seqwatch fit'") from exc
+        return cls(
+            columns,
+            None if gap is None else float(gap),
+            None if block is None else int(block),
+            encoding,
+        )
+
+
+def _is_finite(value: Any) -> bool:
+    """A finite JSON number (not ``true``/``false``, which Python counts as 1 and 0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def layout_file(path: str | Path | None) -> DataLayout | None:

@@ -370,7 +370,11 @@ class SequenceDetector:
                 f"(a model learns normal behaviour: give sequences whose label is 0, or no label column)"
             )
         encoder = Encoder.fit(
-            g, numeric_names=train.numeric, context_names=train.context, vocab_config=cfg.vocab
+            g,
+            numeric_names=train.numeric,
+            context_names=train.context,
+            vocab_config=cfg.vocab,
+            source=train.source,
         )
         _check_vocabulary(encoder, cfg, train.source)
         self.encoder_ = encoder

@@ -135,8 +135,10 @@ class Encoder:
         vocab_config: VocabConfig,
         vocab: Vocabulary | None = None,
         scaler: Scaler | None = None,
+        source: str = "training data",
     ) -> Encoder:
-        """Fit on training data; a shared ``vocab``/``scaler`` (federation) is used as given."""
+        """Fit on training data (``source`` names it in errors); a shared ``vocab``/``scaler``
+        (federation) is used as given."""
         if vocab is None:
             vocab = Vocabulary.fit(
                 grouped.events,
@@ -151,8 +153,8 @@ class Encoder:
             stats = FeatureStats.compute(numeric_names, grouped.numeric)
             if stats.unobserved():
                 raise DataError(
-                    f"numeric feature(s) {list(stats.unobserved())} have no value in the training data: "
-                    f"fill them in, or leave them out (--numeric-cols / the column map)"
+                    f"{source}: numeric feature(s) {list(stats.unobserved())} have no value in the "
+                    f"training data: fill them in, or leave them out (--numeric-cols / the column map)"
                 )
             scaler = Scaler.from_stats(stats)
         return cls(vocab, ctx, scaler)

@@ -66,8 +66,9 @@ def sessionize(
     else:
         if isinstance(block_size, bool) or not isinstance(block_size, int | np.integer) or block_size <= 0:
             raise ConfigError(f"sessionize: block_size must be a positive integer, got {block_size!r}")
-        k = (np.arange(n) - start_pos) // int(block_size)
-        new = starts | ((np.arange(n) - start_pos) % int(block_size) == 0)
+        block = min(int(block_size), max(n, 1))  # a block longer than the table is the whole of it
+        k = (np.arange(n) - start_pos) // block
+        new = starts | ((np.arange(n) - start_pos) % block == 0)
     # one id per new sequence, not per row: "{entity}#{k}"
     first = np.flatnonzero(new)
     ids = np.array(

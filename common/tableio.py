@@ -1163,6 +1163,8 @@ def _csv_header(path: Path, sep: str, encoding: str, compression: str | None) ->
     names = [str(c) for c in _read_csv(path, sep, encoding, compression, None, str, nrows=0).columns]
     with _any_field_size(), _open_text(path, encoding, errors="replace") as fh:
         raw = next(csv.reader(fh, delimiter=sep, quoting=_quoting(sep)), [])
+    if any("\x00" in name for name in names):  # UTF-16 read as UTF-8 decodes, NULs and all
+        raise DataError(f"{path}: the header holds NUL characters; {_encoding_hint(path)}")
     seen: set[str] = set()
     for name in raw:
         if name in seen:
@@ -1243,6 +1245,9 @@ def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:
         # Only the columns the map uses, so a wide export is not loaded whole; a column that
         # pandas stored as the index is read as a column like any other.
         schema = pq.read_schema(path)
+        twice = next((n for i, n in enumerate(schema.names) if n in schema.names[:i]), None)
+        if twice is not None:  # pyarrow cannot pick either by name
+            raise DataError(f"{source}: the file names column {twice!r} twice; rename one of them")
         header = clean_header([str(n) for n in schema.names], _mapped(columns))
         used = _used_columns(list(header.values()), columns, source)
         usecols = [name for name, clean in header.items() if clean in used]
@@ -1263,7 +1268,9 @@ def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:
             for name in usecols
             if header[name] in categories and any(is_text(schema.field(name).type) for is_text in text)
         ]
-        table = pq.read_table(path, columns=usecols, read_dictionary=dictionary)
+        table = _binary_as_text(
+            pq.read_table(path, columns=usecols, read_dictionary=dictionary), header, source
+        )
         df = table.to_pandas(ignore_metadata=True).rename(columns=header)
     except MemoryError:  # pa.ArrowMemoryError too: the CLI names the settings to lower
         raise
@@ -1276,6 +1283,47 @@ def _read_parquet(path: Path, columns: ColumnMap) -> EventTable:
         raise DataError(f"{source}: no data rows; the file has columns but no events")
     where = _Where(source, np.arange(1, len(df) + 1, dtype=np.int64), "row")
     return _build(df.reset_index(drop=True), columns, source, where)
+
+
+def _binary_as_text(table: pa.Table, header: dict[str, str], source: str) -> pa.Table:
+    """``table`` with its binary columns as UTF-8 text, as pandas would decode them, or a
+    :class:`DataError` naming the first row whose bytes are not UTF-8."""
+    binary = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary)
+    for i, field in enumerate(table.schema):
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        if not any(is_binary(kind) for is_binary in binary):
+            continue
+        column = table.column(i)
+        try:
+            text = column.cast(pa.large_string() if pa.types.is_large_binary(kind) else pa.string())
+        except pa.ArrowInvalid:  # the bytes are not UTF-8: find the row to name
+            row, value = next(
+                (r, v) for r, v in enumerate(column.to_pylist()) if v is not None and not _utf8(v)
+            )
+            bad, name = value[_first_non_utf8(value)], header.get(field.name, field.name)
+            raise DataError(
+                f"{source}: row {row + 1}, column {name!r}: bytes {_show(value)} "
+                f"are not UTF-8 text (byte 0x{bad:02x}); store the column as UTF-8 strings (pandas: "
+                f"df[col] = df[col].str.decode('latin-1'), or the encoding it was written in)"
+            ) from None
+        table = table.set_column(i, field.name, text)
+    return table
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _first_non_utf8(value: bytes) -> int:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return 0
 
 
 def write_table(table: EventTable, path: str | Path) -> Path:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from client.datafiles import LAYOUT_FILE
 from client.results import write_frame
 from common.detector import ScoredTable, SequenceDetector
 from common.errors import ConfigError, DataError, ModelFileError
-from common.events import CANONICAL
+from common.events import CANONICAL, ColumnMap
 from common.tableio import read_table
 
 NORMAL_EVENTS = ("open", "read", "write", "close", "stat", "mmap")
@@ -1903,6 +1904,57 @@ def test_fit_saves_the_encoding_it_read_and_score_reuses_it(
     code = main([*score, "--encoding", "utf-8"])
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "is not valid utf-8" in line and "--encoding cp1252" in line
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"session_gap": True},
+            "key 'session_gap' must be a number of seconds > 0, or null for none; got True",
+        ),
+        ({"session_gap": 0}, "key 'session_gap' must be a number of seconds > 0"),
+        ({"session_gap": "nan"}, "key 'session_gap' must be a number of seconds > 0"),
+        ({"session_gap": float("inf")}, "key 'session_gap' must be a number of seconds > 0"),
+        ({"block_size": 2.7}, "key 'block_size' must be a whole number of events > 0"),
+        ({"block_size": -3}, "key 'block_size' must be a whole number of events > 0"),
+        ({"session_gap": 5, "block_size": 5}, "keys 'session_gap' and 'block_size' are both set"),
+        ({"encoding": 8}, "key 'encoding' must be text"),
+        ({"format_version": 99}, "format_version 99 is not one this seqwatch reads"),
+    ],
+)
+def test_a_layout_files_session_settings_are_checked_by_key(changes: dict[str, Any], message: str) -> None:
+    from client.datafiles import DataLayout
+
+    good = DataLayout(ColumnMap(sequence="user", event="action"), session_gap=60.0).to_dict()
+    assert DataLayout.from_dict(
+        {**good, "block_size": 10**20, "session_gap": None}, source="m.json"
+    ).block_size
+    with pytest.raises(
+        ModelFileError, match=re.escape(f"m.json: {message}" if "format" not in message else message)
+    ):
+        DataLayout.from_dict({**good, **changes}, source="m.json")
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """score --out (or --events-out) naming the --data file would destroy it: refused before any work."""
+    data = tmp_path / "d.csv"
+    data.write_text("sequence_id,event\ns,a\n", encoding="utf-8")
+    for flag in ("--out", "--events-out"):
+        other = [] if flag == "--out" else ["--out", str(tmp_path / "s.csv")]
+        code = main(["score", "--model", str(tmp_path / "m"), "--data", str(data), flag, str(data), *other])
+        line = _one_error_line(capsys.readouterr().err)
+        assert code == 2 and f"{flag} {data} is the --data file" in line, line
+    inside = tmp_path / "r" / "scores.csv"
+    inside.parent.mkdir()
+    inside.write_text(data.read_text(encoding="utf-8"), encoding="utf-8")
+    code = main(
+        ["report", "--model", str(tmp_path / "m"), "--data", str(inside), "--out", str(inside.parent)]
+    )
+    assert code == 2 and "is the --data file" in _one_error_line(capsys.readouterr().err)
+    assert (
+        data.read_text(encoding="utf-8") == inside.read_text(encoding="utf-8") == "sequence_id,event\ns,a\n"
+    )
 
 
 def test_fit_config_files_are_read_as_a_whole_or_refused(

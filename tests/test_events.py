@@ -344,6 +344,36 @@ def test_nested_parquet_columns_are_refused_by_name(
         assert read_table(path, ColumnMap()).n_events == 2
 
 
+def test_parquet_binary_and_duplicate_columns(tmp_path: Path) -> None:
+    """Binary columns are read as UTF-8 text, or refused naming the row; a column named twice is
+    refused by name (pyarrow would say it does not exist)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"sequence_id": [b"s", b"s"], "event": pa.array([b"open", "é".encode()])}), good)
+    table = read_table(good)
+    assert table.grouped().ids.tolist() == ["s"] and sorted(as_text(table.frame["event"])) == ["open", "é"]
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"sequence_id": ["s", "s", "s"], "event": [b"open", b"read", b"\xff"]}), bad)
+    with pytest.raises(DataError, match=r"bad\.parquet: row 3, column 'event': bytes b'\\xff' are not UTF-8"):
+        read_table(bad)
+    twice = tmp_path / "twice.parquet"
+    arrays = [pa.array(["s", "s"]), pa.array(["a", "b"]), pa.array(["t", "t"])]
+    pq.write_table(pa.Table.from_arrays(arrays, names=["sequence_id", "event", "sequence_id"]), twice)
+    with pytest.raises(DataError, match=r"twice\.parquet: the file names column 'sequence_id' twice"):
+        read_table(twice)
+
+
+def test_utf16_without_a_byte_order_mark_is_named(tmp_path: Path) -> None:
+    """UTF-16 text decodes as UTF-8 (NULs and all): the header tells, and the error says what to pass."""
+    path = tmp_path / "u16.csv"
+    path.write_bytes("sequence_id,event\ns,a\n".encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"u16\.csv: the header holds NUL characters; .*--encoding utf-16-le"):
+        read_table(path)
+    assert read_table(path, encoding="utf-16-le").n_events == 1
+
+
 def test_day_month_order_is_decided_once_per_column(tmp_path: Path) -> None:
     columns = ColumnMap(order="ts")
     # 05/01 alone reads month first; 13/01 only day first: the whole column is day first
@@ -580,6 +610,13 @@ def test_sessionize_names_each_session_by_entity_and_count(tmp_path: Path, cut: 
             assert (seq[GAP] <= cut["gap_seconds"]).all()
         else:
             assert len(seq) <= cut["block_size"]
+
+
+def test_sessionize_block_larger_than_any_stream(user_csv: Path) -> None:
+    """A block size beyond the number of events (even beyond int64) keeps each entity whole."""
+    table = read_table(user_csv, USER_MAP)
+    for size in (len(table.frame), 10**20):
+        assert list(sessionize(table, block_size=size).grouped().ids) == ["u1#0", "u2#0"]
 
 
 def test_sessionize_arguments(user_csv: Path, tmp_path: Path) -> None:
