@@ -978,7 +978,13 @@ def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) ->
     for name in _category_columns(columns) & set(df.columns):
         df[name] = df[name].astype("category")
     lines = np.arange(2, len(df) + 2, dtype=np.int64)
-    blank = df.isna().all(axis=1).to_numpy(dtype=bool)  # the sequence and event columns are always read
+    blank = (
+        df.isna().all(axis=1).to_numpy(dtype=bool, copy=True)
+    )  # the sequence and event columns: always read
+    if df.shape[1] > 1:  # a line of spaces alone reads as a first field of spaces: as blank
+        alone = np.flatnonzero(~blank & df.iloc[:, 1:].isna().all(axis=1).to_numpy(dtype=bool))
+        if alone.size:
+            blank[alone[df.iloc[alone, 0].astype(str).str.strip().eq("").to_numpy(dtype=bool)]] = True
     n_blank = int(blank.sum())
     if n_blank:
         df = df.loc[~blank].reset_index(drop=True)

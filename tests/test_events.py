@@ -898,10 +898,16 @@ def test_parquet_reads_only_the_mapped_columns(tmp_path: Path) -> None:
 
 def test_csv_reads_only_the_mapped_columns_and_still_tells_blank_lines(tmp_path: Path) -> None:
     header = "sequence_id,note,event,extra\n"
-    path = _write(tmp_path / "wide.csv", header + "s,x,a,1\n\ns,,b,\n,,,\n")
+    path = _write(tmp_path / "wide.csv", header + "s,x,a,1\n\ns,,b,\n,,,\n   \n \t\n")
     table = read_table(path)
     assert list(table.frame.columns) == ["sequence", "order", "event"]
-    assert list(table.grouped().events) == ["a", "b"] and table.repairs == {"blank lines skipped": 2}
+    # a line of spaces (or tabs) alone is blank as well
+    assert list(table.grouped().events) == ["a", "b"] and table.repairs == {"blank lines skipped": 4}
+    narrow = _write(tmp_path / "narrow.csv", "sequence_id,event\ns,a\n  \ns,b\n")
+    assert read_table(narrow).repairs == {"blank lines skipped": 1}
+    # a line with an id and nothing else is no blank line
+    with pytest.raises(DataError, match=r"line 3, column 'event': missing event"):
+        read_table(_write(tmp_path / "idonly.csv", "sequence_id,event\ns,a\ns\n"))
     # empty in every mapped column but not in the others: not a blank line, a row without its id
     path = _write(tmp_path / "half.csv", header + "s,x,a,1\n,y,,2\n")
     with pytest.raises(DataError, match=r"line 3, column 'sequence_id': missing sequence id"):
