@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import NoReturn
 
+from common.config import MAX_INT
 from common.errors import ConfigError
 
 
@@ -79,9 +80,12 @@ def _number(text: str) -> float:
 
 def _whole(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if abs(value) > MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_INT:,} in size, got {text}")
+    return value
 
 
 def folder_to_write(path: str | Path, flag: str = "") -> Path:
@@ -90,6 +94,8 @@ def folder_to_write(path: str | Path, flag: str = "") -> Path:
     Raises:
         ConfigError: ``path`` is an existing file.
     """
+    if not str(path).strip():  # Path("") is the current folder: files would land where the user stands
+        raise ConfigError(f"{flag} is empty; name a folder (it is created if missing)".strip())
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {path}".strip() + ": is a file; name a folder (it is created if missing)")
@@ -102,6 +108,8 @@ def file_to_write(path: str | Path, flag: str = "") -> Path:
     Raises:
         ConfigError: ``path`` is an existing folder.
     """
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; name a file".strip())
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{flag} {path}".strip() + ": is a folder; name a file")

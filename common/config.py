@@ -74,6 +74,8 @@ class ModelConfig:
         _positive("model.context-dim", self.context_dim)
         _positive("model.hidden", self.hidden)
         _positive("model.layers", self.layers)
+        if self.layers > MAX_LAYERS:
+            raise ConfigError(f"config key 'model.layers' must be at most {MAX_LAYERS}, got {self.layers!r}")
         _unit("model.dropout", self.dropout, closed=False)
         _positive("model.conv-channels", self.conv_channels)
         _positive("model.conv-kernel", self.conv_kernel)
@@ -364,6 +366,13 @@ def _scalar_fields(cls: type) -> tuple[tuple[str, str, type], ...]:
     return _SCALAR_FIELDS[cls.__name__]
 
 
+#: Largest whole number a config key takes (a C int): beyond it torch and numpy overflow.
+MAX_INT = 2**31 - 1
+#: Most recurrent layers a model may stack (more would not train, and a typo of many more would
+#: build layers for hours before running out of memory).
+MAX_LAYERS = 64
+
+
 def _check_types(obj: Any) -> None:
     """Each field of a config section has its declared type (configs built in Python are checked too)."""
     for key, name, kind in _scalar_fields(type(obj)):
@@ -376,6 +385,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     if kind is bool and isinstance(value, bool):
         return value
     if kind is int and is_number and isinstance(value, int):
+        if abs(value) > MAX_INT:  # torch and numpy take 64-bit integers at most; no knob needs more
+            raise ConfigError(f"config key '{key}' must be at most {MAX_INT:,} in size, got {value!r}")
         return value
     if kind is float and is_number:
         return float(value)

@@ -878,19 +878,26 @@ class SequenceDetector:
                 flat["train.device"] = _device_here(str(flat.get("train.device", "auto")), p)
             if threads is not None:
                 flat["train.threads"] = threads
-            config = parse_detector_config(flat)
+            try:
+                config = parse_detector_config(flat)
+            except ConfigError as exc:  # the saved config, edited or from another version
+                raise ModelFileError(f"{p / DETECTOR_META}: {exc}; fix it or re-train the model") from exc
             encoder = Encoder.from_dict(enc_data, hash_key=config.vocab.hash_key, need_key=True)
             shape = NetworkShape(
                 vocab_size=int(meta["shape"]["vocab_size"]),
                 context_sizes=tuple(int(x) for x in meta["shape"]["context_sizes"]),
                 n_numeric=int(meta["shape"]["n_numeric"]),
             )
-            threshold = float(meta["threshold"])
+            threshold = _saved_number(meta, "threshold")
             validation_scores = np.asarray(meta.get("validation_scores", []), dtype=np.float64)
-            global_threshold = meta.get("global_threshold")
-            end_weight = meta.get("end_weight")
-            global_threshold = None if global_threshold is None else float(global_threshold)
-            end_weight = None if end_weight is None else float(end_weight)
+            if not np.isfinite(validation_scores).all() or not all(
+                _finite_number(v) for v in meta.get("validation_scores", [])
+            ):
+                raise ValueError("'validation_scores' must be finite numbers")
+            global_threshold = (
+                None if meta.get("global_threshold") is None else _saved_number(meta, "global_threshold")
+            )
+            end_weight = None if meta.get("end_weight") is None else _saved_number(meta, "end_weight")
             context_fusion = ContextFusion.from_dict(meta.get("context_fusion"))
             fit_result = _fit_result_from(meta.get("fit"))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -904,11 +911,20 @@ class SequenceDetector:
             )
         model = NextEventModel(config.model, shape)
         try:
-            model.load_state_dict(load_file(str(p / WEIGHTS_FILE)))
+            weights = load_file(str(p / WEIGHTS_FILE))
+            model.load_state_dict(weights)
         except (RuntimeError, OSError, SafetensorError) as exc:
             raise ModelFileError(
                 f"{p / WEIGHTS_FILE}: unreadable, or weights that do not match the saved config ({exc})"
             ) from exc
+        broken = next(
+            (k for k, w in weights.items() if w.is_floating_point() and not torch.isfinite(w).all()), None
+        )
+        if broken is not None:
+            raise ModelFileError(
+                f"{p / WEIGHTS_FILE}: weights {broken!r} hold NaN or infinite values (a damaged file, or a "
+                f"training run that diverged); re-train the model"
+            )
         model.eval()
         det = cls.from_parts(
             config,
@@ -922,6 +938,19 @@ class SequenceDetector:
         )
         det.fit_result_ = fit_result
         return det
+
+
+def _finite_number(value: object) -> bool:
+    """A finite JSON number (not ``true``/``false`` nor text)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _saved_number(meta: dict[str, Any], key: str) -> float:
+    """``meta[key]`` as a float, refused unless it is a finite number."""
+    value = meta[key]
+    if not _finite_number(value):
+        raise ValueError(f"{key!r} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _scores_alike(a: ScoreConfig, b: ScoreConfig) -> bool:

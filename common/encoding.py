@@ -228,6 +228,11 @@ class Encoder:
                 "would be unknown; set vocab.hash-key (in the model's detector.json) to the key it "
                 "was trained with"
             )
+        for column, values in dict(data["context"]).items():
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ValueError(f"context column {column!r} must list its values as text, got {values!r}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"context column {column!r} lists a value twice")
         return cls(
             Vocabulary.from_dict(data["vocab"], hash_key=hash_key),
             ContextVocabulary(data["context"], hash_key=hash_key if hashed else "", hashed=hashed),

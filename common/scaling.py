@@ -10,6 +10,7 @@ through ``sign(x)·log1p(|x|)`` first. Infinite values count as missing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -154,11 +155,37 @@ class Scaler:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Scaler:
-        """Inverse of :meth:`to_dict`; the saved transforms are kept (older files: by name)."""
+        """Inverse of :meth:`to_dict`; the saved transforms are kept (older files: by name).
+
+        Raises:
+            ValueError: names that are not text, or means and spreads that are not one finite
+                number per feature (spreads > 0): a damaged file would scale every number wrong.
+        """
         kinds = data.get("kinds")
+        names = data["names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"scaler names must be a list of text, got {names!r}")
+        stats = {}
+        for key in ("mean", "std"):
+            values = data[key]
+            if (
+                not isinstance(values, list)
+                or not all(_finite_number(v) for v in values)
+                or len(values) != len(names)
+            ):
+                raise ValueError(
+                    f"scaler {key} must hold one finite number per feature {names}, got {values!r}"
+                )
+            stats[key] = np.array(values, dtype=np.float64)
+        if (stats["std"] <= 0).any():
+            raise ValueError(f"scaler std must be > 0 for every feature, got {data['std']!r}")
         return cls(
-            tuple(data["names"]),  # type: ignore[arg-type]
-            np.array(data["mean"]),
-            np.array(data["std"]),
+            tuple(names),
+            stats["mean"],
+            stats["std"],
             None if kinds is None else tuple(str(k) for k in kinds),  # type: ignore[attr-defined]
         )
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1169,7 +1169,7 @@ def _csv_header(path: Path, sep: str, encoding: str, compression: str | None) ->
     names = [str(c) for c in _read_csv(path, sep, encoding, compression, None, str, nrows=0).columns]
     with _any_field_size(), _open_text(path, encoding, errors="replace") as fh:
         raw = next(csv.reader(fh, delimiter=sep, quoting=_quoting(sep)), [])
-    if any("\x00" in name for name in names):  # UTF-16 read as UTF-8 decodes, NULs and all
+    if any("\x00" in name for name in [*names, *raw]):  # UTF-16 read as UTF-8 decodes, NULs and all
         raise DataError(f"{path}: the header holds NUL characters; {_encoding_hint(path)}")
     seen: set[str] = set()
     for name in raw:

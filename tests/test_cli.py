@@ -1569,6 +1569,15 @@ def test_fit_selects_like_the_table_level_split(workspace: dict[str, Path]) -> N
     np.testing.assert_array_equal(direct.validation_scores_, split.validation_scores_)
 
 
+def _nan_weights(d: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(d / "model.safetensors"))
+    first = next(iter(weights))
+    weights[first][0] = float("nan")
+    save_file(weights, str(d / "model.safetensors"))
+
+
 def test_damaged_model_directories_are_one_error_line(
     workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1603,6 +1612,14 @@ def test_damaged_model_directories_are_one_error_line(
             lambda m: {**m, "shape": {**m["shape"], "vocab_size": m["shape"]["vocab_size"] + 1}}
         ),
         "empty-encoder": lambda d: (d / "encoder.json").write_text("{}", encoding="utf-8"),
+        # values a damaged (or hand-edited) file holds: refused, never scored with
+        "nan-threshold": meta(lambda m: {**m, "threshold": float("nan")}),
+        "bool-threshold": meta(lambda m: {**m, "threshold": True}),
+        "quoted-threshold": meta(lambda m: {**m, "threshold": "4.5"}),
+        "inf-global": meta(lambda m: {**m, "global_threshold": float("inf")}),
+        "nan-validation": meta(lambda m: {**m, "validation_scores": [float("nan"), *m["validation_scores"]]}),
+        "bad-config": meta(lambda m: {**m, "config": {**m["config"], "calibration.false-alarm-rate": 5.0}}),
+        "nan-weights": _nan_weights,
     }
     for name, edit in cases.items():
         d = damaged(name, edit)
@@ -1955,6 +1972,27 @@ def test_an_output_that_is_an_input_is_refused(tmp_path: Path, capsys: pytest.Ca
     assert (
         data.read_text(encoding="utf-8") == inside.read_text(encoding="utf-8") == "sequence_id,event\ns,a\n"
     )
+
+
+def test_numbers_too_large_for_torch_are_refused_by_name(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whole numbers beyond a C int (and absurd depths) are one error line, not a torch overflow."""
+    from common.config import parse_detector_config
+
+    for key in ("model.hidden", "train.seed", "train.chunk-len"):
+        with pytest.raises(ConfigError, match=re.escape(f"config key '{key}' must be at most 2,147,483,647")):
+            parse_detector_config({key: 10**30})
+    with pytest.raises(ConfigError, match=r"config key 'model\.layers' must be at most 64"):
+        parse_detector_config({"model.layers": 1000})
+    score = ["score", "--model", str(workspace["model"]), "--data", str(workspace["test"])]
+    for flag in ("--top-events", "--threads"):
+        code = main([*score, "--out", str(tmp_path / "s.csv"), flag, str(10**21)])
+        line = capsys.readouterr().err.strip()
+        assert code == 2 and f"argument {flag}: must be at most 2,147,483,647 in size" in line, line
+    # an empty --out is no folder: the report would land where the user stands
+    code = main(["report", "--model", str(workspace["model"]), "--data", str(workspace["test"]), "--out", ""])
+    assert code == 2 and "--out is empty; name a folder" in _one_error_line(capsys.readouterr().err)
 
 
 def test_fit_config_files_are_read_as_a_whole_or_refused(

@@ -264,3 +264,33 @@ def test_whole_float_categories_of_older_models_still_match() -> None:
     vocab = ContextVocabulary({"tier": ["1.0", "2.5", "3.0", "3"]})
     values = np.array([["1"], ["1.0"], ["2.5"], ["3"], ["3.0"], ["7"], ["-1"]], dtype=object)
     assert vocab.encode(values).ravel().tolist() == [1, 1, 2, 4, 3, 0, 0]
+
+
+def test_a_saved_scaler_and_context_are_refused_when_damaged() -> None:
+    """What a damaged (or hand-edited) encoder.json holds would scale or read every value wrong."""
+    from common.encoding import Encoder
+
+    good = Scaler(("amount", "gap_seconds"), np.array([1.0, 2.0]), np.array([0.5, 3.0])).to_dict()
+    assert Scaler.from_dict(good).to_dict() == good
+    bad = {
+        "std": [0.0, 3.0],
+        "mean": [float("nan"), 2.0],
+        "names": ["amount", 7],
+    }
+    for key, value in bad.items():
+        with pytest.raises(ValueError, match=f"scaler {key}"):
+            Scaler.from_dict({**good, key: value})
+    with pytest.raises(ValueError, match="one finite number per feature"):
+        Scaler.from_dict({**good, "mean": [0.1]})  # one mean for two features
+    with pytest.raises(ValueError, match="one finite number per feature"):
+        Scaler.from_dict({**good, "std": [True, 1.0]})
+    enc = Encoder(
+        Vocabulary.fit(np.array(["a", "b"], dtype=object), max_size=10),
+        ContextVocabulary({"device": ["ios", "web"]}),
+        Scaler.from_dict(good),
+    ).to_dict()
+    assert Encoder.from_dict(enc).context.columns == {"device": ["ios", "web"]}
+    with pytest.raises(ValueError, match="context column 'device' lists a value twice"):
+        Encoder.from_dict({**enc, "context": {"device": ["ios", "ios", "web"]}})
+    with pytest.raises(ValueError, match="context column 'device' must list its values as text"):
+        Encoder.from_dict({**enc, "context": {"device": ["ios", 5]}})
