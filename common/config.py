@@ -492,18 +492,27 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         # a saved model's hyperparameters (as it was trained: keys it predates at their old values);
         # the device it trained on is its host's, not this one's
         raw = {k: v for k, v in with_legacy_defaults(raw["config"]).items() if k != "train.device"}
-    return flatten(raw)
+    try:
+        return flatten(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from exc
 
 
 def flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into dotted keys."""
+    """Flatten nested mappings into dotted keys.
+
+    Raises:
+        ConfigError: one key given twice, dotted and in a table (``"model.kind"`` and
+            ``kind`` under ``[model]``), which would leave one of the two values unread.
+    """
     out: dict[str, Any] = {}
     for k, v in raw.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, prefix=f"{key}."))
-        else:
-            out[key] = v
+        parts = flatten(v, prefix=f"{key}.") if isinstance(v, Mapping) else {key: v}
+        for dotted in parts:
+            if dotted in out:
+                raise ConfigError(f"config key '{dotted}' is given twice (dotted and in a table); keep one")
+        out.update(parts)
     return out
 
 

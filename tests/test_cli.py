@@ -2009,6 +2009,11 @@ def test_fit_config_files_are_read_as_a_whole_or_refused(
     # seqwatch keys both beside and inside [tool.flwr.app.config]: one set would be dropped
     mixed = '[model]\nhidden = 16\n[tool.flwr.app.config]\n"model.kind" = "gru"\n'
     assert "keys both in [tool.flwr.app.config] and beside it (model.hidden)" in one_line(mixed, "mixed.toml")
+    # one key twice, dotted and in a table: refused, not one of the two silently read
+    twice = '"model.kind" = "gru"\n[model]\nkind = "rnn"\n'
+    assert one_line(twice, "twice.toml").endswith(
+        "twice.toml: config key 'model.kind' is given twice (dotted and in a table); keep one"
+    )
     # errors name the file they come from
     assert one_line("[model]\nhiden = 16\n", "typo.toml").endswith(
         "typo.toml: unknown config key 'model.hiden' (did you mean 'model.hidden'?)"
