@@ -882,7 +882,10 @@ class SequenceDetector:
                 config = parse_detector_config(flat)
             except ConfigError as exc:  # the saved config, edited or from another version
                 raise ModelFileError(f"{p / DETECTOR_META}: {exc}; fix it or re-train the model") from exc
-            encoder = Encoder.from_dict(enc_data, hash_key=config.vocab.hash_key, need_key=True)
+            try:
+                encoder = Encoder.from_dict(enc_data, hash_key=config.vocab.hash_key, need_key=True)
+            except ConfigError as exc:  # the hash key and the saved events disagree
+                raise ModelFileError(f"{p}: {exc}") from exc
             shape = NetworkShape(
                 vocab_size=int(meta["shape"]["vocab_size"]),
                 context_sizes=tuple(int(x) for x in meta["shape"]["context_sizes"]),
@@ -904,6 +907,12 @@ class SequenceDetector:
             raise ModelFileError(
                 f"{p}: damaged model metadata ({type(exc).__name__}: {exc}); re-save or re-train the model"
             ) from exc
+        try:  # what fit refuses, a hand-edited config must not bring back
+            _check_vocabulary(encoder, config, str(p / DETECTOR_META))
+        except ConfigError as exc:
+            raise ModelFileError(f"{p / DETECTOR_META}: {exc} (in its config)") from exc
+        except DataError as exc:  # names the file already
+            raise ModelFileError(str(exc)) from exc
         if shape_of(encoder) != shape:
             raise ModelFileError(
                 f"{p}: {ENCODER_FILE} implies sizes {shape_of(encoder)}, {DETECTOR_META} says {shape}; "

@@ -212,7 +212,8 @@ class Encoder:
 
         Raises:
             ConfigError: the tokens are hashed and ``hash_key`` is another key than
-                theirs, or (``need_key``: the encoder is to encode data) no key is given.
+                theirs, or (``need_key``: the encoder is to encode data) no key is given, or a
+                key for tokens that are not hashed.
         """
         hashed = bool(data.get("context_hashed", False))
         saved_print = str(data.get("key_fingerprint", ""))
@@ -227,6 +228,11 @@ class Encoder:
                 "this model's events are keyed-hashed and no vocab.hash-key is set, so every event "
                 "would be unknown; set vocab.hash-key (in the model's detector.json) to the key it "
                 "was trained with"
+            )
+        if need_key and hash_key and not keyed:
+            raise ConfigError(
+                "vocab.hash-key is set but this model's events were not hashed, so every event would "
+                "be unknown; remove vocab.hash-key (from the model's detector.json)"
             )
         for column, values in dict(data["context"]).items():
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):

@@ -1620,6 +1620,11 @@ def test_damaged_model_directories_are_one_error_line(
         "nan-validation": meta(lambda m: {**m, "validation_scores": [float("nan"), *m["validation_scores"]]}),
         "bad-config": meta(lambda m: {**m, "config": {**m["config"], "calibration.false-alarm-rate": 5.0}}),
         "nan-weights": _nan_weights,
+        # a config edited into what fit refuses, or into a key its events were never hashed with
+        "topk-all": meta(
+            lambda m: {**m, "config": {**m["config"], "score.aggregate": "topk-miss", "score.top-k": 1000}}
+        ),
+        "key-unhashed": meta(lambda m: {**m, "config": {**m["config"], "vocab.hash-key": "secret"}}),
     }
     for name, edit in cases.items():
         d = damaged(name, edit)
