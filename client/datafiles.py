@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.console import Console
+from common.config import finite_number
 from common.errors import ConfigError, DataError, ModelFileError
 
 if TYPE_CHECKING:
@@ -85,12 +85,12 @@ class DataLayout:
                 f"re-run 'seqwatch fit' with this version"
             )
         gap, block, encoding = data.get("session_gap"), data.get("block_size"), data.get("encoding")
-        if gap is not None and not (_is_finite(gap) and gap > 0):
+        if gap is not None and not (finite_number(gap) and gap > 0):
             raise ModelFileError(
                 f"{source}: key 'session_gap' must be a number of seconds > 0, or null for none; "
                 f"got {gap!r}: fix it or re-run 'seqwatch fit'"
             )
-        if block is not None and not (_is_finite(block) and block == int(block) and block > 0):
+        if block is not None and not (finite_number(block) and block == int(block) and block > 0):
             raise ModelFileError(
                 f"{source}: key 'block_size' must be a whole number of events > 0, or null for none; "
                 f"got {block!r}: fix it or re-run 'seqwatch fit'"
@@ -111,16 +111,6 @@ class DataLayout:
             None if block is None else int(block),
             encoding,
         )
-
-
-def _is_finite(value: Any) -> bool:
-    """A finite JSON number (not ``true``/``false``, which Python counts as 1 and 0)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float
-        return False
 
 
 def layout_file(path: str | Path | None) -> DataLayout | None:

@@ -373,6 +373,17 @@ MAX_INT = 2**31 - 1
 MAX_LAYERS = 64
 
 
+def finite_number(value: object) -> bool:
+    """A finite number as JSON or TOML holds it: not ``true``/``false`` (which Python counts as
+    1 and 0), not text, not NaN or infinite, and not an integer too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_types(obj: Any) -> None:
     """Each field of a config section has its declared type (configs built in Python are checked too)."""
     for key, name, kind in _scalar_fields(type(obj)):

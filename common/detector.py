@@ -34,6 +34,7 @@ from common.config import (
     DETECTOR_META,
     DetectorConfig,
     ScoreConfig,
+    finite_number,
     parse_detector_config,
     to_flat,
     with_legacy_defaults,
@@ -197,8 +198,9 @@ def content_groups(table: EventTable | Sequences) -> np.ndarray:
     columns += [text_codes(g.context[:, j])[0] for j in range(g.context.shape[1])]
     numeric = np.ascontiguousarray(g.numeric, dtype=np.float64)
     columns += [numeric[:, j].copy().view(np.int64) for j in range(numeric.shape[1])]
-    owner = np.repeat(np.arange(n), lengths)
-    position = np.arange(len(owner), dtype=np.int64) - np.repeat(g.offsets[:-1].astype(np.int64), lengths)
+    position = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(
+        g.offsets[:-1].astype(np.int64), lengths
+    )
     nonempty = np.flatnonzero(lengths > 0)
     keys = np.zeros((n, 2), dtype=np.uint64)
     for k, salt in enumerate(_CONTENT_SALTS):
@@ -892,11 +894,10 @@ class SequenceDetector:
                 n_numeric=int(meta["shape"]["n_numeric"]),
             )
             threshold = _saved_number(meta, "threshold")
-            validation_scores = np.asarray(meta.get("validation_scores", []), dtype=np.float64)
-            if not np.isfinite(validation_scores).all() or not all(
-                _finite_number(v) for v in meta.get("validation_scores", [])
-            ):
+            saved_scores = meta.get("validation_scores", [])
+            if not all(finite_number(v) for v in saved_scores):
                 raise ValueError("'validation_scores' must be finite numbers")
+            validation_scores = np.asarray(saved_scores, dtype=np.float64)
             global_threshold = (
                 None if meta.get("global_threshold") is None else _saved_number(meta, "global_threshold")
             )
@@ -949,15 +950,10 @@ class SequenceDetector:
         return det
 
 
-def _finite_number(value: object) -> bool:
-    """A finite JSON number (not ``true``/``false`` nor text)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _saved_number(meta: dict[str, Any], key: str) -> float:
     """``meta[key]`` as a float, refused unless it is a finite number."""
     value = meta[key]
-    if not _finite_number(value):
+    if not finite_number(value):
         raise ValueError(f"{key!r} must be a finite number, got {value!r}")
     return float(value)
 

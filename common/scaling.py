@@ -10,12 +10,12 @@ through ``sign(x)·log1p(|x|)`` first. Infinite values count as missing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from common.config import finite_number
 from common.errors import DataError
 
 #: Features whose name contains one of these are log-transformed.
@@ -170,7 +170,7 @@ class Scaler:
             values = data[key]
             if (
                 not isinstance(values, list)
-                or not all(_finite_number(v) for v in values)
+                or not all(finite_number(v) for v in values)
                 or len(values) != len(names)
             ):
                 raise ValueError(
@@ -185,7 +185,3 @@ class Scaler:
             stats["std"],
             None if kinds is None else tuple(str(k) for k in kinds),  # type: ignore[attr-defined]
         )
-
-
-def _finite_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -978,11 +978,10 @@ def _read_delimited(path: Path, columns: ColumnMap, kind: str, encoding: str) ->
     for name in _category_columns(columns) & set(df.columns):
         df[name] = df[name].astype("category")
     lines = np.arange(2, len(df) + 2, dtype=np.int64)
-    blank = (
-        df.isna().all(axis=1).to_numpy(dtype=bool, copy=True)
-    )  # the sequence and event columns: always read
+    missing = df.isna()
+    blank = missing.all(axis=1).to_numpy(dtype=bool, copy=True)  # sequence and event: always read
     if df.shape[1] > 1:  # a line of spaces alone reads as a first field of spaces: as blank
-        alone = np.flatnonzero(~blank & df.iloc[:, 1:].isna().all(axis=1).to_numpy(dtype=bool))
+        alone = np.flatnonzero(~blank & missing.iloc[:, 1:].all(axis=1).to_numpy(dtype=bool))
         if alone.size:
             blank[alone[df.iloc[alone, 0].astype(str).str.strip().eq("").to_numpy(dtype=bool)]] = True
     n_blank = int(blank.sum())
@@ -1303,10 +1302,12 @@ def _binary_as_text(table: pa.Table, header: dict[str, str], source: str) -> pa.
         try:
             text = column.cast(pa.large_string() if pa.types.is_large_binary(kind) else pa.string())
         except pa.ArrowInvalid:  # the bytes are not UTF-8: find the row to name
-            row, value = next(
-                (r, v) for r, v in enumerate(column.to_pylist()) if v is not None and not _utf8(v)
+            row, value, at = next(
+                (r, v, at)
+                for r, v in enumerate(column.to_pylist())
+                if v is not None and (at := _first_non_utf8(v)) is not None
             )
-            bad, name = value[_first_non_utf8(value)], header.get(field.name, field.name)
+            bad, name = value[at], header.get(field.name, field.name)
             raise DataError(
                 f"{source}: row {row + 1}, column {name!r}: bytes {_show(value)} "
                 f"are not UTF-8 text (byte 0x{bad:02x}); store the column as UTF-8 strings (pandas: "
@@ -1316,20 +1317,13 @@ def _binary_as_text(table: pa.Table, header: dict[str, str], source: str) -> pa.
     return table
 
 
-def _utf8(value: bytes) -> bool:
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _first_non_utf8(value: bytes) -> int:
+def _first_non_utf8(value: bytes) -> int | None:
+    """Where ``value`` stops being UTF-8 (None: it is UTF-8 throughout)."""
     try:
         value.decode("utf-8")
     except UnicodeDecodeError as exc:
         return exc.start
-    return 0
+    return None
 
 
 def write_table(table: EventTable, path: str | Path) -> Path:
