@@ -33,10 +33,14 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from common.protocol import FUSION_SCALE, FUSION_SHIFT
+
 STATE_FORMAT = "seqwatch-run-state"
 STATE_VERSION = 1
 
-#: Columns of metrics.csv (metrics.jsonl rows hold the same keys, and may hold more).
+#: Columns of metrics.csv (metrics.jsonl rows hold the same keys, and may hold more: the failed
+#: nodes' ids, compute seconds). A column a round did not fill is empty, e.g. the context fusion
+#: without a context head.
 METRIC_COLUMNS = (
     "round",
     "train-loss",
@@ -47,6 +51,9 @@ METRIC_COLUMNS = (
     "val-events",
     "eval-nodes",
     "eval-failures",
+    "nodes-sampled",
+    "nodes-replied",
+    "nodes-failed",
     "auroc",
     "precision",
     "recall",
@@ -57,6 +64,8 @@ METRIC_COLUMNS = (
     "tn",
     "fn",
     "end-weight",
+    FUSION_SHIFT,
+    FUSION_SCALE,
     "seconds",
     "time",
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -549,6 +550,22 @@ def test_rundir_commit_truncate_and_reset(tmp_path) -> None:
     np.testing.assert_array_equal(run.load_checkpoint(run.checkpoint_path(2))["a"], w["a"])
     run.reset()
     assert run.read_state() is None and not run.metrics_jsonl.exists()
+
+
+def test_metrics_csv_keeps_the_context_fusion_and_node_counts(tmp_path) -> None:
+    import csv
+
+    from common.protocol import FUSION_SCALE, FUSION_SHIFT
+
+    run = RunDir(tmp_path / "x")
+    row = {"round": 1, "end-weight": 0.3, FUSION_SHIFT: -0.25, FUSION_SCALE: 0.5, "nodes-sampled": 3}
+    run.append_metrics({**row, "nodes-replied": 2, "nodes-failed": 1, "failed-node-ids": [7]})
+    run.append_metrics({"round": 2, "end-weight": 0.4})  # no context head: its columns stay empty
+    first, second = csv.DictReader(io.StringIO(run.metrics_csv.read_text()))
+    assert (first[FUSION_SHIFT], first[FUSION_SCALE], first["nodes-failed"]) == ("-0.25", "0.5", "1")
+    assert second[FUSION_SHIFT] == "" and second["end-weight"] == "0.4"
+    assert "failed-node-ids" not in first  # a list: in metrics.jsonl only
+    assert run.read_metrics()[0]["failed-node-ids"] == [7]
     assert not list(run.checkpoints.glob("*.safetensors"))
 
 
