@@ -256,7 +256,7 @@ def cmd_fit(args: argparse.Namespace, console: Console) -> int:
     """``seqwatch fit``: train a local detector and calibrate its threshold."""
     from common.detector import SequenceDetector, check_model_folder
 
-    check_model_folder(args.out, "--out")
+    check_model_folder(folder_to_write(args.out, "--out"), "--out")
     config = build_config(args)
     from common.model import resolve_device
 

@@ -99,6 +99,7 @@ def folder_to_write(path: str | Path, flag: str = "") -> Path:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {path}".strip() + ": is a file; name a folder (it is created if missing)")
+    _check_writable(p, flag)
     return p
 
 
@@ -113,4 +114,39 @@ def file_to_write(path: str | Path, flag: str = "") -> Path:
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{flag} {path}".strip() + ": is a folder; name a file")
+    _check_writable(p, flag)
     return p
+
+
+def _check_writable(p: Path, flag: str) -> None:
+    """Refuse an output ``p`` (a file, or a folder to write into) where nothing can be written.
+
+    An existing file must be writable. Missing folders are created later, with their parents,
+    inside the nearest folder that exists, so that folder must take a new file: probed with a
+    nameless temporary file (nothing is left behind), so a read-only file system, a folder
+    without permission, or one such as /proc where nothing can be created, is refused before
+    any work rather than after it.
+
+    Raises:
+        ConfigError: naming the flag, the path and the folder that refuses it.
+    """
+    import os
+    import tempfile
+
+    where = f"{flag} {p}".strip()
+    if p.is_file():
+        if not os.access(p, os.W_OK):
+            raise ConfigError(f"{where}: the file is read-only; name another file or make it writable")
+        return
+    existing = p.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{where}: {existing} is a file, not a folder; name another place")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{where}: cannot write in {existing} ({exc.strerror or exc}); name another place"
+        ) from None

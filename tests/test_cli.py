@@ -679,6 +679,70 @@ def test_score_events_out_flag_errors(
     assert not (tmp_path / "s.csv").exists()  # refused before any work
 
 
+def test_outputs_where_nothing_can_be_written_are_refused_before_any_work(
+    workspace: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An output under a file, in a folder that takes no new file or over a read-only file is
+    one error line naming the flag, before the data is read or a model trained (it used to
+    fail after the whole training or scoring pass, naming neither the flag nor the output)."""
+    import os
+    import tempfile
+
+    a_file = tmp_path / "afile"
+    a_file.write_text("x", encoding="utf-8")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    missing_data = str(tmp_path / "not-read.csv")  # never reached: the checks come first
+    model = str(workspace["model"])
+    score = ["score", "--model", model, "--data", missing_data]
+    under_file = [
+        (["fit", "--data", missing_data, "--out", str(a_file / "m")], "--out"),
+        ([*score, "--out", str(a_file / "deeper" / "s.csv")], "--out"),
+        (
+            [*score, "--out", str(tmp_path / "s.csv"), "--events-out", str(a_file / "e.parquet")],
+            "--events-out",
+        ),
+        (["report", "--model", model, "--data", missing_data, "--out", str(a_file / "r")], "--out"),
+    ]
+    for argv, flag in under_file:
+        assert main(argv) == 2, argv
+        line = _one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"seqwatch: error: {flag} ") and f"{a_file} is a file, not a folder" in line
+
+    real_tempfile = tempfile.TemporaryFile
+
+    def refusing(*args: object, dir: object = None, **kwargs: object) -> object:
+        if dir is not None and Path(str(dir)) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real_tempfile(*args, dir=dir, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refusing)  # root may write anywhere: simulated
+    in_locked = [
+        (["fit", "--data", missing_data, "--out", str(locked / "new" / "m")], "--out"),
+        (
+            [*score, "--out", str(tmp_path / "s.csv"), "--metrics-json", str(locked / "m.json")],
+            "--metrics-json",
+        ),
+        (["convert", "hdfs", "--src", str(tmp_path), "--out", str(locked)], "--out"),
+    ]
+    for argv, flag in in_locked:
+        assert main(argv) == 2, argv
+        line = _one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"seqwatch: error: {flag} ") and f"cannot write in {locked}" in line, line
+        assert "Permission denied" in line
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == a_file else real_access(p, mode))
+    assert main([*score, "--out", str(tmp_path / "s.csv"), "--metrics-json", str(a_file)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("seqwatch: error: --metrics-json ") and "the file is read-only" in line
+    assert a_file.read_text(encoding="utf-8") == "x" and not any(locked.iterdir())
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_score_global_threshold_missing_is_an_error(
     workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
