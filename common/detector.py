@@ -829,6 +829,7 @@ class SequenceDetector:
             "context_fusion": None if self.context_fusion_ is None else self.context_fusion_.to_dict(),
             "global_threshold": self.global_threshold_,
             "validation_scores": self.validation_scores_.tolist(),
+            "calibrated_for": scoring_keys(self.config, self.network_shape.n_numeric),
             "fit": dataclasses.asdict(self.fit_result_) if self.fit_result_ else None,
         }
         meta_path = out / DETECTOR_META
@@ -908,6 +909,7 @@ class SequenceDetector:
             raise ModelFileError(
                 f"{p}: damaged model metadata ({type(exc).__name__}: {exc}); re-save or re-train the model"
             ) from exc
+        _check_calibrated_for(meta.get("calibrated_for"), scoring_keys(config, shape.n_numeric), p)
         try:  # what fit refuses, a hand-edited config must not bring back
             _check_vocabulary(encoder, config, str(p / DETECTOR_META))
         except ConfigError as exc:
@@ -956,6 +958,46 @@ def _saved_number(meta: dict[str, Any], key: str) -> float:
     if not finite_number(value):
         raise ValueError(f"{key!r} must be a finite number, got {value!r}")
     return float(value)
+
+
+def scoring_keys(config: DetectorConfig, n_numeric: int) -> dict[str, Any]:
+    """The config keys, with their values, that change how a fitted network's output becomes a
+    score (saved as ``calibrated_for``): its threshold, END weight and validation scores hold
+    for these values only. A key that cannot change this model's scores is left out: the window
+    of a non-window aggregate, the top-k of any but ``topk-miss``, the numeric weight of a model
+    without numbers (the batch size and the fixed END weight, which a saved model replaces by
+    its own, never count)."""
+    sc = config.score
+    keys: dict[str, Any] = {"model.end-event": config.model.end_event, "score.aggregate": sc.aggregate}
+    if sc.aggregate in ("window", "window-min"):
+        keys["score.window"] = sc.window
+    if sc.aggregate == "topk-miss":
+        keys["score.top-k"] = sc.top_k
+    if n_numeric:
+        keys["score.numeric-weight"] = sc.numeric_weight
+    return keys
+
+
+def _check_calibrated_for(saved: object, now: dict[str, Any], folder: Path) -> None:
+    """Refuse a model whose config was changed, after calibration, in a key that changes its
+    scores: its threshold and p-values would judge scores of one kind by those of another.
+
+    Raises:
+        ModelFileError: naming the key, both values and the file. Models saved before
+            ``calibrated_for`` existed are not checked.
+    """
+    if saved is None:
+        return
+    if not isinstance(saved, dict):
+        raise ModelFileError(f"{folder / DETECTOR_META}: 'calibrated_for' is not a table; re-train the model")
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if changed:
+        what = "; ".join(f"{k} = {now.get(k)!r} (calibrated with {saved.get(k)!r})" for k in changed)
+        raise ModelFileError(
+            f"{folder / DETECTOR_META}: its config was changed after calibration: {what}. The threshold, "
+            f"END weight and validation scores were computed with the old value(s): restore them, or fit "
+            f"a model with the new ones (seqwatch fit --config {folder} takes the rest of its settings)"
+        )
 
 
 def _scores_alike(a: ScoreConfig, b: ScoreConfig) -> bool:

@@ -930,6 +930,7 @@ def test_save_load_round_trip_gives_identical_scores(
     meta_path = tmp_path / "m" / "detector.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     assert meta["config"].pop("model.end-event") is True
+    del meta["calibrated_for"]  # which such a model did not have either
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
     old = SequenceDetector.load(tmp_path / "m")
     assert old.config.model.end_event is False
@@ -1689,6 +1690,11 @@ def test_damaged_model_directories_are_one_error_line(
             lambda m: {**m, "config": {**m["config"], "score.aggregate": "topk-miss", "score.top-k": 1000}}
         ),
         "key-unhashed": meta(lambda m: {**m, "config": {**m["config"], "vocab.hash-key": "secret"}}),
+        # a key that changes the scores, edited after calibration: the threshold would judge
+        # scores of one kind by another's
+        "aggregate-edited": meta(lambda m: {**m, "config": {**m["config"], "score.aggregate": "max"}}),
+        "end-step-off": meta(lambda m: {**m, "config": {**m["config"], "model.end-event": False}}),
+        "calibrated-for-list": meta(lambda m: {**m, "calibrated_for": []}),
     }
     for name, edit in cases.items():
         d = damaged(name, edit)
@@ -1698,6 +1704,47 @@ def test_damaged_model_directories_are_one_error_line(
         assert main(["score", "--model", str(d), "--data", str(workspace["test"]), "--out", out]) == 2, name
         line = _one_error_line(capsys.readouterr().err)
         assert str(d) in line, (name, line)
+
+
+def test_a_saved_config_edited_in_a_key_that_changes_scores_is_refused_at_load(
+    workspace: dict[str, Path], tmp_path: Path
+) -> None:
+    """The threshold, END weight and validation scores hold for the score settings they were
+    calibrated with (``calibrated_for``); keys that cannot change this model's scores may change."""
+    import shutil
+
+    from common.detector import SequenceDetector
+    from common.errors import ModelFileError
+
+    def edited(name: str, config: dict[str, object], drop_record: bool = False) -> Path:
+        d = tmp_path / name
+        shutil.copytree(workspace["model"], d)
+        meta = json.loads((d / "detector.json").read_text(encoding="utf-8"))
+        meta["config"].update(config)
+        if drop_record:
+            del meta["calibrated_for"]
+        (d / "detector.json").write_text(json.dumps(meta), encoding="utf-8")
+        return d
+
+    saved = json.loads((workspace["model"] / "detector.json").read_text(encoding="utf-8"))
+    assert saved["calibrated_for"]["score.aggregate"] == saved["config"]["score.aggregate"] == "mean"
+    with pytest.raises(ModelFileError) as raised:
+        SequenceDetector.load(edited("window", {"score.aggregate": "window-min"}))
+    message = str(raised.value)
+    assert "score.aggregate = 'window-min' (calibrated with 'mean')" in message
+    assert "score.window = 10 (calibrated with None)" in message and "restore them" in message
+    # the window of a mean, the batch size, the fixed END weight and the threads change no score
+    harmless: dict[str, object] = {
+        "score.window": 50,
+        "score.batch-size": 7,
+        "score.end-weight": 0.9,
+        "train.threads": 1,
+    }
+    reference = SequenceDetector.load(workspace["model"])
+    loaded = SequenceDetector.load(edited("harmless", harmless))
+    assert (loaded.threshold_, loaded.end_weight_) == (reference.threshold_, reference.end_weight_)
+    # a model saved before the record existed is not checked
+    SequenceDetector.load(edited("older", {"score.aggregate": "max"}, drop_record=True))
 
 
 def test_saved_model_keeps_its_training_summary_and_save_never_mixes_folders(
