@@ -18,7 +18,9 @@ read them back with ``read_table(path, CANONICAL)``.
 
 The data live outside the repository; :func:`shared_data_dir` finds them.
 Where a ``SHA256SUMS`` file sits beside a source file or one folder above it
-(as in the shared data), every file a loader reads is checked against it first.
+(as in the shared data), every file a loader reads is checked against it first;
+a split whose sequences differ in number from the standard release's
+(:data:`STANDARD_SIZES`) is warned about.
 """
 
 from __future__ import annotations
@@ -72,6 +74,37 @@ _ADFA_SPLITS = {
     "attack": "Attack_Data_Master",
 }
 _INT_TOKENS = re.compile(r"\s*\d+(?:\s+\d+)*\s*")
+
+#: Sequences (all, anomalous) in each split of the standard releases, as their PROVENANCE.md
+#: counts them: a copy that differs (cut short, a line lost, another release) is warned about.
+STANDARD_SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "ADFA-LD": {"train": (833, 0), "test": (4372 + 746, 746)},
+    "HDFS": {"train": (4855, 0), "test_abnormal": (16838, 16838)},
+    "OpenStack kalaki": {"train": (50, 0), "test": (4895 + 651, 651)},
+    "OpenStack loghub": {"train": (19, 0), "test": (1852 + 198, 198)},
+}
+
+
+def _check_standard_sizes(name: str, splits: Mapping[str, EventTable], source: str | Path) -> None:
+    """Warn, once per split, where ``splits`` do not hold the standard release's sequences
+    (:data:`STANDARD_SIZES`): the files may be sound and still partial, and where no
+    ``SHA256SUMS`` lists them nothing else would say so."""
+    for split, (n, n_anomalous) in STANDARD_SIZES[name].items():
+        g = splits[split].grouped()
+        got, anomalous = len(g.ids), 0 if g.labels is None else int(g.labels.sum())
+        if (got, anomalous) != (n, n_anomalous):
+            logger.warning(
+                "%s: the %s split holds %d sequence(s) (%d anomalous) where the standard %s release has "
+                "%d (%d anomalous): a partial or changed copy? Figures on it do not compare with "
+                "published ones",
+                source,
+                split,
+                got,
+                anomalous,
+                name,
+                n,
+                n_anomalous,
+            )
 
 
 def _shared_data_candidate() -> Path:
@@ -275,6 +308,7 @@ def load_adfa_ld(src_dir: str | Path) -> dict[str, EventTable]:
             f"{source}:{split}",
             extra={ATTACK_TYPE: sub["attack_type"].to_numpy(dtype=object)},
         )
+    _check_standard_sizes("ADFA-LD", out, source)
     logger.info("ADFA-LD: %s", {k: (len(v), v.n_events) for k, v in out.items()})
     return out
 
@@ -400,6 +434,7 @@ def load_hdfs(src_dir: str | Path) -> dict[str, EventTable]:
         if n_blank:
             table.repairs["blank lines skipped"] = n_blank
         out[split] = table
+    _check_standard_sizes("HDFS", out, folder)
     logger.info("HDFS: %s", {k: (len(v), v.n_events) for k, v in out.items()})
     return out
 
@@ -474,6 +509,7 @@ def load_openstack(src_dir: str | Path, version: str = "kalaki") -> dict[str, Ev
             logger.warning("%s: %d duplicate instance id(s) renamed", source, renamed)
             table.repairs["duplicate sequence id renamed"] = renamed
         out[split] = table
+    _check_standard_sizes(f"OpenStack {version}", out, folder)
     logger.info("OpenStack %s: %s", version, {k: (len(v), v.n_events) for k, v in out.items()})
     return out
 

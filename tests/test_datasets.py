@@ -182,6 +182,32 @@ def test_hdfs_trailing_space_no_final_newline(tmp_path: Path) -> None:
     assert list(splits["test_abnormal"].grouped().ids) == ["test_abnormal-000001"]
 
 
+def test_a_copy_other_than_the_standard_release_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "hdfs_train").write_text("5 5 22\n11 9\n")
+    (tmp_path / "hdfs_test_abnormal").write_text("1 2\n")
+    with caplog.at_level(logging.WARNING, logger="common.datasets"):
+        load_hdfs(tmp_path)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2
+    assert warned[0] == (
+        f"{tmp_path}: the train split holds 2 sequence(s) (0 anomalous) where the standard HDFS release "
+        f"has 4855 (0 anomalous): a partial or changed copy? Figures on it do not compare with published ones"
+    )
+    assert "the test_abnormal split holds 1 sequence(s) (1 anomalous)" in warned[1]
+
+
+@pytest.mark.realdata
+def test_the_shared_releases_are_the_standard_ones(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="common.datasets"):
+        load_hdfs(_data() / "hdfs-deeplog")
+        for version in ("kalaki", "loghub"):
+            load_openstack(_data() / "openstack-aecid", version=version)
+        load_adfa_ld(_data() / "adfa-ld")
+    assert caplog.records == []
+
+
 def test_hdfs_missing_and_garbled(tmp_path: Path) -> None:
     (tmp_path / "hdfs_train").write_text("5 5 22\n")
     with pytest.raises(DataError, match="hdfs_test_abnormal: file not found"):
