@@ -313,26 +313,11 @@ def top_events_texts(
 
 
 def _context_culprits(scored: ScoredTable, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(sequences, rows): each sequence scoring above ``threshold`` whose context part set its
-    score (:meth:`~common.detector.ScoredTable.context_driven`) and the row of its event whose context
-    values were the least expected (the first of ties), where the model expected another value
-    in at least one column there; a context as expected names nothing. Whole columns at once."""
-    import numpy as np
-
-    events, data = scored.events, scored.encoded
-    driven = scored.context_driven() & (scored.scores > threshold) & (data.lengths > 0)
-    if events.context_surprisal is None or events.context_expected is None or not driven.any():
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    surprisal = np.nan_to_num(events.context_surprisal.astype(np.float64), nan=-np.inf)  # unseen: not judged
-    owner = np.repeat(np.arange(len(data)), data.lengths)
-    nonempty = np.flatnonzero(data.lengths > 0)
-    largest = np.full(len(data), -np.inf)
-    largest[nonempty] = np.maximum.reduceat(surprisal, data.offsets[nonempty])
-    at_largest = np.flatnonzero((surprisal == largest[owner]) & driven[owner] & np.isfinite(surprisal))
-    sequences, first = np.unique(owner[at_largest], return_index=True)
-    rows = at_largest[first]
-    differs = (events.context_expected[rows] != data.context[rows]).any(axis=1)
-    return sequences[differs], rows[differs]
+    """(sequences, rows): :meth:`~common.detector.ScoredTable.context_culprits` of the sequences
+    scoring above ``threshold``."""
+    sequences, rows = scored.context_culprits()
+    flagged = scored.scores[sequences] > threshold
+    return sequences[flagged], rows[flagged]
 
 
 def _context_lead(detector: SequenceDetector, scored: ScoredTable, i: int, row: int) -> str:

@@ -140,11 +140,38 @@ class ScoredTable:
         return None
 
     def context_driven(self) -> np.ndarray:
-        """(S,) True where the context part set the score (at least as high as the score without
-        it, as :attr:`~common.explanation.SequenceExplanation.context_event` reads it)."""
+        """(S,) True where the context part set the score (at least as high as the score without it)."""
         if self.context_score is None or self.events_part is None:
             return np.zeros(len(self.scores), dtype=bool)
         return np.asarray(self.context_score >= self.events_part, dtype=bool)
+
+    def context_culprits(self, sequences: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(sequences, rows): of ``sequences`` (default: all), each whose context part set its
+        score (:meth:`context_driven`), with the row (of all events) of its event whose context
+        values were the least expected, the first of ties; an event unseen in training is not
+        judged. Only where the model expected another value in at least one column there: a
+        context as expected names nothing. Whether the sequence is flagged is the caller's to
+        ask: the score table, ``explain`` and the report all read the rule from here. Needs a
+        table scored with ``expected_k > 0``; whole columns at once."""
+        events, data = self.events, self.encoded
+        none = np.zeros(0, dtype=np.int64)
+        if events.context_surprisal is None or events.context_expected is None:
+            return none, none
+        chosen = np.arange(len(data)) if sequences is None else np.asarray(sequences, dtype=np.int64)
+        chosen = chosen[self.context_driven()[chosen] & (data.lengths[chosen] > 0)]
+        if not len(chosen):
+            return none, none
+        lengths = data.lengths[chosen].astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # each chosen sequence's first entry
+        owner = np.repeat(np.arange(len(chosen)), lengths)
+        rows = data.offsets[chosen][owner] + (np.arange(int(lengths.sum())) - starts[owner])
+        surprisal = np.nan_to_num(events.context_surprisal[rows].astype(np.float64), nan=-np.inf)
+        largest = np.maximum.reduceat(surprisal, starts)
+        at_largest = np.flatnonzero((surprisal == largest[owner]) & np.isfinite(surprisal))
+        judged, first = np.unique(owner[at_largest], return_index=True)
+        picked = rows[at_largest[first]]
+        differs = (events.context_expected[picked] != data.context[picked]).any(axis=1)
+        return chosen[judged][differs], picked[differs]
 
     def top_events(self, n: int) -> list[np.ndarray]:
         """Positions of each sequence's ``n`` highest-scoring steps, most anomalous first.
@@ -716,6 +743,7 @@ class SequenceDetector:
             terms["context_surprisal"] = 0.0 if math.isnan(largest) else largest
             terms["context_score"] = float(scored.context_score[i])
         p_value = float(self.p_values_from_scores(scored.scores[i : i + 1])[0])
+        _, culprit = scored.context_culprits(np.array([i]))
         return SequenceExplanation(
             sequence_id=str(data.ids[i]),
             score=float(scored.scores[i]),
@@ -726,6 +754,7 @@ class SequenceDetector:
             score_parts=self._score_parts(terms, end is not None),
             score_terms=terms,
             p_value=None if math.isnan(p_value) else p_value,
+            context_position=int(culprit[0] - data.offsets[i]) if len(culprit) else None,
         )
 
     def expected_context_at(self, scored: ScoredTable, row: int) -> dict[str, tuple[str, float]]:

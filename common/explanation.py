@@ -188,6 +188,10 @@ class SequenceExplanation:
             (``score = steps + end_weight × end_surprisal``).
         p_value: the share of normal validation sequences scoring at least as high, counting
             this one (conformal p-value; small = unusual); None without validation scores.
+        context_position: the position of the event whose context values were the least
+            expected, where the context part set the score and the model expected another
+            value there (:meth:`common.detector.ScoredTable.context_culprits`, the rule of the
+            score table too); None otherwise. :attr:`context_event` names it when flagged.
     """
 
     sequence_id: str
@@ -199,6 +203,7 @@ class SequenceExplanation:
     score_parts: str | None = None
     score_terms: dict[str, float] | None = field(default=None, hash=False)
     p_value: float | None = None
+    context_position: int | None = None
 
     def top_events(self, n: int = 5) -> tuple[EventExplanation, ...]:
         """The ``n`` most anomalous events (by event score, then surprisal), most anomalous first."""
@@ -219,6 +224,7 @@ class SequenceExplanation:
             if self.score_terms is None
             else {k: float(v) for k, v in self.score_terms.items()},
             "p_value": None if self.p_value is None else float(self.p_value),
+            "context_position": self.context_position,
             "events": [ev.to_dict() for ev in self.events],
         }
 
@@ -248,6 +254,7 @@ class SequenceExplanation:
             if data.get("score_terms") is None
             else {str(k): float(v) for k, v in data["score_terms"].items()},
             p_value=None if data.get("p_value") is None else float(data["p_value"]),
+            context_position=None if data.get("context_position") is None else int(data["context_position"]),
         )
 
     def to_text(self, max_events: int = 40, *, highlight: int = 3, expected_k: int = 3) -> str:
@@ -347,14 +354,11 @@ class SequenceExplanation:
 
     @property
     def context_event(self) -> EventExplanation | None:
-        """The event whose context values were the least expected (the first of ties), when the
-        sequence is flagged and its context part set its score (``score_terms`` from a model
-        with a context head; the part at least as high as the score without it); else None."""
-        terms = self.score_terms or {}
-        if not self.flagged or "context_score" not in terms or not terms["context_score"] >= self.score:
+        """The event at :attr:`context_position` (whose context values set the score) when the
+        sequence is flagged; else None."""
+        if not self.flagged or self.context_position is None:
             return None
-        judged = [ev for ev in self.events if ev.context_surprisal is not None]
-        return max(judged, key=lambda ev: (ev.context_surprisal, -ev.position)) if judged else None
+        return self.events[self.context_position]
 
     @property
     def has_end_step(self) -> bool:

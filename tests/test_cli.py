@@ -1034,6 +1034,18 @@ def test_an_unlikely_device_is_scored_through_the_context_part_and_saved(
         r"context at pos \d+: device 'tablet' \(expected device '(phone|laptop)' \(0\.\d\d\)\)", lead
     )
     assert top_events_texts(det, scored_tablet, 3, det.threshold_)[0].startswith(lead)  # flagged
+    # explain and the score table read one rule (ScoredTable.context_culprits): the same event
+    assert lead.startswith(f"context at pos {why.context_position}: ")
+    # where the model expected the values the event had, neither names that event
+    as_expected = dataclasses.replace(
+        scored_tablet,
+        events=dataclasses.replace(
+            scored_tablet.events, context_expected=scored_tablet.encoded.context.copy()
+        ),
+    )
+    assert as_expected.context_driven().tolist() == [True] and len(as_expected.context_culprits()[0]) == 0
+    assert det.explanation(as_expected, 0).context_event is None
+    assert not top_events_texts(det, as_expected, 3, det.threshold_)[0].startswith("context at")
     unflagged = top_events_texts(det, scored_tablet, 3, float(scored_tablet.scores[0]))[0]
     assert not unflagged.startswith("context at") and unflagged.count("; ") == 2
     scored_usual = det.score_table(usual, expected_k=2)

@@ -90,7 +90,7 @@ def test_explanation_text_and_dict() -> None:
     restored = SequenceExplanation.from_dict(json.loads(json.dumps(expl.to_dict())))
     assert restored == expl
     text = expl.to_json()  # one event per line
-    assert json.loads(text) == expl.to_dict() and len(text.splitlines()) == 12 + len(expl.events)
+    assert json.loads(text) == expl.to_dict() and len(text.splitlines()) == 13 + len(expl.events)
     empty = dataclasses.replace(expl, events=())
     assert json.loads(empty.to_json())["events"] == []
     assert hash(expl.events[0]) == hash(restored.events[0])
@@ -174,7 +174,7 @@ def _context_set(expl: SequenceExplanation) -> SequenceExplanation:
         events[1], context_surprisal=11.0, expected_context={"device": ("phone", 0.93)}
     )
     terms = {"steps": 4.0, "context_surprisal": 11.0, "context_score": expl.score}
-    return dataclasses.replace(expl, events=tuple(events), score_terms=terms)
+    return dataclasses.replace(expl, events=tuple(events), score_terms=terms, context_position=1)
 
 
 def test_a_score_set_by_the_context_marks_and_lists_its_event(tmp_path: Path) -> None:
@@ -187,9 +187,8 @@ def test_a_score_set_by_the_context_marks_and_lists_its_event(tmp_path: Path) ->
     marked = [line for line in expl.to_text().splitlines() if line.startswith(">>")]
     assert len(marked) == 4 and any(line.startswith(">> 1 ") for line in marked)
     assert "the event whose context set the score" in expl.to_text(max_events=2)
-    events_set = dataclasses.replace(expl, score_terms={**(expl.score_terms or {}), "context_score": 3.0})
-    assert events_set.context_event is None  # the events part set this score
-    assert _explanation().context_event is None  # no context head
+    assert _explanation().context_event is None  # no context head, or the events part set the score
+    assert SequenceExplanation.from_dict(expl.to_dict()).context_event == expl.events[1]
     assert dataclasses.replace(expl, flagged=False).context_event is None  # only a flagged sequence's
     doc = write(tmp_path / "rep", _scores(), metrics=None, explanations=[expl]).read_text(encoding="utf-8")
     table = doc[doc.index("<th>pos</th>") :]
