@@ -1021,12 +1021,21 @@ def _check_calibrated_for(saved: object, now: dict[str, Any], folder: Path) -> N
         raise ModelFileError(f"{folder / DETECTOR_META}: 'calibrated_for' is not a table; re-train the model")
     changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if changed:
-        what = "; ".join(f"{k} = {now.get(k)!r} (calibrated with {saved.get(k)!r})" for k in changed)
+        what = "; ".join(_change_text(k, saved, now) for k in changed)
         raise ModelFileError(
             f"{folder / DETECTOR_META}: its config was changed after calibration: {what}. The threshold, "
             f"END weight and validation scores were computed with the old value(s): restore them, or fit "
             f"a model with the new ones (seqwatch fit --config {folder} takes the rest of its settings)"
         )
+
+
+def _change_text(key: str, saved: dict[str, Any], now: dict[str, Any]) -> str:
+    """``"score.aggregate = 'max' (calibrated with 'mean')"``, or with a key only one side reads."""
+    if key not in saved:
+        return f"{key} = {now[key]!r} (not read at calibration)"
+    if key not in now:
+        return f"{key} no longer read (calibrated with {saved[key]!r})"
+    return f"{key} = {now[key]!r} (calibrated with {saved[key]!r})"
 
 
 def _scores_alike(a: ScoreConfig, b: ScoreConfig) -> bool:

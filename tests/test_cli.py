@@ -1744,7 +1744,14 @@ def test_a_saved_config_edited_in_a_key_that_changes_scores_is_refused_at_load(
         SequenceDetector.load(edited("window", {"score.aggregate": "window-min"}))
     message = str(raised.value)
     assert "score.aggregate = 'window-min' (calibrated with 'mean')" in message
-    assert "score.window = 10 (calibrated with None)" in message and "restore them" in message
+    assert "score.window = 10 (not read at calibration)" in message and "restore them" in message
+    # calibrated with window-min over 10 events, edited back to mean: the window is no longer read
+    window = edited("window-min", {"score.aggregate": "mean"})
+    meta = json.loads((window / "detector.json").read_text(encoding="utf-8"))
+    meta["calibrated_for"].update({"score.aggregate": "window-min", "score.window": 10})
+    (window / "detector.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ModelFileError, match=r"score\.window no longer read \(calibrated with 10\)"):
+        SequenceDetector.load(window)
     # the window of a mean, the batch size, the fixed END weight and the threads change no score
     harmless: dict[str, object] = {
         "score.window": 50,
