@@ -982,10 +982,12 @@ class SequenceDetector:
 
 
 def _saved_number(meta: dict[str, Any], key: str) -> float:
-    """``meta[key]`` as a float, refused unless it is a finite number."""
+    """``meta[key]`` as a float, refused unless it is a finite number and not negative: every
+    score is (surprisals, squared residuals and fractions are), so a negative threshold would
+    flag every sequence and a negative END weight reward a surprising end."""
     value = meta[key]
-    if not finite_number(value):
-        raise ValueError(f"{key!r} must be a finite number, got {value!r}")
+    if not finite_number(value) or value < 0:
+        raise ValueError(f"{key!r} must be a finite number of at least 0, got {value!r}")
     return float(value)
 
 

@@ -1694,6 +1694,8 @@ def test_damaged_model_directories_are_one_error_line(
         "bool-threshold": meta(lambda m: {**m, "threshold": True}),
         "quoted-threshold": meta(lambda m: {**m, "threshold": "4.5"}),
         "inf-global": meta(lambda m: {**m, "global_threshold": float("inf")}),
+        "negative-threshold": meta(lambda m: {**m, "threshold": -1.0}),
+        "negative-end-weight": meta(lambda m: {**m, "end_weight": -0.5}),
         "nan-validation": meta(lambda m: {**m, "validation_scores": [float("nan"), *m["validation_scores"]]}),
         "bad-config": meta(lambda m: {**m, "config": {**m["config"], "calibration.false-alarm-rate": 5.0}}),
         "nan-weights": _nan_weights,
