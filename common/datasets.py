@@ -73,7 +73,10 @@ _ADFA_SPLITS = {
     "validation": "Validation_Data_Master",
     "attack": "Attack_Data_Master",
 }
-_INT_TOKENS = re.compile(r"\s*\d+(?:\s+\d+)*\s*")
+#: Integers in ASCII digits separated by spaces or tabs: what Arrow's ASCII split reads as the
+#: events (``\d`` and ``\s`` would let other scripts' digits and spaces, or control characters such
+#: as the unit separator, through as parts of one event).
+_INT_TOKENS = re.compile(r"[ \t]*[0-9]+(?:[ \t]+[0-9]+)*[ \t]*")
 
 #: Sequences (all, anomalous) in each split of the standard releases, as their PROVENANCE.md
 #: counts them: a copy that differs (cut short, a line lost, another release) is warned about.
@@ -157,39 +160,46 @@ CHECKSUMS = "SHA256SUMS"
 _SUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 
 
-def _listed_digest(path: Path) -> tuple[Path, str] | None:
-    """The ``SHA256SUMS`` beside ``path`` or one folder up that lists it, and its digest there."""
-    for folder in (path.parent, path.parent.parent):
-        sums = folder / CHECKSUMS
-        if not sums.is_file():
+def _listed_digest(path: Path, sums: Path) -> str | None:
+    """The digest ``sums`` (a ``SHA256SUMS`` file) lists for ``path``, or None."""
+    want = path.resolve()
+    text = sums.read_text(encoding="utf-8-sig", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
+        match = _SUM_LINE.fullmatch(line.rstrip())  # spaces after a name are no part of it
+        if match is None:  # another format or a comment: it lists nothing this loader can check
+            if line.strip() and not line.startswith("#"):
+                logger.warning("%s: line %d is not a sha256sum line; skipped", sums, number)
             continue
-        want = path.resolve()
-        text = sums.read_text(encoding="utf-8-sig", errors="replace")
-        for number, line in enumerate(text.splitlines(), 1):
-            match = _SUM_LINE.fullmatch(line)
-            if match is None:  # another format or a comment: it lists nothing this loader can check
-                if line.strip() and not line.startswith("#"):
-                    logger.warning("%s: line %d is not a sha256sum line; skipped", sums, number)
-                continue
-            if (folder / match.group(2)).resolve() == want:
-                return sums, match.group(1).lower()
+        if (sums.parent / match.group(2)).resolve() == want:
+            return match.group(1).lower()
     return None
 
 
 def _verify(path: Path) -> None:
-    """Check ``path`` against its ``SHA256SUMS`` entry, where one lists it."""
-    listed = _listed_digest(path)
-    if listed is None:
+    """Check ``path`` against its entry in the ``SHA256SUMS`` beside it or one folder up. Where
+    such a file exists but lists ``path`` nowhere (or is no file), say so: the file is then read
+    unchecked, and a damaged copy would pass."""
+    candidates = [folder / CHECKSUMS for folder in (path.parent, path.parent.parent)]
+    present = [sums for sums in candidates if sums.exists()]
+    for sums in present:
+        if not sums.is_file():
+            logger.warning("%s: not a file; %s is read unchecked", sums, path.name)
+            continue
+        want = _listed_digest(path, sums)
+        if want is None:
+            continue
+        with path.open("rb") as fh:
+            got = hashlib.file_digest(fh, "sha256").hexdigest()
+        if got != want:
+            raise DataError(
+                f"{path}: SHA-256 {got[:16]}… differs from {want[:16]}… in {sums}: the file is damaged "
+                f"or another release; restore it from the source (or delete its line in {CHECKSUMS} "
+                f"to read it as it is)"
+            )
         return
-    sums, want = listed
-    with path.open("rb") as fh:
-        got = hashlib.file_digest(fh, "sha256").hexdigest()
-    if got != want:
-        raise DataError(
-            f"{path}: SHA-256 {got[:16]}… differs from {want[:16]}… in {sums}: the file is damaged or "
-            f"another release; restore it from the source (or delete its line in {CHECKSUMS} "
-            f"to read it as it is)"
-        )
+    if any(sums.is_file() for sums in present):
+        listed_in = " or ".join(str(sums) for sums in present if sums.is_file())
+        logger.warning("%s: not listed in %s; read unchecked", path, listed_in)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -204,7 +214,12 @@ def _read_lines(path: Path) -> list[str]:
         raise DataError(
             f"{path}: line {line}: non-ASCII byte; the file is garbled, restore it from the source"
         ) from exc
-    return text.splitlines()
+    # on line feeds alone (a CR before one is a Windows line end): str.splitlines also breaks at a
+    # form feed or a file separator, which would cut one session in two and shift every id after it
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def _explode(
@@ -246,15 +261,19 @@ def _explode(
     return EventTable(pd.DataFrame(data), source=source)
 
 
-def _check_tokens(lines: pd.Series, path: Path, first_line: int, what: str) -> None:
-    """Every entry must be integers separated by whitespace."""
+def _check_tokens(
+    lines: pd.Series, path: Path, first_line: int, what: str, entries: pd.Series | None = None
+) -> None:
+    """Every entry must be integers separated by spaces; the first that is not is named by its
+    line (``first_line`` for the first), or by ``entries`` (a zip's member names)."""
     ok = lines.str.fullmatch(_INT_TOKENS).fillna(False).to_numpy(dtype=bool)
     if not ok.all():
         pos = int(np.flatnonzero(~ok)[0])
         value = str(lines.iloc[pos])
         shown = value if len(value) <= 40 else value[:37] + "..."
+        where = f"line {pos + first_line}" if entries is None else str(entries.iloc[pos])
         raise DataError(
-            f"{path}: line {pos + first_line}: {what} must be integers separated by spaces, got {shown!r}; "
+            f"{path}: {where}: {what} must be integers separated by spaces, got {shown!r}; "
             f"the file is garbled, restore it from the source"
         )
 
@@ -275,21 +294,24 @@ def load_adfa_ld(src_dir: str | Path) -> dict[str, EventTable]:
     Raises:
         DataError: both files absent, or a file is garbled.
     """
-    folder = _locate(src_dir, (ADFA_TSV, ADFA_ZIP), ("adfa-ld",))
+    folder = _adfa_folder(src_dir)
     tsv = folder / ADFA_TSV
+    entries = None  # the zip's traces are named by their member, the TSV's by their line
     if tsv.is_file():
         traces, source, first_line = _adfa_from_tsv(tsv), str(tsv), 2
     else:
         zpath = folder / ADFA_ZIP
         logger.info("%s absent; reading %s", tsv, zpath)
         traces, source, first_line = _adfa_from_zip(zpath), str(zpath), 1
-    _check_tokens(traces["syscalls"], Path(source), first_line, "system calls")
+        entries = traces["source_file"]
+    _check_tokens(traces["syscalls"], Path(source), first_line, "system calls", entries)
     ids = traces["source_file"].str.rsplit("/", n=1).str[-1].str.removesuffix(".txt").to_numpy(dtype=object)
     repeated = pd.Series(ids).duplicated().to_numpy()
     if repeated.any():
         pos = int(np.flatnonzero(repeated)[0])
+        where = f"line {pos + first_line}" if entries is None else str(entries.iloc[pos])
         raise DataError(
-            f"{source}: line {pos + first_line}: trace {ids[pos]!r} appears twice (trace file names must be "
+            f"{source}: {where}: trace {ids[pos]!r} appears twice (trace file names must be "
             f"unique); the file is garbled, restore it from the source"
         )
     out: dict[str, EventTable] = {}
@@ -311,6 +333,11 @@ def load_adfa_ld(src_dir: str | Path) -> dict[str, EventTable]:
     _check_standard_sizes("ADFA-LD", out, source)
     logger.info("ADFA-LD: %s", {k: (len(v), v.n_events) for k, v in out.items()})
     return out
+
+
+def _adfa_folder(src: str | Path) -> Path:
+    """The folder :func:`load_adfa_ld` reads from ``src``."""
+    return _locate(src, (ADFA_TSV, ADFA_ZIP), ("adfa-ld",))
 
 
 def _adfa_from_tsv(path: Path) -> pd.DataFrame:
@@ -390,6 +417,11 @@ def _adfa_from_zip(path: Path) -> pd.DataFrame:
         raise DataError(
             f"{path}: cannot read the zip ({exc}); the file is garbled, restore it from the source"
         ) from exc
+    except (RuntimeError, NotImplementedError) as exc:  # encrypted entries, unknown compression
+        raise DataError(
+            f"{path}: cannot read the zip ({exc}); unpack it with a tool that can, and zip the traces "
+            f"again without a password in a standard compression (or restore it from the source)"
+        ) from exc
     if not rows:
         raise DataError(
             f"{path}: no trace files under {', '.join(_ADFA_SPLITS.values())}; restore it from the source"
@@ -405,6 +437,11 @@ def _adfa_from_zip(path: Path) -> pd.DataFrame:
 _HDFS_FILES = {"train": ("hdfs_train", 0), "test_abnormal": ("hdfs_test_abnormal", 1)}
 
 
+def _hdfs_folder(src: str | Path) -> Path:
+    """The folder :func:`load_hdfs` reads from ``src``."""
+    return _locate(src, tuple(f for f, _ in _HDFS_FILES.values()), ("hdfs-deeplog",))
+
+
 def load_hdfs(src_dir: str | Path) -> dict[str, EventTable]:
     """DeepLog HDFS sessions: ``{"train": 4855 normal, "test_abnormal": 16838}``.
 
@@ -415,7 +452,7 @@ def load_hdfs(src_dir: str | Path) -> dict[str, EventTable]:
     Raises:
         DataError: a file is missing or garbled.
     """
-    folder = _locate(src_dir, tuple(f for f, _ in _HDFS_FILES.values()), ("hdfs-deeplog",))
+    folder = _hdfs_folder(src_dir)
     out: dict[str, EventTable] = {}
     for split, (name, label) in _HDFS_FILES.items():
         path = folder / name
@@ -446,6 +483,29 @@ def load_hdfs(src_dir: str | Path) -> dict[str, EventTable]:
 _OPENSTACK_VERSIONS = ("kalaki", "loghub")
 
 
+_OPENSTACK_FILES = ("openstack_train", "openstack_test_normal", "openstack_test_abnormal")
+
+
+def _openstack_folder(src_dir: str | Path, version: str = "kalaki") -> Path:
+    """The folder :func:`load_openstack` reads from ``src_dir`` for ``version``.
+
+    Raises:
+        ConfigError: unknown version, or a folder of the other release.
+        DataError: no such folder, or none of the files in it.
+    """
+    if version not in _OPENSTACK_VERSIONS:
+        raise ConfigError(
+            f"unknown OpenStack version {version!r}; use one of {', '.join(_OPENSTACK_VERSIONS)}"
+        )
+    folder = _locate(src_dir, _OPENSTACK_FILES, (version, f"openstack-aecid/{version}"))
+    if folder.name in _OPENSTACK_VERSIONS and folder.name != version:
+        raise ConfigError(
+            f"{folder}: holds the {folder.name} release, not {version}; pass --version {folder.name} "
+            f"(or the folder above it to convert {version})"
+        )
+    return folder
+
+
 def load_openstack(src_dir: str | Path, version: str = "kalaki") -> dict[str, EventTable]:
     """OpenStack VM sequences: ``{"train", "test"}`` (test = test_normal + test_abnormal).
 
@@ -458,17 +518,8 @@ def load_openstack(src_dir: str | Path, version: str = "kalaki") -> dict[str, Ev
         ConfigError: unknown version.
         DataError: a file is missing or garbled.
     """
-    if version not in _OPENSTACK_VERSIONS:
-        raise ConfigError(
-            f"unknown OpenStack version {version!r}; use one of {', '.join(_OPENSTACK_VERSIONS)}"
-        )
-    names = ("openstack_train", "openstack_test_normal", "openstack_test_abnormal")
-    folder = _locate(src_dir, names, (version, f"openstack-aecid/{version}"))
-    if folder.name in _OPENSTACK_VERSIONS and folder.name != version:
-        raise ConfigError(
-            f"{folder}: holds the {folder.name} release, not {version}; pass --version {folder.name} "
-            f"(or the folder above it to convert {version})"
-        )
+    folder = _openstack_folder(src_dir, version)
+    names = _OPENSTACK_FILES
     out: dict[str, EventTable] = {}
     for split, parts in (("train", ((names[0], 0),)), ("test", ((names[1], 0), (names[2], 1)))):
         id_list, token_list, label_list = [], [], []
@@ -502,8 +553,8 @@ def load_openstack(src_dir: str | Path, version: str = "kalaki") -> dict[str, Ev
             token_list.append(tokens)
             label_list.append(np.full(len(lines), label, dtype=np.int8))
         ids = np.concatenate(id_list)
-        ids, renamed = _dedupe(ids)
         source = "+".join(str(folder / n) for n, _ in parts)
+        ids, renamed = _dedupe(ids, source)
         table = _explode(ids, pd.concat(token_list, ignore_index=True), np.concatenate(label_list), source)
         if renamed:
             logger.warning("%s: %d duplicate instance id(s) renamed", source, renamed)
@@ -514,17 +565,25 @@ def load_openstack(src_dir: str | Path, version: str = "kalaki") -> dict[str, Ev
     return out
 
 
-def _dedupe(ids: np.ndarray) -> tuple[np.ndarray, int]:
-    """Append ``.2``, ``.3``, ... to repeated ids; returns (ids, number renamed)."""
+def _dedupe(ids: np.ndarray, source: str) -> tuple[np.ndarray, int]:
+    """Append ``.2``, ``.3``, ... to repeated ids; returns (ids, number renamed).
+
+    Raises:
+        DataError: a renamed id is another id of ``source`` already (``x`` twice beside ``x.2``).
+    """
     occurrence = pd.Series(ids).groupby(ids, sort=False).cumcount().to_numpy()
     repeated = occurrence > 0
     if not repeated.any():
         return ids, 0
     out = ids.astype(object).copy()
     out[repeated] = [f"{i}.{k + 1}" for i, k in zip(ids[repeated], occurrence[repeated], strict=True)]
-    if len(set(out)) != len(out):
+    clash = pd.Series(out).duplicated().to_numpy()
+    if clash.any():
+        taken = str(out[int(np.flatnonzero(clash)[0])])
         raise DataError(
-            "duplicate instance ids could not be renamed uniquely; restore the files from the source"
+            f"{source}: instance id {taken!r} is in the files, and it is also the name a repeated "
+            f"id would be renamed to ({taken.rsplit('.', 1)[0]!r} appears more than once); the files "
+            f"are garbled, restore them from the source"
         )
     return out, int(repeated.sum())
 
@@ -539,6 +598,13 @@ CONVERTERS: dict[str, Callable[..., dict[str, EventTable]]] = {
     "openstack": load_openstack,
 }
 """Data-set name -> loader ``(src, **options) -> {split: EventTable}``."""
+
+_SOURCE_FOLDERS: dict[str, Callable[..., Path]] = {
+    "adfa-ld": _adfa_folder,
+    "hdfs": _hdfs_folder,
+    "openstack": _openstack_folder,
+}
+"""Data-set name -> the folder its loader reads ``(src, **options) -> Path``."""
 
 _FORMATS = ("parquet", "csv", "csv.gz", "tsv", "tsv.gz")
 
@@ -560,11 +626,18 @@ def convert(
         raise ConfigError(f"unknown data set {name!r}; use one of {', '.join(CONVERTERS)}")
     if fmt not in _FORMATS:
         raise ConfigError(f"unknown output format {fmt!r}; use one of {', '.join(_FORMATS)}")
+    from common.argtypes import file_to_write
+
     out = Path(out_dir)
-    if out.resolve() == Path(src).resolve():
-        raise ConfigError(f"--out {out} is the source folder: write the tables to a folder of their own")
+    source = _SOURCE_FOLDERS[name](src, **options)  # src, or the data set's folder inside it
+    if out.resolve() in (Path(src).resolve(), source.resolve()):
+        raise ConfigError(
+            f"--out {out} is the source folder ({source}): write the tables to a folder of their own"
+        )
     splits = CONVERTERS[name](src, **options)
-    written = {split: write_table(table, out / f"{split}.{fmt}") for split, table in splits.items()}
+    # every output checked before the first is written: no table of a half-done conversion is left
+    targets = {split: file_to_write(out / f"{split}.{fmt}", "--out") for split in splits}
+    written = {split: write_table(table, targets[split]) for split, table in splits.items()}
     logger.info("converted %s to %s", name, {k: str(v) for k, v in written.items()})
     mine = {path.resolve() for path in written.values()}
     suffixes = tuple(f".{f}" for f in _FORMATS)

@@ -183,6 +183,7 @@ def _strip_counted(
 ) -> pd.Series:
     """:func:`_stripped`, the rows it changed counted in ``repairs`` under ``column``; with ``ids``,
     values that became one (two sequences read as one) are a warning."""
+    before = values
     values, n, merged = _stripped(values)
     if n:
         repairs[f"surrounding spaces stripped from {column!r}"] = n
@@ -191,12 +192,23 @@ def _strip_counted(
         if ids:
             logger.warning(
                 "%s: %d sequence id(s) in %r equal another id once their surrounding spaces are "
-                "stripped (' a' and 'a'); their events are read as one sequence",
+                "stripped (%s); their events are read as one sequence",
                 source,
                 merged,
                 column,
+                _merged_example(before),
             )
     return values
+
+
+def _merged_example(values: pd.Series) -> str:
+    """Two distinct values of ``values`` that are one without surrounding spaces, as
+    ``"'a ' and 'a'"`` (the first such group in order of appearance)."""
+    distinct = pd.Series(pd.unique(values.dropna().astype(object)), dtype=object).astype(str)
+    key = distinct.str.strip()
+    clash = distinct[key.duplicated(keep=False)]
+    first = clash[key[clash.index] == key[clash.index[0]]]
+    return " and ".join(repr(v) for v in first.iloc[:2])
 
 
 def clean_header(names: list[str], keep: Iterable[str] = ()) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -242,7 +243,14 @@ def test_source_files_are_checked_against_sha256sums(
     ):
         load_hdfs(tmp_path)
     sums.write_text(sums.read_text().splitlines()[0] + "\n")  # a file it does not list is read as it is
-    assert len(load_hdfs(tmp_path)["test_abnormal"].grouped()) == 2
+    with caplog.at_level(logging.WARNING, logger="common.datasets"):
+        assert len(load_hdfs(tmp_path)["test_abnormal"].grouped()) == 2
+    assert f"{tmp_path / 'hdfs_test_abnormal'}: not listed in {sums}; read unchecked" in caplog.text
+    caplog.clear()
+    # spaces after a name are no part of it: the file is still checked
+    sums.write_text(f"{_sha256(tmp_path / 'hdfs_train')}  hdfs_train  \n{'0' * 64}  hdfs_test_abnormal \n")
+    with pytest.raises(DataError, match=r"hdfs_test_abnormal: SHA-256 .* differs from 0{16}…"):
+        load_hdfs(tmp_path)
     # a byte-order mark, and lines of another format (skipped, said in the log), do not stop the check
     listing = f"\ufeff{_sha256(tmp_path / 'hdfs_train')}  hdfs_train\nSHA256 (x) = 00\n"
     sums.write_text(listing + f"{'0' * 64}  hdfs_test_abnormal\n", encoding="utf-8")
@@ -263,6 +271,84 @@ def test_source_files_are_checked_against_sha256sums(
         load_openstack(tmp_path / "os")
 
 
+def test_event_ids_are_ascii_integers_and_lines_end_at_line_feeds(tmp_path: Path) -> None:
+    """Other scripts' digits, no-break spaces and control characters are refused with their line
+    (Arrow splits events on ASCII spaces only: they became parts of one event); a form feed or a
+    file separator does not cut a session in two (str.splitlines did), a CRLF line end is fine."""
+    (tmp_path / "hdfs_test_abnormal").write_text("1 2\n")
+    for bad in ("5\x1f5 22", "5 5\x0c22", "5 5\x1c22", "5\x0b5"):
+        (tmp_path / "hdfs_train").write_text(f"11 9\n{bad}\n3\n")
+        with pytest.raises(DataError, match=r"hdfs_train: line 2: log keys must be integers"):
+            load_hdfs(tmp_path)
+    (tmp_path / "hdfs_train").write_bytes(b"5 5 22\r\n11 9\r\n")
+    assert list(load_hdfs(tmp_path)["train"].grouped().events) == ["5", "5", "22", "11", "9"]
+    frame = pd.DataFrame(
+        {
+            "split": ["train", "train", "validation", "attack"],
+            "label": ["0", "0", "0", "1"],
+            "attack_type": ["", "", "", "Adduser"],
+            "source_file": [
+                "Training_Data_Master/UTD-0001.txt",
+                "Training_Data_Master/UTD-0002.txt",
+                "Validation_Data_Master/UVD-0001.txt",
+                "Attack_Data_Master/Adduser_1/UAD-Adduser-1-1.txt",
+            ],
+            "syscalls": ["1 2 3", "4 5", "6", "7"],
+        }
+    )
+    for bad in ("\u06636 4", "4\u00a05"):  # an Arabic-Indic three; a no-break space
+        frame.loc[1, "syscalls"] = bad
+        frame.to_csv(tmp_path / "adfa_ld_traces.tsv.gz", sep="\t", index=False)
+        with pytest.raises(DataError, match=r"adfa_ld_traces\.tsv\.gz: line 3: system calls must be"):
+            load_adfa_ld(tmp_path)
+
+
+def test_adfa_zip_problems_name_the_member(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def write(members: dict[str, str]) -> None:
+        with zipfile.ZipFile(tmp_path / "ADFA-LD.zip", "w") as zf:
+            for name, text in members.items():
+                zf.writestr(name, text)
+
+    good = {
+        "ADFA-LD/Training_Data_Master/UTD-0001.txt": "6 6",
+        "ADFA-LD/Validation_Data_Master/UVD-1.txt": "5",
+    }
+    write({**good, "ADFA-LD/Training_Data_Master/UTD-0002.txt": ""})
+    with pytest.raises(DataError, match=r"ADFA-LD\.zip: Training_Data_Master/UTD-0002\.txt: system calls"):
+        load_adfa_ld(tmp_path)
+    write({**good, "ADFA-LD/Attack_Data_Master/Adduser_1/UTD-0001.txt": "1"})
+    with pytest.raises(
+        DataError, match=r"ADFA-LD\.zip: Training_Data_Master/UTD-0001\.txt: trace 'UTD-0001' appears twice"
+    ):
+        load_adfa_ld(tmp_path)
+    # an encrypted member (or a compression zipfile cannot read): one error, no traceback
+    write(good)
+
+    def encrypted(self: zipfile.ZipFile, name: object, pwd: object = None) -> bytes:
+        raise RuntimeError(f"File {name!r} is encrypted, password required for extraction")
+
+    monkeypatch.setattr(zipfile.ZipFile, "read", encrypted)
+    with pytest.raises(DataError, match=r"ADFA-LD\.zip: cannot read the zip \(File .* is encrypted"):
+        load_adfa_ld(tmp_path)
+
+
+def test_convert_checks_every_output_first_and_never_writes_into_the_source(tmp_path: Path) -> None:
+    src = tmp_path / "data" / "hdfs-deeplog"
+    src.mkdir(parents=True)
+    (src / "hdfs_train").write_text("5 5 22\n")
+    (src / "hdfs_test_abnormal").write_text("1 2\n")
+    out = tmp_path / "out"
+    (out / "test_abnormal.parquet").mkdir(parents=True)  # the second table cannot be written
+    with pytest.raises(ConfigError, match=r"--out .*test_abnormal\.parquet: is a folder; name a file"):
+        convert("hdfs", src, out)
+    assert not (out / "train.parquet").exists()  # nothing half-written
+    # the source folder, given as a file in it or as the folder above it
+    for given in (src / "hdfs_train", tmp_path / "data"):
+        with pytest.raises(ConfigError, match=rf"--out {re.escape(str(src))} is the source folder"):
+            convert("hdfs", given, src)
+    assert sorted(p.name for p in src.iterdir()) == ["hdfs_test_abnormal", "hdfs_train"]
+
+
 def test_openstack_duplicate_ids_and_garbled(tmp_path: Path) -> None:
     folder = tmp_path / "kalaki"
     folder.mkdir()
@@ -274,6 +360,10 @@ def test_openstack_duplicate_ids_and_garbled(tmp_path: Path) -> None:
     assert list(test.ids) == ["c", "c.2", "d"]
     assert test.labels is not None and list(test.labels) == [0, 1, 1]
     assert splits["test"].repairs == {"duplicate sequence id renamed": 1}
+    # renaming would make a second 'c.2': named, with the files
+    (folder / "openstack_test_abnormal").write_text("c,9 9\nc.2,4\n")
+    with pytest.raises(DataError, match=r"openstack_test_abnormal: instance id 'c\.2' is in the files"):
+        load_openstack(tmp_path)
     (folder / "openstack_test_abnormal").write_text("c,9 9\nno comma here\n")
     with pytest.raises(DataError, match=r"openstack_test_abnormal: line 2"):
         load_openstack(tmp_path)

@@ -257,6 +257,7 @@ def test_surrounding_spaces_are_stripped_and_counted(
     }
     merged_ids = [r.getMessage() for r in caplog.records if "read as one sequence" in r.getMessage()]
     assert len(merged_ids) == 1 and "1 sequence id(s) in 'sequence_id'" in merged_ids[0]
+    assert "stripped (' s' and 's'); their events" in merged_ids[0]  # the ids themselves
     pq = tmp_path / "sp.parquet"
     pd.DataFrame({"sequence_id": ["a ", "a"], " event": ["x", " x"]}).to_parquet(pq)
     back = read_table(pq, ColumnMap())
