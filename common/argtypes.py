@@ -134,7 +134,7 @@ def _check_writable(p: Path, flag: str) -> None:
     import tempfile
 
     where = f"{flag} {p}".strip()
-    if p.is_file():
+    if p.exists() and not p.is_dir():  # a file, or a device such as /dev/null
         if not os.access(p, os.W_OK):
             raise ConfigError(f"{where}: the file is read-only; name another file or make it writable")
         return

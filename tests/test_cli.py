@@ -741,6 +741,10 @@ def test_outputs_where_nothing_can_be_written_are_refused_before_any_work(
     assert line.startswith("seqwatch: error: --metrics-json ") and "the file is read-only" in line
     assert a_file.read_text(encoding="utf-8") == "x" and not any(locked.iterdir())
     assert not (tmp_path / "s.csv").exists()
+    from common.argtypes import file_to_write
+
+    if Path("/dev/null").exists():  # a device takes output as a file does (metrics thrown away)
+        assert file_to_write("/dev/null", "--metrics-json") == Path("/dev/null")
 
 
 def test_score_global_threshold_missing_is_an_error(
