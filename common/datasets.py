@@ -197,9 +197,9 @@ def _verify(path: Path) -> None:
                 f"to read it as it is)"
             )
         return
-    if any(sums.is_file() for sums in present):
-        listed_in = " or ".join(str(sums) for sums in present if sums.is_file())
-        logger.warning("%s: not listed in %s; read unchecked", path, listed_in)
+    lists = [str(sums) for sums in present if sums.is_file()]
+    if lists:
+        logger.warning("%s: not listed in %s; read unchecked", path, " or ".join(lists))
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -261,6 +261,12 @@ def _explode(
     return EventTable(pd.DataFrame(data), source=source)
 
 
+def _row_name(pos: int, first_line: int, entries: pd.Series | None) -> str:
+    """Row ``pos`` of a source as an error names it: its line (``first_line`` for row 0), or its
+    member in ``entries`` (a zip's traces)."""
+    return f"line {pos + first_line}" if entries is None else str(entries.iloc[pos])
+
+
 def _check_tokens(
     lines: pd.Series, path: Path, first_line: int, what: str, entries: pd.Series | None = None
 ) -> None:
@@ -271,10 +277,9 @@ def _check_tokens(
         pos = int(np.flatnonzero(~ok)[0])
         value = str(lines.iloc[pos])
         shown = value if len(value) <= 40 else value[:37] + "..."
-        where = f"line {pos + first_line}" if entries is None else str(entries.iloc[pos])
         raise DataError(
-            f"{path}: {where}: {what} must be integers separated by spaces, got {shown!r}; "
-            f"the file is garbled, restore it from the source"
+            f"{path}: {_row_name(pos, first_line, entries)}: {what} must be integers separated by "
+            f"spaces, got {shown!r}; the file is garbled, restore it from the source"
         )
 
 
@@ -309,10 +314,9 @@ def load_adfa_ld(src_dir: str | Path) -> dict[str, EventTable]:
     repeated = pd.Series(ids).duplicated().to_numpy()
     if repeated.any():
         pos = int(np.flatnonzero(repeated)[0])
-        where = f"line {pos + first_line}" if entries is None else str(entries.iloc[pos])
         raise DataError(
-            f"{source}: {where}: trace {ids[pos]!r} appears twice (trace file names must be "
-            f"unique); the file is garbled, restore it from the source"
+            f"{source}: {_row_name(pos, first_line, entries)}: trace {ids[pos]!r} appears twice (trace "
+            f"file names must be unique); the file is garbled, restore it from the source"
         )
     out: dict[str, EventTable] = {}
     for split, parts in (("train", ("train",)), ("test", ("validation", "attack"))):
